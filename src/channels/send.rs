@@ -1,0 +1,470 @@
+//! Arguments of the send channels, parsed once at the edge into types that can only hold
+//! valid values (DESIGN §3). Everything past this point trusts them.
+
+use super::manifest::Component;
+use crate::directory::profile::Username;
+use crate::esb::error::EsbError;
+use crate::esb::params::Params;
+use base64::Engine;
+use serde::Serialize;
+
+pub const MAX_RECEIVERS: usize = 1000;
+pub const MAX_TITLE_CHARS: usize = 256;
+pub const MAX_URL_BYTES: usize = 2048;
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+pub const MAX_AT_MOBILES: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgKey {
+    Text,
+    Markdown,
+    Link,
+    ActionCard,
+}
+
+impl MsgKey {
+    const ALL: [(&'static str, MsgKey); 4] = [
+        ("text", Self::Text),
+        ("markdown", Self::Markdown),
+        ("link", Self::Link),
+        ("action_card", Self::ActionCard),
+    ];
+
+    pub fn parse(s: &str) -> Result<Self, EsbError> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, k)| *k)
+            .ok_or_else(|| {
+                EsbError::bad(
+                    "msg_key",
+                    format!(
+                        "unknown value '{s}' (expected one of text, markdown, link, action_card)"
+                    ),
+                )
+            })
+    }
+
+    fn needs_title(self) -> bool {
+        self != Self::Text
+    }
+
+    fn needs_url(self) -> bool {
+        matches!(self, Self::Link | Self::ActionCard)
+    }
+}
+
+/// The message as the caller asked for it, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    pub msg_key: MsgKey,
+    pub title: Option<String>,
+    pub content: String,
+    pub url: Option<String>,
+    pub pic_url: Option<String>,
+    pub at_mobiles: Vec<String>,
+    pub at_all: bool,
+}
+
+/// Who the caller named; `send_dingtalk` may name DingTalk ids or mobiles directly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "by", content = "values", rename_all = "snake_case")]
+pub enum Receivers {
+    Usernames(Vec<Username>),
+    UserIds(Vec<String>),
+    Mobiles(Vec<String>),
+}
+
+impl Receivers {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Usernames(v) => v.len(),
+            Self::UserIds(v) | Self::Mobiles(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    pub receivers: Receivers,
+    pub message: Message,
+    pub idempotency_key: Option<String>,
+    pub sender: Option<String>,
+}
+
+/// Parses the arguments of `send_ding`, `send_dingtalk`, `send_dingbot` and `send_msg`.
+pub fn parse(
+    component: Component,
+    params: &Params,
+    idempotency_header: Option<&str>,
+) -> Result<SendRequest, EsbError> {
+    let receivers = match component {
+        Component::SendDingtalk if params.contains("userid") => {
+            Receivers::UserIds(checked_list(params, "userid", userid)?)
+        }
+        Component::SendDingtalk if params.contains("mobile") => {
+            Receivers::Mobiles(checked_list(params, "mobile", mobile)?)
+        }
+        _ => Receivers::Usernames(checked_list(params, "receiver__username", |s| {
+            Username::parse(s)
+        })?),
+    };
+    if receivers.is_empty() {
+        let how = if component == Component::SendDingtalk {
+            "give userid, mobile or receiver__username (a comma-separated string or a list)"
+        } else {
+            "give usernames as a comma-separated string or a list"
+        };
+        return Err(EsbError::bad(
+            "receiver__username",
+            format!("no receiver given; {how}"),
+        ));
+    }
+
+    let msg_key = match params.str("msg_key")? {
+        Some(k) => MsgKey::parse(k.trim())?,
+        None => MsgKey::Text,
+    };
+    let title = params.str("title")?.map(|t| t.trim().to_owned());
+    if let Some(t) = &title {
+        if t.chars().count() > MAX_TITLE_CHARS {
+            return Err(EsbError::bad(
+                "title",
+                format!("is longer than {MAX_TITLE_CHARS} characters"),
+            ));
+        }
+    } else if msg_key.needs_title() {
+        return Err(EsbError::bad(
+            "title",
+            format!("is required for msg_key={}", msg_key_name(msg_key)),
+        ));
+    }
+
+    let raw = params.str("content")?.unwrap_or_default();
+    let content = if params.bool("is_content_base64")?.unwrap_or(false) {
+        decode_base64(&raw)?
+    } else {
+        raw
+    };
+    if content.trim().is_empty() {
+        return Err(EsbError::bad(
+            "content",
+            "is required and must not be empty",
+        ));
+    }
+
+    let url = params
+        .str("url")?
+        .map(|u| http_url("url", &u))
+        .transpose()?;
+    if msg_key.needs_url() && url.is_none() {
+        return Err(EsbError::bad(
+            "url",
+            format!(
+                "is required for msg_key={} (the link the message opens)",
+                msg_key_name(msg_key)
+            ),
+        ));
+    }
+    let pic_url = params
+        .str("pic_url")?
+        .map(|u| http_url("pic_url", &u))
+        .transpose()?;
+
+    let at_mobiles = checked_list(params, "at_mobiles", mobile)?;
+    if at_mobiles.len() > MAX_AT_MOBILES {
+        return Err(EsbError::bad(
+            "at_mobiles",
+            format!("names more than {MAX_AT_MOBILES} mobiles"),
+        ));
+    }
+
+    let idempotency_key = idempotency(params.str("idempotency_key")?, idempotency_header)?;
+    let sender = params.str("sender")?.map(|s| s.trim().to_owned());
+
+    Ok(SendRequest {
+        receivers,
+        message: Message {
+            msg_key,
+            title,
+            content,
+            url,
+            pic_url,
+            at_mobiles,
+            at_all: params.bool("at_all")?.unwrap_or(false),
+        },
+        idempotency_key,
+        sender,
+    })
+}
+
+fn msg_key_name(k: MsgKey) -> &'static str {
+    MsgKey::ALL
+        .iter()
+        .find(|(_, v)| *v == k)
+        .map_or("text", |(n, _)| n)
+}
+
+fn checked_list<T>(
+    params: &Params,
+    field: &str,
+    check: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, EsbError> {
+    let items = params.list(field)?;
+    if items.len() > MAX_RECEIVERS {
+        return Err(EsbError::bad(
+            field,
+            format!(
+                "names {} entries; at most {MAX_RECEIVERS} per request",
+                items.len()
+            ),
+        ));
+    }
+    items
+        .iter()
+        .map(|s| check(s).map_err(|problem| EsbError::bad(field, problem)))
+        .collect()
+}
+
+fn userid(s: &str) -> Result<String, String> {
+    if s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(format!(
+            "'{s}' is not a DingTalk userid (up to 64 characters, no spaces)"
+        ))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// A phone number: digits, optionally with a `+CC-` prefix as DingTalk writes it.
+fn mobile(s: &str) -> Result<String, String> {
+    let digits = s.strip_prefix('+').unwrap_or(s).replace(['-', ' '], "");
+    if (5..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{s}' is not a phone number (digits, e.g. 13800000001)"
+        ))
+    }
+}
+
+fn http_url(field: &str, raw: &str) -> Result<String, EsbError> {
+    let raw = raw.trim();
+    if raw.len() > MAX_URL_BYTES {
+        return Err(EsbError::bad(
+            field,
+            format!("is longer than {MAX_URL_BYTES} bytes"),
+        ));
+    }
+    match reqwest::Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(raw.to_owned()),
+        Ok(u) => Err(EsbError::bad(
+            field,
+            format!(
+                "scheme '{}' is not allowed (use http:// or https://)",
+                u.scheme()
+            ),
+        )),
+        Err(e) => Err(EsbError::bad(field, format!("is not a URL ({e})"))),
+    }
+}
+
+fn decode_base64(raw: &str) -> Result<String, EsbError> {
+    let compact: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| {
+            EsbError::bad(
+                "content",
+                format!("is_content_base64 is true but content is not valid base64 ({e})"),
+            )
+        })?;
+    String::from_utf8(bytes)
+        .map_err(|_| EsbError::bad("content", "decoded base64 content is not UTF-8 text"))
+}
+
+fn idempotency(field: Option<String>, header: Option<&str>) -> Result<Option<String>, EsbError> {
+    let header = header.map(str::trim).filter(|h| !h.is_empty());
+    let key = match (field.as_deref().map(str::trim), header) {
+        (Some(f), Some(h)) if f != h => return Err(EsbError::bad(
+            "idempotency_key",
+            "differs from the Idempotency-Key header; send one of them, or the same value in both",
+        )),
+        (Some(f), _) => f.to_owned(),
+        (None, Some(h)) => h.to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        return Err(EsbError::bad(
+            "idempotency_key",
+            format!("must be at most {MAX_IDEMPOTENCY_KEY} bytes of printable text"),
+        ));
+    }
+    Ok(Some(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(json: &str) -> Params {
+        Params::from_request("", Some("application/json"), json.as_bytes()).unwrap()
+    }
+
+    fn err(c: Component, json: &str) -> String {
+        parse(c, &p(json), None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_text_send_with_defaults() {
+        let r = parse(
+            Component::SendDing,
+            &p(r#"{"receiver__username":"alice, bob,alice","content":"hi"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.receivers,
+            Receivers::Usernames(vec![
+                Username::parse("alice").unwrap(),
+                Username::parse("bob").unwrap()
+            ])
+        );
+        assert_eq!(r.message.msg_key, MsgKey::Text);
+        assert_eq!(r.message.content, "hi");
+        assert!(!r.message.at_all);
+    }
+
+    #[test]
+    fn every_rule_names_its_field() {
+        let c = Component::SendDing;
+        assert!(err(c, r#"{"content":"x"}"#).starts_with("receiver__username: no receiver given"));
+        assert!(err(c, r#"{"receiver__username":" , ","content":"x"}"#)
+            .starts_with("receiver__username: no receiver"));
+        assert!(err(c, r#"{"receiver__username":"a b","content":"x"}"#)
+            .starts_with("receiver__username: 'a b' contains ' '"));
+        assert_eq!(
+            err(
+                c,
+                r#"{"receiver__username":"a","content":"x","msg_key":"image"}"#
+            ),
+            "msg_key: unknown value 'image' (expected one of text, markdown, link, action_card)"
+        );
+        assert_eq!(
+            err(
+                c,
+                r#"{"receiver__username":"a","content":"x","msg_key":"markdown"}"#
+            ),
+            "title: is required for msg_key=markdown"
+        );
+        assert!(err(
+            c,
+            r#"{"receiver__username":"a","content":"x","msg_key":"link","title":"t"}"#
+        )
+        .starts_with("url: is required"));
+        assert!(err(
+            c,
+            r#"{"receiver__username":"a","content":"x","url":"ftp://h/x"}"#
+        )
+        .starts_with("url: scheme 'ftp'"));
+        assert_eq!(
+            err(c, r#"{"receiver__username":"a"}"#),
+            "content: is required and must not be empty"
+        );
+        assert!(err(
+            c,
+            r#"{"receiver__username":"a","content":"!!!","is_content_base64":true}"#
+        )
+        .starts_with("content: is_content_base64 is true but content is not valid base64"));
+        assert!(err(
+            c,
+            r#"{"receiver__username":"a","content":"x","at_mobiles":"12ab"}"#
+        )
+        .starts_with("at_mobiles: '12ab'"));
+        let long = "t".repeat(MAX_TITLE_CHARS + 1);
+        assert_eq!(
+            err(
+                c,
+                &format!(r#"{{"receiver__username":"a","content":"x","title":"{long}"}}"#)
+            ),
+            format!("title: is longer than {MAX_TITLE_CHARS} characters")
+        );
+        let many: Vec<String> = (0..=MAX_RECEIVERS).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            err(
+                c,
+                &format!(
+                    r#"{{"receiver__username":"{}","content":"x"}}"#,
+                    many.join(",")
+                )
+            ),
+            format!(
+                "receiver__username: names {} entries; at most {MAX_RECEIVERS} per request",
+                MAX_RECEIVERS + 1
+            )
+        );
+    }
+
+    #[test]
+    fn base64_content_is_decoded() {
+        let r = parse(
+            Component::SendDing,
+            &p(r#"{"receiver__username":"a","content":"6ZKJ6ZKJIGhp","is_content_base64":"1"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.message.content, "钉钉 hi");
+    }
+
+    #[test]
+    fn send_dingtalk_prefers_userid_then_mobile() {
+        let r = parse(
+            Component::SendDingtalk,
+            &p(r#"{"userid":"u1,u2","mobile":"13800000001","content":"x"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.receivers,
+            Receivers::UserIds(vec!["u1".into(), "u2".into()])
+        );
+        let r = parse(
+            Component::SendDingtalk,
+            &p(r#"{"mobile":"13800000001","receiver__username":"a","content":"x"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.receivers, Receivers::Mobiles(vec!["13800000001".into()]));
+        assert!(err(Component::SendDingtalk, r#"{"content":"x"}"#)
+            .contains("give userid, mobile or receiver__username"));
+    }
+
+    #[test]
+    fn idempotency_key_from_field_or_header_must_agree() {
+        let body = p(r#"{"receiver__username":"a","content":"x","idempotency_key":"k1"}"#);
+        assert_eq!(
+            parse(Component::SendDing, &body, Some("k1"))
+                .unwrap()
+                .idempotency_key
+                .as_deref(),
+            Some("k1")
+        );
+        assert!(parse(Component::SendDing, &body, Some("k2"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("idempotency_key: differs"));
+        let body = p(r#"{"receiver__username":"a","content":"x"}"#);
+        assert_eq!(
+            parse(Component::SendDing, &body, Some("h"))
+                .unwrap()
+                .idempotency_key
+                .as_deref(),
+            Some("h")
+        );
+    }
+}

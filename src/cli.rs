@@ -1,0 +1,535 @@
+//! The command line (DESIGN §2). Each command opens what it needs, does one thing, and prints
+//! a result a person can read; failures exit non-zero with one line naming the fix.
+
+use crate::channels::manifest::{self, Manifest};
+use crate::channels::registry::{self, Channel};
+use crate::config::Settings;
+use crate::db::Db;
+use crate::directory::classify::{classify, Kind, RobotFields};
+use crate::directory::import::{self, Format};
+use crate::directory::profile::Profile;
+use crate::directory::store;
+use crate::esb::auth;
+use crate::secret::mask;
+use crate::startup::Application;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ding-channel",
+    version,
+    about = "DingTalk notification channel for BlueKing-style ESB platforms"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (migrates the database and syncs the manifest first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// The channel registry.
+    #[command(subcommand)]
+    Channels(ChannelsCmd),
+    /// ESB apps allowed to call.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// The user directory.
+    #[command(subcommand)]
+    Users(UsersCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelsCmd {
+    /// Load channel_manifest.json into the registry, keeping comp_conf values an admin set.
+    Sync {
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// List channels (secrets masked).
+    List,
+    /// Set comp_conf values: `channels conf send_dingtalk ding_app_key=... ding_app_secret=...`.
+    Conf {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        pairs: Vec<String>,
+        /// Accept keys the manifest does not declare for this channel.
+        #[arg(long)]
+        force: bool,
+    },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCmd {
+    /// Allow an app; without --secret one is generated and printed once.
+    Add {
+        code: String,
+        #[arg(long)]
+        secret: Option<String>,
+        /// Give an existing app a new secret.
+        #[arg(long)]
+        replace: bool,
+    },
+    List,
+    Remove {
+        code: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Import bk-user profiles from a JSON array, JSON lines or CSV file (`-` reads stdin).
+    Import {
+        file: PathBuf,
+        /// json | jsonl | csv (default: from the extension, else from the content).
+        #[arg(long)]
+        format: Option<String>,
+        /// Import the valid rows even when some rows are invalid.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    List,
+    Show {
+        username: String,
+    },
+    Remove {
+        username: String,
+    },
+}
+
+pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve(settings),
+        Command::Migrate => {
+            let db = Db::connect(&settings.database, 1)?;
+            let applied = db.migrate()?;
+            if applied.is_empty() {
+                println!("database {} is up to date", settings.database);
+            } else {
+                println!(
+                    "applied {} migration(s) to {}: {}",
+                    applied.len(),
+                    settings.database,
+                    applied.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Channels(cmd) => channels(cmd, &settings),
+        Command::Apps(cmd) => apps(cmd, &settings),
+        Command::Users(cmd) => users(cmd, &settings),
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (database, bind) = (settings.database.clone(), settings.bind);
+        let app = Application::build(settings)?;
+        tracing::info!(%database, "ding-channel listening on {}:{}", bind.ip(), app.port());
+        app.run_until_stopped().await?;
+        tracing::info!("ding-channel stopped");
+        Ok(())
+    })
+}
+
+/// The database, migrated, for commands that read or write it.
+fn open(settings: &Settings) -> anyhow::Result<Db> {
+    let db = Db::connect(&settings.database, 2)?;
+    db.migrate()?;
+    Ok(db)
+}
+
+fn channels(cmd: ChannelsCmd, settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings)?;
+    let mut conn = db.get()?;
+    match cmd {
+        ChannelsCmd::Sync { manifest } => {
+            let path = manifest.unwrap_or_else(|| settings.manifest.clone());
+            let m = Manifest::load(&path)?;
+            let r = registry::sync(&mut conn, &m)?;
+            println!(
+                "synced {}: {} inserted, {} updated, {} unchanged",
+                path.display(),
+                r.inserted.len(),
+                r.updated.len(),
+                r.unchanged.len()
+            );
+            for (what, names) in [("inserted", &r.inserted), ("updated", &r.updated)] {
+                if !names.is_empty() {
+                    println!("  {what}: {}", names.join(", "));
+                }
+            }
+            if !r.kept.is_empty() {
+                println!("  kept admin values: {}", r.kept.join(", "));
+            }
+        }
+        ChannelsCmd::List => {
+            let rows: Vec<Vec<String>> = registry::list(&mut conn)?
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        c.path.clone(),
+                        c.methods.to_string(),
+                        if c.is_active { "yes" } else { "no" }.into(),
+                        if c.is_hidden { "yes" } else { "no" }.into(),
+                        format!("{}s", c.timeout_s),
+                        conf_line(c),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NAME",
+                    "PATH",
+                    "METHOD",
+                    "ACTIVE",
+                    "HIDDEN",
+                    "TIMEOUT",
+                    "COMP_CONF",
+                ],
+                &rows,
+            );
+        }
+        ChannelsCmd::Conf { name, pairs, force } => {
+            let mut values = BTreeMap::new();
+            for pair in &pairs {
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!(
+                        "'{}' is not KEY=VALUE",
+                        pair.split('=').next().unwrap_or(pair)
+                    );
+                };
+                values.insert(k.trim().to_owned(), v.to_owned());
+            }
+            if !force {
+                let m = Manifest::load(&settings.manifest)?;
+                let decl = m.channel(&name).with_context(|| {
+                    format!("channel '{name}' is not in {}", settings.manifest.display())
+                })?;
+                let declared = manifest::declared_keys(decl);
+                if let Some(k) = values.keys().find(|k| !declared.contains(k.as_str())) {
+                    bail!(
+                        "'{k}' is not a comp_conf key of {name} (declared: {}); pass --force to set it anyway",
+                        declared.into_iter().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            let c = registry::set_conf(&mut conn, &name, &values)?
+                .with_context(|| no_channel(&name))?;
+            println!("{}: {}", c.name, conf_line(&c));
+        }
+        ChannelsCmd::Enable { name } => {
+            registry::set_active(&mut conn, &name, true)?.with_context(|| no_channel(&name))?;
+            println!("{name} enabled");
+        }
+        ChannelsCmd::Disable { name } => {
+            registry::set_active(&mut conn, &name, false)?.with_context(|| no_channel(&name))?;
+            println!("{name} disabled");
+        }
+    }
+    Ok(())
+}
+
+fn no_channel(name: &str) -> String {
+    format!("no channel named '{name}' (see `ding-channel channels list`)")
+}
+
+fn conf_line(c: &Channel) -> String {
+    c.comp_conf
+        .iter()
+        .map(|(k, v)| {
+            let shown = if manifest::is_secret_key(k) && !v.is_empty() {
+                mask(v)
+            } else {
+                v.clone()
+            };
+            format!("{k}={shown}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn apps(cmd: AppsCmd, settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings)?;
+    let mut conn = db.get()?;
+    match cmd {
+        AppsCmd::Add {
+            code,
+            secret,
+            replace,
+        } => {
+            auth::validate_app_code(&code).map_err(|e| anyhow::anyhow!("app code {e}"))?;
+            let (secret, generated) = match secret {
+                Some(s) => (s, false),
+                None => (crate::secret::random_hex(20), true),
+            };
+            auth::validate_app_secret(&secret).map_err(|e| anyhow::anyhow!("--secret {e}"))?;
+            let existed = auth::upsert_app(&mut conn, &code, &secret, replace)?
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "app {code} {}",
+                if existed { "secret replaced" } else { "added" }
+            );
+            if generated {
+                println!("bk_app_secret (shown once, store it now): {secret}");
+            }
+        }
+        AppsCmd::List => {
+            let rows: Vec<Vec<String>> = auth::list_apps(&mut conn)?
+                .into_iter()
+                .map(|a| vec![a.code, "****".into(), format_ms(a.created_at)])
+                .collect();
+            print_table(&["CODE", "SECRET", "CREATED"], &rows);
+        }
+        AppsCmd::Remove { code } => {
+            if !auth::remove_app(&mut conn, &code)? {
+                bail!("no app '{code}' (see `ding-channel apps list`)");
+            }
+            println!("app {code} removed");
+        }
+    }
+    Ok(())
+}
+
+fn users(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings)?;
+    let mut conn = db.get()?;
+    let fields = RobotFields::from_channel(registry::find(&mut conn, "send_dingbot")?.as_ref());
+    match cmd {
+        UsersCmd::Import {
+            file,
+            format,
+            skip_invalid,
+        } => {
+            let content = read_input(&file)?;
+            let format = match format {
+                Some(f) => Format::parse(&f).map_err(anyhow::Error::msg)?,
+                None => Format::detect(
+                    (file.as_os_str() != "-").then_some(file.as_path()),
+                    &content,
+                ),
+            };
+            let parsed = import::parse(&content, format)
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            for e in &parsed.errors {
+                eprintln!("{e}");
+            }
+            if !parsed.errors.is_empty() && !skip_invalid {
+                bail!(
+                    "{} error(s) in {}: nothing imported; fix the rows above or pass --skip-invalid to import the {} valid row(s)",
+                    parsed.errors.len(),
+                    file.display(),
+                    parsed.profiles.len()
+                );
+            }
+            let profiles: Vec<Profile> = parsed.profiles.into_iter().map(|(_, p)| p).collect();
+            let r = store::upsert(&mut conn, &profiles)?;
+            let skipped = parsed
+                .errors
+                .iter()
+                .map(|e| e.row)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            println!(
+                "imported {} user(s) from {}: {} new, {} updated, {} row(s) skipped",
+                profiles.len(),
+                file.display(),
+                r.inserted,
+                r.updated,
+                skipped
+            );
+        }
+        UsersCmd::List => {
+            let rows: Vec<Vec<String>> = store::list(&mut conn)?
+                .iter()
+                .map(|p| {
+                    let (kind, shown) = display_profile(p, &fields);
+                    vec![
+                        p.username.to_string(),
+                        kind.into(),
+                        p.display_name.clone().unwrap_or_default(),
+                        p.telephone
+                            .as_ref()
+                            .map(|t| format!("+{} {t}", p.country_code))
+                            .unwrap_or_default(),
+                        shown.get("qq").cloned().unwrap_or_default(),
+                        shown.get("wx_userid").cloned().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "USERNAME",
+                    "KIND",
+                    "DISPLAY_NAME",
+                    "TELEPHONE",
+                    "QQ",
+                    "WX_USERID",
+                ],
+                &rows,
+            );
+        }
+        UsersCmd::Show { username } => {
+            let p = store::get(&mut conn, &username)?
+                .with_context(|| format!("no user '{username}' (see `ding-channel users list`)"))?;
+            let (kind, shown) = display_profile(&p, &fields);
+            println!("username:     {}", p.username);
+            println!("kind:         {kind}");
+            for key in [
+                "display_name",
+                "telephone",
+                "country_code",
+                "email",
+                "qq",
+                "wx_userid",
+            ] {
+                println!(
+                    "{:<13} {}",
+                    format!("{key}:"),
+                    shown.get(key).cloned().unwrap_or_default()
+                );
+            }
+            println!(
+                "extras:       {}",
+                shown.get("extras").cloned().unwrap_or_default()
+            );
+        }
+        UsersCmd::Remove { username } => {
+            if !store::remove(&mut conn, &username)? {
+                bail!("no user '{username}' (see `ding-channel users list`)");
+            }
+            println!("user {username} removed");
+        }
+    }
+    Ok(())
+}
+
+/// A profile's fields for display, with robot credentials masked: the token and signing
+/// secret of a robot user, and anything that looks like a `SEC…` secret.
+fn display_profile(p: &Profile, fields: &RobotFields) -> (&'static str, BTreeMap<String, String>) {
+    let kind = classify(p, fields);
+    let robot = matches!(kind, Kind::Robot { .. });
+    let secret_field =
+        |name: &str| robot && (name == fields.token_field || name == fields.sign_field);
+    let shown = |name: &str, v: &str| {
+        if secret_field(name) || v.starts_with("SEC") {
+            mask(v)
+        } else {
+            v.to_owned()
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in [
+        ("display_name", &p.display_name),
+        ("telephone", &p.telephone),
+        ("email", &p.email),
+        ("qq", &p.qq),
+        ("wx_userid", &p.wx_userid),
+    ] {
+        if let Some(v) = v {
+            out.insert(k.to_owned(), shown(k, v));
+        }
+    }
+    out.insert("country_code".into(), p.country_code.clone());
+    let extras: serde_json::Map<String, serde_json::Value> = p
+        .extras
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => (k.clone(), serde_json::Value::String(shown(k, s))),
+            None => (k.clone(), v.clone()),
+        })
+        .collect();
+    out.insert(
+        "extras".into(),
+        serde_json::Value::Object(extras).to_string(),
+    );
+    (if robot { "robot" } else { "user" }, out)
+}
+
+fn read_input(file: &PathBuf) -> anyhow::Result<String> {
+    let mut content = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut content)
+            .context("cannot read standard input")?;
+    } else {
+        content = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    Ok(content)
+}
+
+fn format_ms(ms: i64) -> String {
+    // Days since epoch → civil date (Howard Hinnant's algorithm); avoids a date-time crate for one column.
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_epoch_millis_as_utc() {
+        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::format_ms(1_700_000_000_000), "2023-11-14 22:13:20Z");
+    }
+}

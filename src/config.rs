@@ -1,0 +1,408 @@
+//! Layered settings: built-in defaults < TOML file < environment. Every value is parsed here,
+//! once, so the rest of the program only sees valid settings; a bad value stops start-up with
+//! one line naming the key, where it came from, and what would be accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DEFAULT_FILE: &str = "ding-channel.toml";
+
+/// Keys of DESIGN.md §2. The TOML file uses the same names in lower case.
+const KEYS: &[&str] = &[
+    "DING_CHANNEL_BIND",
+    "DATABASE_URL",
+    "DING_CHANNEL_MANIFEST",
+    "DINGTALK_OAPI_BASE",
+    "DINGTALK_API_BASE",
+    "DINGTALK_PROXY",
+    "DING_CHANNEL_WORKERS",
+    "DING_CHANNEL_LOG",
+    "DING_CHANNEL_LOG_FORMAT",
+    "DING_CHANNEL_MAX_BODY",
+    "DING_CHANNEL_LEASE_S",
+    "DING_CHANNEL_DB_POOL",
+];
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database: DatabaseUrl,
+    pub manifest: PathBuf,
+    pub oapi_base: Url,
+    pub api_base: Url,
+    pub proxy: Option<Url>,
+    pub workers: usize,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub max_body: usize,
+    pub lease: Duration,
+    pub db_pool: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the data lives; the scheme of `DATABASE_URL` picks the backend.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if let Some(path) = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() || path.contains(":memory:") {
+                return Err(format!(
+                    "'{raw}' names no database file (use sqlite://PATH, e.g. sqlite://ding-channel.db)"
+                ));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        let scheme = raw.split_once("://").map_or(raw, |(s, _)| s);
+        Err(format!(
+            "unknown scheme '{scheme}' (use sqlite://PATH or postgres://USER@HOST:PORT/DB)"
+        ))
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Shown in logs and errors: the PostgreSQL password is masked.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::Postgres(url) => f.write_str(&redact_url_password(url)),
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:****@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+pub use reqwest::Url;
+
+/// One bad setting: which key, where it came from, what is wrong and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} {source_desc}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    source_desc: String,
+    problem: String,
+}
+
+/// Where a raw value came from, for error messages.
+#[derive(Debug, Clone)]
+enum Origin {
+    Env,
+    File(PathBuf),
+}
+
+impl Settings {
+    /// Loads from the process environment (and the file it points to).
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::from_env_map(std::env::vars().collect())
+    }
+
+    /// Loads with an explicit environment, so tests don't touch the process's.
+    pub fn from_env_map(env: BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut raw: BTreeMap<&'static str, (String, Origin)> = BTreeMap::new();
+
+        let (file, explicit) = match env.get("DING_CHANNEL_CONFIG") {
+            Some(p) if !p.is_empty() => (PathBuf::from(p), true),
+            _ => (PathBuf::from(DEFAULT_FILE), false),
+        };
+        if explicit || file.exists() {
+            for (k, v) in read_file(&file)? {
+                raw.insert(k, (v, Origin::File(file.clone())));
+            }
+        }
+        for key in KEYS {
+            if let Some(v) = env.get(*key) {
+                raw.insert(key, (v.clone(), Origin::Env));
+            }
+        }
+        if !raw.contains_key("DING_CHANNEL_LOG") {
+            if let Some(v) = env.get("RUST_LOG") {
+                raw.insert("DING_CHANNEL_LOG", (v.clone(), Origin::Env));
+            }
+        }
+        Self::from_raw(&raw)
+    }
+
+    fn from_raw(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Self, ConfigError> {
+        let get = |key: &'static str, default: &str| -> (String, Option<Origin>) {
+            raw.get(key).map_or((default.to_owned(), None), |(v, o)| {
+                (v.trim().to_owned(), Some(o.clone()))
+            })
+        };
+        let parse = |key: &'static str,
+                     default: &str,
+                     f: &dyn Fn(&str) -> Result<(), String>|
+         -> Result<String, ConfigError> {
+            let (v, origin) = get(key, default);
+            f(&v).map_err(|problem| ConfigError {
+                key: key.to_owned(),
+                source_desc: match origin {
+                    Some(Origin::Env) => "(environment)".to_owned(),
+                    Some(Origin::File(p)) => format!("(in {})", p.display()),
+                    None => "(default)".to_owned(),
+                },
+                problem,
+            })?;
+            Ok(v)
+        };
+
+        let bind = parse("DING_CHANNEL_BIND", "127.0.0.1:8080", &|v| {
+            v.parse::<SocketAddr>().map(drop).map_err(|_| {
+                format!("'{v}' is not a socket address (use HOST:PORT, e.g. 127.0.0.1:8080)")
+            })
+        })?;
+        let database = parse("DATABASE_URL", "sqlite://ding-channel.db", &|v| {
+            DatabaseUrl::parse(v).map(drop)
+        })?;
+        let manifest = parse("DING_CHANNEL_MANIFEST", "channel_manifest.json", &|v| {
+            non_empty(v, "a path to channel_manifest.json")
+        })?;
+        let oapi = parse("DINGTALK_OAPI_BASE", "https://oapi.dingtalk.com", &|v| {
+            http_url(v).map(drop)
+        })?;
+        let api = parse("DINGTALK_API_BASE", "https://api.dingtalk.com", &|v| {
+            http_url(v).map(drop)
+        })?;
+        let proxy = parse("DINGTALK_PROXY", "", &|v| {
+            if v.is_empty() {
+                Ok(())
+            } else {
+                http_url(v).map(drop)
+            }
+        })?;
+        let workers = parse("DING_CHANNEL_WORKERS", "4", &|v| int_in(v, 1, 256))?;
+        let log_filter = parse("DING_CHANNEL_LOG", "info", &|v| {
+            tracing_subscriber::EnvFilter::builder()
+                .parse(v)
+                .map(drop)
+                .map_err(|e| {
+                    format!("'{v}' is not a log filter ({e}); use e.g. info or ding_channel=debug")
+                })
+        })?;
+        let log_format = parse("DING_CHANNEL_LOG_FORMAT", "text", &|v| match v {
+            "text" | "json" => Ok(()),
+            _ => Err(format!("'{v}' is not a log format (use text or json)")),
+        })?;
+        let max_body = parse("DING_CHANNEL_MAX_BODY", "1048576", &|v| {
+            int_in(v, 1024, 64 << 20)
+        })?;
+        let lease = parse("DING_CHANNEL_LEASE_S", "30", &|v| int_in(v, 3, 3600))?;
+        let db_pool = parse("DING_CHANNEL_DB_POOL", "10", &|v| int_in(v, 1, 200))?;
+
+        Ok(Self {
+            bind: bind.parse().expect("validated above"),
+            database: DatabaseUrl::parse(&database).expect("validated above"),
+            manifest: PathBuf::from(manifest),
+            oapi_base: http_url(&oapi).expect("validated above"),
+            api_base: http_url(&api).expect("validated above"),
+            proxy: (!proxy.is_empty()).then(|| http_url(&proxy).expect("validated above")),
+            workers: workers.parse().expect("validated above"),
+            log_filter,
+            log_format: if log_format == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+            max_body: max_body.parse().expect("validated above"),
+            lease: Duration::from_secs(lease.parse().expect("validated above")),
+            db_pool: db_pool.parse().expect("validated above"),
+        })
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let err = |problem: String| ConfigError {
+        key: "DING_CHANNEL_CONFIG".into(),
+        source_desc: format!("({})", path.display()),
+        problem,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(format!("not valid TOML: {}", e.message())))?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let key = KEYS
+                .iter()
+                .find(|key| key.eq_ignore_ascii_case(&k))
+                .ok_or_else(|| {
+                    err(format!(
+                        "unknown key '{k}' (known: {})",
+                        KEYS.iter()
+                            .map(|k| k.to_ascii_lowercase())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+            let value = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(err(format!(
+                        "'{k}' must be a string or number, not {}",
+                        other.type_str()
+                    )))
+                }
+            };
+            Ok((*key, value))
+        })
+        .collect()
+}
+
+fn non_empty(v: &str, what: &str) -> Result<(), String> {
+    if v.is_empty() {
+        Err(format!("is empty (expected {what})"))
+    } else {
+        Ok(())
+    }
+}
+
+fn int_in(v: &str, min: u64, max: u64) -> Result<(), String> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(()),
+        _ => Err(format!("'{v}' is not a whole number from {min} to {max}")),
+    }
+}
+
+fn http_url(v: &str) -> Result<Url, String> {
+    let url = Url::parse(v).map_err(|e| format!("'{v}' is not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        s => Err(format!("'{v}' has scheme '{s}' (use http:// or https://)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut m: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // An explicit, empty file: never pick up a ding-channel.toml from the working directory.
+        if !m.contains_key("DING_CHANNEL_CONFIG") {
+            let file = tempfile::NamedTempFile::new()
+                .unwrap()
+                .into_temp_path()
+                .keep()
+                .unwrap();
+            m.insert("DING_CHANNEL_CONFIG".into(), file.to_str().unwrap().into());
+        }
+        m
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_env() {
+        let s = Settings::from_env_map(env(&[])).unwrap();
+        assert_eq!(s.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.database, DatabaseUrl::Sqlite("ding-channel.db".into()));
+        assert_eq!(s.workers, 4);
+        assert_eq!(s.max_body, 1 << 20);
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert!(s.proxy.is_none());
+    }
+
+    #[test]
+    fn env_overrides_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "ding_channel_bind = \"0.0.0.0:9000\"\nding_channel_workers = 8\n",
+        )
+        .unwrap();
+        let s = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_CONFIG", file.to_str().unwrap()),
+            ("DING_CHANNEL_WORKERS", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(s.bind, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.workers, 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_fix() {
+        let e = Settings::from_env_map(env(&[("DING_CHANNEL_BIND", "nonsense")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DING_CHANNEL_BIND (environment): 'nonsense' is not a socket address (use HOST:PORT, e.g. 127.0.0.1:8080)"
+        );
+        let e = Settings::from_env_map(env(&[("DATABASE_URL", "mysql://x/y")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("DATABASE_URL (environment): unknown scheme 'mysql'"),
+            "{e}"
+        );
+        let e = Settings::from_env_map(env(&[("DINGTALK_PROXY", "socks9://p:1")])).unwrap_err();
+        assert!(e.to_string().contains("scheme 'socks9'"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "ding_chanel_bind = \"x\"\n").unwrap();
+        let e = Settings::from_env_map(env(&[("DING_CHANNEL_CONFIG", file.to_str().unwrap())]))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("unknown key 'ding_chanel_bind'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn postgres_password_is_masked_in_display() {
+        let u = DatabaseUrl::parse("postgres://app:hunter2@db:5432/x").unwrap();
+        assert_eq!(u.to_string(), "postgres://app:****@db:5432/x");
+        let u = DatabaseUrl::parse("postgres://postgres@127.0.0.1:5432/test").unwrap();
+        assert_eq!(u.to_string(), "postgres://postgres@127.0.0.1:5432/test");
+    }
+}

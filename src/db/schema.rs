@@ -1,0 +1,108 @@
+// One schema for both backends; migrations/{sqlite,postgres} keep the column types aligned.
+
+diesel::table! {
+    apps (code) {
+        code -> Text,
+        secret_hash -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    channels (name) {
+        name -> Text,
+        path -> Text,
+        method -> Text,
+        component -> Text,
+        label -> Text,
+        label_en -> Text,
+        timeout_s -> Integer,
+        is_active -> Bool,
+        is_hidden -> Bool,
+        comp_conf -> Text,
+        admin_set -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    users (username) {
+        username -> Text,
+        display_name -> Nullable<Text>,
+        telephone -> Nullable<Text>,
+        country_code -> Text,
+        email -> Nullable<Text>,
+        wx_userid -> Nullable<Text>,
+        qq -> Nullable<Text>,
+        extras -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    dingtalk_userids (app_key, mobile) {
+        app_key -> Text,
+        mobile -> Text,
+        userid -> Nullable<Text>,
+        fetched_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Text,
+        app_code -> Text,
+        idempotency_key -> Nullable<Text>,
+        channel -> Text,
+        sender -> Nullable<Text>,
+        request_id -> Text,
+        body -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    deliveries (id) {
+        id -> BigInt,
+        message_id -> Text,
+        receiver -> Text,
+        kind -> Text,
+        target -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        claimed_until -> Nullable<BigInt>,
+        claimed_by -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        dingtalk_code -> Nullable<Text>,
+        dingtalk_request_id -> Nullable<Text>,
+        digest_id -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    robot_sends (id) {
+        id -> BigInt,
+        robot -> Text,
+        sent_at -> BigInt,
+        delivery_id -> Nullable<BigInt>,
+        parts -> Integer,
+    }
+}
+
+diesel::joinable!(deliveries -> messages (message_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    apps,
+    channels,
+    users,
+    dingtalk_userids,
+    messages,
+    deliveries,
+    robot_sends,
+);

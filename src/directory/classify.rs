@@ -1,0 +1,122 @@
+//! Robot users vs normal users (DESIGN §4). A robot user stores a group custom robot: the
+//! profile field `token_field` holds the webhook access_token and `sign_field` the `SEC…`
+//! signing secret.
+
+use super::profile::Profile;
+use crate::channels::registry::Channel;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RobotFields {
+    pub token_field: String,
+    pub sign_field: String,
+}
+
+impl Default for RobotFields {
+    fn default() -> Self {
+        Self {
+            token_field: "qq".into(),
+            sign_field: "wx_userid".into(),
+        }
+    }
+}
+
+impl RobotFields {
+    /// From `send_dingbot`'s comp_conf, where an admin configures them once.
+    pub fn from_channel(dingbot: Option<&Channel>) -> Self {
+        let d = Self::default();
+        Self {
+            token_field: dingbot
+                .and_then(|c| c.conf("token_field"))
+                .map_or(d.token_field, str::to_owned),
+            sign_field: dingbot
+                .and_then(|c| c.conf("sign_field"))
+                .map_or(d.sign_field, str::to_owned),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind<'a> {
+    Robot {
+        token: &'a str,
+        secret: Option<&'a str>,
+    },
+    Normal,
+}
+
+/// Robot ⇔ token non-empty and (sign starts with `SEC`, or the token is 64 hex characters —
+/// an unsigned keyword/IP-secured robot).
+pub fn classify<'a>(p: &'a Profile, f: &RobotFields) -> Kind<'a> {
+    let Some(token) = p.field(&f.token_field) else {
+        return Kind::Normal;
+    };
+    let secret = p.field(&f.sign_field).filter(|s| s.starts_with("SEC"));
+    if secret.is_some() || (token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit())) {
+        Kind::Robot { token, secret }
+    } else {
+        Kind::Normal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::profile::Username;
+
+    fn profile(qq: Option<&str>, wx: Option<&str>) -> Profile {
+        Profile {
+            username: Username::parse("u").unwrap(),
+            display_name: None,
+            telephone: Some("13800000001".into()),
+            country_code: "86".into(),
+            email: None,
+            wx_userid: wx.map(str::to_owned),
+            qq: qq.map(str::to_owned),
+            extras: Default::default(),
+        }
+    }
+
+    #[test]
+    fn robots_need_a_token_and_a_sec_secret_or_a_hex_token() {
+        let f = RobotFields::default();
+        let hex = "a".repeat(64);
+        assert_eq!(
+            classify(&profile(Some("tok"), Some("SECabc")), &f),
+            Kind::Robot {
+                token: "tok",
+                secret: Some("SECabc")
+            }
+        );
+        assert_eq!(
+            classify(&profile(Some(&hex), None), &f),
+            Kind::Robot {
+                token: &hex,
+                secret: None
+            }
+        );
+        assert_eq!(
+            classify(&profile(Some("12345678"), Some("wxid_x")), &f),
+            Kind::Normal
+        );
+        assert_eq!(classify(&profile(None, Some("SECabc")), &f), Kind::Normal);
+        assert_eq!(classify(&profile(Some("tok"), None), &f), Kind::Normal);
+    }
+
+    #[test]
+    fn field_names_come_from_the_channel_conf() {
+        let mut p = profile(None, None);
+        p.extras.insert("bot_token".into(), "tok".into());
+        p.email = Some("SECxyz".into());
+        let f = RobotFields {
+            token_field: "bot_token".into(),
+            sign_field: "email".into(),
+        };
+        assert_eq!(
+            classify(&p, &f),
+            Kind::Robot {
+                token: "tok",
+                secret: Some("SECxyz")
+            }
+        );
+    }
+}

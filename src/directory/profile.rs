@@ -1,0 +1,90 @@
+//! A platform user profile (bk-user shape) and the validated types it is built from.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A platform username: 1–64 characters of letters, digits and `_ . - @`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Username(String);
+
+impl Username {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err("is empty".into());
+        }
+        if s.chars().count() > Self::MAX_LEN {
+            return Err(format!("is longer than {} characters", Self::MAX_LEN));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '@')))
+        {
+            return Err(format!(
+                "'{s}' contains '{c}' (allowed: letters, digits, _ . - @)"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Username {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Username> for String {
+    fn from(u: Username) -> String {
+        u.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user as the platform's directory (bk-user) describes it. Optional text fields are
+/// `None` when absent or empty, so "empty" has one representation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Profile {
+    pub username: Username,
+    pub display_name: Option<String>,
+    /// Digits only, without the country code.
+    pub telephone: Option<String>,
+    /// Digits only, without `+`; `86` when the source leaves it out.
+    pub country_code: String,
+    pub email: Option<String>,
+    pub wx_userid: Option<String>,
+    pub qq: Option<String>,
+    /// A JSON object (`{}` when absent).
+    pub extras: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Profile {
+    pub const DEFAULT_COUNTRY_CODE: &'static str = "86";
+
+    /// The profile field a channel's comp_conf names (`token_field`, `sign_field`); unknown
+    /// names are looked up in `extras` so an admin can keep robot credentials there.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        let v = match name {
+            "display_name" => self.display_name.as_deref(),
+            "telephone" => self.telephone.as_deref(),
+            "email" => self.email.as_deref(),
+            "wx_userid" => self.wx_userid.as_deref(),
+            "qq" => self.qq.as_deref(),
+            other => self.extras.get(other).and_then(|v| v.as_str()),
+        };
+        v.filter(|s| !s.is_empty())
+    }
+}

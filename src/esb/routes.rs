@@ -1,0 +1,222 @@
+//! HTTP routes: the ESB channel paths, health probes, and the per-request context (request id,
+//! tracing span). Handlers only parse and authenticate; components do the work.
+
+use super::auth::{self, Credentials};
+use super::envelope::Envelope;
+use super::error::EsbError;
+use super::params::Params;
+use crate::channels::{component, registry};
+use crate::startup::AppState;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::time::Instant;
+use tracing::Instrument;
+
+pub const REQUEST_ID: &str = "x-request-id";
+/// A body beyond the limit is still read (and thrown away) up to this size so the client
+/// receives the answer instead of a reset connection.
+const DRAIN_CAP: usize = 64 << 20;
+
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/api/c/compapi/{tail:.*}", web::get().to(esb))
+        .route("/api/c/compapi/{tail:.*}", web::post().to(esb));
+}
+
+/// Gives every request an id (the caller's `X-Request-Id` when it is sane), a tracing span
+/// that carries it, and the id on the response.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let rid = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| crate::secret::random_hex(16), str::to_owned);
+    req.extensions_mut().insert(RequestId(rid.clone()));
+    let span = tracing::info_span!("request", request_id = %rid, method = %req.method(), path = %req.path());
+    let started = Instant::now();
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID), v);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = res.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request done"
+        )
+    });
+    Ok(res)
+}
+
+fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.clone())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let db = state.db.clone();
+    match web::block(move || db.ping()).await {
+        Ok(Ok(())) => {
+            HttpResponse::Ok().json(json!({"status": "ready", "database": state.db.backend()}))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: database unreachable");
+            HttpResponse::ServiceUnavailable()
+                .json(json!({"status": "unavailable", "reason": "database unreachable"}))
+        }
+        Err(_) => HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable"})),
+    }
+}
+
+async fn esb(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let rid = request_id(&req);
+    match serve_esb(&req, payload, &state, &rid).await {
+        Ok((data, message)) => HttpResponse::Ok().json(Envelope::ok(data, message, &rid)),
+        Err(e) => {
+            match &e {
+                EsbError::Internal(cause) => tracing::error!(cause = %cause, "request failed"),
+                other => {
+                    tracing::info!(code = other.code().value(), error = %other, "request refused")
+                }
+            }
+            let mut res = if matches!(e, EsbError::NoChannel(_)) {
+                HttpResponse::NotFound()
+            } else {
+                HttpResponse::Ok()
+            };
+            res.json(Envelope::err(e.code(), e.to_string(), Value::Null, &rid))
+        }
+    }
+}
+
+/// `cmsi/send_ding/` or `v2/cmsi/send_ding` → `/cmsi/send_ding/`.
+fn channel_path(tail: &str) -> String {
+    let tail = tail.trim_matches('/');
+    let tail = tail.strip_prefix("v2/").unwrap_or(tail);
+    format!("/{}/", tail.trim_matches('/'))
+}
+
+async fn serve_esb(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    rid: &str,
+) -> Result<(Value, String), EsbError> {
+    let body = read_body(req, payload, state.settings.max_body).await?;
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let params = Params::from_request(req.query_string(), content_type, &body)?;
+    let creds = Credentials::from_request(
+        req.headers().get(auth::HEADER).map(HeaderValue::as_bytes),
+        &params,
+    )?;
+    let path = channel_path(req.match_info().query("tail"));
+    let channel = {
+        let path = path.clone();
+        state
+            .db
+            .run(move |conn| {
+                creds.verify(conn)?;
+                Ok::<_, EsbError>((registry::find_by_path(conn, &path)?, creds))
+            })
+            .await?
+    };
+    let (channel, creds) = channel;
+    let channel = channel.ok_or(EsbError::NoChannel(path))?;
+    if !channel.is_active {
+        return Err(EsbError::Inactive(format!(
+            "channel {} is disabled; an admin can enable it with `ding-channel channels enable {}`",
+            channel.name, channel.name
+        )));
+    }
+    let method = req.method().as_str();
+    if !channel.methods.allows(method) {
+        return Err(EsbError::bad(
+            "method",
+            format!(
+                "{method} is not accepted by {}; use {}",
+                channel.name, channel.methods
+            ),
+        ));
+    }
+    let ctx = component::Context {
+        state,
+        app_code: &creds.app_code,
+        username: creds.username.as_deref(),
+        idempotency_header: req
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok()),
+        request_id: rid,
+    };
+    component::handle(&ctx, &channel, &params).await
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, EsbError> {
+    let too_big = || {
+        EsbError::bad(
+            "body",
+            format!("is larger than {limit} bytes (DING_CHANNEL_MAX_BODY); long content is split for DingTalk, but a request must stay within the limit"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut total = 0usize;
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| EsbError::bad("body", format!("could not be read ({e})")))?;
+        total += chunk.len();
+        if total > DRAIN_CAP {
+            return Err(too_big());
+        }
+        if total <= limit {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    if total > limit {
+        return Err(too_big());
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn channel_paths_are_normalised() {
+        assert_eq!(super::channel_path("cmsi/send_ding/"), "/cmsi/send_ding/");
+        assert_eq!(super::channel_path("v2/cmsi/send_ding"), "/cmsi/send_ding/");
+        assert_eq!(
+            super::channel_path("/cmsi/get_msg_type//"),
+            "/cmsi/get_msg_type/"
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! ding-channel: a DingTalk notification channel for BlueKing-style ESB platforms.
+
+pub mod channels;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod directory;
+pub mod esb;
+pub mod secret;
+pub mod startup;
+pub mod telemetry;
