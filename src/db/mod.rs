@@ -128,7 +128,10 @@ impl Db {
         drop(manager.open()?);
         let pool = Pool::builder()
             .max_size(pool_size)
-            .min_idle(Some(1))
+            // No background top-up of idle connections: a connection being opened on r2d2's
+            // thread while the process exits races libpq/OpenSSL's exit handlers (seen as a
+            // segfault at exit). Connections open on demand and stay pooled once opened.
+            .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .map_err(|e| DbError::Connect {
@@ -211,6 +214,8 @@ where
 /// A write transaction. On SQLite it starts with `BEGIN IMMEDIATE`, so it takes the write lock
 /// up front and waits (busy_timeout) instead of failing with "database is locked" when it
 /// would upgrade a read lock while another process writes.
+// Without the postgres feature `DbConn` has one variant, so the matches below are irrefutable.
+#[cfg_attr(not(feature = "postgres"), allow(irrefutable_let_patterns))]
 pub fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConn) -> Result<T, E>,

@@ -1,0 +1,172 @@
+//! Test harness: a fresh database per test (SQLite file, or a PostgreSQL database of its own
+//! when `TEST_DATABASE_URL` is set and the `postgres` feature is on), the app on a random
+//! port, and the real binary for CLI checks against the same database.
+
+use ding_channel::config::Settings;
+use ding_channel::db::Db;
+use ding_channel::startup::Application;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const APP: &str = "demo";
+pub const APP_SECRET: &str = "demo-secret";
+
+pub fn repo_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("channel_manifest.json")
+}
+
+/// A database of this test's own, removed when dropped.
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        #[cfg(feature = "postgres")]
+        if let Ok(admin) = std::env::var("TEST_DATABASE_URL") {
+            use diesel::{Connection, RunQueryDsl};
+            let name = format!("dc_test_{}", ding_channel::secret::random_hex(6));
+            let mut c = diesel::pg::PgConnection::establish(&admin)
+                .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
+            diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut c).unwrap();
+            let base = admin.rsplit_once('/').expect("TEST_DATABASE_URL ends in /DBNAME").0;
+            let url = format!("{base}/{name}");
+            return Self { url, dir, pg: Some((admin, name)) };
+        }
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        Self { url, dir, pg: None }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        #[cfg(feature = "postgres")]
+        if let Some((admin, name)) = &self.pg {
+            use diesel::{Connection, RunQueryDsl};
+            if let Ok(mut c) = diesel::pg::PgConnection::establish(admin) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c);
+            }
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: Db,
+    pub test_db: TestDb,
+    pub manifest: PathBuf,
+    pub client: reqwest::Client,
+}
+
+/// Settings of a test: no config file from the working directory, a free port.
+pub fn settings(db_url: &str, manifest: &Path, extra: &[(&str, &str)]) -> Settings {
+    let mut env: BTreeMap<String, String> = [
+        ("DATABASE_URL", db_url),
+        ("DING_CHANNEL_BIND", "127.0.0.1:0"),
+        ("DING_CHANNEL_MANIFEST", manifest.to_str().unwrap()),
+        ("DING_CHANNEL_CONFIG", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::from_env_map(env).expect("test settings are valid")
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(TestDb::new(), repo_manifest(), &[]).await
+    }
+
+    pub async fn spawn_with(test_db: TestDb, manifest: PathBuf, extra: &[(&str, &str)]) -> Self {
+        let settings = settings(&test_db.url, &manifest, extra);
+        let app = Application::build(settings.clone()).expect("app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        let db = Db::connect(&settings.database, 2).unwrap();
+        let mut conn = db.get().unwrap();
+        ding_channel::esb::auth::upsert_app(&mut conn, APP, APP_SECRET, true)
+            .unwrap()
+            .unwrap();
+        drop(conn);
+        Self {
+            address,
+            db,
+            test_db,
+            manifest,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, channel: &str) -> String {
+        format!("{}/api/c/compapi/cmsi/{channel}/", self.address)
+    }
+
+    /// POSTs JSON with the demo app's credentials added.
+    pub async fn post(&self, channel: &str, mut body: Value) -> Value {
+        body["bk_app_code"] = APP.into();
+        body["bk_app_secret"] = APP_SECRET.into();
+        self.post_raw(&self.url(channel), &body).await
+    }
+
+    pub async fn post_raw(&self, url: &str, body: &Value) -> Value {
+        let res = self.client.post(url).json(body).send().await.expect("request sent");
+        assert_eq!(res.status(), 200, "ESB paths answer 200");
+        res.json().await.expect("envelope JSON")
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(format!("{}{path_and_query}", self.address))
+            .send()
+            .await
+            .expect("request sent");
+        (res.status().as_u16(), res.json().await.expect("JSON body"))
+    }
+
+    /// Runs the real binary against this test's database and manifest.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.test_db.url, &self.manifest, args, &[])
+    }
+}
+
+pub fn cli(db_url: &str, manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ding-channel"));
+    cmd.args(args)
+        .env_clear()
+        .env("DATABASE_URL", db_url)
+        .env("DING_CHANNEL_MANIFEST", manifest)
+        .env("DING_CHANNEL_CONFIG", "")
+        .env("DING_CHANNEL_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the envelope is a refusal with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_refused(env: &Value, code: i64, needle: &str) {
+    assert_eq!(env["result"], false, "{env}");
+    assert_eq!(env["code"], code, "{env}");
+    let msg = env["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+    assert!(env["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{env}");
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the app on a random port and the real binary, against SQLite, or
+//! PostgreSQL when `TEST_DATABASE_URL` is set (with `--features postgres`).
+
+mod auth;
+mod cli_config;
+mod envelope;
+mod helpers;
+mod logging;
+mod msg_type;
+mod registry;
+mod storage;
+mod users;
