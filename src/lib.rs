@@ -2,8 +2,10 @@
 
 pub mod channels;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
+pub mod dingtalk;
 pub mod directory;
 pub mod esb;
 pub mod secret;

@@ -43,19 +43,71 @@ async fn send_arguments_are_validated_naming_the_field() {
         b
     };
     let cases = [
-        ("send_ding", with(json!({"msg_key": "voice"})), "msg_key: unknown value 'voice'"),
-        ("send_ding", with(json!({"msg_key": "markdown"})), "title: is required for msg_key=markdown"),
-        ("send_ding", with(json!({"receiver__username": ""})), "receiver__username: no receiver given"),
-        ("send_ding", with(json!({"receiver__username": []})), "receiver__username: no receiver given"),
-        ("send_ding", with(json!({"content": null})), "content: is required"),
-        ("send_ding", with(json!({"is_content_base64": true, "content": "%%%"})), "content: is_content_base64 is true but content is not valid base64"),
-        ("send_ding", with(json!({"is_content_base64": "maybe"})), "is_content_base64: must be a boolean"),
-        ("send_ding", with(json!({"title": "t".repeat(300)})), "title: is longer than 256 characters"),
-        ("send_ding", with(json!({"msg_key": "link", "title": "t"})), "url: is required for msg_key=link"),
-        ("send_ding", with(json!({"at_mobiles": "call-me"})), "at_mobiles: 'call-me' is not a phone number"),
-        ("send_dingbot", with(json!({"receiver__username": "a;b c"})), "receiver__username: 'b c' contains ' '"),
-        ("send_dingtalk", with(json!({"receiver__username": null})), "give userid, mobile or receiver__username"),
-        ("send_dingtalk", with(json!({"userid": "has space"})), "userid: 'has space' is not a DingTalk userid"),
+        (
+            "send_ding",
+            with(json!({"msg_key": "voice"})),
+            "msg_key: unknown value 'voice'",
+        ),
+        (
+            "send_ding",
+            with(json!({"msg_key": "markdown"})),
+            "title: is required for msg_key=markdown",
+        ),
+        (
+            "send_ding",
+            with(json!({"receiver__username": ""})),
+            "receiver__username: no receiver given",
+        ),
+        (
+            "send_ding",
+            with(json!({"receiver__username": []})),
+            "receiver__username: no receiver given",
+        ),
+        (
+            "send_ding",
+            with(json!({"content": null})),
+            "content: is required",
+        ),
+        (
+            "send_ding",
+            with(json!({"is_content_base64": true, "content": "%%%"})),
+            "content: is_content_base64 is true but content is not valid base64",
+        ),
+        (
+            "send_ding",
+            with(json!({"is_content_base64": "maybe"})),
+            "is_content_base64: must be a boolean",
+        ),
+        (
+            "send_ding",
+            with(json!({"title": "t".repeat(300)})),
+            "title: is longer than 256 characters",
+        ),
+        (
+            "send_ding",
+            with(json!({"msg_key": "link", "title": "t"})),
+            "url: is required for msg_key=link",
+        ),
+        (
+            "send_ding",
+            with(json!({"at_mobiles": "call-me"})),
+            "at_mobiles: 'call-me' is not a phone number",
+        ),
+        (
+            "send_dingbot",
+            with(json!({"receiver__username": "a;b c"})),
+            "receiver__username: 'b c' contains ' '",
+        ),
+        (
+            "send_dingtalk",
+            with(json!({"receiver__username": null})),
+            "give userid, mobile or receiver__username",
+        ),
+        (
+            "send_dingtalk",
+            with(json!({"userid": "has space"})),
+            "userid: 'has space' is not a DingTalk userid",
+        ),
     ];
     for (channel, body, needle) in cases {
         let env = app.post(channel, body.clone()).await;
@@ -70,7 +122,10 @@ async fn a_valid_send_is_answered_honestly_until_delivery_lands() {
         .post("send_ding", json!({"receiver__username": ["alice", "ops-robot"], "msg_key": "markdown", "title": "告警", "content": "# 磁盘满"}))
         .await;
     assert_refused(&env, 1306000, "delivery is not available yet");
-    assert!(env["message"].as_str().unwrap().contains("nothing was sent to 2 receiver(s)"));
+    assert!(env["message"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was sent to 2 receiver(s)"));
 }
 
 #[tokio::test]
@@ -91,7 +146,9 @@ async fn v1_and_v2_paths_get_and_post_json_and_form_are_served_alike() {
             .unwrap();
         let env: Value = res.json().await.unwrap();
         assert_eq!(env["code"], 1306000, "form POST {prefix}: {env}");
-        let (_, env) = app.get(&format!("{prefix}/send_ding?{q}&msg_key=nope")).await;
+        let (_, env) = app
+            .get(&format!("{prefix}/send_ding?{q}&msg_key=nope"))
+            .await;
         assert_refused(&env, 1306406, "msg_key");
     }
 }
@@ -124,12 +181,24 @@ async fn bodies_are_refused_cleanly_when_unparsable_or_too_large() {
         .expect("answered, not reset");
     assert_eq!(res.status(), 200);
     let env: Value = res.json().await.unwrap();
-    assert_refused(&env, 1306406, "body: is larger than 1048576 bytes (DING_CHANNEL_MAX_BODY)");
+    assert_refused(
+        &env,
+        1306406,
+        "body: is larger than 1048576 bytes (DING_CHANNEL_MAX_BODY)",
+    );
 
     // The limit is configurable.
-    let small = TestApp::spawn_with(TestDb::new(), repo_manifest(), &[("DING_CHANNEL_MAX_BODY", "2048")]).await;
+    let small = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[("DING_CHANNEL_MAX_BODY", "2048")],
+    )
+    .await;
     let env = small
-        .post("send_ding", json!({"receiver__username": "a", "content": "x".repeat(3000)}))
+        .post(
+            "send_ding",
+            json!({"receiver__username": "a", "content": "x".repeat(3000)}),
+        )
         .await;
     assert_refused(&env, 1306406, "larger than 2048 bytes");
 }

@@ -32,12 +32,22 @@ impl TestDb {
         if let Ok(admin) = std::env::var("TEST_DATABASE_URL") {
             use diesel::{Connection, RunQueryDsl};
             let name = format!("dc_test_{}", ding_channel::secret::random_hex(6));
-            let mut c = diesel::pg::PgConnection::establish(&admin)
-                .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
-            diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut c).unwrap();
-            let base = admin.rsplit_once('/').expect("TEST_DATABASE_URL ends in /DBNAME").0;
+            let mut c = diesel::pg::PgConnection::establish(&admin).unwrap_or_else(|e| {
+                panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}")
+            });
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut c)
+                .unwrap();
+            let base = admin
+                .rsplit_once('/')
+                .expect("TEST_DATABASE_URL ends in /DBNAME")
+                .0;
             let url = format!("{base}/{name}");
-            return Self { url, dir, pg: Some((admin, name)) };
+            return Self {
+                url,
+                dir,
+                pg: Some((admin, name)),
+            };
         }
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
         Self { url, dir, pg: None }
@@ -50,7 +60,8 @@ impl Drop for TestDb {
         if let Some((admin, name)) = &self.pg {
             use diesel::{Connection, RunQueryDsl};
             if let Ok(mut c) = diesel::pg::PgConnection::establish(admin) {
-                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c);
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut c);
             }
         }
     }
@@ -118,7 +129,13 @@ impl TestApp {
     }
 
     pub async fn post_raw(&self, url: &str, body: &Value) -> Value {
-        let res = self.client.post(url).json(body).send().await.expect("request sent");
+        let res = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
         assert_eq!(res.status(), 200, "ESB paths answer 200");
         res.json().await.expect("envelope JSON")
     }
@@ -168,5 +185,8 @@ pub fn assert_refused(env: &Value, code: i64, needle: &str) {
     assert_eq!(env["code"], code, "{env}");
     let msg = env["message"].as_str().unwrap();
     assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
-    assert!(env["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{env}");
+    assert!(
+        env["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "{env}"
+    );
 }

@@ -17,7 +17,12 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
     let mut outputs = String::new();
     for args in [
         &["apps", "add", "logapp", "--secret", APP_SECRET_2][..],
-        &["channels", "conf", "send_dingtalk", &format!("ding_app_secret={DING_SECRET}")],
+        &[
+            "channels",
+            "conf",
+            "send_dingtalk",
+            &format!("ding_app_secret={DING_SECRET}"),
+        ],
         &["channels", "list"],
         &["apps", "list"],
     ] {
@@ -47,7 +52,11 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
         log += &line;
         log.push('\n');
         if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().to_owned();
+            break rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .to_owned();
         }
     };
     let base = format!("http://127.0.0.1:{port}/api/c/compapi/cmsi");
@@ -57,11 +66,19 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
         format!("{base}/send_ding/?bk_app_code=logapp&bk_app_secret=wrong-{APP_SECRET_2}"),
     ];
     for url in &bodies {
-        client.get(url).header("X-Request-Id", "rid-log-1").send().await.unwrap();
+        client
+            .get(url)
+            .header("X-Request-Id", "rid-log-1")
+            .send()
+            .await
+            .unwrap();
     }
     client
         .post(format!("{base}/get_msg_type/"))
-        .header("X-Bkapi-Authorization", format!(r#"{{"bk_app_code":"logapp","bk_app_secret":"{APP_SECRET_2}"}}"#))
+        .header(
+            "X-Bkapi-Authorization",
+            format!(r#"{{"bk_app_code":"logapp","bk_app_secret":"{APP_SECRET_2}"}}"#),
+        )
         .header("X-Request-Id", "rid-log-2")
         .send()
         .await
@@ -75,7 +92,10 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
 
     for secret in [APP_SECRET_2, DING_SECRET] {
         assert!(!log.contains(secret), "secret in server log:\n{log}");
-        assert!(!outputs.contains(secret), "secret in CLI output:\n{outputs}");
+        assert!(
+            !outputs.contains(secret),
+            "secret in CLI output:\n{outputs}"
+        );
     }
     let request_lines: Vec<serde_json::Value> = log
         .lines()

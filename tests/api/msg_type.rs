@@ -21,15 +21,24 @@ async fn get_msg_type_lists_ding_with_its_icon() {
 #[tokio::test]
 async fn is_active_follows_the_registry() {
     let app = TestApp::spawn().await;
-    assert!(app.cli(&["channels", "disable", "send_ding"]).status.success());
+    assert!(app
+        .cli(&["channels", "disable", "send_ding"])
+        .status
+        .success());
     let env = app.post("get_msg_type", json!({})).await;
     assert_eq!(env["data"][0]["is_active"], false, "{env}");
     let send = app
-        .post("send_msg", json!({"msg_type": "ding", "receiver__username": "a", "title": "t", "content": "c"}))
+        .post(
+            "send_msg",
+            json!({"msg_type": "ding", "receiver__username": "a", "title": "t", "content": "c"}),
+        )
         .await;
     assert_refused(&send, 1306405, "msg_type 'ding' is disabled");
 
-    assert!(app.cli(&["channels", "disable", "get_msg_type"]).status.success());
+    assert!(app
+        .cli(&["channels", "disable", "get_msg_type"])
+        .status
+        .success());
     let env = app.post("get_msg_type", json!({})).await;
     assert_refused(&env, 1306405, "channel get_msg_type is disabled");
 }
@@ -37,9 +46,23 @@ async fn is_active_follows_the_registry() {
 #[tokio::test]
 async fn send_msg_routes_ding_and_refuses_other_types() {
     let app = TestApp::spawn().await;
-    let sms = app.post("send_msg", json!({"msg_type": "sms", "receiver__username": "a", "content": "c"})).await;
-    assert_refused(&sms, 1306405, "msg_type 'sms' is not served here (available: ding)");
-    let none = app.post("send_msg", json!({"receiver__username": "a", "content": "c"})).await;
+    let sms = app
+        .post(
+            "send_msg",
+            json!({"msg_type": "sms", "receiver__username": "a", "content": "c"}),
+        )
+        .await;
+    assert_refused(
+        &sms,
+        1306405,
+        "msg_type 'sms' is not served here (available: ding)",
+    );
+    let none = app
+        .post(
+            "send_msg",
+            json!({"receiver__username": "a", "content": "c"}),
+        )
+        .await;
     assert_refused(&none, 1306406, "msg_type: is required");
     // Validation is send_ding's: a markdown without title is refused naming the field.
     let md = app

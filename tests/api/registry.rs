@@ -15,9 +15,18 @@ fn write_manifest(dir: &std::path::Path, name: &str, m: &Value) -> PathBuf {
 #[tokio::test]
 async fn sync_updates_declarations_but_keeps_what_an_admin_set() {
     let app = TestApp::spawn().await;
-    let o = app.cli(&["channels", "conf", "send_dingtalk", "ding_app_key=dingadmin", "ding_app_secret=admin-secret-123456"]);
+    let o = app.cli(&[
+        "channels",
+        "conf",
+        "send_dingtalk",
+        "ding_app_key=dingadmin",
+        "ding_app_secret=admin-secret-123456",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(app.cli(&["channels", "disable", "send_dingbot"]).status.success());
+    assert!(app
+        .cli(&["channels", "disable", "send_dingbot"])
+        .status
+        .success());
 
     // A new manifest version: new defaults, a new label, a new timeout.
     let mut m = manifest_json();
@@ -34,16 +43,32 @@ async fn sync_updates_declarations_but_keeps_what_an_admin_set() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("0 inserted, 1 updated, 4 unchanged"), "{out}");
-    assert!(out.contains("kept admin values: send_dingtalk.ding_app_key"), "{out}");
+    assert!(
+        out.contains("kept admin values: send_dingtalk.ding_app_key"),
+        "{out}"
+    );
 
     let mut conn = app.db.get().unwrap();
-    let ch = ding_channel::channels::registry::find(&mut conn, "send_dingtalk").unwrap().unwrap();
-    assert_eq!(ch.comp_conf["ding_app_key"], "dingadmin", "admin value kept");
-    assert_eq!(ch.comp_conf["ding_app_secret"], "admin-secret-123456", "admin value kept");
-    assert_eq!(ch.comp_conf["ding_robot_code"], "robot-from-manifest", "untouched default follows the manifest");
+    let ch = ding_channel::channels::registry::find(&mut conn, "send_dingtalk")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ch.comp_conf["ding_app_key"], "dingadmin",
+        "admin value kept"
+    );
+    assert_eq!(
+        ch.comp_conf["ding_app_secret"], "admin-secret-123456",
+        "admin value kept"
+    );
+    assert_eq!(
+        ch.comp_conf["ding_robot_code"], "robot-from-manifest",
+        "untouched default follows the manifest"
+    );
     assert_eq!(ch.label, "发送钉钉单聊消息 v2");
     assert_eq!(ch.timeout_s, 20);
-    let bot = ding_channel::channels::registry::find(&mut conn, "send_dingbot").unwrap().unwrap();
+    let bot = ding_channel::channels::registry::find(&mut conn, "send_dingbot")
+        .unwrap()
+        .unwrap();
     assert!(!bot.is_active, "an admin's disable survives sync");
 }
 
@@ -58,11 +83,16 @@ async fn a_malformed_manifest_is_rejected_with_its_json_path_and_nothing_written
     let o = app.cli(&["channels", "sync", "--manifest", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("$.channels[2].timeout: must be a whole number of seconds from 1 to 600"),
+        stderr(&o)
+            .contains("$.channels[2].timeout: must be a whole number of seconds from 1 to 600"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(stdout(&app.cli(&["channels", "list"])), before, "registry unchanged");
+    assert_eq!(
+        stdout(&app.cli(&["channels", "list"])),
+        before,
+        "registry unchanged"
+    );
 
     std::fs::write(&path, "{\"system\": ").unwrap();
     let o = app.cli(&["channels", "sync", "--manifest", path.to_str().unwrap()]);
@@ -93,10 +123,16 @@ async fn hidden_channels_are_registered_but_not_served() {
 async fn a_disabled_channel_answers_1306405_until_enabled() {
     let app = TestApp::spawn().await;
     let body = json!({"receiver__username": "alice", "content": "x"});
-    assert!(app.cli(&["channels", "disable", "send_ding"]).status.success());
+    assert!(app
+        .cli(&["channels", "disable", "send_ding"])
+        .status
+        .success());
     let env = app.post("send_ding", body.clone()).await;
     assert_refused(&env, 1306405, "channel send_ding is disabled");
-    assert!(app.cli(&["channels", "enable", "send_ding"]).status.success());
+    assert!(app
+        .cli(&["channels", "enable", "send_ding"])
+        .status
+        .success());
     let env = app.post("send_ding", body).await;
     assert_eq!(env["code"], 1306000, "{env}");
 }
@@ -106,13 +142,39 @@ async fn conf_refuses_undeclared_keys_unless_forced_and_masks_secrets() {
     let app = TestApp::spawn().await;
     let o = app.cli(&["channels", "conf", "send_dingtalk", "ding_app_sceret=x"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("'ding_app_sceret' is not a comp_conf key of send_dingtalk"), "{}", stderr(&o));
-    let o = app.cli(&["channels", "conf", "send_dingtalk", "extra_key=1", "--force"]);
+    assert!(
+        stderr(&o).contains("'ding_app_sceret' is not a comp_conf key of send_dingtalk"),
+        "{}",
+        stderr(&o)
+    );
+    let o = app.cli(&[
+        "channels",
+        "conf",
+        "send_dingtalk",
+        "extra_key=1",
+        "--force",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = app.cli(&["channels", "conf", "send_dingtalk", "ding_app_secret=abcdefghijklmnopqrstuvwxyz"]);
-    assert!(stdout(&o).contains("ding_app_secret=ab****yz"), "{}", stdout(&o));
+    let o = app.cli(&[
+        "channels",
+        "conf",
+        "send_dingtalk",
+        "ding_app_secret=abcdefghijklmnopqrstuvwxyz",
+    ]);
+    assert!(
+        stdout(&o).contains("ding_app_secret=ab****yz"),
+        "{}",
+        stdout(&o)
+    );
     let list = stdout(&app.cli(&["channels", "list"]));
-    assert!(list.contains("ding_app_secret=ab****yz") && !list.contains("abcdefghijklmnopqrstuvwxyz"), "{list}");
+    assert!(
+        list.contains("ding_app_secret=ab****yz") && !list.contains("abcdefghijklmnopqrstuvwxyz"),
+        "{list}"
+    );
     let o = app.cli(&["channels", "enable", "nope"]);
-    assert!(stderr(&o).contains("no channel named 'nope'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no channel named 'nope'"),
+        "{}",
+        stderr(&o)
+    );
 }

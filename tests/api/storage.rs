@@ -6,14 +6,30 @@ fn migrate_creates_every_table_once() {
     let db = TestDb::new();
     let first = cli(&db.url, &repo_manifest(), &["migrate"], &[]);
     assert!(first.status.success(), "{}", stderr(&first));
-    assert!(stdout(&first).contains("applied 1 migration(s)"), "{}", stdout(&first));
+    assert!(
+        stdout(&first).contains("applied 1 migration(s)"),
+        "{}",
+        stdout(&first)
+    );
     let again = cli(&db.url, &repo_manifest(), &["migrate"], &[]);
-    assert!(stdout(&again).contains("is up to date"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("is up to date"),
+        "{}",
+        stdout(&again)
+    );
 
     let settings = settings(&db.url, &repo_manifest(), &[]);
     let pool = ding_channel::db::Db::connect(&settings.database, 1).unwrap();
     let mut conn = pool.get().unwrap();
-    for table in ["apps", "channels", "users", "dingtalk_userids", "messages", "deliveries", "robot_sends"] {
+    for table in [
+        "apps",
+        "channels",
+        "users",
+        "dingtalk_userids",
+        "messages",
+        "deliveries",
+        "robot_sends",
+    ] {
         conn.batch_execute(&format!("SELECT COUNT(*) FROM {table}"))
             .unwrap_or_else(|e| panic!("table {table}: {e}"));
     }
@@ -22,7 +38,9 @@ fn migrate_creates_every_table_once() {
 #[test]
 fn idempotency_keys_are_unique_per_app() {
     let db = TestDb::new();
-    assert!(cli(&db.url, &repo_manifest(), &["migrate"], &[]).status.success());
+    assert!(cli(&db.url, &repo_manifest(), &["migrate"], &[])
+        .status
+        .success());
     let settings = settings(&db.url, &repo_manifest(), &[]);
     let pool = ding_channel::db::Db::connect(&settings.database, 1).unwrap();
     let mut conn = pool.get().unwrap();
@@ -31,7 +49,10 @@ fn idempotency_keys_are_unique_per_app() {
     };
     conn.batch_execute(&insert("m1", "a", "'k'")).unwrap();
     conn.batch_execute(&insert("m2", "b", "'k'")).unwrap();
-    assert!(conn.batch_execute(&insert("m3", "a", "'k'")).is_err(), "same app + key twice");
+    assert!(
+        conn.batch_execute(&insert("m3", "a", "'k'")).is_err(),
+        "same app + key twice"
+    );
     conn.batch_execute(&insert("m4", "a", "NULL")).unwrap();
     conn.batch_execute(&insert("m5", "a", "NULL")).unwrap();
 }

@@ -15,38 +15,69 @@ async fn imports_json_jsonl_and_csv_and_upserts_by_username() {
     let json = write(
         &app,
         "a.json",
-        &format!(r#"[{{"username":"alice","display_name":"Alice","telephone":"13800000001"}},
-                    {{"username":"ops-robot","qq":"{TOKEN}","wx_userid":"{SEC}"}}]"#),
+        &format!(
+            r#"[{{"username":"alice","display_name":"Alice","telephone":"13800000001"}},
+                    {{"username":"ops-robot","qq":"{TOKEN}","wx_userid":"{SEC}"}}]"#
+        ),
     );
     let o = app.cli(&["users", "import", &json]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("imported 2 user(s)") && stdout(&o).contains("2 new, 0 updated"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("imported 2 user(s)") && stdout(&o).contains("2 new, 0 updated"),
+        "{}",
+        stdout(&o)
+    );
 
     let jsonl = write(&app, "b.jsonl", "{\"username\":\"bob\",\"telephone\":13800000002}\n\n{\"username\":\"alice\",\"telephone\":\"13900000009\"}\n");
     let o = app.cli(&["users", "import", &jsonl]);
-    assert!(stdout(&o).contains("1 new, 1 updated"), "{} {}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("1 new, 1 updated"),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
 
     let csv = write(&app, "c.csv", "username,display_name,telephone,country_code,extras\ncarol,\"Carol, C.\",+852 91234567,,\"{\"\"team\"\":\"\"ops\"\"}\"\n");
     let o = app.cli(&["users", "import", &csv]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let list = stdout(&app.cli(&["users", "list"]));
-    for needle in ["alice", "bob", "carol", "+86 13900000009", "+852 91234567", "robot"] {
+    for needle in [
+        "alice",
+        "bob",
+        "carol",
+        "+86 13900000009",
+        "+852 91234567",
+        "robot",
+    ] {
         assert!(list.contains(needle), "{needle} missing in {list}");
     }
     let carol = stdout(&app.cli(&["users", "show", "carol"]));
-    assert!(carol.contains("Carol, C.") && carol.contains(r#""team":"ops""#), "{carol}");
+    assert!(
+        carol.contains("Carol, C.") && carol.contains(r#""team":"ops""#),
+        "{carol}"
+    );
 }
 
 #[tokio::test]
 async fn robot_credentials_are_masked_in_every_listing() {
     let app = TestApp::spawn().await;
-    let f = write(&app, "r.json", &format!(r#"[{{"username":"ops-robot","qq":"{TOKEN}","wx_userid":"{SEC}"}}]"#));
+    let f = write(
+        &app,
+        "r.json",
+        &format!(r#"[{{"username":"ops-robot","qq":"{TOKEN}","wx_userid":"{SEC}"}}]"#),
+    );
     assert!(app.cli(&["users", "import", &f]).status.success());
     for args in [&["users", "list"][..], &["users", "show", "ops-robot"]] {
         let out = stdout(&app.cli(args));
-        assert!(!out.contains(SEC) && !out.contains(TOKEN), "secret shown by {args:?}: {out}");
-        assert!(out.contains("SE****ef") && out.contains("01****ef"), "{out}");
+        assert!(
+            !out.contains(SEC) && !out.contains(TOKEN),
+            "secret shown by {args:?}: {out}"
+        );
+        assert!(
+            out.contains("SE****ef") && out.contains("01****ef"),
+            "{out}"
+        );
     }
 }
 
@@ -62,14 +93,21 @@ async fn a_file_with_bad_rows_imports_nothing_unless_told_to_skip() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("row 3: username: is required"), "{err}");
-    assert!(err.contains("row 4: telephone: '12ab' is not a phone number"), "{err}");
+    assert!(
+        err.contains("row 4: telephone: '12ab' is not a phone number"),
+        "{err}"
+    );
     assert!(err.contains("row 4: email:"), "{err}");
     assert!(err.contains("nothing imported"), "{err}");
     assert!(stdout(&app.cli(&["users", "list"])).contains("(none)"));
 
     let o = app.cli(&["users", "import", &csv, "--skip-invalid"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("imported 1 user(s)") && stdout(&o).contains("2 row(s) skipped"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("imported 1 user(s)") && stdout(&o).contains("2 row(s) skipped"),
+        "{}",
+        stdout(&o)
+    );
     let list = stdout(&app.cli(&["users", "list"]));
     assert!(list.contains("good") && !list.contains("second"), "{list}");
 }

@@ -1,0 +1,527 @@
+//! The DingTalk client: one pooled HTTP client per process, a single-flight token cache per
+//! app key, and the three calls ding-channel makes (getbymobile, batchSend, robot webhook).
+//! Base URLs come from config, so tests, the sandbox and benchmarks point it at the simulator.
+
+use super::error::{self, Api, Context, DingTalkError};
+use super::message::{At, ConversionError, Message};
+use super::sign;
+use crate::clock::SharedClock;
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{RequestBuilder, Url};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub const BATCH_MAX_IDS: usize = 20;
+pub const WEBHOOK_MAX_BODY: usize = 20_000;
+/// Chunks of one batch_send in flight at once: fast for large sends, gentle on the app's QPS.
+const BATCH_CONCURRENCY: usize = 4;
+/// A token is refreshed this long before DingTalk says it expires.
+const TOKEN_REFRESH_EARLY_MS: i64 = 5 * 60 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub oapi_base: Url,
+    pub api_base: Url,
+    pub proxy: Option<Url>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// The internal app whose robot sends single-chat messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct App {
+    pub key: String,
+    pub secret: String,
+    pub robot_code: String,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("key", &self.key)
+            .field("secret", &crate::secret::mask(&self.secret))
+            .field("robot_code", &self.robot_code)
+            .finish()
+    }
+}
+
+/// A group custom robot, as stored on a robot user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Robot {
+    /// The robot user's username, for messages and logs.
+    pub name: String,
+    pub token: String,
+    /// The `SEC…` signing secret; `None` for keyword/IP-secured robots.
+    pub secret: Option<String>,
+    /// Profile fields the credentials came from, so errors say where to fix them.
+    pub token_field: String,
+    pub sign_field: String,
+}
+
+impl fmt::Debug for Robot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Robot")
+            .field("name", &self.name)
+            .field("token", &crate::secret::mask(&self.token))
+            .field("signed", &self.secret.is_some())
+            .finish()
+    }
+}
+
+/// What getbymobile said about one mobile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MobileLookup {
+    Found(String),
+    NotFound,
+    NoPermission(DingTalkError),
+    IpNotWhitelisted(DingTalkError),
+    /// Worth another try later (network, throttling, DingTalk busy).
+    Transient(DingTalkError),
+    /// Any other refusal (e.g. bad app credentials).
+    Failed(DingTalkError),
+}
+
+/// The outcome of a batch send for one userId.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserOutcome {
+    Sent {
+        process_query_key: String,
+    },
+    /// In `invalidStaffIdList`: failed for good.
+    Invalid,
+    /// In `flowControlledStaffIdList`: retry later.
+    FlowControlled,
+    /// In `filteredStaffIdList`: DingTalk dropped it (e.g. the user muted the robot).
+    Filtered,
+    /// The whole call for this id's chunk failed.
+    Failed(DingTalkError),
+}
+
+struct Token {
+    value: String,
+    expires_at_ms: i64,
+}
+
+/// One per app key: readers take the token without waiting; a refresh holds `refresh`, so
+/// concurrent callers with a cold or stale cache make exactly one token request.
+#[derive(Default)]
+struct TokenSlot {
+    current: RwLock<Option<Token>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+pub struct DingTalk {
+    http: reqwest::Client,
+    cfg: ClientConfig,
+    clock: SharedClock,
+    tokens: Mutex<HashMap<String, Arc<TokenSlot>>>,
+}
+
+impl DingTalk {
+    pub fn new(cfg: ClientConfig, clock: SharedClock) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("ding-channel/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.timeout)
+            .pool_idle_timeout(Duration::from_secs(60));
+        builder = match &cfg.proxy {
+            Some(p) => builder.proxy(reqwest::Proxy::all(p.clone())?),
+            None => builder.no_proxy(),
+        };
+        Ok(Self {
+            http: builder.build()?,
+            cfg,
+            clock,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn oapi(&self, path: &str) -> String {
+        format!(
+            "{}{path}",
+            self.cfg.oapi_base.as_str().trim_end_matches('/')
+        )
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.api_base.as_str().trim_end_matches('/'))
+    }
+
+    fn slot(&self, app_key: &str) -> Arc<TokenSlot> {
+        let mut map = self.tokens.lock().expect("token map lock");
+        map.entry(app_key.to_owned()).or_default().clone()
+    }
+
+    /// A valid access token for `app`, from the cache when it has one.
+    pub async fn access_token(&self, app: &App) -> Result<String, DingTalkError> {
+        let slot = self.slot(&app.key);
+        if let Some(t) = self.fresh(&slot) {
+            return Ok(t);
+        }
+        let _refreshing = slot.refresh.lock().await;
+        if let Some(t) = self.fresh(&slot) {
+            return Ok(t); // another caller refreshed it while we waited
+        }
+        let token = self.fetch_token(app).await?;
+        let value = token.value.clone();
+        *slot.current.write().expect("token lock") = Some(token);
+        Ok(value)
+    }
+
+    fn fresh(&self, slot: &TokenSlot) -> Option<String> {
+        let now = self.clock.now_ms();
+        slot.current
+            .read()
+            .expect("token lock")
+            .as_ref()
+            .filter(|t| t.expires_at_ms - TOKEN_REFRESH_EARLY_MS > now)
+            .map(|t| t.value.clone())
+    }
+
+    /// Drops `token` from the cache if it is still the cached one (a newer one is kept).
+    fn invalidate(&self, app: &App, token: &str) {
+        let slot = self.slot(&app.key);
+        let mut current = slot.current.write().expect("token lock");
+        if current.as_ref().is_some_and(|t| t.value == token) {
+            *current = None;
+        }
+    }
+
+    async fn fetch_token(&self, app: &App) -> Result<Token, DingTalkError> {
+        let req = self
+            .http
+            .post(self.api("/v1.0/oauth2/accessToken"))
+            .json(&json!({"appKey": app.key, "appSecret": app.secret}));
+        let (status, headers, body) = self.exchange(Api::Token, req).await?;
+        if status != 200 {
+            return Err(api_error(Api::Token, status, &headers, &body));
+        }
+        let token = body["accessToken"].as_str().filter(|t| !t.is_empty());
+        let expires_in = body["expireIn"].as_i64().filter(|e| *e > 0);
+        match (token, expires_in) {
+            (Some(t), Some(e)) => Ok(Token {
+                value: t.to_owned(),
+                expires_at_ms: self.clock.now_ms() + e * 1000,
+            }),
+            _ => Err(DingTalkError::bad_answer(
+                Api::Token,
+                status,
+                "no accessToken/expireIn in the answer",
+            )),
+        }
+    }
+
+    /// Sends one request; answers the status, headers and JSON body. A body that is not JSON
+    /// is an error, never a success.
+    async fn exchange(
+        &self,
+        api: Api,
+        req: RequestBuilder,
+    ) -> Result<(u16, HeaderMap, Value), DingTalkError> {
+        let started = Instant::now();
+        let res = req
+            .send()
+            .await
+            .map_err(|e| DingTalkError::transport(api, e))?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| DingTalkError::transport(api, e))?;
+        tracing::debug!(
+            api = api.name(),
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "dingtalk call"
+        );
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.is_object() => Ok((status, headers, v)),
+            _ => Err(DingTalkError::bad_answer(
+                api,
+                status,
+                "the body is not a JSON object",
+            )),
+        }
+    }
+
+    /// An oapi call with the token in the query; refreshes the token and retries once when
+    /// DingTalk says it is invalid.
+    async fn oapi_call(
+        &self,
+        api: Api,
+        app: &App,
+        path: &str,
+        body: &Value,
+        ctx: Context<'_>,
+    ) -> Result<Value, DingTalkError> {
+        let mut retried = false;
+        loop {
+            let token = self.access_token(app).await?;
+            let mut url = Url::parse(&self.oapi(path)).expect("base URL was validated");
+            url.query_pairs_mut().append_pair("access_token", &token);
+            let (status, headers, v) = self.exchange(api, self.http.post(url).json(body)).await?;
+            let errcode = v["errcode"].as_i64();
+            if error::is_invalid_token(errcode, v["sub_code"].as_str(), status, None) && !retried {
+                self.invalidate(app, &token);
+                retried = true;
+                continue;
+            }
+            if status != 200 {
+                return Err(api_error(api, status, &headers, &v));
+            }
+            return match errcode {
+                Some(0) => Ok(v),
+                Some(code) => Err(with_request_id(
+                    error::classify_oapi(api, code, v["errmsg"].as_str().unwrap_or(""), ctx),
+                    &v,
+                )),
+                None => Err(DingTalkError::bad_answer(
+                    api,
+                    status,
+                    "no errcode in the answer",
+                )),
+            };
+        }
+    }
+
+    /// The DingTalk userid registered with `mobile`.
+    pub async fn get_by_mobile(&self, app: &App, mobile: &str) -> MobileLookup {
+        let ctx = Context {
+            robot: None,
+            mobile: Some(mobile),
+        };
+        match self
+            .oapi_call(
+                Api::GetByMobile,
+                app,
+                "/topapi/v2/user/getbymobile",
+                &json!({"mobile": mobile}),
+                ctx,
+            )
+            .await
+        {
+            Ok(v) => match v["result"]["userid"].as_str().filter(|u| !u.is_empty()) {
+                Some(u) => MobileLookup::Found(u.to_owned()),
+                None => MobileLookup::Transient(DingTalkError::bad_answer(
+                    Api::GetByMobile,
+                    200,
+                    "no result.userid in the answer",
+                )),
+            },
+            Err(e) if e.code == "60121" => MobileLookup::NotFound,
+            Err(e) if e.code == "60011" => MobileLookup::NoPermission(e),
+            Err(e) if e.code == "60020" => MobileLookup::IpNotWhitelisted(e),
+            Err(e) if e.is_retryable() => MobileLookup::Transient(e),
+            Err(e) => MobileLookup::Failed(e),
+        }
+    }
+
+    /// Sends `msg` to every userId, in calls of at most 20 ids (a few at once), and answers
+    /// one outcome per id, in the order given.
+    pub async fn batch_send(
+        &self,
+        app: &App,
+        user_ids: &[String],
+        msg: &Message,
+    ) -> Result<Vec<(String, UserOutcome)>, ConversionError> {
+        let (msg_key, msg_param) = msg.to_batch()?;
+        let calls = user_ids.chunks(BATCH_MAX_IDS).map(|chunk| {
+            let (msg_key, msg_param) = (&msg_key, &msg_param);
+            async move {
+                (
+                    chunk,
+                    self.batch_chunk(app, chunk, msg_key, msg_param).await,
+                )
+            }
+        });
+        let mut results: Vec<_> = futures_util::stream::iter(calls)
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        results.sort_by_key(|(chunk, _)| chunk.as_ptr() as usize);
+        Ok(results
+            .into_iter()
+            .flat_map(|(chunk, outcome)| chunk_outcomes(chunk, outcome))
+            .collect())
+    }
+
+    async fn batch_chunk(
+        &self,
+        app: &App,
+        ids: &[String],
+        msg_key: &str,
+        msg_param: &str,
+    ) -> Result<Value, DingTalkError> {
+        let body = json!({"robotCode": app.robot_code, "userIds": ids, "msgKey": msg_key, "msgParam": msg_param});
+        let mut retried = false;
+        loop {
+            let token = self.access_token(app).await?;
+            let req = self
+                .http
+                .post(self.api("/v1.0/robot/oToMessages/batchSend"))
+                .header(
+                    "x-acs-dingtalk-access-token",
+                    HeaderValue::from_str(&token).map_err(|_| {
+                        DingTalkError::bad_answer(
+                            Api::Token,
+                            200,
+                            "the access token is not a valid header value",
+                        )
+                    })?,
+                )
+                .json(&body);
+            let (status, headers, v) = self.exchange(Api::BatchSend, req).await?;
+            if status == 200 {
+                return if v["processQueryKey"].is_string() {
+                    Ok(v)
+                } else {
+                    Err(DingTalkError::bad_answer(
+                        Api::BatchSend,
+                        200,
+                        "no processQueryKey in the answer",
+                    ))
+                };
+            }
+            let code = v["code"].as_str();
+            if error::is_invalid_token(None, None, status, code) && !retried {
+                self.invalidate(app, &token);
+                retried = true;
+                continue;
+            }
+            return Err(api_error(Api::BatchSend, status, &headers, &v));
+        }
+    }
+
+    /// Posts `msg` to a group robot's webhook, signed when the robot has a secret.
+    pub async fn send_webhook(
+        &self,
+        robot: &Robot,
+        msg: &Message,
+        at: &At,
+    ) -> Result<(), DingTalkError> {
+        let body = msg.to_webhook(at).map_err(|e| {
+            DingTalkError::new(
+                Api::Webhook,
+                error::Class::Permanent,
+                "conversion",
+                "",
+                e.to_string(),
+            )
+        })?;
+        let bytes = serde_json::to_vec(&body).expect("JSON serializes");
+        if bytes.len() > WEBHOOK_MAX_BODY {
+            return Err(DingTalkError::new(
+                Api::Webhook,
+                error::Class::Permanent,
+                "body_too_large",
+                "",
+                format!(
+                    "the message body is {} bytes; a robot takes at most {WEBHOOK_MAX_BODY}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut url = format!(
+            "{}?access_token={}",
+            self.oapi("/robot/send"),
+            sign::encode(&robot.token)
+        );
+        if let Some(secret) = &robot.secret {
+            let ts = self.clock.now_ms();
+            url.push_str(&format!("&timestamp={ts}&sign={}", sign::sign(secret, ts)));
+        }
+        let req = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(bytes);
+        let (status, headers, v) = self.exchange(Api::Webhook, req).await?;
+        if status != 200 {
+            return Err(api_error(Api::Webhook, status, &headers, &v));
+        }
+        let ctx = Context {
+            robot: Some((&robot.name, &robot.token_field, &robot.sign_field)),
+            mobile: None,
+        };
+        match v["errcode"].as_i64() {
+            Some(0) => Ok(()),
+            Some(code) => Err(error::classify_oapi(
+                Api::Webhook,
+                code,
+                v["errmsg"].as_str().unwrap_or(""),
+                ctx,
+            )),
+            None => Err(DingTalkError::bad_answer(
+                Api::Webhook,
+                status,
+                "no errcode in the answer",
+            )),
+        }
+    }
+}
+
+fn chunk_outcomes(
+    chunk: &[String],
+    outcome: Result<Value, DingTalkError>,
+) -> Vec<(String, UserOutcome)> {
+    match outcome {
+        Err(e) => chunk
+            .iter()
+            .map(|id| (id.clone(), UserOutcome::Failed(e.clone())))
+            .collect(),
+        Ok(v) => {
+            let listed = |key: &str, id: &str| {
+                v[key]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(id)))
+            };
+            let pqk = v["processQueryKey"].as_str().unwrap_or_default().to_owned();
+            chunk
+                .iter()
+                .map(|id| {
+                    let o = if listed("invalidStaffIdList", id) {
+                        UserOutcome::Invalid
+                    } else if listed("flowControlledStaffIdList", id) {
+                        UserOutcome::FlowControlled
+                    } else if listed("filteredStaffIdList", id) {
+                        UserOutcome::Filtered
+                    } else {
+                        UserOutcome::Sent {
+                            process_query_key: pqk.clone(),
+                        }
+                    };
+                    (id.clone(), o)
+                })
+                .collect()
+        }
+    }
+}
+
+fn api_error(api: Api, status: u16, headers: &HeaderMap, v: &Value) -> DingTalkError {
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)));
+    let e = error::classify_api(
+        api,
+        status,
+        v["code"].as_str().unwrap_or(""),
+        v["message"].as_str().unwrap_or(""),
+        retry_after,
+    );
+    with_request_id(e, v)
+}
+
+fn with_request_id(mut e: DingTalkError, v: &Value) -> DingTalkError {
+    e.request_id = v["requestid"]
+        .as_str()
+        .or(v["request_id"].as_str())
+        .map(str::to_owned);
+    e
+}

@@ -1,0 +1,292 @@
+//! One error type for every DingTalk answer that is not a success, classified once, here:
+//! `Permanent` (retrying cannot help; the explanation says what an admin must change) or
+//! `Retryable` (try again, not before `after` when DingTalk imposes a pause). The callers
+//! decide retries from the class, never from strings. No secret is ever put in an error.
+
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Token,
+    GetByMobile,
+    BatchSend,
+    Webhook,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::GetByMobile => "getbymobile",
+            Self::BatchSend => "batch_send",
+            Self::Webhook => "robot_send",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Permanent,
+    Retryable { after: Option<Duration> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DingTalkError {
+    pub api: Api,
+    pub class: Class,
+    /// DingTalk's own code (`errcode`, or the new API's `code` / HTTP status); ours for
+    /// failures that never reached DingTalk (`timeout`, `network`, `bad_answer`, …).
+    pub code: String,
+    /// DingTalk's own message, quoted as it came.
+    pub message: String,
+    /// What it means and what to do, in words an admin can act on.
+    pub explanation: String,
+    /// DingTalk's request id, when the answer had one.
+    pub request_id: Option<String>,
+}
+
+impl fmt::Display for DingTalkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}", self.explanation, self.code)?;
+        if !self.message.is_empty() {
+            write!(f, " \"{}\"", self.message)?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl std::error::Error for DingTalkError {}
+
+impl DingTalkError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.class, Class::Retryable { .. })
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.class {
+            Class::Retryable { after } => after,
+            Class::Permanent => None,
+        }
+    }
+
+    pub(crate) fn new(
+        api: Api,
+        class: Class,
+        code: impl Into<String>,
+        message: impl Into<String>,
+        explanation: impl Into<String>,
+    ) -> Self {
+        Self {
+            api,
+            class,
+            code: code.into(),
+            message: message.into(),
+            explanation: explanation.into(),
+            request_id: None,
+        }
+    }
+
+    /// A failure on the way (connect, timeout, broken body): always worth another try.
+    pub(crate) fn transport(api: Api, e: reqwest::Error) -> Self {
+        let (code, what) = if e.is_timeout() {
+            ("timeout", "DingTalk did not answer in time")
+        } else if e.is_connect() {
+            (
+                "network",
+                "cannot connect to DingTalk (check the network, DINGTALK_PROXY and the base URLs)",
+            )
+        } else {
+            ("network", "the exchange with DingTalk broke off")
+        };
+        // `without_url`: the URL may carry an access_token.
+        let e = e.without_url();
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail = format!("{detail}: {s}");
+            source = s.source();
+        }
+        Self::new(api, RETRY, code, detail, what)
+    }
+
+    pub(crate) fn bad_answer(api: Api, status: u16, why: &str) -> Self {
+        let class = if status == 429 || status >= 500 {
+            RETRY
+        } else {
+            Class::Retryable {
+                after: Some(Duration::from_secs(30)),
+            }
+        };
+        Self::new(api, class, format!("http_{status}"), why, "DingTalk gave an answer that is not the documented JSON (a proxy or gateway error page?)")
+    }
+}
+
+pub(crate) const RETRY: Class = Class::Retryable { after: None };
+const RETRY_1S: Class = Class::Retryable {
+    after: Some(Duration::from_secs(1)),
+};
+const RETRY_1M: Class = Class::Retryable {
+    after: Some(Duration::from_secs(60)),
+};
+const PERMANENT: Class = Class::Permanent;
+
+/// Context that turns a code into advice naming the thing to fix.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'a> {
+    /// The robot user and the profile fields its credentials are read from.
+    pub robot: Option<(&'a str, &'a str, &'a str)>,
+    pub mobile: Option<&'a str>,
+}
+
+/// Whether an answer means "this access token is no longer valid": refresh and retry once.
+pub fn is_invalid_token(
+    errcode: Option<i64>,
+    sub_code: Option<&str>,
+    status: u16,
+    code: Option<&str>,
+) -> bool {
+    matches!(errcode, Some(40014))
+        || (errcode == Some(88) && sub_code == Some("40014"))
+        || status == 401
+        || code == Some("InvalidAuthentication")
+}
+
+/// Classifies an oapi answer (`errcode` ≠ 0).
+pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> DingTalkError {
+    let robot = ctx
+        .robot
+        .map_or_else(String::new, |(user, _, _)| format!(" of user {user}"));
+    let token_field = ctx.robot.map_or("the token field", |(_, t, _)| t);
+    let sign_field = ctx.robot.map_or("the sign field", |(_, _, s)| s);
+    let (class, explanation) = match errcode {
+        40089 | 40096 => (PERMANENT, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
+        40014 | 88 => (RETRY, "the access token expired or is invalid; a new one is fetched".to_owned()),
+        60121 => (PERMANENT, format!("no DingTalk user has the mobile {}: the telephone in the profile must equal the phone registered in DingTalk", ctx.mobile.unwrap_or("given"))),
+        60011 => (PERMANENT, "the DingTalk app lacks the permission 根据手机号获取成员基本信息 (qyapi_get_member_by_mobile): grant it in the DingTalk developer console".to_owned()),
+        60020 => (PERMANENT, "this server's IP is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP".to_owned()),
+        310000 => (PERMANENT, format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings")),
+        300001 | 300005 | 400101 => (PERMANENT, format!("the robot's access_token is not valid: check field {token_field}{robot} (the access_token= value of the webhook URL)")),
+        400102 => (PERMANENT, format!("the group robot{robot} is disabled: re-enable it in the group's robot settings")),
+        400105 => (PERMANENT, "DingTalk does not support this message type for custom robots".to_owned()),
+        400106 | 400013 => (PERMANENT, "DingTalk refused the message body as malformed".to_owned()),
+        430101..=430104 => (PERMANENT, "DingTalk refused the content (not allowed in this group)".to_owned()),
+        460101 => (PERMANENT, "the message is larger than the 20000 bytes a robot takes".to_owned()),
+        410100 | 130101 | 660026 => (RETRY_1M, format!("the group robot{robot} is sending too fast (20 messages a minute); sending resumes after a pause")),
+        90018 => (RETRY_1S, "the DingTalk app is over its calls-per-second limit; retried shortly".to_owned()),
+        90006 => (RETRY_1M, "the DingTalk app is over its calls-per-minute limit; retried after a minute".to_owned()),
+        -1 => (RETRY, "DingTalk is busy; retried".to_owned()),
+        _ => (PERMANENT, format!("DingTalk refused the {} call", api.name())),
+    };
+    DingTalkError::new(api, class, errcode.to_string(), errmsg, explanation)
+}
+
+/// Classifies a new-API (api.dingtalk.com) failure: HTTP status plus `{code, message}`.
+pub fn classify_api(
+    api: Api,
+    status: u16,
+    code: &str,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> DingTalkError {
+    let qps =
+        code.contains("QpsLimit") || code.contains("Throttling") || code.contains("FlowControl");
+    let (class, explanation) = match status {
+        401 => (RETRY, "the access token expired or is invalid; a new one is fetched".to_owned()),
+        400 if code == "invalidClientIdOrSecret" => (PERMANENT, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
+        400 if code.contains("robot") || code.contains("Robot") => (PERMANENT, "DingTalk refused the robot: check ding_robot_code in the send_dingtalk channel's comp_conf (usually the app key)".to_owned()),
+        400 => (PERMANENT, format!("DingTalk refused a parameter of the {} call", api.name())),
+        403 if qps => (Class::Retryable { after: retry_after.or(Some(Duration::from_secs(1))) }, "the DingTalk app is over its QPS limit; retried shortly".to_owned()),
+        403 => (PERMANENT, "the DingTalk app lacks a permission for this call (for single chat: qyapi_robot_sendmsg): grant it in the developer console".to_owned()),
+        429 => (Class::Retryable { after: retry_after.or(Some(Duration::from_secs(1))) }, "DingTalk asks to slow down; retried".to_owned()),
+        s if s >= 500 => (Class::Retryable { after: retry_after }, "DingTalk had a server error; retried".to_owned()),
+        _ => (PERMANENT, format!("DingTalk refused the {} call", api.name())),
+    };
+    let code = if code.is_empty() {
+        format!("http_{status}")
+    } else {
+        code.to_owned()
+    };
+    DingTalkError::new(api, class, code, message, explanation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code DINGTALK_API.md names, with the class it must get.
+    #[test]
+    fn every_documented_oapi_code_is_classified() {
+        let permanent = [
+            40089, 40096, 60121, 60011, 60020, 310000, 300001, 300005, 400101, 400102, 400105,
+            400106, 400013, 430101, 430102, 430103, 430104, 460101,
+        ];
+        let retryable = [40014, 88, 410100, 130101, 660026, 90018, 90006, -1];
+        for code in permanent {
+            let e = classify_oapi(Api::Webhook, code, "m", Context::default());
+            assert_eq!(e.class, Class::Permanent, "{code}");
+            assert!(!e.explanation.is_empty());
+        }
+        for code in retryable {
+            assert!(
+                classify_oapi(Api::Webhook, code, "m", Context::default()).is_retryable(),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify_oapi(Api::Webhook, 410100, "", Context::default()).retry_after(),
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn every_documented_api_status_is_classified() {
+        let cases: [(u16, &str, bool); 9] = [
+            (400, "invalidClientIdOrSecret", false),
+            (400, "InvalidParameter.userIds", false),
+            (401, "InvalidAuthentication", true),
+            (
+                403,
+                "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+                false,
+            ),
+            (403, "Forbidden.AccessDenied.QpsLimitForApi", true),
+            (403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi", true),
+            (429, "Throttling", true),
+            (500, "InternalError", true),
+            (503, "", true),
+        ];
+        for (status, code, retry) in cases {
+            assert_eq!(
+                classify_api(Api::BatchSend, status, code, "m", None).is_retryable(),
+                retry,
+                "{status} {code}"
+            );
+        }
+        assert_eq!(
+            classify_api(Api::BatchSend, 503, "", "", None).code,
+            "http_503"
+        );
+    }
+
+    #[test]
+    fn explanations_name_what_to_fix() {
+        let ctx = Context {
+            robot: Some(("ops-robot", "qq", "wx_userid")),
+            mobile: None,
+        };
+        let e = classify_oapi(Api::Webhook, 310000, "sign not match", ctx);
+        assert_eq!(
+            e.to_string(),
+            "robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field wx_userid of user ops-robot and the robot's security settings (310000 \"sign not match\")"
+        );
+        let e = classify_oapi(Api::Webhook, 300001, "token is not exist", ctx);
+        assert!(
+            e.to_string().contains("check field qq of user ops-robot"),
+            "{e}"
+        );
+        assert!(is_invalid_token(Some(88), Some("40014"), 200, None));
+        assert!(!is_invalid_token(Some(88), Some("60011"), 200, None));
+        assert!(is_invalid_token(None, None, 401, None));
+    }
+}
