@@ -44,6 +44,19 @@ pub enum Command {
     /// The user directory.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Run the DingTalk simulator alone (for demos, tests and benchmarks).
+    Simulator {
+        #[arg(long, default_value_t = 18080)]
+        port: u16,
+        /// JSON file with apps, users, robots and limits (default: the sandbox's demo set).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Messages a robot takes per window before it is throttled (0 = no throttle).
+        #[arg(long)]
+        throttle_limit: Option<usize>,
+        #[arg(long)]
+        throttle_window_ms: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,7 +144,56 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Channels(cmd) => channels(cmd, &settings),
         Command::Apps(cmd) => apps(cmd, &settings),
         Command::Users(cmd) => users(cmd, &settings),
+        Command::Simulator {
+            port,
+            config,
+            throttle_limit,
+            throttle_window_ms,
+        } => {
+            let mut cfg = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a simulator config", path.display()))?
+                }
+                None => crate::simulator::demo_config(),
+            };
+            if let Some(limit) = throttle_limit {
+                cfg.throttle_limit = if limit == 0 { usize::MAX } else { limit };
+            }
+            if let Some(window) = throttle_window_ms {
+                cfg.throttle_window_ms = window;
+            }
+            simulator(port, cfg)
+        }
     }
+}
+
+fn simulator(port: u16, cfg: crate::simulator::SimConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+        let robots: Vec<_> = cfg.robots.iter().map(|r| r.name.clone()).collect();
+        let apps: Vec<_> = cfg.apps.iter().map(|a| a.key.clone()).collect();
+        let sim = crate::simulator::Simulator::start(listener, cfg, crate::clock::system())?;
+        println!(
+            "DingTalk simulator on {} (apps: {}; robots: {})",
+            sim.base_url(),
+            apps.join(", "),
+            robots.join(", ")
+        );
+        println!(
+            "  messages it accepted: curl {}/_sim/messages",
+            sim.base_url()
+        );
+        tokio::signal::ctrl_c().await?;
+        sim.stop().await;
+        Ok(())
+    })
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

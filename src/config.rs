@@ -24,6 +24,10 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_MAX_BODY",
     "DING_CHANNEL_LEASE_S",
     "DING_CHANNEL_DB_POOL",
+    "DINGTALK_CONNECT_TIMEOUT_MS",
+    "DINGTALK_TIMEOUT_MS",
+    "DING_CHANNEL_USERID_TTL_S",
+    "DING_CHANNEL_USERID_MISS_TTL_S",
 ];
 
 #[derive(Debug, Clone)]
@@ -40,6 +44,12 @@ pub struct Settings {
     pub max_body: usize,
     pub lease: Duration,
     pub db_pool: u32,
+    pub dingtalk_connect_timeout: Duration,
+    pub dingtalk_timeout: Duration,
+    /// How long a phone → userid answer is trusted.
+    pub userid_ttl: Duration,
+    /// How long "no DingTalk user has this phone" is trusted.
+    pub userid_miss_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +241,18 @@ impl Settings {
         })?;
         let lease = parse("DING_CHANNEL_LEASE_S", "30", &|v| int_in(v, 3, 3600))?;
         let db_pool = parse("DING_CHANNEL_DB_POOL", "10", &|v| int_in(v, 1, 200))?;
+        let connect_ms = parse("DINGTALK_CONNECT_TIMEOUT_MS", "3000", &|v| {
+            int_in(v, 100, 60_000)
+        })?;
+        let timeout_ms = parse("DINGTALK_TIMEOUT_MS", "10000", &|v| int_in(v, 100, 300_000))?;
+        let userid_ttl = parse("DING_CHANNEL_USERID_TTL_S", "259200", &|v| {
+            int_in(v, 0, 90 * 86_400)
+        })?;
+        let userid_miss_ttl = parse("DING_CHANNEL_USERID_MISS_TTL_S", "3600", &|v| {
+            int_in(v, 0, 30 * 86_400)
+        })?;
+        let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
+        let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
         Ok(Self {
             bind: bind.parse().expect("validated above"),
@@ -247,9 +269,25 @@ impl Settings {
                 LogFormat::Text
             },
             max_body: max_body.parse().expect("validated above"),
-            lease: Duration::from_secs(lease.parse().expect("validated above")),
+            lease: secs(&lease),
             db_pool: db_pool.parse().expect("validated above"),
+            dingtalk_connect_timeout: millis(&connect_ms),
+            dingtalk_timeout: millis(&timeout_ms),
+            userid_ttl: secs(&userid_ttl),
+            userid_miss_ttl: secs(&userid_miss_ttl),
         })
+    }
+}
+
+impl Settings {
+    pub fn dingtalk(&self) -> crate::dingtalk::ClientConfig {
+        crate::dingtalk::ClientConfig {
+            oapi_base: self.oapi_base.clone(),
+            api_base: self.api_base.clone(),
+            proxy: self.proxy.clone(),
+            connect_timeout: self.dingtalk_connect_timeout,
+            timeout: self.dingtalk_timeout,
+        }
     }
 }
 

@@ -9,5 +9,6 @@ pub mod dingtalk;
 pub mod directory;
 pub mod esb;
 pub mod secret;
+pub mod simulator;
 pub mod startup;
 pub mod telemetry;

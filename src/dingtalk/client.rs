@@ -330,23 +330,24 @@ impl DingTalk {
         msg: &Message,
     ) -> Result<Vec<(String, UserOutcome)>, ConversionError> {
         let (msg_key, msg_param) = msg.to_batch()?;
-        let calls = user_ids.chunks(BATCH_MAX_IDS).map(|chunk| {
-            let (msg_key, msg_param) = (&msg_key, &msg_param);
-            async move {
-                (
-                    chunk,
-                    self.batch_chunk(app, chunk, msg_key, msg_param).await,
-                )
-            }
-        });
+        let (msg_key, msg_param) = (&msg_key, &msg_param);
+        // Owned chunks: a closure over borrowed chunks makes the future lose `Send`.
+        let calls = user_ids
+            .chunks(BATCH_MAX_IDS)
+            .map(<[String]>::to_vec)
+            .enumerate()
+            .map(|(i, chunk)| async move {
+                let outcome = self.batch_chunk(app, &chunk, msg_key, msg_param).await;
+                (i, chunk, outcome)
+            });
         let mut results: Vec<_> = futures_util::stream::iter(calls)
             .buffer_unordered(BATCH_CONCURRENCY)
             .collect()
             .await;
-        results.sort_by_key(|(chunk, _)| chunk.as_ptr() as usize);
+        results.sort_by_key(|(i, _, _)| *i);
         Ok(results
             .into_iter()
-            .flat_map(|(chunk, outcome)| chunk_outcomes(chunk, outcome))
+            .flat_map(|(_, chunk, outcome)| chunk_outcomes(&chunk, outcome))
             .collect())
     }
 
@@ -465,6 +466,28 @@ impl DingTalk {
     }
 }
 
+/// The URL with the credentials in its query (`access_token`, `sign`) masked, for logs.
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if matches!(k.as_ref(), "access_token" | "sign" | "appsecret") {
+                "****".into()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    if pairs.is_empty() {
+        shown.set_query(None);
+    } else {
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    shown.to_string()
+}
+
 fn chunk_outcomes(
     chunk: &[String],
     outcome: Result<Value, DingTalkError>,
@@ -524,4 +547,19 @@ fn with_request_id(mut e: DingTalkError, v: &Value) -> DingTalkError {
         .or(v["request_id"].as_str())
         .map(str::to_owned);
     e
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logged_urls_hide_tokens_and_signatures() {
+        let url =
+            "https://oapi.dingtalk.com/robot/send?access_token=abc123&timestamp=17&sign=x%2By"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            super::redact_url(&url),
+            "https://oapi.dingtalk.com/robot/send?access_token=****&timestamp=17&sign=****"
+        );
+    }
 }

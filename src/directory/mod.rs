@@ -4,3 +4,4 @@ pub mod classify;
 pub mod import;
 pub mod profile;
 pub mod store;
+pub mod userids;

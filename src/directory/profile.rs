@@ -74,6 +74,17 @@ pub struct Profile {
 impl Profile {
     pub const DEFAULT_COUNTRY_CODE: &'static str = "86";
 
+    /// The mobile as DingTalk's getbymobile takes it: the bare number in mainland China,
+    /// `+CC-NUMBER` elsewhere.
+    pub fn dingtalk_mobile(&self) -> Option<String> {
+        let tel = self.telephone.as_deref().filter(|t| !t.is_empty())?;
+        Some(if self.country_code == Self::DEFAULT_COUNTRY_CODE {
+            tel.to_owned()
+        } else {
+            format!("+{}-{tel}", self.country_code)
+        })
+    }
+
     /// The profile field a channel's comp_conf names (`token_field`, `sign_field`); unknown
     /// names are looked up in `extras` so an admin can keep robot credentials there.
     pub fn field(&self, name: &str) -> Option<&str> {

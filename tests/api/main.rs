@@ -3,10 +3,12 @@
 
 mod auth;
 mod cli_config;
+mod dingtalk;
 mod envelope;
 mod helpers;
 mod logging;
 mod msg_type;
 mod registry;
 mod storage;
+mod userids;
 mod users;

@@ -1,0 +1,107 @@
+//! The phone → DingTalk userid cache (table `dingtalk_userids`), so a person is looked up once
+//! per TTL, across requests and restarts. "Not found" is cached too, for a shorter time.
+
+use crate::clock::SharedClock;
+use crate::db::schema::dingtalk_userids as t;
+use crate::db::{Db, DbConn, DbError};
+use crate::dingtalk::{App, DingTalk, MobileLookup};
+use diesel::prelude::*;
+use std::time::Duration;
+
+/// A cached answer: `Some(userid)`, or `None` for "no DingTalk user has this phone".
+pub fn cached(
+    conn: &mut DbConn,
+    app_key: &str,
+    mobile: &str,
+    now_ms: i64,
+) -> Result<Option<Option<String>>, DbError> {
+    Ok(t::table
+        .find((app_key, mobile))
+        .filter(t::expires_at.gt(now_ms))
+        .select(t::userid)
+        .first::<Option<String>>(conn)
+        .optional()?)
+}
+
+pub fn store(
+    conn: &mut DbConn,
+    app_key: &str,
+    mobile: &str,
+    userid: Option<&str>,
+    now_ms: i64,
+    ttl: Duration,
+) -> Result<(), DbError> {
+    let expires_at = now_ms.saturating_add(ttl.as_millis() as i64);
+    let updated = diesel::update(t::table.find((app_key, mobile)))
+        .set((
+            t::userid.eq(userid),
+            t::fetched_at.eq(now_ms),
+            t::expires_at.eq(expires_at),
+        ))
+        .execute(conn)?;
+    if updated == 0 {
+        let inserted = diesel::insert_into(t::table)
+            .values((
+                t::app_key.eq(app_key),
+                t::mobile.eq(mobile),
+                t::userid.eq(userid),
+                t::fetched_at.eq(now_ms),
+                t::expires_at.eq(expires_at),
+            ))
+            .execute(conn);
+        match inserted {
+            // A concurrent lookup stored the same answer first.
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => {}
+            other => {
+                other?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Looks phones up through the cache, asking DingTalk only on a miss.
+pub struct UserIdCache {
+    db: Db,
+    clock: SharedClock,
+    ttl: Duration,
+    miss_ttl: Duration,
+}
+
+impl UserIdCache {
+    pub fn new(db: Db, clock: SharedClock, ttl: Duration, miss_ttl: Duration) -> Self {
+        Self {
+            db,
+            clock,
+            ttl,
+            miss_ttl,
+        }
+    }
+
+    pub async fn resolve(
+        &self,
+        client: &DingTalk,
+        app: &App,
+        mobile: &str,
+    ) -> Result<MobileLookup, DbError> {
+        let now = self.clock.now_ms();
+        let (key, m) = (app.key.clone(), mobile.to_owned());
+        if let Some(hit) = self.db.run(move |c| cached(c, &key, &m, now)).await? {
+            return Ok(hit.map_or(MobileLookup::NotFound, MobileLookup::Found));
+        }
+        let answer = client.get_by_mobile(app, mobile).await;
+        let (userid, ttl) = match &answer {
+            MobileLookup::Found(u) => (Some(u.clone()), self.ttl),
+            MobileLookup::NotFound => (None, self.miss_ttl),
+            _ => return Ok(answer), // not an answer about the person: don't cache
+        };
+        let (key, m, now) = (app.key.clone(), mobile.to_owned(), self.clock.now_ms());
+        self.db
+            .run(move |c| store(c, &key, &m, userid.as_deref(), now, ttl))
+            .await?;
+        Ok(answer)
+    }
+}

@@ -1,0 +1,258 @@
+//! A strict DingTalk stand-in for tests, the sandbox and benchmarks. It validates requests as
+//! the real service does (tokens, signatures, timestamps, body limits, required fields, the
+//! 20-per-minute robot throttle), records every accepted message, and injects faults on demand.
+//! Nothing in the client knows it is not DingTalk.
+
+mod routes;
+
+use crate::clock::SharedClock;
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    pub apps: Vec<SimApp>,
+    /// The organisation's directory: who getbymobile finds, and which userIds batchSend knows.
+    pub users: Vec<SimUser>,
+    pub robots: Vec<SimRobot>,
+    /// Messages a robot takes per window before DingTalk throttles it.
+    pub throttle_limit: usize,
+    pub throttle_window_ms: i64,
+    /// How long a throttled robot stays silenced (DingTalk: about 10 minutes).
+    pub throttle_penalty_ms: i64,
+    pub token_ttl_s: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimApp {
+    pub key: String,
+    pub secret: String,
+    pub robot_code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimUser {
+    pub mobile: String,
+    pub userid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimRobot {
+    /// A label for records and stats (the token itself is never shown).
+    pub name: String,
+    pub token: String,
+    pub secret: Option<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            apps: vec![],
+            users: vec![],
+            robots: vec![],
+            throttle_limit: 20,
+            throttle_window_ms: 60_000,
+            throttle_penalty_ms: 600_000,
+            token_ttl_s: 7200,
+        }
+    }
+}
+
+/// Fault injection (`POST /_sim/faults`). Faults apply to the DingTalk endpoints, not `/_sim`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Fraction of requests (0..=1) that fail.
+    pub error_rate: f64,
+    /// How a failing request fails: an HTTP status (e.g. 503) …
+    pub http_status: Option<u16>,
+    /// … or, with HTTP 200, this oapi errcode (e.g. -1, 410100). Default: HTTP 503.
+    pub errcode: Option<i64>,
+    /// Fail only the next N requests, then heal.
+    pub count: Option<u64>,
+    /// Only these endpoints: "token", "getbymobile", "batch_send", "robot_send" (all if empty).
+    pub apis: Vec<String>,
+    pub latency_ms: u64,
+    /// userIds that the next batchSend naming them reports as flow-controlled (once each).
+    pub flow_controlled: Vec<String>,
+    /// Invalidate every issued token now.
+    pub expire_tokens: bool,
+}
+
+/// One accepted message, as DingTalk would deliver it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimMessage {
+    pub seq: u64,
+    pub at_ms: i64,
+    /// "robot_send" or "batch_send".
+    pub api: &'static str,
+    /// Robot name (robot_send) or robotCode (batch_send).
+    pub target: String,
+    /// batch_send: the ids the message reached.
+    pub user_ids: Vec<String>,
+    /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed.
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SimStats {
+    /// Requests per endpoint.
+    pub requests: HashMap<String, u64>,
+    /// Refusals per endpoint and code, e.g. `robot_send:310000`.
+    pub refusals: HashMap<String, u64>,
+    pub tokens_issued: u64,
+    pub messages: u64,
+    pub throttled: u64,
+    pub faults_injected: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    config: SimConfig,
+    tokens: HashMap<String, (String, i64)>,
+    sends: HashMap<String, VecDeque<i64>>,
+    silenced_until: HashMap<String, i64>,
+    messages: Vec<SimMessage>,
+    stats: SimStats,
+    faults: Faults,
+    flow_controlled: HashSet<String>,
+    rng: u64,
+    seq: u64,
+}
+
+pub struct SimState {
+    inner: Mutex<Inner>,
+    clock: SharedClock,
+}
+
+impl SimState {
+    pub fn new(config: SimConfig, clock: SharedClock) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                config,
+                rng: 0x9E37_79B9_7F4A_7C15,
+                ..Inner::default()
+            }),
+            clock,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn messages(&self) -> Vec<SimMessage> {
+        self.lock().messages.clone()
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats.clone()
+    }
+
+    /// Forgets messages, stats, tokens, throttles and faults; keeps the configuration.
+    pub fn reset(&self) {
+        let mut g = self.lock();
+        let config = std::mem::take(&mut g.config);
+        *g = Inner {
+            config,
+            rng: g.rng,
+            ..Inner::default()
+        };
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        let mut g = self.lock();
+        if faults.expire_tokens {
+            g.tokens.clear();
+        }
+        g.flow_controlled = faults.flow_controlled.iter().cloned().collect();
+        g.faults = faults;
+    }
+
+    pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
+        f(&mut self.lock().config);
+    }
+
+    pub fn config(&self) -> SimConfig {
+        self.lock().config.clone()
+    }
+}
+
+/// A running simulator.
+pub struct Simulator {
+    pub state: Arc<SimState>,
+    pub port: u16,
+    handle: ServerHandle,
+}
+
+impl Simulator {
+    /// Serves on `listener` (bind 127.0.0.1:0 for a free port) on the current runtime.
+    pub fn start(
+        listener: TcpListener,
+        config: SimConfig,
+        clock: SharedClock,
+    ) -> std::io::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let state = SimState::new(config, clock);
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(routes::configure)
+        })
+        .workers(2)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self {
+            state,
+            port,
+            handle,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// The sandbox's DingTalk: one app, two people, one signed robot.
+pub fn demo_config() -> SimConfig {
+    SimConfig {
+        apps: vec![SimApp {
+            key: "dingsandboxappkey".into(),
+            secret: "sandbox-app-secret-0123456789".into(),
+            robot_code: "dingsandboxappkey".into(),
+        }],
+        users: vec![
+            SimUser {
+                mobile: "13800000001".into(),
+                userid: "alice-ding".into(),
+            },
+            SimUser {
+                mobile: "13800000002".into(),
+                userid: "bob-ding".into(),
+            },
+        ],
+        robots: vec![SimRobot {
+            name: "ops-robot".into(),
+            token: "5a1d0b3c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b".into(),
+            secret: Some(
+                "SEC5a1d0b3c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b".into(),
+            ),
+        }],
+        ..SimConfig::default()
+    }
+}

@@ -1,0 +1,483 @@
+//! The simulator's endpoints. Each checks what the real endpoint checks, in the same shape of
+//! answer (oapi: HTTP 200 + errcode; api: HTTP status + `{code, message}`).
+
+use super::{Faults, Inner, SimMessage, SimState};
+use crate::dingtalk::sign;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+type State = web::Data<SimState>;
+type Query = web::Query<HashMap<String, String>>;
+
+const MAX_ROBOT_BODY: usize = 20_000;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PayloadConfig::new(4 << 20))
+        .route("/gettoken", web::get().to(gettoken))
+        .route("/v1.0/oauth2/accessToken", web::post().to(oauth2_token))
+        .route("/topapi/v2/user/getbymobile", web::post().to(getbymobile))
+        .route(
+            "/v1.0/robot/oToMessages/batchSend",
+            web::post().to(batch_send),
+        )
+        .route("/robot/send", web::post().to(robot_send))
+        .route("/_sim/messages", web::get().to(messages))
+        .route("/_sim/stats", web::get().to(stats))
+        .route("/_sim/reset", web::post().to(reset))
+        .route("/_sim/faults", web::post().to(faults));
+}
+
+fn oapi(errcode: i64, errmsg: &str) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"errcode": errcode, "errmsg": errmsg}))
+}
+
+fn api_error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid status"))
+        .json(json!({"code": code, "message": message, "requestid": "sim"}))
+}
+
+impl Inner {
+    fn next_random(&mut self) -> f64 {
+        // xorshift64: deterministic, good enough to pick which requests fail.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn refuse(&mut self, api: &str, code: impl std::fmt::Display) {
+        *self
+            .stats
+            .refusals
+            .entry(format!("{api}:{code}"))
+            .or_default() += 1;
+    }
+
+    fn new_id(&mut self) -> String {
+        self.seq += 1;
+        format!(
+            "sim{:016x}{:08x}",
+            self.rng.wrapping_mul(self.seq),
+            self.seq
+        )
+    }
+
+    fn token_app(&self, token: &str, now: i64) -> Option<String> {
+        self.tokens
+            .get(token)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(app, _)| app.clone())
+    }
+
+    fn issue_token(&mut self, app: &str, now: i64) -> String {
+        let token = self.new_id();
+        let ttl = self.config.token_ttl_s;
+        self.tokens
+            .insert(token.clone(), (app.to_owned(), now + ttl * 1000));
+        self.stats.tokens_issued += 1;
+        token
+    }
+
+    fn record(
+        &mut self,
+        api: &'static str,
+        target: String,
+        user_ids: Vec<String>,
+        body: Value,
+        now: i64,
+    ) {
+        self.seq += 1;
+        self.stats.messages += 1;
+        let seq = self.seq;
+        self.messages.push(SimMessage {
+            seq,
+            at_ms: now,
+            api,
+            target,
+            user_ids,
+            body,
+        });
+    }
+}
+
+/// Counts the request and, when a fault applies, answers for the endpoint.
+async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Option<HttpResponse> {
+    let (latency, fail) = {
+        let mut g = state.lock();
+        *g.stats.requests.entry(api.to_owned()).or_default() += 1;
+        let f: &Faults = &g.faults;
+        let applies = f.error_rate > 0.0
+            && (f.apis.is_empty() || f.apis.iter().any(|a| a == api))
+            && f.count != Some(0);
+        let (rate, latency) = (f.error_rate, f.latency_ms);
+        let fail = applies && g.next_random() < rate;
+        if fail {
+            g.stats.faults_injected += 1;
+            if let Some(n) = g.faults.count.as_mut() {
+                *n -= 1;
+            }
+        }
+        (
+            latency,
+            fail.then(|| (g.faults.http_status, g.faults.errcode)),
+        )
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let (status, errcode) = fail?;
+    Some(match (status, errcode) {
+        (None, Some(code)) if oapi_style => oapi(code, "injected fault"),
+        (None, Some(code)) => api_error(
+            if code == -1 { 503 } else { 429 },
+            &code.to_string(),
+            "injected fault",
+        ),
+        (Some(s), _) => api_error(s, "InjectedFault", "injected fault"),
+        (None, None) => api_error(503, "ServiceUnavailable", "injected fault"),
+    })
+}
+
+async fn gettoken(state: State, q: Query) -> HttpResponse {
+    if let Some(r) = fault(&state, "token", true).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    let known = g
+        .config
+        .apps
+        .iter()
+        .any(|a| Some(&a.key) == q.get("appkey") && Some(&a.secret) == q.get("appsecret"));
+    if !known {
+        g.refuse("token", 40089);
+        return oapi(40089, "invalid appkey or appsecret");
+    }
+    let token = g.issue_token(&q["appkey"], now);
+    let ttl = g.config.token_ttl_s;
+    HttpResponse::Ok()
+        .json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": ttl}))
+}
+
+async fn oauth2_token(state: State, body: web::Bytes) -> HttpResponse {
+    if let Some(r) = fault(&state, "token", false).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut g = state.lock();
+    let key = v["appKey"].as_str().unwrap_or_default().to_owned();
+    let known = g
+        .config
+        .apps
+        .iter()
+        .any(|a| a.key == key && Some(a.secret.as_str()) == v["appSecret"].as_str());
+    if !known {
+        g.refuse("token", "invalidClientIdOrSecret");
+        return api_error(
+            400,
+            "invalidClientIdOrSecret",
+            "无效的clientId或者clientSecret",
+        );
+    }
+    let token = g.issue_token(&key, now);
+    let ttl = g.config.token_ttl_s;
+    HttpResponse::Ok().json(json!({"accessToken": token, "expireIn": ttl}))
+}
+
+async fn getbymobile(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+    if let Some(r) = fault(&state, "getbymobile", true).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    if g.token_app(q.get("access_token").map_or("", String::as_str), now)
+        .is_none()
+    {
+        g.refuse("getbymobile", 88);
+        return HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"}));
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Some(mobile) = v["mobile"].as_str().filter(|m| !m.is_empty()) else {
+        g.refuse("getbymobile", 400002);
+        return oapi(400002, "参数错误: mobile");
+    };
+    let request_id = g.new_id();
+    match g.config.users.iter().find(|u| u.mobile == mobile) {
+        Some(u) => HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "result": {"userid": u.userid}, "request_id": request_id})),
+        None => {
+            g.refuse("getbymobile", 60121);
+            HttpResponse::Ok().json(json!({"errcode": 60121, "errmsg": "找不到该用户", "request_id": request_id}))
+        }
+    }
+}
+
+/// Required msgParam keys per msgKey.
+fn msg_param_keys(msg_key: &str) -> Option<Vec<String>> {
+    let fixed: &[&str] = match msg_key {
+        "sampleText" => &["content"],
+        "sampleMarkdown" => &["title", "text"],
+        "sampleLink" => &["text", "title", "picUrl", "messageUrl"],
+        "sampleActionCard" => &["title", "text", "singleTitle", "singleURL"],
+        "sampleImageMsg" => &["photoURL"],
+        "sampleFile" => &["mediaId", "fileName", "fileType"],
+        "sampleAudio" => &["mediaId", "duration"],
+        "sampleVideo" => &["duration", "videoMediaId", "videoType"],
+        _ => {
+            let n: usize = msg_key
+                .strip_prefix("sampleActionCard")?
+                .parse()
+                .ok()
+                .filter(|n| (2..=5).contains(n))?;
+            let mut keys = vec!["title".to_owned(), "text".to_owned()];
+            for i in 1..=n {
+                keys.push(format!("actionTitle{i}"));
+                keys.push(format!("actionURL{i}"));
+            }
+            return Some(keys);
+        }
+    };
+    Some(fixed.iter().map(|k| k.to_string()).collect())
+}
+
+async fn batch_send(state: State, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Some(r) = fault(&state, "batch_send", false).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    let token = req
+        .headers()
+        .get("x-acs-dingtalk-access-token")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let Some(app_key) = g.token_app(token, now) else {
+        g.refuse("batch_send", 401);
+        return api_error(401, "InvalidAuthentication", "不合法的access_token");
+    };
+    let bad = |g: &mut Inner, code: &str, msg: &str| {
+        g.refuse("batch_send", code);
+        api_error(400, code, msg)
+    };
+    let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(&body) else {
+        return bad(&mut g, "InvalidParameter", "body must be a JSON object");
+    };
+    let robot_code = g
+        .config
+        .apps
+        .iter()
+        .find(|a| a.key == app_key)
+        .map(|a| a.robot_code.clone());
+    if v.get("robotCode").and_then(Value::as_str) != robot_code.as_deref() {
+        return bad(
+            &mut g,
+            "InvalidParameter.robotCode",
+            "robotCode is not this app's robot",
+        );
+    }
+    let ids: Option<Vec<String>> = v
+        .get("userIds")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_owned)).collect());
+    let Some(ids) = ids.filter(|ids| (1..=20).contains(&ids.len())) else {
+        return bad(
+            &mut g,
+            "InvalidParameter.userIds",
+            "userIds must hold 1 to 20 ids",
+        );
+    };
+    let msg_key = v.get("msgKey").and_then(Value::as_str).unwrap_or("");
+    let Some(required) = msg_param_keys(msg_key) else {
+        return bad(&mut g, "InvalidParameter.msgKey", "unknown msgKey");
+    };
+    let param: Option<Map<String, Value>> = v
+        .get("msgParam")
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str(s).ok());
+    let Some(param) = param.filter(|p| {
+        required
+            .iter()
+            .all(|k| p.get(k).is_some_and(Value::is_string))
+    }) else {
+        return bad(
+            &mut g,
+            "InvalidParameter.msgParam",
+            "msgParam must be a JSON string holding the msgKey's keys",
+        );
+    };
+
+    let (mut invalid, mut flow, mut sent) = (vec![], vec![], vec![]);
+    for id in ids {
+        if !g.config.users.iter().any(|u| u.userid == id) {
+            invalid.push(id);
+        } else if g.flow_controlled.remove(&id) {
+            flow.push(id);
+        } else {
+            sent.push(id);
+        }
+    }
+    if !sent.is_empty() {
+        let target = robot_code.unwrap_or_default();
+        g.record(
+            "batch_send",
+            target,
+            sent,
+            json!({"msgKey": msg_key, "msgParam": param}),
+            now,
+        );
+    }
+    let key = g.new_id();
+    HttpResponse::Ok().json(json!({
+        "processQueryKey": key,
+        "invalidStaffIdList": invalid,
+        "flowControlledStaffIdList": flow,
+        "filteredStaffIdList": [],
+    }))
+}
+
+fn nonempty(v: &Value, key: &str) -> bool {
+    v.get(key)
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+}
+
+/// What is wrong with a webhook body, as DingTalk's errcode and message.
+fn check_robot_body(v: &Value) -> Result<(), (i64, String)> {
+    let msgtype = v["msgtype"].as_str().unwrap_or("");
+    let part = &v[msgtype];
+    let (ok, what) = match msgtype {
+        "text" => (nonempty(part, "content"), "text.content"),
+        "markdown" => (
+            nonempty(part, "title") && nonempty(part, "text"),
+            "markdown.title/text",
+        ),
+        "link" => (
+            nonempty(part, "title") && nonempty(part, "text") && nonempty(part, "messageUrl"),
+            "link.title/text/messageUrl",
+        ),
+        "actionCard" => {
+            let single = nonempty(part, "singleTitle") && nonempty(part, "singleURL");
+            let btns = part["btns"].as_array().is_some_and(|b| {
+                !b.is_empty()
+                    && b.iter()
+                        .all(|b| nonempty(b, "title") && nonempty(b, "actionURL"))
+            });
+            (
+                nonempty(part, "title") && nonempty(part, "text") && (single || btns),
+                "actionCard title/text and singleTitle+singleURL or btns",
+            )
+        }
+        "feedCard" => (
+            part["links"].as_array().is_some_and(|l| {
+                !l.is_empty()
+                    && l.iter().all(|l| {
+                        nonempty(l, "title") && nonempty(l, "messageURL") && nonempty(l, "picURL")
+                    })
+            }),
+            "feedCard.links",
+        ),
+        "" => return Err((400106, "missing msgtype".into())),
+        other => return Err((400105, format!("unsupported msgtype {other}"))),
+    };
+    if !ok {
+        return Err((400106, format!("missing or empty {what}")));
+    }
+    if let Some(at) = v.get("at") {
+        let list_ok = |k: &str| {
+            at.get(k)
+                .is_none_or(|x| x.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+        };
+        if !at.is_object()
+            || !list_ok("atMobiles")
+            || !list_ok("atUserIds")
+            || at.get("isAtAll").is_some_and(|b| !b.is_boolean())
+        {
+            return Err((400106, "malformed at".into()));
+        }
+    }
+    Ok(())
+}
+
+async fn robot_send(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+    if let Some(r) = fault(&state, "robot_send", true).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    let refuse = |g: &mut Inner, code: i64, msg: &str| {
+        g.refuse("robot_send", code);
+        oapi(code, msg)
+    };
+    let token = q.get("access_token").map_or("", String::as_str);
+    let Some(robot) = g.config.robots.iter().find(|r| r.token == token).cloned() else {
+        return refuse(&mut g, 300001, "token is not exist");
+    };
+    if let Some(secret) = &robot.secret {
+        let Some(ts) = q.get("timestamp").and_then(|t| t.parse::<i64>().ok()) else {
+            return refuse(&mut g, 310000, "sign not match, timestamp is missing");
+        };
+        if (now - ts).abs() > 3_600_000 {
+            return refuse(
+                &mut g,
+                310000,
+                "sign not match, timestamp is more than 1 hour from now",
+            );
+        }
+        if q.get("sign").map(String::as_str) != Some(sign::signature(secret, ts).as_str()) {
+            return refuse(&mut g, 310000, "sign not match");
+        }
+    }
+    if body.len() > MAX_ROBOT_BODY {
+        return refuse(&mut g, 460101, "message too long, exceed 20000 bytes");
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return refuse(&mut g, 400013, "invalid json body");
+    };
+    if let Err((code, msg)) = check_robot_body(&v) {
+        return refuse(&mut g, code, &msg);
+    }
+    let (limit, window, penalty) = (
+        g.config.throttle_limit,
+        g.config.throttle_window_ms,
+        g.config.throttle_penalty_ms,
+    );
+    if g.silenced_until
+        .get(&robot.name)
+        .is_some_and(|until| *until > now)
+    {
+        g.stats.throttled += 1;
+        return refuse(&mut g, 410100, "send too fast, exceed 20 times per minute");
+    }
+    let sends = g.sends.entry(robot.name.clone()).or_default();
+    while sends.front().is_some_and(|t| *t <= now - window) {
+        sends.pop_front();
+    }
+    if sends.len() >= limit {
+        g.silenced_until.insert(robot.name.clone(), now + penalty);
+        g.stats.throttled += 1;
+        return refuse(&mut g, 410100, "send too fast, exceed 20 times per minute");
+    }
+    sends.push_back(now);
+    g.record("robot_send", robot.name, vec![], v, now);
+    oapi(0, "ok")
+}
+
+async fn messages(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(state.messages())
+}
+
+async fn stats(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(state.stats())
+}
+
+async fn reset(state: State) -> HttpResponse {
+    state.reset();
+    HttpResponse::Ok().json(json!({"reset": true}))
+}
+
+async fn faults(state: State, body: web::Json<Faults>) -> HttpResponse {
+    state.set_faults(body.into_inner());
+    HttpResponse::Ok().json(json!({"faults": state.lock().faults}))
+}
