@@ -134,7 +134,19 @@ async fn tokens_are_refreshed_before_expiry_and_after_dingtalk_drops_them() {
         .unwrap();
     assert_eq!(f.sim.state.stats().tokens_issued, 2);
 
-    // DingTalk invalidates the token mid-run: one 401, one refresh, the call retried once.
+    // DingTalk invalidates the token mid-run: oapi answers 88/40014, refresh, retried once.
+    f.sim.state.set_faults(Faults {
+        expire_tokens: true,
+        ..Faults::default()
+    });
+    assert_eq!(
+        f.client.get_by_mobile(&f.app, "13800000002").await,
+        MobileLookup::Found("bob-ding".into())
+    );
+    assert_eq!(f.sim.state.stats().refusals["getbymobile:88"], 1);
+    assert_eq!(f.sim.state.stats().tokens_issued, 3);
+
+    // The new API answers 401: one refresh, the call retried once.
     f.sim.state.set_faults(Faults {
         expire_tokens: true,
         ..Faults::default()
@@ -148,7 +160,7 @@ async fn tokens_are_refreshed_before_expiry_and_after_dingtalk_drops_them() {
     let lookup = f.client.get_by_mobile(&f.app, "13800000001").await;
     assert_eq!(lookup, MobileLookup::Found("alice-ding".into()));
     let stats = f.sim.state.stats();
-    assert_eq!(stats.tokens_issued, 3);
+    assert_eq!(stats.tokens_issued, 4);
     assert_eq!(stats.refusals["batch_send:401"], 1);
     assert_eq!(f.sim.state.messages().len(), 4);
 }

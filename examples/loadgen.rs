@@ -1,0 +1,114 @@
+//! A small HTTP load generator for the benchmarks: N POSTs at concurrency C, with `{i}` in the
+//! body replaced by the request number. Prints throughput and latency percentiles as JSON.
+//!
+//! cargo run --release --example loadgen -- --url URL --body JSON [-n 5000] [-c 32] [--header K:V]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    url: String,
+    body: String,
+    n: usize,
+    concurrency: usize,
+    headers: Vec<(String, String)>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        url: String::new(),
+        body: "{}".into(),
+        n: 5000,
+        concurrency: 32,
+        headers: vec![],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => args.url = value()?,
+            "--body" => args.body = value()?,
+            "-n" => args.n = value()?.parse().map_err(|_| "-n takes a number")?,
+            "-c" => args.concurrency = value()?.parse().map_err(|_| "-c takes a number")?,
+            "--header" => {
+                let v = value()?;
+                let (k, v) = v.split_once(':').ok_or("--header takes NAME:VALUE")?;
+                args.headers.push((k.trim().into(), v.trim().into()));
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.url.is_empty() {
+        return Err("--url is required".into());
+    }
+    Ok(args)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (client, args, next) = (client.clone(), args.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0usize;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= args.n {
+                        break;
+                    }
+                    let mut req = client
+                        .post(&args.url)
+                        .header("content-type", "application/json")
+                        .body(args.body.replace("{i}", &i.to_string()));
+                    for (k, v) in &args.headers {
+                        req = req.header(k, v);
+                    }
+                    let t = Instant::now();
+                    let ok = match req.send().await {
+                        Ok(res) => res.status().is_success() && res.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    latencies.push(t.elapsed());
+                    failures += usize::from(!ok);
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = Vec::with_capacity(args.n);
+    let mut failures = 0;
+    for w in workers {
+        let (l, f) = w.await.unwrap();
+        all.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{{\"requests\": {}, \"failures\": {failures}, \"seconds\": {:.3}, \"per_second\": {:.0}, \"p50_ms\": {:.2}, \"p99_ms\": {:.2}, \"max_ms\": {:.2}}}",
+        all.len(),
+        elapsed.as_secs_f64(),
+        all.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+}
