@@ -32,7 +32,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP server (migrates the database and syncs the manifest first).
-    Serve,
+    Serve {
+        /// Use the built-in DingTalk simulator and seed demo data: try it offline.
+        #[arg(long)]
+        sandbox: bool,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// The channel registry.
@@ -125,7 +129,7 @@ pub enum UsersCmd {
 
 pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => serve(settings),
+        Command::Serve { sandbox } => serve(settings, sandbox),
         Command::Migrate => {
             let db = Db::connect(&settings.database, 1)?;
             let applied = db.migrate()?;
@@ -196,14 +200,35 @@ fn simulator(port: u16, cfg: crate::simulator::SimConfig) -> anyhow::Result<()> 
     })
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn serve(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let sim = if sandbox {
+            Some(crate::sandbox::start_simulator(&mut settings)?)
+        } else {
+            None
+        };
         let (database, bind) = (settings.database.clone(), settings.bind);
+        let db_for_seed = sandbox
+            .then(|| Db::connect(&settings.database, 1))
+            .transpose()?;
         let app = Application::build(settings)?;
+        if let (Some(sim), Some(db)) = (&sim, db_for_seed) {
+            let seeded = crate::sandbox::seed(&db)?;
+            if !seeded.is_empty() {
+                tracing::info!(seeded = %seeded.join(", "), "sandbox data seeded");
+            }
+            println!(
+                "{}",
+                crate::sandbox::banner(
+                    std::net::SocketAddr::new(bind.ip(), app.port()),
+                    &sim.base_url()
+                )
+            );
+        }
         tracing::info!(%database, "ding-channel listening on {}:{}", bind.ip(), app.port());
         app.run_until_stopped().await?;
         tracing::info!("ding-channel stopped");

@@ -28,6 +28,7 @@ const KEYS: &[&str] = &[
     "DINGTALK_TIMEOUT_MS",
     "DING_CHANNEL_USERID_TTL_S",
     "DING_CHANNEL_USERID_MISS_TTL_S",
+    "DING_CHANNEL_MAX_AGE_S",
 ];
 
 #[derive(Debug, Clone)]
@@ -50,6 +51,8 @@ pub struct Settings {
     pub userid_ttl: Duration,
     /// How long "no DingTalk user has this phone" is trusted.
     pub userid_miss_ttl: Duration,
+    /// A delivery still failing this long after acceptance is failed for good.
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +254,9 @@ impl Settings {
         let userid_miss_ttl = parse("DING_CHANNEL_USERID_MISS_TTL_S", "3600", &|v| {
             int_in(v, 0, 30 * 86_400)
         })?;
+        let max_age = parse("DING_CHANNEL_MAX_AGE_S", "86400", &|v| {
+            int_in(v, 60, 30 * 86_400)
+        })?;
         let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
@@ -275,6 +281,7 @@ impl Settings {
             dingtalk_timeout: millis(&timeout_ms),
             userid_ttl: secs(&userid_ttl),
             userid_miss_ttl: secs(&userid_miss_ttl),
+            max_age: secs(&max_age),
         })
     }
 }

@@ -3,9 +3,15 @@
 
 use crate::channels::manifest::Manifest;
 use crate::channels::registry;
+use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::db::Db;
+use crate::dingtalk::DingTalk;
+use crate::directory::userids::UserIdCache;
 use crate::esb::routes;
+use crate::metrics::Metrics;
+use crate::outbox::retry::RetryPolicy;
+use crate::outbox::Outbox;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -18,6 +24,33 @@ pub struct AppState {
     pub db: Db,
     pub manifest: Arc<Manifest>,
     pub settings: Arc<Settings>,
+    pub outbox: Arc<Outbox>,
+}
+
+/// The delivery engine for `settings`: DingTalk client, phone cache, outbox (not started).
+pub fn outbox(db: &Db, settings: &Settings, clock: SharedClock) -> anyhow::Result<Arc<Outbox>> {
+    let metrics = Arc::new(Metrics::default());
+    let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())
+        .context("cannot set up the DingTalk client")?;
+    let userids = UserIdCache::new(
+        db.clone(),
+        clock.clone(),
+        settings.userid_ttl,
+        settings.userid_miss_ttl,
+    );
+    let policy = RetryPolicy {
+        max_age: settings.max_age,
+        ..RetryPolicy::default()
+    };
+    Ok(Outbox::new(
+        db.clone(),
+        Arc::new(client),
+        userids,
+        clock,
+        policy,
+        settings.lease,
+        metrics,
+    ))
 }
 
 /// Opens the database, applies migrations and syncs the manifest: what `serve` needs before
@@ -39,14 +72,46 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<(Db, Manifest)> {
     Ok((db, manifest))
 }
 
+pub struct Options {
+    pub clock: SharedClock,
+    /// Look for due deliveries in the background. Tests turn it off and drain the outbox
+    /// themselves, so nothing races their assertions.
+    pub poll: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: crate::clock::system(),
+            poll: true,
+        }
+    }
+}
+
 pub struct Application {
     port: u16,
     server: Server,
+    outbox: Arc<Outbox>,
 }
 
 impl Application {
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Options::default())
+    }
+
+    /// Call it on a Tokio runtime: the outbox workers start on it.
+    pub fn build_with(settings: Settings, options: Options) -> anyhow::Result<Self> {
+        let Options { clock, poll } = options;
         let (db, manifest) = prepare(&settings)?;
+        if db.backend() == "sqlite" {
+            // One process owns a SQLite database: claims left by a killed process are ours now.
+            let released = crate::outbox::store::release_all_claims(&mut *db.get()?)?;
+            if released > 0 {
+                tracing::info!(released, "resuming deliveries claimed before a restart");
+            }
+        }
+        let outbox = outbox(&db, &settings, clock)?;
+        outbox.start(settings.workers, poll);
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {} (DING_CHANNEL_BIND)", settings.bind))?;
         let port = listener.local_addr()?.port();
@@ -54,6 +119,7 @@ impl Application {
             db,
             manifest: Arc::new(manifest),
             settings: Arc::new(settings),
+            outbox: outbox.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -63,7 +129,16 @@ impl Application {
         })
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            outbox,
+        })
+    }
+
+    /// The delivery engine (tests drain it).
+    pub fn outbox(&self) -> Arc<Outbox> {
+        self.outbox.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -3,10 +3,20 @@
 use super::manifest::Component;
 use super::registry::{self, Channel};
 use super::send;
+use crate::db::models::DeliveryRow;
+use crate::dispatch;
+use crate::esb::envelope::{Code, Reply};
 use crate::esb::error::EsbError;
 use crate::esb::params::Params;
+use crate::outbox::store::{self, Accepted, NewMessage, FAILED, QUEUED, SENT};
+use crate::outbox::Outbox;
 use crate::startup::AppState;
 use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// An idempotency key is honoured for this long.
+const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// What a component knows about the request besides its arguments.
 pub struct Context<'a> {
@@ -18,42 +28,187 @@ pub struct Context<'a> {
     pub request_id: &'a str,
 }
 
-/// Runs the channel's component; answers `(data, message)` for the envelope.
+/// Runs the channel's component.
 pub async fn handle(
     ctx: &Context<'_>,
     channel: &Channel,
     params: &Params,
-) -> Result<(Value, String), EsbError> {
+) -> Result<Reply, EsbError> {
     match channel.component {
         Component::GetMsgType => get_msg_type(ctx).await,
         Component::SendMsg => {
             let target = msg_type_channel(ctx, params).await?;
-            send(ctx, &target, params)
+            let request = send::parse(target.component, params, ctx.idempotency_header)?;
+            send(
+                &ctx.state.outbox,
+                &target,
+                request,
+                ctx.app_code,
+                ctx.username,
+                ctx.request_id,
+            )
+            .await
         }
         Component::SendDing | Component::SendDingtalk | Component::SendDingbot => {
-            send(ctx, channel, params)
+            let request = send::parse(channel.component, params, ctx.idempotency_header)?;
+            send(
+                &ctx.state.outbox,
+                channel,
+                request,
+                ctx.app_code,
+                ctx.username,
+                ctx.request_id,
+            )
+            .await
         }
     }
 }
 
-fn send(
-    ctx: &Context<'_>,
+/// Resolves the receivers, persists the message with one delivery per target, hands it to the
+/// workers and waits (up to the channel's timeout) for the first attempt; then answers with
+/// what is known per receiver. Used by the HTTP API and the `send` command alike.
+pub async fn send(
+    outbox: &Outbox,
     channel: &Channel,
-    params: &Params,
-) -> Result<(Value, String), EsbError> {
-    let request = send::parse(channel.component, params, ctx.idempotency_header)?;
-    tracing::info!(
-        channel = %channel.name,
-        app = ctx.app_code,
-        receivers = request.receivers.len(),
-        msg_key = ?request.message.msg_key,
-        "send validated"
-    );
-    Err(EsbError::NotAvailable(format!(
-        "the request is valid, but delivery is not available yet in ding-channel {}: nothing was sent to {} receiver(s)",
-        env!("CARGO_PKG_VERSION"),
-        request.receivers.len()
-    )))
+    request: send::SendRequest,
+    app_code: &str,
+    username: Option<&str>,
+    request_id: &str,
+) -> Result<Reply, EsbError> {
+    let deadline = Instant::now() + Duration::from_secs(channel.timeout_s.max(1) as u64);
+    if let Some(key) = request.idempotency_key.clone() {
+        let (app, since) = (
+            app_code.to_owned(),
+            outbox.clock.now_ms() - IDEMPOTENCY_WINDOW_MS,
+        );
+        let seen = outbox
+            .db
+            .run(move |conn| Ok::<_, EsbError>(store::find_recent_by_key(conn, &app, &key, since)?))
+            .await?;
+        if let Some(id) = seen {
+            return answer(outbox, &id, true).await;
+        }
+    }
+
+    let planned = dispatch::plan(outbox, channel.component, &request.receivers, deadline).await?;
+    let now = outbox.clock.now_ms();
+    let give_up_at = now + outbox.policy.max_age.as_millis() as i64;
+    let any_queued = planned.iter().any(|d| d.failed.is_none());
+    let new = NewMessage {
+        app_code: app_code.to_owned(),
+        idempotency_key: request.idempotency_key,
+        channel: channel.name.clone(),
+        sender: request.sender.or(username.map(str::to_owned)),
+        request_id: request_id.to_owned(),
+        body: serde_json::to_string(&request.message).expect("a message serializes"),
+        deliveries: planned,
+    };
+    let accepted = outbox
+        .db
+        .run(move |conn| {
+            Ok::<_, EsbError>(store::accept(
+                conn,
+                &new,
+                now,
+                give_up_at,
+                IDEMPOTENCY_WINDOW_MS,
+            )?)
+        })
+        .await?;
+    match &accepted {
+        Accepted::New(id) if any_queued => {
+            tracing::info!(message_id = %id, channel = %channel.name, "message accepted");
+            match outbox.submit(id) {
+                Some(first_attempt) => {
+                    let _ = tokio::time::timeout_at(deadline, first_attempt).await;
+                }
+                None => outbox.wake(),
+            }
+        }
+        Accepted::New(id) => {
+            tracing::info!(message_id = %id, "message accepted; no receiver can be reached")
+        }
+        Accepted::Replay(_) => {}
+    }
+    answer(
+        outbox,
+        accepted.id(),
+        matches!(accepted, Accepted::Replay(_)),
+    )
+    .await
+}
+
+/// The per-receiver answer for a message, from its deliveries' current state.
+async fn answer(outbox: &Outbox, message_id: &str, replay: bool) -> Result<Reply, EsbError> {
+    let id = message_id.to_owned();
+    let rows = outbox
+        .db
+        .run(move |conn| Ok::<_, EsbError>(store::deliveries_of(conn, &id)?))
+        .await?;
+    Ok(reply(message_id, &rows, replay))
+}
+
+fn reply(message_id: &str, rows: &[DeliveryRow], replay: bool) -> Reply {
+    let failed: Vec<&DeliveryRow> = rows.iter().filter(|r| r.status == FAILED).collect();
+    let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
+    let (sent, queued) = (count(SENT), count(QUEUED));
+    let reasons = failed
+        .iter()
+        .map(|r| {
+            format!(
+                "{} ({})",
+                r.receiver,
+                r.last_error.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut data = json!({
+        "message_id": message_id,
+        "deliveries": rows.iter().map(|r| json!({
+            "receiver": r.receiver,
+            "kind": r.kind,
+            "status": r.status,
+            "error": r.last_error,
+        })).collect::<Vec<_>>(),
+        "username_check": {"invalid": failed.iter().map(|r| r.receiver.as_str()).collect::<Vec<_>>()},
+    });
+    if replay {
+        data["idempotent_replay"] = Value::Bool(true);
+    }
+    let (code, message) = if !rows.is_empty() && failed.len() == rows.len() {
+        // Refused by the directory before any attempt → unknown receivers; else DingTalk said no.
+        let code = if failed.iter().all(|r| r.attempts == 0) {
+            Code::UnknownReceivers
+        } else {
+            Code::ThirdParty
+        };
+        (
+            code,
+            format!("all {} receiver(s) failed: {reasons}", rows.len()),
+        )
+    } else if !failed.is_empty() {
+        (
+            Code::Ok,
+            format!(
+                "{} of {} receivers failed: {reasons}",
+                failed.len(),
+                rows.len()
+            ),
+        )
+    } else if queued > 0 {
+        (
+            Code::Ok,
+            format!("{sent} sent, {queued} queued for delivery"),
+        )
+    } else {
+        (Code::Ok, format!("sent to {sent} receiver(s)"))
+    };
+    Reply {
+        code,
+        message,
+        data,
+    }
 }
 
 /// `send_msg` routes by `msg_type` through the manifest's message types to an active channel.
@@ -105,7 +260,7 @@ async fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel,
     Ok(channel)
 }
 
-async fn get_msg_type(ctx: &Context<'_>) -> Result<(Value, String), EsbError> {
+async fn get_msg_type(ctx: &Context<'_>) -> Result<Reply, EsbError> {
     let channels = ctx.state.db.run(registry::list).await?;
     let data: Vec<Value> = ctx
         .state
@@ -125,5 +280,5 @@ async fn get_msg_type(ctx: &Context<'_>) -> Result<(Value, String), EsbError> {
             })
         })
         .collect();
-    Ok((Value::Array(data), "ok".to_owned()))
+    Ok(Reply::ok(Value::Array(data), "ok"))
 }

@@ -6,7 +6,7 @@ use crate::directory::profile::Username;
 use crate::esb::error::EsbError;
 use crate::esb::params::Params;
 use base64::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const MAX_RECEIVERS: usize = 1000;
 pub const MAX_TITLE_CHARS: usize = 256;
@@ -14,7 +14,7 @@ pub const MAX_URL_BYTES: usize = 2048;
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub const MAX_AT_MOBILES: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MsgKey {
     Text,
@@ -56,7 +56,7 @@ impl MsgKey {
 }
 
 /// The message as the caller asked for it, validated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub msg_key: MsgKey,
     pub title: Option<String>,

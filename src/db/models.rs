@@ -44,3 +44,52 @@ pub struct UserRow {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub id: String,
+    pub app_code: String,
+    pub idempotency_key: Option<String>,
+    pub channel: String,
+    pub sender: Option<String>,
+    pub request_id: String,
+    pub body: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = deliveries)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub message_id: String,
+    pub receiver: String,
+    pub kind: String,
+    pub target: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub give_up_at: i64,
+    pub sent_at: Option<i64>,
+    pub claimed_until: Option<i64>,
+    pub claimed_by: Option<String>,
+    pub last_error: Option<String>,
+    pub dingtalk_code: Option<String>,
+    pub dingtalk_request_id: Option<String>,
+    pub digest_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = delivery_attempts)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub delivery_id: i64,
+    pub attempt: i32,
+    pub at: i64,
+    pub outcome: String,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub dingtalk_request_id: Option<String>,
+}

@@ -75,6 +75,8 @@ diesel::table! {
         status -> Text,
         attempts -> Integer,
         next_attempt_at -> BigInt,
+        give_up_at -> BigInt,
+        sent_at -> Nullable<BigInt>,
         claimed_until -> Nullable<BigInt>,
         claimed_by -> Nullable<Text>,
         last_error -> Nullable<Text>,
@@ -83,6 +85,19 @@ diesel::table! {
         digest_id -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    delivery_attempts (id) {
+        id -> BigInt,
+        delivery_id -> BigInt,
+        attempt -> Integer,
+        at -> BigInt,
+        outcome -> Text,
+        code -> Nullable<Text>,
+        error -> Nullable<Text>,
+        dingtalk_request_id -> Nullable<Text>,
     }
 }
 
@@ -97,6 +112,7 @@ diesel::table! {
 }
 
 diesel::joinable!(deliveries -> messages (message_id));
+diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
 diesel::allow_tables_to_appear_in_same_query!(
     apps,
     channels,
@@ -104,5 +120,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     dingtalk_userids,
     messages,
     deliveries,
+    delivery_attempts,
     robot_sends,
 );

@@ -119,10 +119,19 @@ pub struct DingTalk {
     cfg: ClientConfig,
     clock: SharedClock,
     tokens: Mutex<HashMap<String, Arc<TokenSlot>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl DingTalk {
     pub fn new(cfg: ClientConfig, clock: SharedClock) -> Result<Self, reqwest::Error> {
+        Self::with_metrics(cfg, clock, Arc::default())
+    }
+
+    pub fn with_metrics(
+        cfg: ClientConfig,
+        clock: SharedClock,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ding-channel/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
@@ -137,6 +146,7 @@ impl DingTalk {
             cfg,
             clock,
             tokens: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -223,22 +233,27 @@ impl DingTalk {
         req: RequestBuilder,
     ) -> Result<(u16, HeaderMap, Value), DingTalkError> {
         let started = Instant::now();
-        let res = req
-            .send()
-            .await
-            .map_err(|e| DingTalkError::transport(api, e))?;
+        let req = req.build().map_err(|e| DingTalkError::transport(api, e))?;
+        let url = redact_url(req.url());
+        let res = self.http.execute(req).await.map_err(|e| {
+            self.metrics.dingtalk(api.name(), "network");
+            DingTalkError::transport(api, e)
+        })?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let bytes = res
             .bytes()
             .await
             .map_err(|e| DingTalkError::transport(api, e))?;
-        tracing::debug!(
-            api = api.name(),
-            status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "dingtalk call"
+        self.metrics.dingtalk(
+            api.name(),
+            match status {
+                200..=299 => "http_2xx",
+                400..=499 => "http_4xx",
+                _ => "http_5xx",
+            },
         );
+        tracing::debug!(api = api.name(), %url, status, elapsed_ms = started.elapsed().as_millis() as u64, "dingtalk call");
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) if v.is_object() => Ok((status, headers, v)),
             _ => Err(DingTalkError::bad_answer(

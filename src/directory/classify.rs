@@ -58,6 +58,27 @@ pub fn classify<'a>(p: &'a Profile, f: &RobotFields) -> Kind<'a> {
     }
 }
 
+/// What is wrong with a robot user's stored credentials, if anything, in words that name the
+/// field to fix. Checked before sending so a typo is reported, not retried.
+pub fn robot_problem(token: &str, secret: Option<&str>, f: &RobotFields) -> Option<String> {
+    let token_ok = (16..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !token_ok {
+        return Some(format!(
+            "malformed robot token in field {} (expected the access_token= value of the webhook URL)",
+            f.token_field
+        ));
+    }
+    if let Some(s) = secret {
+        if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Some(format!("malformed signing secret in field {} (expected SEC followed by letters and digits)", f.sign_field));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +121,21 @@ mod tests {
         );
         assert_eq!(classify(&profile(None, Some("SECabc")), &f), Kind::Normal);
         assert_eq!(classify(&profile(Some("tok"), None), &f), Kind::Normal);
+    }
+
+    #[test]
+    fn malformed_robot_credentials_name_the_field() {
+        let f = RobotFields::default();
+        assert_eq!(
+            robot_problem(&"a".repeat(64), Some("SEC0123456789abcdef"), &f),
+            None
+        );
+        assert!(robot_problem("tok en", None, &f)
+            .unwrap()
+            .contains("field qq"));
+        assert!(robot_problem(&"a".repeat(64), Some("SEC 12"), &f)
+            .unwrap()
+            .contains("field wx_userid"));
     }
 
     #[test]

@@ -54,6 +54,17 @@ pub fn get(conn: &mut DbConn, username: &str) -> Result<Option<Profile>, DbError
         .transpose()
 }
 
+/// The profiles of `usernames` that exist.
+pub fn get_many(conn: &mut DbConn, usernames: &[String]) -> Result<Vec<Profile>, DbError> {
+    users::table
+        .filter(users::username.eq_any(usernames))
+        .select(UserRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(from_row)
+        .collect()
+}
+
 pub fn list(conn: &mut DbConn) -> Result<Vec<Profile>, DbError> {
     users::table
         .order(users::username)

@@ -30,6 +30,34 @@ impl Code {
     }
 }
 
+/// What a component answers; `result` is `code == Ok`.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: Code,
+    pub message: String,
+    pub data: Value,
+}
+
+impl Reply {
+    pub fn ok(data: Value, message: impl Into<String>) -> Self {
+        Self {
+            code: Code::Ok,
+            message: message.into(),
+            data,
+        }
+    }
+
+    pub fn into_envelope(self, request_id: &str) -> Envelope {
+        Envelope {
+            result: self.code == Code::Ok,
+            code: self.code.value(),
+            message: self.message,
+            data: self.data,
+            request_id: request_id.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Envelope {
     pub result: bool,

@@ -2,7 +2,7 @@
 //! tracing span). Handlers only parse and authenticate; components do the work.
 
 use super::auth::{self, Credentials};
-use super::envelope::Envelope;
+use super::envelope::{Envelope, Reply};
 use super::error::EsbError;
 use super::params::Params;
 use crate::channels::{component, registry};
@@ -28,6 +28,8 @@ pub struct RequestId(pub String);
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/api/v1/messages/{id}", web::get().to(message))
         .route("/api/c/compapi/{tail:.*}", web::get().to(esb))
         .route("/api/c/compapi/{tail:.*}", web::post().to(esb));
 }
@@ -88,10 +90,64 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let depth = state.db.run(crate::outbox::store::queue_depth).await.ok();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.outbox.metrics.render(depth))
+}
+
+/// One message's delivery log, for the app that sent it.
+async fn message(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let rid = request_id(&req);
+    let id = path.into_inner();
+    let answer = async {
+        let params = Params::from_request(req.query_string(), None, b"")?;
+        let creds = Credentials::from_request(
+            req.headers().get(auth::HEADER).map(HeaderValue::as_bytes),
+            &params,
+        )?;
+        state
+            .db
+            .run(move |conn| {
+                creds.verify(conn)?;
+                let view = crate::outbox::view::message_view(conn, &id)?;
+                Ok::<_, EsbError>(view.filter(|v| v.app_code == creds.app_code))
+            })
+            .await
+    };
+    match answer.await {
+        Ok(Some(view)) => HttpResponse::Ok().json(Envelope::ok(
+            serde_json::to_value(view).unwrap_or(Value::Null),
+            "ok",
+            &rid,
+        )),
+        Ok(None) => HttpResponse::NotFound().json(Envelope::err(
+            super::envelope::Code::Generic,
+            "no such message for this app",
+            Value::Null,
+            &rid,
+        )),
+        Err(e) => {
+            let status = if matches!(e, EsbError::AppAuth(_)) {
+                401
+            } else {
+                400
+            };
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid"))
+                .json(Envelope::err(e.code(), e.to_string(), Value::Null, &rid))
+        }
+    }
+}
+
 async fn esb(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let rid = request_id(&req);
     match serve_esb(&req, payload, &state, &rid).await {
-        Ok((data, message)) => HttpResponse::Ok().json(Envelope::ok(data, message, &rid)),
+        Ok(reply) => HttpResponse::Ok().json(reply.into_envelope(&rid)),
         Err(e) => {
             match &e {
                 EsbError::Internal(cause) => tracing::error!(cause = %cause, "request failed"),
@@ -121,7 +177,7 @@ async fn serve_esb(
     payload: web::Payload,
     state: &AppState,
     rid: &str,
-) -> Result<(Value, String), EsbError> {
+) -> Result<Reply, EsbError> {
     let body = read_body(req, payload, state.settings.max_body).await?;
     let content_type = req
         .headers()

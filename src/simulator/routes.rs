@@ -91,6 +91,7 @@ impl Inner {
         self.seq += 1;
         self.stats.messages += 1;
         let seq = self.seq;
+        tracing::info!(target: "simulator", api, to = %target, user_ids = ?user_ids, "DingTalk simulator received a message");
         self.messages.push(SimMessage {
             seq,
             at_ms: now,

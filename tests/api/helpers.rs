@@ -2,13 +2,17 @@
 //! when `TEST_DATABASE_URL` is set and the `postgres` feature is on), the app on a random
 //! port, and the real binary for CLI checks against the same database.
 
+use ding_channel::clock::{ManualClock, SharedClock};
 use ding_channel::config::Settings;
 use ding_channel::db::Db;
-use ding_channel::startup::Application;
+use ding_channel::outbox::Outbox;
+use ding_channel::simulator::{demo_config, SimConfig, Simulator};
+use ding_channel::startup::{Application, Options};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 pub const APP: &str = "demo";
 pub const APP_SECRET: &str = "demo-secret";
@@ -73,6 +77,11 @@ pub struct TestApp {
     pub test_db: TestDb,
     pub manifest: PathBuf,
     pub client: reqwest::Client,
+    pub outbox: Arc<Outbox>,
+    /// The DingTalk the app talks to.
+    pub sim: Simulator,
+    /// Shared by the app and the simulator.
+    pub clock: Arc<ManualClock>,
 }
 
 /// Settings of a test: no config file from the working directory, a free port.
@@ -97,24 +106,94 @@ impl TestApp {
         Self::spawn_with(TestDb::new(), repo_manifest(), &[]).await
     }
 
+    /// The app on `test_db`, talking to a fresh simulator (demo set plus `sim_users`), with the
+    /// sandbox's demo data seeded: app demo, users alice and bob, robot user ops-robot.
     pub async fn spawn_with(test_db: TestDb, manifest: PathBuf, extra: &[(&str, &str)]) -> Self {
-        let settings = settings(&test_db.url, &manifest, extra);
-        let app = Application::build(settings.clone()).expect("app builds");
+        Self::spawn_full(test_db, manifest, extra, demo_config(), true).await
+    }
+
+    /// A second process on an existing database (a restart), with a healthy simulator.
+    pub async fn spawn_on(url: &str) -> Self {
+        // The database belongs to the first app's TestDb; this one only borrows it.
+        let test_db = TestDb {
+            url: url.to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+            pg: None,
+        };
+        Self::spawn_full(test_db, repo_manifest(), &[], demo_config(), true).await
+    }
+
+    /// Only the demo app: an empty directory and the manifest's comp_conf.
+    pub async fn spawn_plain() -> Self {
+        Self::spawn_full(TestDb::new(), repo_manifest(), &[], demo_config(), false).await
+    }
+
+    pub async fn spawn_full(
+        test_db: TestDb,
+        manifest: PathBuf,
+        extra: &[(&str, &str)],
+        sim_config: SimConfig,
+        seed: bool,
+    ) -> Self {
+        let clock = ManualClock::new(ding_channel::db::now_ms());
+        let shared: SharedClock = clock.clone();
+        let sim = Simulator::start(
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            sim_config,
+            shared.clone(),
+        )
+        .unwrap();
+        let base = sim.base_url();
+        let mut env: Vec<(&str, &str)> =
+            vec![("DINGTALK_OAPI_BASE", &base), ("DINGTALK_API_BASE", &base)];
+        env.extend_from_slice(extra);
+        let settings = settings(&test_db.url, &manifest, &env);
+        let app = Application::build_with(
+            settings.clone(),
+            Options {
+                clock: shared,
+                poll: false,
+            },
+        )
+        .expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let outbox = app.outbox();
         tokio::spawn(app.run_until_stopped());
         let db = Db::connect(&settings.database, 2).unwrap();
-        let mut conn = db.get().unwrap();
-        ding_channel::esb::auth::upsert_app(&mut conn, APP, APP_SECRET, true)
-            .unwrap()
-            .unwrap();
-        drop(conn);
+        if seed {
+            ding_channel::sandbox::seed(&db).unwrap();
+        } else {
+            ding_channel::esb::auth::upsert_app(&mut db.get().unwrap(), APP, APP_SECRET, true)
+                .unwrap()
+                .unwrap();
+        }
         Self {
             address,
             db,
             test_db,
             manifest,
             client: reqwest::Client::new(),
+            outbox,
+            sim,
+            clock,
         }
+    }
+
+    /// Delivers everything due now, as the workers would.
+    pub async fn drain(&self) -> usize {
+        self.outbox.run_due().await
+    }
+
+    /// Imports profiles (JSON lines) straight into the directory.
+    pub fn import_users(&self, jsonl: &str) {
+        let parsed = ding_channel::directory::import::parse(
+            jsonl,
+            ding_channel::directory::import::Format::JsonLines,
+        )
+        .unwrap();
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let profiles: Vec<_> = parsed.profiles.into_iter().map(|(_, p)| p).collect();
+        ding_channel::directory::store::upsert(&mut self.db.get().unwrap(), &profiles).unwrap();
     }
 
     pub fn url(&self, channel: &str) -> String {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli_config;
+mod delivery;
 mod dingtalk;
 mod envelope;
 mod helpers;

@@ -14,7 +14,7 @@ fn write_manifest(dir: &std::path::Path, name: &str, m: &Value) -> PathBuf {
 
 #[tokio::test]
 async fn sync_updates_declarations_but_keeps_what_an_admin_set() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_plain().await;
     let o = app.cli(&[
         "channels",
         "conf",
@@ -74,7 +74,7 @@ async fn sync_updates_declarations_but_keeps_what_an_admin_set() {
 
 #[tokio::test]
 async fn a_malformed_manifest_is_rejected_with_its_json_path_and_nothing_written() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_plain().await;
     let before = stdout(&app.cli(&["channels", "list"]));
     let mut m = manifest_json();
     m["channels"][0]["label"] = "changed".into();
@@ -134,12 +134,12 @@ async fn a_disabled_channel_answers_1306405_until_enabled() {
         .status
         .success());
     let env = app.post("send_ding", body).await;
-    assert_eq!(env["code"], 1306000, "{env}");
+    assert_eq!(env["code"], 0, "{env}");
 }
 
 #[tokio::test]
 async fn conf_refuses_undeclared_keys_unless_forced_and_masks_secrets() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_plain().await;
     let o = app.cli(&["channels", "conf", "send_dingtalk", "ding_app_sceret=x"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

@@ -11,7 +11,7 @@ fn write(app: &TestApp, name: &str, content: &str) -> String {
 
 #[tokio::test]
 async fn imports_json_jsonl_and_csv_and_upserts_by_username() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_plain().await;
     let json = write(
         &app,
         "a.json",
@@ -61,7 +61,7 @@ async fn imports_json_jsonl_and_csv_and_upserts_by_username() {
 
 #[tokio::test]
 async fn robot_credentials_are_masked_in_every_listing() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_plain().await;
     let f = write(
         &app,
         "r.json",
@@ -83,7 +83,7 @@ async fn robot_credentials_are_masked_in_every_listing() {
 
 #[tokio::test]
 async fn a_file_with_bad_rows_imports_nothing_unless_told_to_skip() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_plain().await;
     let csv = write(
         &app,
         "bad.csv",
@@ -114,7 +114,7 @@ async fn a_file_with_bad_rows_imports_nothing_unless_told_to_skip() {
 
 #[tokio::test]
 async fn show_and_remove_report_unknown_users() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_plain().await;
     let f = write(&app, "u.jsonl", "{\"username\":\"dave\"}\n");
     assert!(app.cli(&["users", "import", &f]).status.success());
     assert!(app.cli(&["users", "remove", "dave"]).status.success());

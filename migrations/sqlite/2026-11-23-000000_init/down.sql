@@ -1,4 +1,5 @@
 DROP TABLE robot_sends;
+DROP TABLE delivery_attempts;
 DROP TABLE deliveries;
 DROP TABLE messages;
 DROP TABLE dingtalk_userids;

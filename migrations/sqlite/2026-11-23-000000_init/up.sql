@@ -68,6 +68,8 @@ CREATE TABLE deliveries (
     status             TEXT NOT NULL,   -- 'queued' | 'sent' | 'failed'
     attempts           INTEGER NOT NULL DEFAULT 0,
     next_attempt_at    BIGINT NOT NULL,
+    give_up_at         BIGINT NOT NULL, -- still failing then: failed for good
+    sent_at            BIGINT,
     claimed_until      BIGINT,
     claimed_by         TEXT,
     last_error         TEXT,
@@ -80,6 +82,19 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_message ON deliveries (message_id);
 -- Serves "due deliveries": status = 'queued' AND next_attempt_at <= now, oldest first.
 CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+
+-- Every attempt of every delivery: the history `deliveries show` prints.
+CREATE TABLE delivery_attempts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    delivery_id BIGINT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    attempt     INTEGER NOT NULL,
+    at          BIGINT NOT NULL,
+    outcome     TEXT NOT NULL,          -- 'sent' | 'retry' | 'failed'
+    code        TEXT,
+    error       TEXT,
+    dingtalk_request_id TEXT
+);
+CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id);
 
 CREATE TABLE robot_sends (
     id          INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,

@@ -1,0 +1,395 @@
+//! The outbox tables: a message and its deliveries are written in one transaction before
+//! anything is sent; workers claim due deliveries with a lease and record each attempt.
+
+use crate::db::models::{AttemptRow, DeliveryRow, MessageRow};
+use crate::db::schema::{deliveries as d, delivery_attempts as a, messages as m};
+use crate::db::{write_tx, DbConn, DbError};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{BigInt, Nullable, Text};
+
+pub const QUEUED: &str = "queued";
+pub const SENT: &str = "sent";
+pub const FAILED: &str = "failed";
+
+pub struct NewDelivery {
+    pub receiver: String,
+    /// "user" | "robot"
+    pub kind: &'static str,
+    pub target: String,
+    /// `Some(reason)`: failed before any attempt (unknown user, no telephone, …).
+    pub failed: Option<String>,
+}
+
+pub struct NewMessage {
+    pub app_code: String,
+    pub idempotency_key: Option<String>,
+    pub channel: String,
+    pub sender: Option<String>,
+    pub request_id: String,
+    /// The validated message, as JSON.
+    pub body: String,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    New(String),
+    /// The same (app, idempotency key) was accepted before, within the window.
+    Replay(String),
+}
+
+impl Accepted {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::New(id) | Self::Replay(id) => id,
+        }
+    }
+}
+
+/// A time-ordered id: 12 hex digits of milliseconds, then 8 random.
+pub fn new_message_id(now_ms: i64) -> String {
+    format!("{:012x}{}", now_ms, crate::secret::random_hex(4))
+}
+
+/// Persists the message and its deliveries, or finds the one an idempotency key names.
+pub fn accept(
+    conn: &mut DbConn,
+    msg: &NewMessage,
+    now: i64,
+    give_up_at: i64,
+    idempotency_window_ms: i64,
+) -> Result<Accepted, DbError> {
+    let attempt = write_tx(conn, |conn| -> Result<Accepted, DieselError> {
+        if let Some(key) = &msg.idempotency_key {
+            // A key older than the window is free again.
+            diesel::update(
+                m::table
+                    .filter(m::app_code.eq(&msg.app_code))
+                    .filter(m::idempotency_key.eq(key))
+                    .filter(m::created_at.le(now - idempotency_window_ms)),
+            )
+            .set(m::idempotency_key.eq(None::<String>))
+            .execute(conn)?;
+            if let Some(id) = find_by_key(conn, &msg.app_code, key, now - idempotency_window_ms)? {
+                return Ok(Accepted::Replay(id));
+            }
+        }
+        let id = new_message_id(now);
+        diesel::insert_into(m::table)
+            .values((
+                m::id.eq(&id),
+                m::app_code.eq(&msg.app_code),
+                m::idempotency_key.eq(&msg.idempotency_key),
+                m::channel.eq(&msg.channel),
+                m::sender.eq(&msg.sender),
+                m::request_id.eq(&msg.request_id),
+                m::body.eq(&msg.body),
+                m::created_at.eq(now),
+            ))
+            .execute(conn)?;
+        for nd in &msg.deliveries {
+            diesel::insert_into(d::table)
+                .values((
+                    d::message_id.eq(&id),
+                    d::receiver.eq(&nd.receiver),
+                    d::kind.eq(nd.kind),
+                    d::target.eq(&nd.target),
+                    d::status.eq(if nd.failed.is_some() { FAILED } else { QUEUED }),
+                    d::attempts.eq(0),
+                    d::next_attempt_at.eq(now),
+                    d::give_up_at.eq(give_up_at),
+                    d::last_error.eq(&nd.failed),
+                    d::created_at.eq(now),
+                    d::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+        }
+        Ok(Accepted::New(id))
+    });
+    match (attempt, &msg.idempotency_key) {
+        // A concurrent request with the same key committed first (PostgreSQL): answer with it.
+        (Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)), Some(key)) => {
+            find_by_key(conn, &msg.app_code, key, now - idempotency_window_ms)?
+                .map(Accepted::Replay)
+                .ok_or_else(|| DbError::Query(DieselError::NotFound))
+        }
+        (other, _) => Ok(other?),
+    }
+}
+
+/// The message an idempotency key names, if accepted within the window.
+pub fn find_recent_by_key(
+    conn: &mut DbConn,
+    app: &str,
+    key: &str,
+    since: i64,
+) -> Result<Option<String>, DbError> {
+    Ok(find_by_key(conn, app, key, since)?)
+}
+
+fn find_by_key(
+    conn: &mut DbConn,
+    app: &str,
+    key: &str,
+    since: i64,
+) -> Result<Option<String>, DieselError> {
+    m::table
+        .filter(m::app_code.eq(app))
+        .filter(m::idempotency_key.eq(key))
+        .filter(m::created_at.gt(since))
+        .select(m::id)
+        .first(conn)
+        .optional()
+}
+
+pub fn message(conn: &mut DbConn, id: &str) -> Result<Option<MessageRow>, DbError> {
+    Ok(m::table
+        .find(id)
+        .select(MessageRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn deliveries_of(conn: &mut DbConn, message_id: &str) -> Result<Vec<DeliveryRow>, DbError> {
+    Ok(d::table
+        .filter(d::message_id.eq(message_id))
+        .order(d::id)
+        .select(DeliveryRow::as_select())
+        .load(conn)?)
+}
+
+pub fn attempts_of(conn: &mut DbConn, delivery_ids: &[i64]) -> Result<Vec<AttemptRow>, DbError> {
+    Ok(a::table
+        .filter(a::delivery_id.eq_any(delivery_ids))
+        .order((a::delivery_id, a::attempt))
+        .select(AttemptRow::as_select())
+        .load(conn)?)
+}
+
+pub fn recent_messages(
+    conn: &mut DbConn,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<(MessageRow, Vec<DeliveryRow>)>, DbError> {
+    let mut q = m::table
+        .order(m::created_at.desc())
+        .select(MessageRow::as_select())
+        .limit(limit)
+        .into_boxed();
+    if let Some(s) = status {
+        q = q.filter(
+            m::id.eq_any(
+                d::table
+                    .filter(d::status.eq(s.to_owned()))
+                    .select(d::message_id),
+            ),
+        );
+    }
+    let msgs: Vec<MessageRow> = q.load(conn)?;
+    let ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    let all: Vec<DeliveryRow> = d::table
+        .filter(d::message_id.eq_any(&ids))
+        .order(d::id)
+        .select(DeliveryRow::as_select())
+        .load(conn)?;
+    Ok(msgs
+        .into_iter()
+        .map(|msg| {
+            let ds = all
+                .iter()
+                .filter(|x| x.message_id == msg.id)
+                .cloned()
+                .collect();
+            (msg, ds)
+        })
+        .collect())
+}
+
+/// Claims up to `limit` due deliveries (optionally of one message) for `lease_ms`, under the
+/// claim token `claim`. Expired claims of a dead process are due again. On PostgreSQL
+/// concurrent claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`).
+pub fn claim(
+    conn: &mut DbConn,
+    claim: &str,
+    now: i64,
+    lease_ms: i64,
+    limit: i64,
+    message_id: Option<&str>,
+) -> Result<Vec<DeliveryRow>, DbError> {
+    let until = now + lease_ms;
+    match conn {
+        DbConn::Sqlite(c) => diesel::sql_query(
+            "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
+             WHERE status = 'queued' AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) \
+             AND (? IS NULL OR message_id = ?) ORDER BY next_attempt_at, id LIMIT ?)",
+        )
+        .bind::<Text, _>(claim)
+        .bind::<BigInt, _>(until)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(now)
+        .bind::<Nullable<Text>, _>(message_id)
+        .bind::<Nullable<Text>, _>(message_id)
+        .bind::<BigInt, _>(limit)
+        .execute(c)?,
+        #[cfg(feature = "postgres")]
+        DbConn::Pg(c) => diesel::sql_query(
+            "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
+             WHERE status = 'queued' AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until < $3) \
+             AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Text, _>(claim)
+        .bind::<BigInt, _>(until)
+        .bind::<BigInt, _>(now)
+        .bind::<Nullable<Text>, _>(message_id)
+        .bind::<BigInt, _>(limit)
+        .execute(c)?,
+    };
+    Ok(d::table
+        .filter(d::claimed_by.eq(claim))
+        .filter(d::claimed_until.eq(until))
+        .filter(d::status.eq(QUEUED))
+        .order(d::id)
+        .select(DeliveryRow::as_select())
+        .load(conn)?)
+}
+
+/// What an attempt came to.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Sent {
+        request_id: Option<String>,
+    },
+    Retry {
+        at: i64,
+        code: String,
+        error: String,
+    },
+    Failed {
+        code: Option<String>,
+        error: String,
+    },
+}
+
+/// Records an attempt if `claim` still owns the delivery; answers whether it did.
+pub fn record(
+    conn: &mut DbConn,
+    delivery: &DeliveryRow,
+    claim: &str,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<bool, DbError> {
+    let attempt = delivery.attempts + 1;
+    Ok(write_tx(conn, |conn| -> Result<bool, DieselError> {
+        let owned = d::table
+            .find(delivery.id)
+            .filter(d::claimed_by.eq(claim))
+            .filter(d::status.eq(QUEUED));
+        let changed = match outcome {
+            Outcome::Sent { request_id } => diesel::update(owned)
+                .set((
+                    d::status.eq(SENT),
+                    d::attempts.eq(attempt),
+                    d::sent_at.eq(now),
+                    d::dingtalk_request_id.eq(request_id),
+                    d::last_error.eq(None::<String>),
+                    d::claimed_by.eq(None::<String>),
+                    d::claimed_until.eq(None::<i64>),
+                    d::updated_at.eq(now),
+                ))
+                .execute(conn)?,
+            Outcome::Retry { at, code, error } => diesel::update(owned)
+                .set((
+                    d::attempts.eq(attempt),
+                    d::next_attempt_at.eq(at),
+                    d::last_error.eq(error),
+                    d::dingtalk_code.eq(code),
+                    d::claimed_by.eq(None::<String>),
+                    d::claimed_until.eq(None::<i64>),
+                    d::updated_at.eq(now),
+                ))
+                .execute(conn)?,
+            Outcome::Failed { code, error } => diesel::update(owned)
+                .set((
+                    d::status.eq(FAILED),
+                    d::attempts.eq(attempt),
+                    d::last_error.eq(error),
+                    d::dingtalk_code.eq(code),
+                    d::claimed_by.eq(None::<String>),
+                    d::claimed_until.eq(None::<i64>),
+                    d::updated_at.eq(now),
+                ))
+                .execute(conn)?,
+        };
+        if changed == 0 {
+            return Ok(false);
+        }
+        let (kind, code, error, rid) = match outcome {
+            Outcome::Sent { request_id } => ("sent", None, None, request_id.clone()),
+            Outcome::Retry { code, error, .. } => {
+                ("retry", Some(code.clone()), Some(error.clone()), None)
+            }
+            Outcome::Failed { code, error } => ("failed", code.clone(), Some(error.clone()), None),
+        };
+        diesel::insert_into(a::table)
+            .values((
+                a::delivery_id.eq(delivery.id),
+                a::attempt.eq(attempt),
+                a::at.eq(now),
+                a::outcome.eq(kind),
+                a::code.eq(code),
+                a::error.eq(error),
+                a::dingtalk_request_id.eq(rid),
+            ))
+            .execute(conn)?;
+        Ok(true)
+    })?)
+}
+
+/// Releases every claim: at start-up on SQLite, where this process is the only deliverer.
+pub fn release_all_claims(conn: &mut DbConn) -> Result<usize, DbError> {
+    Ok(diesel::update(d::table.filter(d::claimed_by.is_not_null()))
+        .set((
+            d::claimed_by.eq(None::<String>),
+            d::claimed_until.eq(None::<i64>),
+        ))
+        .execute(conn)?)
+}
+
+/// Queues a message's failed deliveries again (`deliveries retry`); answers how many.
+pub fn retry_failed(
+    conn: &mut DbConn,
+    message_id: &str,
+    now: i64,
+    give_up_at: i64,
+) -> Result<usize, DbError> {
+    Ok(diesel::update(
+        d::table
+            .filter(d::message_id.eq(message_id))
+            .filter(d::status.eq(FAILED))
+            .filter(d::target.ne("")),
+    )
+    .set((
+        d::status.eq(QUEUED),
+        d::next_attempt_at.eq(now),
+        d::give_up_at.eq(give_up_at),
+        d::updated_at.eq(now),
+    ))
+    .execute(conn)?)
+}
+
+/// Queued deliveries: the queue depth.
+pub fn queue_depth(conn: &mut DbConn) -> Result<i64, DbError> {
+    Ok(d::table
+        .filter(d::status.eq(QUEUED))
+        .count()
+        .get_result(conn)?)
+}
+
+/// The earliest `next_attempt_at` of the queue, so a worker knows how long it may sleep.
+pub fn next_due(conn: &mut DbConn) -> Result<Option<i64>, DbError> {
+    Ok(d::table
+        .filter(d::status.eq(QUEUED))
+        .select(diesel::dsl::min(d::next_attempt_at))
+        .first(conn)?)
+}

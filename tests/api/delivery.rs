@@ -1,0 +1,527 @@
+//! Delivery end to end: usernames in, the right DingTalk calls out, an honest answer back.
+
+use crate::helpers::*;
+use ding_channel::simulator::{Faults, SimUser};
+use serde_json::{json, Value};
+
+fn statuses(env: &Value) -> Vec<(String, String)> {
+    env["data"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["receiver"].as_str().unwrap().to_owned(),
+                d["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mixed_send_reaches_people_and_robots_and_reports_the_rest() {
+    let app = TestApp::spawn().await;
+    app.import_users(r#"{"username":"carol","display_name":"Carol"}"#);
+    let env = app
+        .post(
+            "send_msg",
+            json!({"msg_type": "ding", "receiver__username": "alice,bob,ops-robot,ghost,carol", "title": "Disk full", "content": "host-1 /data 95%"}),
+        )
+        .await;
+    assert_eq!(env["result"], true, "{env}");
+    assert_eq!(env["code"], 0);
+    assert_eq!(
+        statuses(&env),
+        pairs(&[
+            ("alice", "sent"),
+            ("bob", "sent"),
+            ("ops-robot", "sent"),
+            ("ghost", "failed"),
+            ("carol", "failed")
+        ])
+    );
+    assert_eq!(
+        env["data"]["username_check"]["invalid"],
+        json!(["ghost", "carol"])
+    );
+    assert_eq!(
+        env["message"],
+        "2 of 5 receivers failed: ghost (unknown user), carol (no telephone in the profile)"
+    );
+
+    let got = app.sim.state.messages();
+    assert_eq!(
+        got.len(),
+        2,
+        "one webhook, one batchSend for both people: {got:?}"
+    );
+    let robot = got.iter().find(|m| m.api == "robot_send").unwrap();
+    assert_eq!(robot.target, "ops-robot");
+    assert_eq!(
+        robot.body["text"]["content"], "Disk full\nhost-1 /data 95%",
+        "title on the first line"
+    );
+    let batch = got.iter().find(|m| m.api == "batch_send").unwrap();
+    assert_eq!(batch.user_ids, ["alice-ding", "bob-ding"]);
+    assert_eq!(batch.body["msgKey"], "sampleText");
+    // The simulator checked the signature; nothing was refused.
+    assert!(
+        app.sim.state.stats().refusals.is_empty(),
+        "{:?}",
+        app.sim.state.stats().refusals
+    );
+}
+
+#[tokio::test]
+async fn forty_five_people_take_three_calls_and_their_phones_are_looked_up_once() {
+    let mut cfg = ding_channel::simulator::demo_config();
+    cfg.users.extend((0..45).map(|i| SimUser {
+        mobile: format!("1390000{i:04}"),
+        userid: format!("u{i}"),
+    }));
+    let app = TestApp::spawn_full(TestDb::new(), repo_manifest(), &[], cfg, true).await;
+    let lines: Vec<String> = (0..45)
+        .map(|i| format!(r#"{{"username":"p{i}","telephone":"1390000{i:04}"}}"#))
+        .collect();
+    app.import_users(&lines.join("\n"));
+    let names: Vec<String> = (0..45).map(|i| format!("p{i}")).collect();
+    let body = json!({"receiver__username": names, "msg_key": "markdown", "title": "Deploy", "content": "## done"});
+    let env = app.post("send_ding", body.clone()).await;
+    assert_eq!(env["message"], "sent to 45 receiver(s)", "{env}");
+    let stats = app.sim.state.stats();
+    assert_eq!(stats.requests["batch_send"], 3);
+    assert_eq!(stats.requests["getbymobile"], 45);
+
+    let again = app.post("send_ding", body).await;
+    assert_eq!(again["message"], "sent to 45 receiver(s)");
+    let stats = app.sim.state.stats();
+    assert_eq!(
+        stats.requests["getbymobile"], 45,
+        "phones come from the cache"
+    );
+    assert_eq!(stats.requests["batch_send"], 6);
+    let delivered: usize = app
+        .sim
+        .state
+        .messages()
+        .iter()
+        .map(|m| m.user_ids.len())
+        .sum();
+    assert_eq!(delivered, 90);
+}
+
+#[tokio::test]
+async fn when_no_receiver_can_be_reached_the_answer_is_false_with_reasons() {
+    let app = TestApp::spawn().await;
+    app.import_users(r#"{"username":"nophone"}"#);
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "ghost,nophone", "content": "x"}),
+        )
+        .await;
+    assert_refused(
+        &env,
+        1306404,
+        "all 2 receiver(s) failed: ghost (unknown user), nophone (no telephone in the profile)",
+    );
+    assert_eq!(
+        env["data"]["username_check"]["invalid"],
+        json!(["ghost", "nophone"])
+    );
+    assert!(
+        env["data"]["message_id"].is_string(),
+        "the refusal is logged too"
+    );
+    assert!(app.sim.state.messages().is_empty());
+
+    let bot = app
+        .post(
+            "send_dingbot",
+            json!({"receiver__username": "alice", "content": "x"}),
+        )
+        .await;
+    assert_refused(&bot, 1306404, "alice (not a robot user)");
+    let single = app
+        .post(
+            "send_dingtalk",
+            json!({"receiver__username": "ops-robot", "content": "x"}),
+        )
+        .await;
+    assert_refused(
+        &single,
+        1306404,
+        "ops-robot (is a robot user; send_dingtalk reaches people only",
+    );
+}
+
+#[tokio::test]
+async fn a_dingtalk_outage_delays_delivery_but_delivers_exactly_once() {
+    let app = TestApp::spawn().await;
+    app.sim.state.set_faults(Faults {
+        error_rate: 1.0,
+        http_status: Some(503),
+        apis: vec!["robot_send".into(), "batch_send".into()],
+        ..Faults::default()
+    });
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "alice,ops-robot", "content": "outage"}),
+        )
+        .await;
+    assert_eq!(env["result"], true, "queued is accepted: {env}");
+    assert_eq!(
+        statuses(&env),
+        pairs(&[("alice", "queued"), ("ops-robot", "queued")])
+    );
+    assert_eq!(env["message"], "0 sent, 2 queued for delivery");
+
+    // Still down at the next attempt.
+    app.clock.advance_ms(60_000);
+    assert_eq!(app.drain().await, 2);
+    assert!(app.sim.state.messages().is_empty());
+    // Nothing is due before its backoff ends.
+    assert_eq!(app.drain().await, 0);
+
+    app.sim.state.set_faults(Faults::default());
+    app.clock.advance_ms(600_000);
+    assert_eq!(app.drain().await, 2);
+    assert_eq!(app.drain().await, 0);
+    assert_eq!(
+        app.sim.state.messages().len(),
+        2,
+        "each receiver exactly once"
+    );
+
+    let id = env["data"]["message_id"].as_str().unwrap();
+    let (status, log) = app
+        .get(&format!(
+            "/api/v1/messages/{id}?bk_app_code={APP}&bk_app_secret={APP_SECRET}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{log}");
+    for d in log["data"]["deliveries"].as_array().unwrap() {
+        assert_eq!(d["status"], "sent");
+        let outcomes: Vec<&str> = d["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["retry", "retry", "sent"], "{d}");
+    }
+}
+
+#[tokio::test]
+async fn a_permanent_error_fails_with_a_reason_an_admin_can_act_on() {
+    let app = TestApp::spawn().await;
+    let token = "d".repeat(64);
+    app.import_users(&format!(
+        r#"{{"username":"bad-robot","qq":"{token}","wx_userid":"SECthisisnotthesecret0000"}}"#
+    ));
+    app.sim.state.configure(|c| {
+        c.robots.push(ding_channel::simulator::SimRobot {
+            name: "bad-robot".into(),
+            token: token.clone(),
+            secret: Some("SECtherealsecret00000000".into()),
+        })
+    });
+    let env = app
+        .post(
+            "send_dingbot",
+            json!({"receiver__username": "bad-robot", "content": "x"}),
+        )
+        .await;
+    assert_refused(
+        &env,
+        1306201,
+        "check the SEC secret stored in field wx_userid of user bad-robot",
+    );
+    assert!(
+        !env.to_string().contains("SECthisisnotthesecret"),
+        "secret leaked: {env}"
+    );
+    app.clock.advance_ms(3_600_000);
+    assert_eq!(app.drain().await, 0, "not retried");
+}
+
+#[tokio::test]
+async fn queued_deliveries_survive_a_restart_and_a_crash_mid_claim() {
+    let test_db = TestDb::new();
+    let url = test_db.url.clone();
+    let first = TestApp::spawn_with(test_db, repo_manifest(), &[]).await;
+    first.sim.state.set_faults(Faults {
+        error_rate: 1.0,
+        http_status: Some(503),
+        ..Faults::default()
+    });
+    let env = first
+        .post(
+            "send_ding",
+            json!({"receiver__username": "alice,ops-robot", "content": "survive"}),
+        )
+        .await;
+    assert_eq!(
+        statuses(&env),
+        pairs(&[("alice", "queued"), ("ops-robot", "queued")])
+    );
+    // The process dies holding a claim (as with kill -9 between claim and record).
+    let held = ding_channel::outbox::store::claim(
+        &mut first.db.get().unwrap(),
+        "dead-process",
+        i64::MAX / 4,
+        30_000,
+        10,
+        None,
+    )
+    .unwrap();
+    assert_eq!(held.len(), 2);
+
+    // A new process on the same database, with DingTalk healthy again.
+    let second = TestApp::spawn_on(&url).await;
+    second.clock.set_ms(i64::MAX / 4 + 31_000); // past the dead process's lease (PostgreSQL); SQLite releases at start-up
+    assert_eq!(second.drain().await, 2);
+    let got = second.sim.state.messages();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(first.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_sends_once_even_when_requests_race() {
+    let app = TestApp::spawn().await;
+    let body =
+        json!({"receiver__username": "alice", "content": "once", "idempotency_key": "alert-42"});
+    let first = app.post("send_ding", body.clone()).await;
+    let second = app.post("send_ding", body.clone()).await;
+    assert_eq!(first["data"]["message_id"], second["data"]["message_id"]);
+    assert_eq!(second["data"]["idempotent_replay"], true);
+    assert_eq!(statuses(&second), pairs(&[("alice", "sent")]));
+    assert_eq!(app.sim.state.messages().len(), 1);
+
+    let racing: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("send_ding"));
+            tokio::spawn(async move {
+                let res = client
+                    .post(url)
+                    .header("Idempotency-Key", "race-1")
+                    .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver__username": "bob", "content": "race"}))
+                    .send()
+                    .await
+                    .unwrap();
+                res.json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for r in racing {
+        let env = r.await.unwrap();
+        assert_eq!(env["result"], true, "{env}");
+        ids.insert(env["data"]["message_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one message for one key");
+    app.drain().await;
+    let to_bob = app
+        .sim
+        .state
+        .messages()
+        .iter()
+        .filter(|m| m.user_ids == ["bob-ding"])
+        .count();
+    assert_eq!(to_bob, 1);
+}
+
+#[tokio::test]
+async fn single_chat_by_userid_or_mobile_and_group_mentions() {
+    let app = TestApp::spawn().await;
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"userid": "bob-ding", "content": "by id", "msg_key": "markdown", "title": "T"}),
+        )
+        .await;
+    assert_eq!(statuses(&env), pairs(&[("bob-ding", "sent")]), "{env}");
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"mobile": "13800000001,13700000000", "content": "by phone"}),
+        )
+        .await;
+    assert_eq!(
+        statuses(&env),
+        pairs(&[("13800000001", "sent"), ("13700000000", "failed")]),
+        "{env}"
+    );
+    assert_eq!(
+        env["data"]["username_check"]["invalid"],
+        json!(["13700000000"])
+    );
+
+    let env = app
+        .post("send_dingbot", json!({"receiver__username": "ops-robot", "msg_key": "markdown", "title": "Oncall", "content": "## page", "at_mobiles": "13800000001", "at_all": "0"}))
+        .await;
+    assert_eq!(env["code"], 0, "{env}");
+    let m = app.sim.state.messages().into_iter().last().unwrap();
+    assert_eq!(m.body["markdown"]["text"], "## page @13800000001");
+    assert_eq!(m.body["at"]["atMobiles"], json!(["13800000001"]));
+    assert_eq!(m.body["at"]["isAtAll"], false);
+
+    let env = app.post("send_ding", json!({"receiver__username": "ops-robot", "msg_key": "action_card", "title": "Approve", "content": "ticket 7", "url": "https://itsm.example.com/7"})).await;
+    assert_eq!(env["code"], 0, "{env}");
+    let m = app.sim.state.messages().into_iter().last().unwrap();
+    assert_eq!(
+        m.body["actionCard"]["singleURL"],
+        "https://itsm.example.com/7"
+    );
+}
+
+#[tokio::test]
+async fn flow_control_and_slow_lookups_are_retried_by_the_worker() {
+    let app = TestApp::spawn().await;
+    app.sim.state.set_faults(Faults {
+        flow_controlled: vec!["alice-ding".into()],
+        ..Faults::default()
+    });
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "alice,bob", "content": "x"}),
+        )
+        .await;
+    assert_eq!(
+        statuses(&env),
+        pairs(&[("alice", "queued"), ("bob", "sent")]),
+        "{env}"
+    );
+    app.clock.advance_ms(120_000);
+    assert_eq!(app.drain().await, 1);
+
+    // getbymobile failing transiently: accepted, queued, resolved later by the worker.
+    app.import_users(r#"{"username":"dave","telephone":"13800000003"}"#);
+    app.sim.state.configure(|c| {
+        c.users.push(SimUser {
+            mobile: "13800000003".into(),
+            userid: "dave-ding".into(),
+        })
+    });
+    app.sim.state.set_faults(Faults {
+        error_rate: 1.0,
+        errcode: Some(-1),
+        apis: vec!["getbymobile".into()],
+        ..Faults::default()
+    });
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "dave", "content": "y"}),
+        )
+        .await;
+    assert_eq!(statuses(&env), pairs(&[("dave", "queued")]), "{env}");
+    app.sim.state.set_faults(Faults::default());
+    app.clock.advance_ms(120_000);
+    app.drain().await;
+    let to: Vec<Vec<String>> = app
+        .sim
+        .state
+        .messages()
+        .iter()
+        .map(|m| m.user_ids.clone())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            vec!["bob-ding".to_owned()],
+            vec!["alice-ding".to_owned()],
+            vec!["dave-ding".to_owned()]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_that_keeps_failing_is_given_up_after_the_maximum_age() {
+    let app = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[("DING_CHANNEL_MAX_AGE_S", "600")],
+    )
+    .await;
+    app.sim.state.set_faults(Faults {
+        error_rate: 1.0,
+        http_status: Some(502),
+        apis: vec!["robot_send".into()],
+        ..Faults::default()
+    });
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "ops-robot", "content": "x"}),
+        )
+        .await;
+    let id = env["data"]["message_id"].as_str().unwrap().to_owned();
+    for _ in 0..20 {
+        app.clock.advance_ms(120_000);
+        app.drain().await;
+    }
+    let (_, log) = app
+        .get(&format!(
+            "/api/v1/messages/{id}?bk_app_code={APP}&bk_app_secret={APP_SECRET}"
+        ))
+        .await;
+    let d = &log["data"]["deliveries"][0];
+    assert_eq!(d["status"], "failed", "{log}");
+    assert!(
+        d["error"].as_str().unwrap().starts_with("gave up after"),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn the_message_log_is_private_to_its_app() {
+    let app = TestApp::spawn().await;
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "alice", "content": "x"}),
+        )
+        .await;
+    let id = env["data"]["message_id"].as_str().unwrap();
+    assert!(app
+        .cli(&["apps", "add", "other", "--secret", "other-secret"])
+        .status
+        .success());
+    let (status, _) = app
+        .get(&format!(
+            "/api/v1/messages/{id}?bk_app_code=other&bk_app_secret=other-secret"
+        ))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app
+        .get(&format!(
+            "/api/v1/messages/{id}?bk_app_code={APP}&bk_app_secret=wrong"
+        ))
+        .await;
+    assert_eq!(status, 401);
+    let res = app
+        .client
+        .get(format!("{}/api/v1/messages/{id}", app.address))
+        .header(
+            "X-Bkapi-Authorization",
+            format!(r#"{{"bk_app_code":"{APP}","bk_app_secret":"{APP_SECRET}"}}"#),
+        )
+        .send()
+        .await
+        .unwrap();
+    let log: Value = res.json().await.unwrap();
+    assert_eq!(
+        log["data"]["deliveries"][0]["history"][0]["outcome"], "sent",
+        "{log}"
+    );
+    assert_eq!(log["data"]["message"]["content"], "x");
+}
