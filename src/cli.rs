@@ -48,6 +48,11 @@ pub enum Command {
     /// The user directory.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Send a message through the same path as the HTTP API and print the per-receiver result.
+    Send(Box<SendArgs>),
+    /// The delivery log.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCmd),
     /// Run the DingTalk simulator alone (for demos, tests and benchmarks).
     Simulator {
         #[arg(long, default_value_t = 18080)]
@@ -87,6 +92,55 @@ pub enum ChannelsCmd {
     Disable {
         name: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// send_ding (robots and people), send_dingtalk (people) or send_dingbot (robots).
+    #[arg(long, default_value = "send_ding")]
+    channel: String,
+    /// Usernames, comma-separated.
+    #[arg(long)]
+    to: Option<String>,
+    /// DingTalk userids (send_dingtalk).
+    #[arg(long)]
+    userid: Option<String>,
+    /// Phone numbers (send_dingtalk).
+    #[arg(long)]
+    mobile: Option<String>,
+    #[arg(long)]
+    title: Option<String>,
+    #[arg(long)]
+    content: String,
+    /// text, markdown, link or action_card.
+    #[arg(long, default_value = "text")]
+    msg_key: String,
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(long)]
+    pic_url: Option<String>,
+    #[arg(long)]
+    at_mobiles: Option<String>,
+    #[arg(long)]
+    at_all: bool,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCmd {
+    /// Recent messages with their delivery counts.
+    List {
+        /// Only messages with a delivery in this status: queued, sent or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// A message and each delivery's history.
+    Show { message_id: String },
+    /// Queue a message's failed deliveries again and attempt them now.
+    Retry { message_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +202,8 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Channels(cmd) => channels(cmd, &settings),
         Command::Apps(cmd) => apps(cmd, &settings),
         Command::Users(cmd) => users(cmd, &settings),
+        Command::Send(args) => send(*args, settings),
+        Command::Deliveries(cmd) => deliveries(cmd, settings),
         Command::Simulator {
             port,
             config,
@@ -172,6 +228,234 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             simulator(port, cfg)
         }
     }
+}
+
+/// The outbox of this process, for commands that deliver (`send`, `deliveries retry`).
+fn engine(
+    settings: &Settings,
+) -> anyhow::Result<(
+    tokio::runtime::Runtime,
+    std::sync::Arc<crate::outbox::Outbox>,
+)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let db = open(settings)?;
+    let outbox = runtime.block_on(async {
+        let outbox = crate::startup::outbox(&db, settings, crate::clock::system())?;
+        outbox.start(1, false);
+        Ok::<_, anyhow::Error>(outbox)
+    })?;
+    Ok((runtime, outbox))
+}
+
+fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
+    let mut params = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            params.insert(k.to_owned(), v.into());
+        }
+    };
+    put("receiver__username", args.to);
+    put("userid", args.userid);
+    put("mobile", args.mobile);
+    put("title", args.title);
+    put("content", Some(args.content));
+    put("msg_key", Some(args.msg_key));
+    put("url", args.url);
+    put("pic_url", args.pic_url);
+    put("at_mobiles", args.at_mobiles);
+    put("at_all", Some(args.at_all.to_string()));
+    put("idempotency_key", args.idempotency_key);
+    let params = crate::esb::params::Params::from_json(params);
+
+    let (runtime, outbox) = engine(&settings)?;
+    let mut conn = outbox.db.get()?;
+    let channel =
+        registry::find(&mut conn, &args.channel)?.with_context(|| no_channel(&args.channel))?;
+    drop(conn);
+    if !matches!(
+        channel.component,
+        manifest::Component::SendDing
+            | manifest::Component::SendDingtalk
+            | manifest::Component::SendDingbot
+    ) {
+        bail!("--channel must be send_ding, send_dingtalk or send_dingbot");
+    }
+    if !channel.is_active {
+        bail!(
+            "channel {} is disabled (`ding-channel channels enable {}`)",
+            channel.name,
+            channel.name
+        );
+    }
+    let request = crate::channels::send::parse(channel.component, &params, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user = std::env::var("USER").ok();
+    let reply = runtime
+        .block_on(crate::channels::component::send(
+            &outbox,
+            &channel,
+            request,
+            "cli",
+            user.as_deref(),
+            &crate::secret::random_hex(16),
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for d in reply.data["deliveries"].as_array().into_iter().flatten() {
+        let error = d["error"]
+            .as_str()
+            .map(|e| format!("  {e}"))
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<6} {:<7}{error}",
+            d["receiver"].as_str().unwrap_or(""),
+            d["kind"].as_str().unwrap_or(""),
+            d["status"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "message {}: {}",
+        reply.data["message_id"].as_str().unwrap_or("-"),
+        reply.message
+    );
+    if reply.code != crate::esb::envelope::Code::Ok {
+        bail!("nothing could be delivered");
+    }
+    Ok(())
+}
+
+fn deliveries(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> {
+    use crate::outbox::{store, view};
+    match cmd {
+        DeliveriesCmd::List { status, limit } => {
+            if let Some(s) = &status {
+                if ![store::QUEUED, store::SENT, store::FAILED].contains(&s.as_str()) {
+                    bail!("--status must be queued, sent or failed");
+                }
+            }
+            let db = open(&settings)?;
+            let rows: Vec<Vec<String>> =
+                store::recent_messages(&mut *db.get()?, status.as_deref(), limit.clamp(1, 10_000))?
+                    .into_iter()
+                    .map(|(m, ds)| {
+                        let count =
+                            |s: &str| ds.iter().filter(|d| d.status == s).count().to_string();
+                        let receivers: Vec<&str> = ds.iter().map(|d| d.receiver.as_str()).collect();
+                        vec![
+                            m.id.clone(),
+                            format_ms(m.created_at),
+                            m.channel.clone(),
+                            m.app_code.clone(),
+                            count(store::SENT),
+                            count(store::QUEUED),
+                            count(store::FAILED),
+                            receivers.join(","),
+                        ]
+                    })
+                    .collect();
+            print_table(
+                &[
+                    "MESSAGE_ID",
+                    "CREATED",
+                    "CHANNEL",
+                    "APP",
+                    "SENT",
+                    "QUEUED",
+                    "FAILED",
+                    "RECEIVERS",
+                ],
+                &rows,
+            );
+        }
+        DeliveriesCmd::Show { message_id } => {
+            let db = open(&settings)?;
+            let v = view::message_view(&mut *db.get()?, &message_id)?.with_context(|| {
+                format!("no message '{message_id}' (see `ding-channel deliveries list`)")
+            })?;
+            println!(
+                "message {}  {}  channel {}  app {}  sender {}",
+                v.message_id,
+                format_ms(v.created_at),
+                v.channel,
+                v.app_code,
+                v.sender.as_deref().unwrap_or("-")
+            );
+            println!(
+                "request_id {}{}",
+                v.request_id,
+                v.idempotency_key
+                    .as_deref()
+                    .map(|k| format!("  idempotency_key {k}"))
+                    .unwrap_or_default()
+            );
+            let title = v.message["title"]
+                .as_str()
+                .map(|t| format!("{t}: "))
+                .unwrap_or_default();
+            println!(
+                "content    {title}{}",
+                v.message["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            );
+            for d in &v.deliveries {
+                println!(
+                    "\n  {} ({}) → {}  {}  attempts {}",
+                    d.receiver,
+                    d.kind,
+                    if d.target.is_empty() { "-" } else { &d.target },
+                    d.status,
+                    d.attempts
+                );
+                if let Some(at) = d.next_attempt_at {
+                    println!("    next attempt {}", format_ms(at));
+                }
+                if let Some(e) = &d.error {
+                    println!("    {e}");
+                }
+                for h in &d.history {
+                    let detail = h
+                        .error
+                        .as_deref()
+                        .or(h.dingtalk_request_id.as_deref())
+                        .unwrap_or("");
+                    println!(
+                        "    #{} {} {:<6} {} {detail}",
+                        h.attempt,
+                        format_ms(h.at),
+                        h.outcome,
+                        h.code.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        DeliveriesCmd::Retry { message_id } => {
+            let (runtime, outbox) = engine(&settings)?;
+            let now = outbox.clock.now_ms();
+            let give_up = now + outbox.policy.max_age.as_millis() as i64;
+            let n = store::retry_failed(&mut *outbox.db.get()?, &message_id, now, give_up)?;
+            if n == 0 {
+                bail!("message '{message_id}' has no failed delivery that can be retried");
+            }
+            runtime.block_on(outbox.deliver_message(&message_id));
+            let ds = store::deliveries_of(&mut *outbox.db.get()?, &message_id)?;
+            println!("requeued {n} delivery(ies) of {message_id}; now:");
+            for d in ds {
+                println!(
+                    "  {:<24} {:<7} {}",
+                    d.receiver,
+                    d.status,
+                    d.last_error.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn simulator(port: u16, cfg: crate::simulator::SimConfig) -> anyhow::Result<()> {

@@ -525,3 +525,198 @@ async fn the_message_log_is_private_to_its_app() {
     );
     assert_eq!(log["data"]["message"]["content"], "x");
 }
+
+#[tokio::test]
+async fn the_send_command_and_the_delivery_log_work_from_the_cli() {
+    let app = TestApp::spawn().await;
+    let base = app.sim.base_url();
+    // The simulator lives on this test's runtime: run the binary off it so it keeps serving.
+    let run = |args: &[&str]| {
+        let (db, manifest, base) = (app.test_db.url.clone(), app.manifest.clone(), base.clone());
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let blocking = move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(
+                &db,
+                &manifest,
+                &args,
+                &[
+                    ("DINGTALK_OAPI_BASE", base.as_str()),
+                    ("DINGTALK_API_BASE", base.as_str()),
+                ],
+            )
+        };
+        async move { tokio::task::spawn_blocking(blocking).await.unwrap() }
+    };
+
+    let o = run(&[
+        "send",
+        "--to",
+        "alice,ops-robot,ghost",
+        "--title",
+        "Disk",
+        "--content",
+        "host-1 95%",
+        "--msg-key",
+        "markdown",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("1 of 3 receivers failed: ghost (unknown user)"),
+        "{out}"
+    );
+    let id = out
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    assert_eq!(app.sim.state.messages().len(), 2);
+
+    let o = run(&["send", "--to", "ghost", "--content", "x"]).await;
+    assert_eq!(o.status.code(), Some(1), "all failed exits 1");
+    let o = run(&[
+        "send",
+        "--to",
+        "alice",
+        "--content",
+        "x",
+        "--msg-key",
+        "markdown",
+    ])
+    .await;
+    assert!(
+        stderr(&o).contains("title: is required for msg_key=markdown"),
+        "{}",
+        stderr(&o)
+    );
+
+    let list = stdout(&run(&["deliveries", "list", "--status", "failed"]).await);
+    assert!(
+        list.contains(&id) && list.contains("alice,ops-robot,ghost"),
+        "{list}"
+    );
+    let show = stdout(&run(&["deliveries", "show", &id]).await);
+    assert!(
+        show.contains("alice (user) → uid:alice-ding  sent  attempts 1"),
+        "{show}"
+    );
+    assert!(
+        show.contains("ghost (user) → -  failed  attempts 0") && show.contains("unknown user"),
+        "{show}"
+    );
+
+    // A robot that was disabled in DingTalk, then re-enabled: retried by hand.
+    app.sim.state.set_faults(Faults {
+        error_rate: 1.0,
+        errcode: Some(400102),
+        apis: vec!["robot_send".into()],
+        ..Faults::default()
+    });
+    let env_json = app
+        .post(
+            "send_dingbot",
+            json!({"receiver__username": "ops-robot", "content": "retry me"}),
+        )
+        .await;
+    assert_refused(&env_json, 1306201, "is disabled");
+    let failed_id = env_json["data"]["message_id"].as_str().unwrap();
+    app.sim.state.set_faults(Faults::default());
+    let o = run(&["deliveries", "retry", failed_id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("ops-robot                sent"),
+        "{}",
+        stdout(&o)
+    );
+    let history = stdout(&run(&["deliveries", "show", failed_id]).await);
+    assert!(
+        history.contains("#1")
+            && history.contains("failed")
+            && history.contains("#2")
+            && history.contains("sent"),
+        "{history}"
+    );
+    let o = run(&["deliveries", "retry", failed_id]).await;
+    assert!(stderr(&o).contains("no failed delivery"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn the_sandbox_delivers_the_printed_example() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let db = TestDb::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ding-channel"))
+        .args(["serve", "--sandbox"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("DING_CHANNEL_MANIFEST", repo_manifest())
+        .env("DING_CHANNEL_CONFIG", "")
+        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
+        .env("DINGTALK_OAPI_BASE", "http://must-be-ignored.invalid")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = vec![];
+    while banner.len() < 12 {
+        let line = lines.next().expect("banner").unwrap();
+        let done = line.starts_with("  -d ");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = banner.join("\n");
+    let url = |prefix: &str| {
+        text.split(prefix)
+            .nth(1)
+            .unwrap()
+            .split(['\'', ' ', ')'])
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let send_url = url("curl -X POST '");
+    let body = text
+        .split("-d '")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_owned();
+    let sim = url("what it received: curl ");
+
+    let http = reqwest::Client::new();
+    let answer: Value = http
+        .post(&send_url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let received: Value = http.get(&sim).send().await.unwrap().json().await.unwrap();
+    let types: Value = http
+        .get(url("curl '"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(answer["result"], true, "{answer}");
+    assert_eq!(answer["message"], "sent to 3 receiver(s)", "{answer}");
+    assert_eq!(received.as_array().unwrap().len(), 2, "{received}");
+    assert_eq!(types["data"][0]["type"], "ding", "{types}");
+    assert!(sim.starts_with("http://127.0.0.1:"), "{text}");
+}
