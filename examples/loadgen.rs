@@ -1,5 +1,6 @@
 //! A small HTTP load generator for the benchmarks: N POSTs at concurrency C, with `{i}` in the
-//! body replaced by the request number. Prints throughput and latency percentiles as JSON.
+//! body replaced by the request number and `{i%K}` by that number modulo K. Prints throughput
+//! and latency percentiles as JSON.
 //!
 //! cargo run --release --example loadgen -- --url URL --body JSON [-n 5000] [-c 32] [--header K:V]
 
@@ -44,6 +45,26 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+fn render(template: &str, i: usize) -> String {
+    let mut out = String::with_capacity(template.len() + 8);
+    let mut rest = template;
+    while let Some(start) = rest.find("{i") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
+        let spec = &rest[start + 2..start + end];
+        match spec.strip_prefix('%').and_then(|k| k.parse::<usize>().ok()) {
+            Some(k) if k > 0 => out.push_str(&(i % k).to_string()),
+            _ if spec.is_empty() => out.push_str(&i.to_string()),
+            _ => out.push_str(&rest[start..=start + end]),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = match parse_args() {
@@ -73,7 +94,7 @@ async fn main() {
                     let mut req = client
                         .post(&args.url)
                         .header("content-type", "application/json")
-                        .body(args.body.replace("{i}", &i.to_string()));
+                        .body(render(&args.body, i));
                     for (k, v) in &args.headers {
                         req = req.header(k, v);
                     }

@@ -271,10 +271,12 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
     let params = crate::esb::params::Params::from_json(params);
 
     let (runtime, outbox) = engine(&settings)?;
-    let mut conn = outbox.db.get()?;
-    let channel =
-        registry::find(&mut conn, &args.channel)?.with_context(|| no_channel(&args.channel))?;
-    drop(conn);
+    let channels = registry::list(&mut *outbox.db.get()?)?;
+    let channel = channels
+        .iter()
+        .find(|c| c.name == args.channel)
+        .cloned()
+        .with_context(|| no_channel(&args.channel))?;
     if !matches!(
         channel.component,
         manifest::Component::SendDing
@@ -296,6 +298,7 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
     let reply = runtime
         .block_on(crate::channels::component::send(
             &outbox,
+            &channels,
             &channel,
             request,
             "cli",

@@ -4,16 +4,14 @@
 //! queued for the worker to resolve, so a slow DingTalk never fails a request.
 
 use crate::channels::manifest::Component;
-use crate::channels::registry;
 use crate::channels::send::Receivers;
 use crate::db::DbError;
 use crate::dingtalk::MobileLookup;
-use crate::directory::classify::{classify, robot_problem, Kind, RobotFields};
+use crate::directory::classify::{classify, robot_problem, Kind};
+use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::outbox::store::NewDelivery;
-use crate::outbox::worker::{
-    app_from_channel, MOBILE_PREFIX, SINGLE_CHAT_NOT_CONFIGURED, USER_PREFIX,
-};
+use crate::outbox::worker::{DeliverySettings, MOBILE_PREFIX, USER_PREFIX};
 use crate::outbox::Outbox;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -40,33 +38,53 @@ fn target(receiver: &str, kind: &'static str, target: String) -> NewDelivery {
     }
 }
 
+/// The deliveries of a request, and what delivering them needs (loaded here once).
+pub struct Plan {
+    pub deliveries: Vec<NewDelivery>,
+    /// The robot users named, by username.
+    pub robots: HashMap<String, Profile>,
+    pub settings: DeliverySettings,
+}
+
 /// One delivery per receiver, in the order named, each with a target or the reason it has none.
 pub async fn plan(
     outbox: &Outbox,
     component: Component,
     receivers: &Receivers,
+    settings: DeliverySettings,
     deadline: Instant,
-) -> Result<Vec<NewDelivery>, DbError> {
+) -> Result<Plan, DbError> {
+    let (mut plan, robots, lookups) = plan_targets(outbox, component, receivers, &settings).await?;
+    resolve_phones(outbox, &mut plan, &settings, lookups, deadline).await?;
+    Ok(Plan {
+        deliveries: plan,
+        robots,
+        settings,
+    })
+}
+
+/// (index in the plan, receiver, mobile) of a person whose userid must be looked up.
+type Lookup = (usize, String, String);
+
+async fn plan_targets(
+    outbox: &Outbox,
+    component: Component,
+    receivers: &Receivers,
+    settings: &DeliverySettings,
+) -> Result<(Vec<NewDelivery>, HashMap<String, Profile>, Vec<Lookup>), DbError> {
     let names: Vec<String> = match receivers {
         Receivers::Usernames(u) => u.iter().map(|u| u.to_string()).collect(),
         _ => vec![],
     };
-    let (profiles, app, fields) = outbox
+    let mut profiles: HashMap<String, Profile> = outbox
         .db
-        .run(move |conn| {
-            let dingtalk = registry::find(conn, "send_dingtalk")?;
-            let dingbot = registry::find(conn, "send_dingbot")?;
-            let app = app_from_channel(dingtalk.as_ref());
-            let profiles: HashMap<String, _> = users::get_many(conn, &names)?
-                .into_iter()
-                .map(|p| (p.username.to_string(), p))
-                .collect();
-            Ok::<_, DbError>((profiles, app, RobotFields::from_channel(dingbot.as_ref())))
-        })
-        .await?;
-
-    // (index in the plan, receiver, mobile) of people whose userid must be looked up.
-    let mut lookups: Vec<(usize, String, String)> = vec![];
+        .run(move |conn| users::get_many(conn, &names))
+        .await?
+        .into_iter()
+        .map(|p| (p.username.to_string(), p))
+        .collect();
+    let fields = settings.fields.clone();
+    let mut lookups: Vec<Lookup> = vec![];
     let mut plan: Vec<NewDelivery> = vec![];
     match receivers {
         Receivers::Usernames(names) => {
@@ -103,18 +121,56 @@ pub async fn plan(
             }
         }
     }
+    // Only robots are needed past this point; the hand-over carries them to the worker.
+    profiles.retain(|name, p| {
+        matches!(classify(p, &fields), Kind::Robot { .. })
+            && plan.iter().any(|d| d.kind == "robot" && d.target == *name)
+    });
+    Ok((plan, profiles, lookups))
+}
+
+/// Looks the phones up (cache first) until `deadline`; a person DingTalk doesn't know fails
+/// now, one whose lookup didn't answer stays queued by phone for the worker.
+async fn resolve_phones(
+    outbox: &Outbox,
+    plan: &mut [NewDelivery],
+    settings: &DeliverySettings,
+    lookups: Vec<Lookup>,
+    deadline: Instant,
+) -> Result<(), DbError> {
     if lookups.is_empty() {
-        return Ok(plan);
+        return Ok(());
     }
-    let Some(app) = app else {
-        for (i, receiver, _) in lookups {
-            plan[i] = failed(&receiver, "user", SINGLE_CHAT_NOT_CONFIGURED);
+    let app = match &settings.app {
+        Ok(app) => app,
+        Err(why) => {
+            for (i, receiver, _) in lookups {
+                plan[i] = failed(&receiver, "user", why.clone());
+            }
+            return Ok(());
         }
-        return Ok(plan);
     };
-    let resolved: Vec<(usize, NewDelivery)> = futures_util::stream::iter(lookups)
+    // The cache answers most people in one query; only the rest are asked of DingTalk.
+    let cached = outbox
+        .userids
+        .cached_many(&app.key, lookups.iter().map(|l| l.2.clone()).collect())
+        .await?;
+    let mut misses = vec![];
+    for (i, receiver, mobile) in lookups {
+        match cached.get(&mobile) {
+            Some(Some(uid)) => plan[i] = target(&receiver, "user", format!("{USER_PREFIX}{uid}")),
+            Some(None) => {
+                plan[i] = failed(
+                    &receiver,
+                    "user",
+                    format!("no DingTalk user has the mobile {mobile}"),
+                )
+            }
+            None => misses.push((i, receiver, mobile)),
+        }
+    }
+    let resolved: Vec<(usize, NewDelivery)> = futures_util::stream::iter(misses)
         .map(|(i, receiver, mobile)| {
-            let app = &app;
             async move {
                 let answer = tokio::time::timeout_at(
                     deadline,
@@ -149,5 +205,5 @@ pub async fn plan(
     for (i, d) in resolved {
         plan[i] = d;
     }
-    Ok(plan)
+    Ok(())
 }

@@ -1,17 +1,19 @@
 //! The components bound to channel paths: what each channel does with validated arguments.
 
 use super::manifest::Component;
-use super::registry::{self, Channel};
+use super::registry::Channel;
 use super::send;
 use crate::db::models::DeliveryRow;
 use crate::dispatch;
 use crate::esb::envelope::{Code, Reply};
 use crate::esb::error::EsbError;
 use crate::esb::params::Params;
-use crate::outbox::store::{self, Accepted, NewMessage, FAILED, QUEUED, SENT};
+use crate::outbox::store::{self, Accepted, NewMessage, Outcome, FAILED, QUEUED, SENT};
+use crate::outbox::worker::{Batch, DeliverySettings};
 use crate::outbox::Outbox;
 use crate::startup::AppState;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,6 +28,8 @@ pub struct Context<'a> {
     pub username: Option<&'a str>,
     pub idempotency_header: Option<&'a str>,
     pub request_id: &'a str,
+    /// The registry as read for this request.
+    pub channels: &'a [Channel],
 }
 
 /// Runs the channel's component.
@@ -37,10 +41,11 @@ pub async fn handle(
     match channel.component {
         Component::GetMsgType => get_msg_type(ctx).await,
         Component::SendMsg => {
-            let target = msg_type_channel(ctx, params).await?;
+            let target = msg_type_channel(ctx, params)?;
             let request = send::parse(target.component, params, ctx.idempotency_header)?;
             send(
                 &ctx.state.outbox,
+                ctx.channels,
                 &target,
                 request,
                 ctx.app_code,
@@ -53,6 +58,7 @@ pub async fn handle(
             let request = send::parse(channel.component, params, ctx.idempotency_header)?;
             send(
                 &ctx.state.outbox,
+                ctx.channels,
                 channel,
                 request,
                 ctx.app_code,
@@ -69,6 +75,7 @@ pub async fn handle(
 /// what is known per receiver. Used by the HTTP API and the `send` command alike.
 pub async fn send(
     outbox: &Outbox,
+    channels: &[Channel],
     channel: &Channel,
     request: send::SendRequest,
     app_code: &str,
@@ -90,20 +97,35 @@ pub async fn send(
         }
     }
 
-    let planned = dispatch::plan(outbox, channel.component, &request.receivers, deadline).await?;
+    let settings = DeliverySettings::from_channels(
+        channels.iter().find(|c| c.name == "send_dingtalk"),
+        channels.iter().find(|c| c.name == "send_dingbot"),
+    );
+    let plan = dispatch::plan(
+        outbox,
+        channel.component,
+        &request.receivers,
+        settings,
+        deadline,
+    )
+    .await?;
     let now = outbox.clock.now_ms();
     let give_up_at = now + outbox.policy.max_age.as_millis() as i64;
-    let any_queued = planned.iter().any(|d| d.failed.is_none());
+    let claim = (
+        crate::secret::random_hex(8),
+        now + outbox.lease.as_millis() as i64,
+    );
+    let message = request.message;
     let new = NewMessage {
         app_code: app_code.to_owned(),
         idempotency_key: request.idempotency_key,
         channel: channel.name.clone(),
         sender: request.sender.or(username.map(str::to_owned)),
         request_id: request_id.to_owned(),
-        body: serde_json::to_string(&request.message).expect("a message serializes"),
-        deliveries: planned,
+        body: serde_json::to_string(&message).expect("a message serializes"),
+        deliveries: plan.deliveries,
     };
-    let accepted = outbox
+    let (accepted, mut rows) = outbox
         .db
         .run(move |conn| {
             Ok::<_, EsbError>(store::accept(
@@ -112,30 +134,54 @@ pub async fn send(
                 now,
                 give_up_at,
                 IDEMPOTENCY_WINDOW_MS,
+                (&claim.0, claim.1),
             )?)
         })
         .await?;
-    match &accepted {
-        Accepted::New(id) if any_queued => {
-            tracing::info!(message_id = %id, channel = %channel.name, "message accepted");
-            match outbox.submit(id) {
-                Some(first_attempt) => {
-                    let _ = tokio::time::timeout_at(deadline, first_attempt).await;
+    let Accepted::New(id) = &accepted else {
+        return Ok(reply(accepted.id(), &rows, true));
+    };
+    let claimed: Vec<DeliveryRow> = rows
+        .iter()
+        .filter(|r| r.claimed_by.is_some())
+        .cloned()
+        .collect();
+    tracing::info!(message_id = %id, channel = %channel.name, deliveries = rows.len(), "message accepted");
+    if claimed.is_empty() {
+        return Ok(reply(id, &rows, false));
+    }
+    let batch = Batch {
+        rows: claimed,
+        messages: HashMap::from([(id.clone(), Some(message))]),
+        robots: plan.robots,
+        settings: plan.settings,
+    };
+    if let Some(first_attempt) = outbox.submit(batch).await {
+        if let Ok(Ok(outcomes)) = tokio::time::timeout_at(deadline, first_attempt).await {
+            for (delivery, outcome) in outcomes {
+                if let Some(row) = rows.iter_mut().find(|r| r.id == delivery) {
+                    apply(row, &outcome);
                 }
-                None => outbox.wake(),
             }
         }
-        Accepted::New(id) => {
-            tracing::info!(message_id = %id, "message accepted; no receiver can be reached")
-        }
-        Accepted::Replay(_) => {}
     }
-    answer(
-        outbox,
-        accepted.id(),
-        matches!(accepted, Accepted::Replay(_)),
-    )
-    .await
+    Ok(reply(id, &rows, false))
+}
+
+/// The row as the recorded outcome left it, so the answer needs no second read.
+fn apply(row: &mut DeliveryRow, outcome: &Outcome) {
+    row.attempts += 1;
+    match outcome {
+        Outcome::Sent { .. } => {
+            row.status = SENT.into();
+            row.last_error = None;
+        }
+        Outcome::Retry { error, .. } => row.last_error = Some(error.clone()),
+        Outcome::Failed { error, .. } => {
+            row.status = FAILED.into();
+            row.last_error = Some(error.clone());
+        }
+    }
 }
 
 /// The per-receiver answer for a message, from its deliveries' current state.
@@ -212,7 +258,7 @@ fn reply(message_id: &str, rows: &[DeliveryRow], replay: bool) -> Reply {
 }
 
 /// `send_msg` routes by `msg_type` through the manifest's message types to an active channel.
-async fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel, EsbError> {
+fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel, EsbError> {
     let manifest = &ctx.state.manifest;
     let kinds = || {
         manifest
@@ -235,13 +281,11 @@ async fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel,
                 kinds()
             ))
         })?;
-    let name = decl.channel.clone();
     let channel = ctx
-        .state
-        .db
-        .run(move |conn| registry::find(conn, &name))
-        .await?
-        .filter(|c| c.is_active)
+        .channels
+        .iter()
+        .find(|c| c.name == decl.channel && c.is_active)
+        .cloned()
         .ok_or_else(|| {
             EsbError::Inactive(format!(
                 "msg_type '{kind}' is disabled (its channel {} is not active)",
@@ -261,7 +305,7 @@ async fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel,
 }
 
 async fn get_msg_type(ctx: &Context<'_>) -> Result<Reply, EsbError> {
-    let channels = ctx.state.db.run(registry::list).await?;
+    let channels = ctx.channels;
     let data: Vec<Value> = ctx
         .state
         .manifest

@@ -133,6 +133,9 @@ impl Db {
             // segfault at exit). Connections open on demand and stay pooled once opened.
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(10))
+            // A broken connection surfaces as a query error and is replaced; a `SELECT 1` on
+            // every checkout would double the statements of a request.
+            .test_on_check_out(false)
             .build(manager)
             .map_err(|e| DbError::Connect {
                 url: url.to_string(),
@@ -222,6 +225,9 @@ where
     E: From<DieselError>,
 {
     if let DbConn::Sqlite(c) = conn {
+        // Writers of this process queue here rather than in SQLite's busy handler, which
+        // sleeps in steps of milliseconds: under load that sleeping dominates latency.
+        let _writer = SQLITE_WRITER.lock().unwrap_or_else(|p| p.into_inner());
         diesel::connection::AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
         let out = f(conn);
         let DbConn::Sqlite(c) = conn else {
@@ -241,6 +247,8 @@ where
     }
     conn.transaction(f)
 }
+
+static SQLITE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Unix time in milliseconds; every timestamp column uses it.
 pub fn now_ms() -> i64 {

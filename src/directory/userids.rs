@@ -6,6 +6,7 @@ use crate::db::schema::dingtalk_userids as t;
 use crate::db::{Db, DbConn, DbError};
 use crate::dingtalk::{App, DingTalk, MobileLookup};
 use diesel::prelude::*;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// A cached answer: `Some(userid)`, or `None` for "no DingTalk user has this phone".
@@ -21,6 +22,23 @@ pub fn cached(
         .select(t::userid)
         .first::<Option<String>>(conn)
         .optional()?)
+}
+
+/// The cached answers for several mobiles at once (missing: not cached or expired).
+pub fn cached_many(
+    conn: &mut DbConn,
+    app_key: &str,
+    mobiles: &[String],
+    now_ms: i64,
+) -> Result<HashMap<String, Option<String>>, DbError> {
+    Ok(t::table
+        .filter(t::app_key.eq(app_key))
+        .filter(t::mobile.eq_any(mobiles))
+        .filter(t::expires_at.gt(now_ms))
+        .select((t::mobile, t::userid))
+        .load::<(String, Option<String>)>(conn)?
+        .into_iter()
+        .collect())
 }
 
 pub fn store(
@@ -79,6 +97,18 @@ impl UserIdCache {
             ttl,
             miss_ttl,
         }
+    }
+
+    /// The cached answers for `mobiles`, in one query (see [`cached_many`]).
+    pub async fn cached_many(
+        &self,
+        app_key: &str,
+        mobiles: Vec<String>,
+    ) -> Result<HashMap<String, Option<String>>, DbError> {
+        let (key, now) = (app_key.to_owned(), self.clock.now_ms());
+        self.db
+            .run(move |c| cached_many(c, &key, &mobiles, now))
+            .await
     }
 
     pub async fn resolve(

@@ -189,18 +189,20 @@ async fn serve_esb(
         &params,
     )?;
     let path = channel_path(req.match_info().query("tail"));
-    let channel = {
-        let path = path.clone();
-        state
-            .db
-            .run(move |conn| {
-                creds.verify(conn)?;
-                Ok::<_, EsbError>((registry::find_by_path(conn, &path)?, creds))
-            })
-            .await?
-    };
-    let (channel, creds) = channel;
-    let channel = channel.ok_or(EsbError::NoChannel(path))?;
+    // The whole registry is a handful of rows: one read serves the path, send_msg's routing
+    // and the delivery settings.
+    let (channels, creds) = state
+        .db
+        .run(move |conn| {
+            creds.verify(conn)?;
+            Ok::<_, EsbError>((registry::list(conn)?, creds))
+        })
+        .await?;
+    let channel = channels
+        .iter()
+        .find(|c| c.path == path && !c.is_hidden)
+        .cloned()
+        .ok_or(EsbError::NoChannel(path))?;
     if !channel.is_active {
         return Err(EsbError::Inactive(format!(
             "channel {} is disabled; an admin can enable it with `ding-channel channels enable {}`",
@@ -226,6 +228,7 @@ async fn serve_esb(
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok()),
         request_id: rid,
+        channels: &channels,
     };
     component::handle(&ctx, &channel, &params).await
 }

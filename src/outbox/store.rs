@@ -59,7 +59,8 @@ pub fn accept(
     now: i64,
     give_up_at: i64,
     idempotency_window_ms: i64,
-) -> Result<Accepted, DbError> {
+    claim: (&str, i64),
+) -> Result<(Accepted, Vec<DeliveryRow>), DbError> {
     let attempt = write_tx(conn, |conn| -> Result<Accepted, DieselError> {
         if let Some(key) = &msg.idempotency_key {
             // A key older than the window is free again.
@@ -100,6 +101,9 @@ pub fn accept(
                     d::next_attempt_at.eq(now),
                     d::give_up_at.eq(give_up_at),
                     d::last_error.eq(&nd.failed),
+                    // Claimed by the accepting process, which attempts them at once.
+                    d::claimed_by.eq(nd.failed.is_none().then_some(claim.0)),
+                    d::claimed_until.eq(nd.failed.is_none().then_some(claim.1)),
                     d::created_at.eq(now),
                     d::updated_at.eq(now),
                 ))
@@ -107,15 +111,17 @@ pub fn accept(
         }
         Ok(Accepted::New(id))
     });
-    match (attempt, &msg.idempotency_key) {
+    let accepted = match (attempt, &msg.idempotency_key) {
         // A concurrent request with the same key committed first (PostgreSQL): answer with it.
         (Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)), Some(key)) => {
             find_by_key(conn, &msg.app_code, key, now - idempotency_window_ms)?
                 .map(Accepted::Replay)
-                .ok_or_else(|| DbError::Query(DieselError::NotFound))
+                .ok_or(DbError::Query(DieselError::NotFound))?
         }
-        (other, _) => Ok(other?),
-    }
+        (other, _) => other?,
+    };
+    let rows = deliveries_of(conn, accepted.id())?;
+    Ok((accepted, rows))
 }
 
 /// The message an idempotency key names, if accepted within the window.
@@ -218,6 +224,50 @@ pub fn claim(
     message_id: Option<&str>,
 ) -> Result<Vec<DeliveryRow>, DbError> {
     let until = now + lease_ms;
+    write_tx(conn, |conn| {
+        claim_statement(conn, claim, now, until, limit, message_id)
+    })?;
+    claimed(conn, claim, until)
+}
+
+/// Claims the due deliveries of several messages in one transaction (the hand-over path).
+pub fn claim_messages(
+    conn: &mut DbConn,
+    claim: &str,
+    now: i64,
+    lease_ms: i64,
+    message_ids: &[String],
+) -> Result<Vec<DeliveryRow>, DbError> {
+    let until = now + lease_ms;
+    write_tx(conn, |conn| {
+        message_ids
+            .iter()
+            .try_for_each(|id| claim_statement(conn, claim, now, until, MAX_PER_MESSAGE, Some(id)))
+    })?;
+    claimed(conn, claim, until)
+}
+
+/// More deliveries than one request can create: a message's claim takes all of them.
+const MAX_PER_MESSAGE: i64 = 10_000;
+
+fn claimed(conn: &mut DbConn, claim: &str, until: i64) -> Result<Vec<DeliveryRow>, DbError> {
+    Ok(d::table
+        .filter(d::claimed_by.eq(claim))
+        .filter(d::claimed_until.eq(until))
+        .filter(d::status.eq(QUEUED))
+        .order(d::id)
+        .select(DeliveryRow::as_select())
+        .load(conn)?)
+}
+
+fn claim_statement(
+    conn: &mut DbConn,
+    claim: &str,
+    now: i64,
+    until: i64,
+    limit: i64,
+    message_id: Option<&str>,
+) -> Result<(), DbError> {
     match conn {
         DbConn::Sqlite(c) => diesel::sql_query(
             "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
@@ -245,13 +295,7 @@ pub fn claim(
         .bind::<BigInt, _>(limit)
         .execute(c)?,
     };
-    Ok(d::table
-        .filter(d::claimed_by.eq(claim))
-        .filter(d::claimed_until.eq(until))
-        .filter(d::status.eq(QUEUED))
-        .order(d::id)
-        .select(DeliveryRow::as_select())
-        .load(conn)?)
+    Ok(())
 }
 
 /// What an attempt came to.
@@ -271,16 +315,49 @@ pub enum Outcome {
     },
 }
 
-/// Records an attempt if `claim` still owns the delivery; answers whether it did.
-pub fn record(
+/// Records the attempts of a batch in one transaction; answers, per attempt, whether the
+/// claim it was made under (`claimed_by` of the row) still held (a lost claim means another
+/// worker has it now).
+pub fn record_all(
+    conn: &mut DbConn,
+    attempts: &[(DeliveryRow, Outcome)],
+    now: i64,
+) -> Result<Vec<bool>, DbError> {
+    Ok(write_tx(conn, |conn| {
+        attempts
+            .iter()
+            .map(|(row, outcome)| {
+                record_one(
+                    conn,
+                    row,
+                    row.claimed_by.as_deref().unwrap_or(""),
+                    outcome,
+                    now,
+                )
+            })
+            .collect::<Result<Vec<bool>, DieselError>>()
+    })?)
+}
+
+/// Gives claims back, for the poller to take.
+pub fn release_claims(conn: &mut DbConn, ids: &[i64]) -> Result<usize, DbError> {
+    Ok(diesel::update(d::table.filter(d::id.eq_any(ids)))
+        .set((
+            d::claimed_by.eq(None::<String>),
+            d::claimed_until.eq(None::<i64>),
+        ))
+        .execute(conn)?)
+}
+
+fn record_one(
     conn: &mut DbConn,
     delivery: &DeliveryRow,
     claim: &str,
     outcome: &Outcome,
     now: i64,
-) -> Result<bool, DbError> {
+) -> Result<bool, DieselError> {
     let attempt = delivery.attempts + 1;
-    Ok(write_tx(conn, |conn| -> Result<bool, DieselError> {
+    {
         let owned = d::table
             .find(delivery.id)
             .filter(d::claimed_by.eq(claim))
@@ -343,7 +420,7 @@ pub fn record(
             ))
             .execute(conn)?;
         Ok(true)
-    })?)
+    }
 }
 
 /// Releases every claim: at start-up on SQLite, where this process is the only deliverer.

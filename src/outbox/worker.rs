@@ -1,7 +1,8 @@
-//! The delivery engine: workers claim due deliveries, send them through the right DingTalk
-//! path, and record each outcome. A send's handler hands its message over with `submit` and
-//! waits (bounded) for the first attempt; everything else is found by polling, so nothing
-//! accepted depends on a request staying alive.
+//! The delivery engine: workers send deliveries through the right DingTalk path and record
+//! each outcome. A send's handler accepts its message with the deliveries already claimed by
+//! this process, hands them over with `submit`, and waits (bounded) for the first attempt;
+//! retries and anything a dead process left are found by polling, so nothing accepted depends
+//! on a request staying alive.
 
 use super::retry::{jitter_unit, RetryPolicy};
 use super::store::{self, Outcome};
@@ -15,52 +16,55 @@ use crate::dingtalk::{
     App, At, DingTalk, DingTalkError, Message, MobileLookup, Robot, UserOutcome,
 };
 use crate::directory::classify::{classify, robot_problem, Kind, RobotFields};
+use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids::UserIdCache;
 use crate::metrics::Metrics;
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-/// How many due deliveries one claim takes.
+/// Handed-over messages delivered together at most.
+const HANDOVER_BATCH: usize = 64;
+/// How many due deliveries one poll claims.
 const CLAIM_BATCH: i64 = 200;
-/// Robot sends of one batch in flight at once.
-const ROBOT_CONCURRENCY: usize = 8;
-/// The longest a worker sleeps when nothing is due (new work wakes it sooner).
+/// DingTalk calls of one batch in flight at once (each robot send, each message's batchSend).
+const SEND_CONCURRENCY: usize = 32;
+/// The longest the poller sleeps when nothing is due (new work wakes it sooner).
 const IDLE_POLL: Duration = Duration::from_millis(1000);
 
 pub const USER_PREFIX: &str = "uid:";
 pub const MOBILE_PREFIX: &str = "mobile:";
 
-struct Job {
-    message_id: String,
-    done: oneshot::Sender<()>,
-}
-
-pub struct Outbox {
-    pub db: Db,
-    pub client: Arc<DingTalk>,
-    pub userids: UserIdCache,
-    pub clock: SharedClock,
-    pub policy: RetryPolicy,
-    pub lease: Duration,
-    pub metrics: Arc<Metrics>,
-    jobs: mpsc::Sender<Job>,
-    job_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
-    wake: Notify,
-}
+pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
+    "single chat is not configured: set it with `ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=… ding_robot_code=…`";
 
 /// The DingTalk settings a delivery needs, read from the registry per batch so an admin's
 /// `channels conf` applies to the next attempt, even for queued messages.
-struct Settings {
-    app: Result<App, String>,
-    fields: RobotFields,
+#[derive(Clone)]
+pub struct DeliverySettings {
+    pub app: Result<App, String>,
+    pub fields: RobotFields,
 }
 
-pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
-    "single chat is not configured: set it with `ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=… ding_robot_code=…`";
+impl DeliverySettings {
+    pub fn from_channels(dingtalk: Option<&Channel>, dingbot: Option<&Channel>) -> Self {
+        Self {
+            app: app_from_channel(dingtalk).ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
+            fields: RobotFields::from_channel(dingbot),
+        }
+    }
+
+    pub fn load(conn: &mut crate::db::DbConn) -> Result<Self, DbError> {
+        Ok(Self::from_channels(
+            registry::find(conn, "send_dingtalk")?.as_ref(),
+            registry::find(conn, "send_dingbot")?.as_ref(),
+        ))
+    }
+}
 
 /// The internal app of `send_dingtalk`'s comp_conf; the robot code defaults to the app key.
 pub fn app_from_channel(dingtalk: Option<&Channel>) -> Option<App> {
@@ -73,13 +77,34 @@ pub fn app_from_channel(dingtalk: Option<&Channel>) -> Option<App> {
     })
 }
 
-impl Settings {
-    fn from_channels(dingtalk: Option<&Channel>, dingbot: Option<&Channel>) -> Self {
-        Self {
-            app: app_from_channel(dingtalk).ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
-            fields: RobotFields::from_channel(dingbot),
-        }
-    }
+/// Everything a batch of deliveries needs besides the rows, loaded once.
+pub struct Batch {
+    pub rows: Vec<DeliveryRow>,
+    /// Message id → the message (`None`: stored but unreadable).
+    pub messages: HashMap<String, Option<send::Message>>,
+    /// Robot username → profile.
+    pub robots: HashMap<String, Profile>,
+    pub settings: DeliverySettings,
+}
+
+/// A freshly accepted message whose deliveries this process already claimed.
+pub struct Handover {
+    pub batch: Batch,
+    /// Fires with the outcome of each attempted delivery (by delivery id).
+    pub done: oneshot::Sender<Vec<(i64, Outcome)>>,
+}
+
+pub struct Outbox {
+    pub db: Db,
+    pub client: Arc<DingTalk>,
+    pub userids: UserIdCache,
+    pub clock: SharedClock,
+    pub policy: RetryPolicy,
+    pub lease: Duration,
+    pub metrics: Arc<Metrics>,
+    handovers: mpsc::Sender<Handover>,
+    handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
+    wake: Notify,
 }
 
 impl Outbox {
@@ -92,7 +117,7 @@ impl Outbox {
         lease: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let (jobs, rx) = mpsc::channel(1024);
+        let (handovers, rx) = mpsc::channel(1024);
         Arc::new(Self {
             db,
             client,
@@ -101,30 +126,39 @@ impl Outbox {
             policy,
             lease,
             metrics,
-            jobs,
-            job_rx: std::sync::Mutex::new(Some(rx)),
+            handovers,
+            handover_rx: std::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
         })
     }
 
-    /// Starts `workers` concurrent deliverers on the current runtime: one task takes handed-over
-    /// messages at once, one polls for due work (retries, leftovers of a previous process).
+    /// Starts the deliverers on the current runtime: up to `workers` batches at once, taken
+    /// from hand-overs as they come and, with `poll`, from due work (retries, leftovers of a
+    /// previous process).
     pub fn start(self: &Arc<Self>, workers: usize, poll: bool) {
-        let Some(mut rx) = self.job_rx.lock().expect("job lock").take() else {
+        let Some(mut rx) = self.handover_rx.lock().expect("handover lock").take() else {
             return; // already started
         };
         let permits = Arc::new(Semaphore::new(workers.max(1)));
         let this = self.clone();
         let p = permits.clone();
         tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
+            // Whatever was handed over while the workers were busy goes out as one batch, with
+            // one record transaction for all of it.
+            while let Some(first) = rx.recv().await {
                 let Ok(permit) = p.clone().acquire_owned().await else {
                     break;
                 };
+                let mut handovers = vec![first];
+                while handovers.len() < HANDOVER_BATCH {
+                    match rx.try_recv() {
+                        Ok(h) => handovers.push(h),
+                        Err(_) => break,
+                    }
+                }
                 let this = this.clone();
                 tokio::spawn(async move {
-                    this.deliver_message(&job.message_id).await;
-                    let _ = job.done.send(());
+                    this.deliver_handovers(handovers).await;
                     drop(permit);
                 });
             }
@@ -157,17 +191,22 @@ impl Outbox {
         }
     }
 
-    /// Hands a freshly accepted message to the workers; the receiver fires after its first
-    /// attempt. `None` when the workers are saturated: the message stays queued for polling.
-    pub fn submit(&self, message_id: &str) -> Option<oneshot::Receiver<()>> {
+    /// Hands claimed deliveries of a fresh message to the workers; the receiver fires after
+    /// the first attempt. When the workers are saturated the claims are released for the
+    /// poller and `None` is answered.
+    pub async fn submit(&self, batch: Batch) -> Option<oneshot::Receiver<Vec<(i64, Outcome)>>> {
         let (done, rx) = oneshot::channel();
-        self.jobs
-            .try_send(Job {
-                message_id: message_id.to_owned(),
-                done,
-            })
-            .ok()
-            .map(|_| rx)
+        match self.handovers.try_send(Handover { batch, done }) {
+            Ok(()) => Some(rx),
+            Err(e) => {
+                let ids: Vec<i64> = e.into_inner().batch.rows.iter().map(|r| r.id).collect();
+                if let Err(e) = self.db.run(move |c| store::release_claims(c, &ids)).await {
+                    tracing::warn!(error = %e, "cannot release claims; they expire with their lease");
+                }
+                self.wake();
+                None
+            }
+        }
     }
 
     /// Asks the poller to look for due work now.
@@ -175,10 +214,19 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Delivers the due deliveries of one message.
+    /// Delivers the due deliveries of one message now (`deliveries retry`).
     pub async fn deliver_message(&self, message_id: &str) {
-        let id = message_id.to_owned();
-        self.claim_and_deliver(Some(id)).await;
+        let claim = crate::secret::random_hex(8);
+        let (now, lease, id) = (
+            self.clock.now_ms(),
+            self.lease.as_millis() as i64,
+            message_id.to_owned(),
+        );
+        let rows = self
+            .db
+            .run(move |c| store::claim(c, &claim, now, lease, CLAIM_BATCH, Some(&id)))
+            .await;
+        self.deliver_rows(rows).await;
     }
 
     /// Delivers everything due now; answers how many deliveries were attempted. Tests call it
@@ -186,7 +234,13 @@ impl Outbox {
     pub async fn run_due(&self) -> usize {
         let mut total = 0;
         loop {
-            let n = self.claim_and_deliver(None).await;
+            let claim = crate::secret::random_hex(8);
+            let (now, lease) = (self.clock.now_ms(), self.lease.as_millis() as i64);
+            let rows = self
+                .db
+                .run(move |c| store::claim(c, &claim, now, lease, CLAIM_BATCH, None))
+                .await;
+            let n = self.deliver_rows(rows).await;
             total += n;
             if n < CLAIM_BATCH as usize {
                 return total;
@@ -194,16 +248,9 @@ impl Outbox {
         }
     }
 
-    async fn claim_and_deliver(&self, message_id: Option<String>) -> usize {
-        let claim = crate::secret::random_hex(8);
-        let now = self.clock.now_ms();
-        let lease = self.lease.as_millis() as i64;
-        let c = claim.clone();
-        let rows = match self
-            .db
-            .run(move |conn| store::claim(conn, &c, now, lease, CLAIM_BATCH, message_id.as_deref()))
-            .await
-        {
+    async fn deliver_rows(&self, rows: Result<Vec<DeliveryRow>, DbError>) -> usize {
+        let rows = match rows {
+            Ok(rows) if rows.is_empty() => return 0,
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot claim deliveries");
@@ -211,86 +258,116 @@ impl Outbox {
             }
         };
         let n = rows.len();
-        if n > 0 {
-            if let Err(e) = self.deliver(rows, &claim).await {
-                tracing::error!(error = %e, "delivery batch interrupted; its claims expire and it is retried");
+        let batch = self.db.run(move |c| load_batch(c, rows)).await;
+        match batch {
+            Ok(batch) => {
+                if let Err(e) = self.deliver(batch).await {
+                    tracing::error!(error = %e, "delivery batch interrupted; its claims expire and it is retried");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load a delivery batch; its claims expire and it is retried")
             }
         }
         n
     }
 
-    async fn deliver(&self, rows: Vec<DeliveryRow>, claim: &str) -> Result<(), DbError> {
-        let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
-        let (messages, settings) = self
-            .db
-            .run(move |conn| {
-                let mut messages = HashMap::new();
-                for id in ids {
-                    if let std::collections::hash_map::Entry::Vacant(e) = messages.entry(id) {
-                        if let Some(m) = store::message(conn, e.key())? {
-                            e.insert(m.body);
-                        }
-                    }
+    async fn deliver_handovers(&self, handovers: Vec<Handover>) {
+        let mut waiting = vec![];
+        let mut merged: Option<Batch> = None;
+        for h in handovers {
+            waiting.push((
+                h.batch.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+                h.done,
+            ));
+            match &mut merged {
+                None => merged = Some(h.batch),
+                Some(m) => {
+                    m.rows.extend(h.batch.rows);
+                    m.messages.extend(h.batch.messages);
+                    m.robots.extend(h.batch.robots);
                 }
-                let settings = Settings::from_channels(
-                    registry::find(conn, "send_dingtalk")?.as_ref(),
-                    registry::find(conn, "send_dingbot")?.as_ref(),
-                );
-                Ok::<_, DbError>((messages, settings))
-            })
-            .await?;
-        let settings = Arc::new(settings);
+            }
+        }
+        let Some(batch) = merged else { return };
+        let outcomes = match self.deliver(batch).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "delivery batch interrupted; its claims expire and it is retried");
+                vec![]
+            }
+        };
+        for (ids, done) in waiting {
+            let mine = outcomes
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .cloned()
+                .collect();
+            let _ = done.send(mine);
+        }
+    }
 
+    /// Sends a batch and records every outcome in one transaction; answers the outcomes this
+    /// process recorded (by delivery id).
+    async fn deliver(&self, batch: Batch) -> Result<Vec<(i64, Outcome)>, DbError> {
+        let Batch {
+            rows,
+            messages,
+            robots,
+            settings,
+        } = batch;
+        // One task per robot delivery and one per message's people (a batchSend), run together.
         let mut outcomes: Vec<(DeliveryRow, Outcome)> = Vec::with_capacity(rows.len());
         let mut robot_rows = vec![];
         let mut user_rows: BTreeMap<String, Vec<DeliveryRow>> = BTreeMap::new();
         for row in rows {
-            let parsed = messages
-                .get(&row.message_id)
-                .map(|b| serde_json::from_str::<send::Message>(b));
-            match parsed {
-                Some(Ok(msg)) if row.kind == "robot" => robot_rows.push((row, msg)),
-                Some(Ok(_)) => user_rows
+            match messages.get(&row.message_id) {
+                Some(Some(_)) if row.kind == "robot" => robot_rows.push(row),
+                Some(Some(_)) => user_rows
                     .entry(row.message_id.clone())
                     .or_default()
                     .push(row),
                 _ => outcomes.push((
                     row,
-                    Outcome::Failed {
-                        code: None,
-                        error: "the stored message cannot be read".into(),
-                    },
+                    failed(None, "the stored message cannot be read".into()),
                 )),
             }
         }
-
-        let robot_outcomes: Vec<(DeliveryRow, Outcome)> = futures_util::stream::iter(robot_rows)
-            .map(|(row, msg)| {
-                let settings = settings.clone();
+        // Owned inputs per task: futures borrowing from closures here lose `Send`.
+        let mut tasks: Vec<BoxFuture<'_, Vec<(DeliveryRow, Outcome)>>> = vec![];
+        for row in robot_rows {
+            let msg = messages[&row.message_id].clone().expect("checked above");
+            let (profile, fields) = (robots.get(&row.target).cloned(), settings.fields.clone());
+            tasks.push(
                 async move {
-                    let o = self.send_robot(&row, &msg, &settings.fields).await;
-                    (row, o)
+                    let o = self.send_robot(&row, &msg, profile.as_ref(), &fields).await;
+                    vec![(row, o)]
                 }
-            })
-            .buffer_unordered(ROBOT_CONCURRENCY)
-            .collect()
-            .await;
-        outcomes.extend(robot_outcomes);
-
-        for (message_id, rows) in user_rows {
-            let msg: send::Message =
-                serde_json::from_str(&messages[&message_id]).expect("parsed above");
-            outcomes.extend(self.send_users(rows, &msg, &settings.app).await);
+                .boxed(),
+            );
+        }
+        for rows in user_rows.into_values() {
+            let msg = messages[&rows[0].message_id]
+                .clone()
+                .expect("checked above");
+            let app = settings.app.clone();
+            tasks.push(async move { self.send_users(&msg, rows, &app).await }.boxed());
+        }
+        let mut sent = futures_util::stream::iter(tasks).buffer_unordered(SEND_CONCURRENCY);
+        while let Some(batch) = sent.next().await {
+            outcomes.extend(batch);
         }
 
         let now = self.clock.now_ms();
-        let claim = claim.to_owned();
         let metrics = self.metrics.clone();
         self.db
             .run(move |conn| {
-                for (row, outcome) in &outcomes {
-                    if store::record(conn, row, &claim, outcome, now)? {
-                        metrics.delivery(&row.kind, outcome);
+                let owned = store::record_all(conn, &outcomes, now)?;
+                let mut recorded = Vec::with_capacity(outcomes.len());
+                for ((row, outcome), owned) in outcomes.into_iter().zip(owned) {
+                    if owned {
+                        metrics.delivery(&row.kind, &outcome);
+                        recorded.push((row.id, outcome));
                     } else {
                         tracing::warn!(
                             delivery = row.id,
@@ -298,7 +375,7 @@ impl Outbox {
                         );
                     }
                 }
-                Ok::<_, DbError>(())
+                Ok::<_, DbError>(recorded)
             })
             .await
     }
@@ -307,15 +384,13 @@ impl Outbox {
         &self,
         row: &DeliveryRow,
         msg: &send::Message,
+        profile: Option<&Profile>,
         fields: &RobotFields,
     ) -> Outcome {
-        let name = row.target.clone();
-        let profile = match self.db.run(move |c| users::get(c, &name)).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return failed(None, format!("robot user {} no longer exists", row.target)),
-            Err(e) => return self.retry(row, "database", &e.to_string(), None),
+        let Some(profile) = profile else {
+            return failed(None, format!("robot user {} no longer exists", row.target));
         };
-        let Kind::Robot { token, secret } = classify(&profile, fields) else {
+        let Kind::Robot { token, secret } = classify(profile, fields) else {
             return failed(
                 None,
                 format!(
@@ -343,8 +418,8 @@ impl Outbox {
 
     async fn send_users(
         &self,
-        rows: Vec<DeliveryRow>,
         msg: &send::Message,
+        rows: Vec<DeliveryRow>,
         app: &Result<App, String>,
     ) -> Vec<(DeliveryRow, Outcome)> {
         let app = match app {
@@ -516,4 +591,31 @@ pub fn to_dingtalk(m: &send::Message, robot: bool) -> (Message, At) {
         At::default()
     };
     (message, at)
+}
+
+/// What delivering `rows` needs from the database: their messages, robot profiles, settings.
+fn load_batch(conn: &mut crate::db::DbConn, rows: Vec<DeliveryRow>) -> Result<Batch, DbError> {
+    let mut messages = HashMap::new();
+    for row in &rows {
+        if !messages.contains_key(&row.message_id) {
+            let body = store::message(conn, &row.message_id)?.map(|m| m.body);
+            let parsed = body.and_then(|b| serde_json::from_str::<send::Message>(&b).ok());
+            messages.insert(row.message_id.clone(), parsed);
+        }
+    }
+    let robot_names: Vec<String> = rows
+        .iter()
+        .filter(|r| r.kind == "robot")
+        .map(|r| r.target.clone())
+        .collect();
+    let robots = users::get_many(conn, &robot_names)?
+        .into_iter()
+        .map(|p| (p.username.to_string(), p))
+        .collect();
+    Ok(Batch {
+        rows,
+        messages,
+        robots,
+        settings: DeliverySettings::load(conn)?,
+    })
 }
