@@ -105,8 +105,9 @@ impl ManageConnection for Manager {
             .map_err(|e| ManagerError(e.into()))
     }
 
-    fn has_broken(&self, _conn: &mut DbConn) -> bool {
-        false
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        // A connection left mid-transaction or cut off by the server is dropped, not reused.
+        std::thread::panicking() || diesel::r2d2::R2D2Connection::is_broken(conn)
     }
 }
 
