@@ -29,6 +29,9 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_USERID_TTL_S",
     "DING_CHANNEL_USERID_MISS_TTL_S",
     "DING_CHANNEL_MAX_AGE_S",
+    "DING_CHANNEL_UTC_OFFSET",
+    "DING_CHANNEL_APP_QPS",
+    "DING_CHANNEL_APP_QPM",
 ];
 
 #[derive(Debug, Clone)]
@@ -53,6 +56,11 @@ pub struct Settings {
     pub userid_miss_ttl: Duration,
     /// A delivery still failing this long after acceptance is failed for good.
     pub max_age: Duration,
+    /// Offset from UTC, in minutes, for times shown in messages (digests).
+    pub utc_offset_min: i32,
+    /// Single-chat calls per second / per minute per DingTalk app key, in this process.
+    pub app_qps: u32,
+    pub app_qpm: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +265,11 @@ impl Settings {
         let max_age = parse("DING_CHANNEL_MAX_AGE_S", "86400", &|v| {
             int_in(v, 60, 30 * 86_400)
         })?;
+        let utc_offset = parse("DING_CHANNEL_UTC_OFFSET", "+08:00", &|v| {
+            utc_offset_min(v).map(drop)
+        })?;
+        let app_qps = parse("DING_CHANNEL_APP_QPS", "40", &|v| int_in(v, 1, 10_000))?;
+        let app_qpm = parse("DING_CHANNEL_APP_QPM", "1500", &|v| int_in(v, 1, 600_000))?;
         let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
@@ -282,6 +295,9 @@ impl Settings {
             userid_ttl: secs(&userid_ttl),
             userid_miss_ttl: secs(&userid_miss_ttl),
             max_age: secs(&max_age),
+            utc_offset_min: utc_offset_min(&utc_offset).expect("validated above"),
+            app_qps: app_qps.parse().expect("validated above"),
+            app_qpm: app_qpm.parse().expect("validated above"),
         })
     }
 }
@@ -338,6 +354,24 @@ fn read_file(path: &PathBuf) -> Result<Vec<(&'static str, String)>, ConfigError>
             Ok((*key, value))
         })
         .collect()
+}
+
+/// `+08:00`, `-05:30`, `Z` → minutes east of UTC.
+fn utc_offset_min(v: &str) -> Result<i32, String> {
+    if v == "Z" || v == "+00:00" {
+        return Ok(0);
+    }
+    let bad = || format!("'{v}' is not a UTC offset (use +HH:MM, e.g. +08:00)");
+    let (sign, rest) = match v.split_at_checked(1) {
+        Some(("+", r)) => (1, r),
+        Some(("-", r)) => (-1, r),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    match (h.parse::<i32>(), m.parse::<i32>()) {
+        (Ok(h), Ok(m)) if h <= 14 && (0..60).contains(&m) && h >= 0 => Ok(sign * (h * 60 + m)),
+        _ => Err(bad()),
+    }
 }
 
 fn non_empty(v: &str, what: &str) -> Result<(), String> {

@@ -172,6 +172,17 @@ async fn resolve_phones(
     let resolved: Vec<(usize, NewDelivery)> = futures_util::stream::iter(misses)
         .map(|(i, receiver, mobile)| {
             async move {
+                if outbox
+                    .budgets
+                    .take(&app.key, 1, outbox.clock.now_ms())
+                    .is_err()
+                {
+                    // Out of call budget: the worker looks it up when there is some.
+                    return (
+                        i,
+                        target(&receiver, "user", format!("{MOBILE_PREFIX}{mobile}")),
+                    );
+                }
                 let answer = tokio::time::timeout_at(
                     deadline,
                     outbox.userids.resolve(&outbox.client, app, &mobile),

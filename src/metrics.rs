@@ -18,6 +18,7 @@ impl Metrics {
             Outcome::Sent { .. } => "sent",
             Outcome::Retry { .. } => "retry",
             Outcome::Failed { .. } => "failed",
+            Outcome::Deferred { .. } => "deferred",
         };
         *self
             .deliveries

@@ -6,11 +6,7 @@ use crate::channels::registry;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::dingtalk::DingTalk;
-use crate::directory::userids::UserIdCache;
 use crate::esb::routes;
-use crate::metrics::Metrics;
-use crate::outbox::retry::RetryPolicy;
 use crate::outbox::Outbox;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -29,28 +25,7 @@ pub struct AppState {
 
 /// The delivery engine for `settings`: DingTalk client, phone cache, outbox (not started).
 pub fn outbox(db: &Db, settings: &Settings, clock: SharedClock) -> anyhow::Result<Arc<Outbox>> {
-    let metrics = Arc::new(Metrics::default());
-    let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())
-        .context("cannot set up the DingTalk client")?;
-    let userids = UserIdCache::new(
-        db.clone(),
-        clock.clone(),
-        settings.userid_ttl,
-        settings.userid_miss_ttl,
-    );
-    let policy = RetryPolicy {
-        max_age: settings.max_age,
-        ..RetryPolicy::default()
-    };
-    Ok(Outbox::new(
-        db.clone(),
-        Arc::new(client),
-        userids,
-        clock,
-        policy,
-        settings.lease,
-        metrics,
-    ))
+    Outbox::from_settings(db.clone(), settings, clock).context("cannot set up the DingTalk client")
 }
 
 /// Opens the database, applies migrations and syncs the manifest: what `serve` needs before

@@ -170,7 +170,6 @@ pub async fn send(
 
 /// The row as the recorded outcome left it, so the answer needs no second read.
 fn apply(row: &mut DeliveryRow, outcome: &Outcome) {
-    row.attempts += 1;
     match outcome {
         Outcome::Sent { .. } => {
             row.status = SENT.into();
@@ -181,7 +180,12 @@ fn apply(row: &mut DeliveryRow, outcome: &Outcome) {
             row.status = FAILED.into();
             row.last_error = Some(error.clone());
         }
+        Outcome::Deferred { reason, .. } => {
+            row.last_error = Some(reason.clone());
+            return; // not an attempt
+        }
     }
+    row.attempts += 1;
 }
 
 /// The per-receiver answer for a message, from its deliveries' current state.

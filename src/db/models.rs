@@ -71,6 +71,7 @@ pub struct DeliveryRow {
     pub next_attempt_at: i64,
     pub give_up_at: i64,
     pub sent_at: Option<i64>,
+    pub parts_sent: i32,
     pub claimed_until: Option<i64>,
     pub claimed_by: Option<String>,
     pub last_error: Option<String>,

@@ -77,6 +77,7 @@ diesel::table! {
         next_attempt_at -> BigInt,
         give_up_at -> BigInt,
         sent_at -> Nullable<BigInt>,
+        parts_sent -> Integer,
         claimed_until -> Nullable<BigInt>,
         claimed_by -> Nullable<Text>,
         last_error -> Nullable<Text>,
@@ -102,6 +103,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    robot_state (robot) {
+        robot -> Text,
+        tat -> BigInt,
+        paused_until -> BigInt,
+    }
+}
+
+diesel::table! {
     robot_sends (id) {
         id -> BigInt,
         robot -> Text,
@@ -121,5 +130,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     deliveries,
     delivery_attempts,
+    robot_state,
     robot_sends,
 );

@@ -63,6 +63,15 @@ impl DingTalkError {
         matches!(self.class, Class::Retryable { .. })
     }
 
+    /// DingTalk said "too fast" (robot or app limits): pause that robot or app, don't count an
+    /// attempt against the message.
+    pub fn is_throttle(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "410100" | "130101" | "660026" | "90018" | "90006" | "Throttling" | "http_429"
+        ) || self.code.contains("QpsLimit")
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self.class {
             Class::Retryable { after } => after,
@@ -129,6 +138,9 @@ const RETRY_1S: Class = Class::Retryable {
 const RETRY_1M: Class = Class::Retryable {
     after: Some(Duration::from_secs(60)),
 };
+const RETRY_10M: Class = Class::Retryable {
+    after: Some(Duration::from_secs(600)),
+};
 const PERMANENT: Class = Class::Permanent;
 
 /// Context that turns a code into advice naming the thing to fix.
@@ -172,7 +184,7 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         400106 | 400013 => (PERMANENT, "DingTalk refused the message body as malformed".to_owned()),
         430101..=430104 => (PERMANENT, "DingTalk refused the content (not allowed in this group)".to_owned()),
         460101 => (PERMANENT, "the message is larger than the 20000 bytes a robot takes".to_owned()),
-        410100 | 130101 | 660026 => (RETRY_1M, format!("the group robot{robot} is sending too fast (20 messages a minute); sending resumes after a pause")),
+        410100 | 130101 | 660026 => (RETRY_10M, format!("DingTalk throttled the group robot{robot} (over 20 messages a minute); it stays silent for about 10 minutes, then sending resumes")),
         90018 => (RETRY_1S, "the DingTalk app is over its calls-per-second limit; retried shortly".to_owned()),
         90006 => (RETRY_1M, "the DingTalk app is over its calls-per-minute limit; retried after a minute".to_owned()),
         -1 => (RETRY, "DingTalk is busy; retried".to_owned()),
@@ -235,7 +247,7 @@ mod tests {
         }
         assert_eq!(
             classify_oapi(Api::Webhook, 410100, "", Context::default()).retry_after(),
-            Some(Duration::from_secs(60))
+            Some(Duration::from_secs(600))
         );
     }
 

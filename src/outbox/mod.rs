@@ -1,6 +1,10 @@
 //! The durable outbox: persistence, workers, retry policy.
 
+pub mod budget;
+pub mod digest;
+pub mod pacing;
 pub mod retry;
+pub mod split;
 pub mod store;
 pub mod view;
 pub mod worker;

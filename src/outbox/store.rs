@@ -301,17 +301,27 @@ fn claim_statement(
 /// What an attempt came to.
 #[derive(Debug, Clone)]
 pub enum Outcome {
+    /// `digest_id`: the digest send that carried it, when merged with others.
     Sent {
         request_id: Option<String>,
+        digest_id: Option<String>,
     },
     Retry {
         at: i64,
         code: String,
         error: String,
+        parts_sent: Option<i32>,
     },
     Failed {
         code: Option<String>,
         error: String,
+    },
+    /// Not attempted (or only partly, for a message in parts): it waits for a send slot or a
+    /// pause DingTalk imposed. Not counted as an attempt.
+    Deferred {
+        at: i64,
+        reason: String,
+        parts_sent: Option<i32>,
     },
 }
 
@@ -356,71 +366,103 @@ fn record_one(
     outcome: &Outcome,
     now: i64,
 ) -> Result<bool, DieselError> {
+    let owned = d::table
+        .find(delivery.id)
+        .filter(d::claimed_by.eq(claim))
+        .filter(d::status.eq(QUEUED));
+    let release = (
+        d::claimed_by.eq(None::<String>),
+        d::claimed_until.eq(None::<i64>),
+        d::updated_at.eq(now),
+    );
     let attempt = delivery.attempts + 1;
-    {
-        let owned = d::table
-            .find(delivery.id)
-            .filter(d::claimed_by.eq(claim))
-            .filter(d::status.eq(QUEUED));
-        let changed = match outcome {
-            Outcome::Sent { request_id } => diesel::update(owned)
-                .set((
-                    d::status.eq(SENT),
-                    d::attempts.eq(attempt),
-                    d::sent_at.eq(now),
-                    d::dingtalk_request_id.eq(request_id),
-                    d::last_error.eq(None::<String>),
-                    d::claimed_by.eq(None::<String>),
-                    d::claimed_until.eq(None::<i64>),
-                    d::updated_at.eq(now),
-                ))
-                .execute(conn)?,
-            Outcome::Retry { at, code, error } => diesel::update(owned)
-                .set((
-                    d::attempts.eq(attempt),
-                    d::next_attempt_at.eq(at),
-                    d::last_error.eq(error),
-                    d::dingtalk_code.eq(code),
-                    d::claimed_by.eq(None::<String>),
-                    d::claimed_until.eq(None::<i64>),
-                    d::updated_at.eq(now),
-                ))
-                .execute(conn)?,
-            Outcome::Failed { code, error } => diesel::update(owned)
-                .set((
-                    d::status.eq(FAILED),
-                    d::attempts.eq(attempt),
-                    d::last_error.eq(error),
-                    d::dingtalk_code.eq(code),
-                    d::claimed_by.eq(None::<String>),
-                    d::claimed_until.eq(None::<i64>),
-                    d::updated_at.eq(now),
-                ))
-                .execute(conn)?,
-        };
-        if changed == 0 {
-            return Ok(false);
-        }
-        let (kind, code, error, rid) = match outcome {
-            Outcome::Sent { request_id } => ("sent", None, None, request_id.clone()),
-            Outcome::Retry { code, error, .. } => {
-                ("retry", Some(code.clone()), Some(error.clone()), None)
-            }
-            Outcome::Failed { code, error } => ("failed", code.clone(), Some(error.clone()), None),
-        };
-        diesel::insert_into(a::table)
-            .values((
-                a::delivery_id.eq(delivery.id),
-                a::attempt.eq(attempt),
-                a::at.eq(now),
-                a::outcome.eq(kind),
-                a::code.eq(code),
-                a::error.eq(error),
-                a::dingtalk_request_id.eq(rid),
+    let parts = |p: &Option<i32>| p.unwrap_or(delivery.parts_sent);
+    let changed = match outcome {
+        Outcome::Sent {
+            request_id,
+            digest_id,
+        } => diesel::update(owned)
+            .set((
+                d::status.eq(SENT),
+                d::attempts.eq(attempt),
+                d::sent_at.eq(now),
+                d::dingtalk_request_id.eq(request_id),
+                d::digest_id.eq(digest_id),
+                d::last_error.eq(None::<String>),
+                release,
             ))
-            .execute(conn)?;
-        Ok(true)
+            .execute(conn)?,
+        Outcome::Retry {
+            at,
+            code,
+            error,
+            parts_sent,
+        } => diesel::update(owned)
+            .set((
+                d::attempts.eq(attempt),
+                d::next_attempt_at.eq(at),
+                d::last_error.eq(error),
+                d::dingtalk_code.eq(code),
+                d::parts_sent.eq(parts(parts_sent)),
+                release,
+            ))
+            .execute(conn)?,
+        Outcome::Failed { code, error } => diesel::update(owned)
+            .set((
+                d::status.eq(FAILED),
+                d::attempts.eq(attempt),
+                d::last_error.eq(error),
+                d::dingtalk_code.eq(code),
+                release,
+            ))
+            .execute(conn)?,
+        Outcome::Deferred {
+            at,
+            reason,
+            parts_sent,
+        } => {
+            return Ok(diesel::update(owned)
+                .set((
+                    d::next_attempt_at.eq(at),
+                    d::last_error.eq(reason),
+                    d::parts_sent.eq(parts(parts_sent)),
+                    release,
+                ))
+                .execute(conn)?
+                > 0);
+        }
+    };
+    if changed == 0 {
+        return Ok(false);
     }
+    let (kind, code, error, rid) = match outcome {
+        Outcome::Sent {
+            request_id,
+            digest_id,
+        } => (
+            "sent",
+            None,
+            digest_id.as_ref().map(|g| format!("in digest {g}")),
+            request_id.clone(),
+        ),
+        Outcome::Retry { code, error, .. } => {
+            ("retry", Some(code.clone()), Some(error.clone()), None)
+        }
+        Outcome::Failed { code, error } => ("failed", code.clone(), Some(error.clone()), None),
+        Outcome::Deferred { .. } => unreachable!("returned above"),
+    };
+    diesel::insert_into(a::table)
+        .values((
+            a::delivery_id.eq(delivery.id),
+            a::attempt.eq(attempt),
+            a::at.eq(now),
+            a::outcome.eq(kind),
+            a::code.eq(code),
+            a::error.eq(error),
+            a::dingtalk_request_id.eq(rid),
+        ))
+        .execute(conn)?;
+    Ok(true)
 }
 
 /// Releases every claim: at start-up on SQLite, where this process is the only deliverer.

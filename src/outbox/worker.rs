@@ -4,8 +4,10 @@
 //! retries and anything a dead process left are found by polling, so nothing accepted depends
 //! on a request staying alive.
 
+use super::budget::AppBudgets;
 use super::retry::{jitter_unit, RetryPolicy};
 use super::store::{self, Outcome};
+use super::{digest, pacing};
 use crate::channels::registry::{self, Channel};
 use crate::channels::send::{self, MsgKey};
 use crate::clock::SharedClock;
@@ -48,6 +50,7 @@ pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
 pub struct DeliverySettings {
     pub app: Result<App, String>,
     pub fields: RobotFields,
+    pub robot_limits: pacing::RobotLimits,
 }
 
 impl DeliverySettings {
@@ -55,6 +58,7 @@ impl DeliverySettings {
         Self {
             app: app_from_channel(dingtalk).ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
             fields: RobotFields::from_channel(dingbot),
+            robot_limits: pacing::RobotLimits::from_channel(dingbot),
         }
     }
 
@@ -102,34 +106,46 @@ pub struct Outbox {
     pub policy: RetryPolicy,
     pub lease: Duration,
     pub metrics: Arc<Metrics>,
+    /// Times in digests are shown at this offset from UTC.
+    pub utc_offset_min: i32,
+    pub budgets: AppBudgets,
     handovers: mpsc::Sender<Handover>,
     handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
     wake: Notify,
 }
 
 impl Outbox {
-    pub fn new(
+    /// The engine for `settings` (DingTalk client, phone cache, budgets); not started.
+    pub fn from_settings(
         db: Db,
-        client: Arc<DingTalk>,
-        userids: UserIdCache,
+        settings: &crate::config::Settings,
         clock: SharedClock,
-        policy: RetryPolicy,
-        lease: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, reqwest::Error> {
+        let metrics = Arc::new(Metrics::default());
+        let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())?;
         let (handovers, rx) = mpsc::channel(1024);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            userids: UserIdCache::new(
+                db.clone(),
+                clock.clone(),
+                settings.userid_ttl,
+                settings.userid_miss_ttl,
+            ),
             db,
-            client,
-            userids,
+            client: Arc::new(client),
             clock,
-            policy,
-            lease,
+            policy: RetryPolicy {
+                max_age: settings.max_age,
+                ..RetryPolicy::default()
+            },
+            lease: settings.lease,
             metrics,
+            utc_offset_min: settings.utc_offset_min,
+            budgets: AppBudgets::new(settings.app_qps, settings.app_qpm),
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
-        })
+        }))
     }
 
     /// Starts the deliverers on the current runtime: up to `workers` batches at once, taken
@@ -335,15 +351,20 @@ impl Outbox {
         }
         // Owned inputs per task: futures borrowing from closures here lose `Send`.
         let mut tasks: Vec<BoxFuture<'_, Vec<(DeliveryRow, Outcome)>>> = vec![];
+        let settings = Arc::new(settings);
+        let mut by_robot: BTreeMap<String, Vec<DeliveryRow>> = BTreeMap::new();
         for row in robot_rows {
-            let msg = messages[&row.message_id].clone().expect("checked above");
-            let (profile, fields) = (robots.get(&row.target).cloned(), settings.fields.clone());
+            by_robot.entry(row.target.clone()).or_default().push(row);
+        }
+        for (name, rows) in by_robot {
+            let msgs: HashMap<String, send::Message> = rows
+                .iter()
+                .filter_map(|r| Some((r.message_id.clone(), messages.get(&r.message_id)?.clone()?)))
+                .collect();
+            let profile = robots.get(&name).cloned();
             tasks.push(
-                async move {
-                    let o = self.send_robot(&row, &msg, profile.as_ref(), &fields).await;
-                    vec![(row, o)]
-                }
-                .boxed(),
+                self.send_robot_group(name, rows, msgs, profile, settings.clone())
+                    .boxed(),
             );
         }
         for rows in user_rows.into_values() {
@@ -380,40 +401,138 @@ impl Outbox {
             .await
     }
 
-    async fn send_robot(
+    /// Sends what waits for one robot: a single message, a digest of several, or the next parts
+    /// of a message too large for one call — as many sends as the robot's pacing allows now.
+    /// The rest is deferred to the next free slot, never dropped.
+    async fn send_robot_group(
         &self,
-        row: &DeliveryRow,
-        msg: &send::Message,
-        profile: Option<&Profile>,
-        fields: &RobotFields,
-    ) -> Outcome {
-        let Some(profile) = profile else {
-            return failed(None, format!("robot user {} no longer exists", row.target));
+        name: String,
+        mut rows: Vec<DeliveryRow>,
+        messages: HashMap<String, send::Message>,
+        profile: Option<Profile>,
+        settings: Arc<DeliverySettings>,
+    ) -> Vec<(DeliveryRow, Outcome)> {
+        let fields = &settings.fields;
+        let robot = match robot_of(&name, profile.as_ref(), fields) {
+            Ok(r) => r,
+            Err(why) => {
+                return rows
+                    .into_iter()
+                    .map(|r| (r, failed(None, why.clone())))
+                    .collect()
+            }
         };
-        let Kind::Robot { token, secret } = classify(profile, fields) else {
-            return failed(
-                None,
-                format!(
-                    "user {} is no longer a robot user (field {} holds no robot token)",
-                    row.target, fields.token_field
-                ),
-            );
+        rows.sort_by_key(|r| (r.created_at, r.id));
+        let sends = plan_robot_sends(&rows, &messages, self.utc_offset_min);
+
+        let (limit, now) = (settings.robot_limits.for_robot(&name), self.clock.now_ms());
+        let (n, robot_name) = (sends.len() as u32, name.clone());
+        let slots = match self
+            .db
+            .run(move |c| pacing::take_slots(c, &robot_name, n, now, limit))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, robot = %name, "cannot take robot send slots");
+                let at = now + 5_000;
+                return rows
+                    .iter()
+                    .map(|r| (r.clone(), self.defer(r, at, "database unavailable", None)))
+                    .collect();
+            }
         };
-        if let Some(problem) = robot_problem(token, secret, fields) {
-            return failed(None, format!("{problem} of user {}", row.target));
+
+        let mut out: Vec<(DeliveryRow, Outcome)> = vec![];
+        // Rows not finished by the sends made now wait until `resume_at`, for `reason`.
+        let (mut resume_at, mut reason) = (
+            slots.next_at,
+            format!("waiting for a send slot: {}", slots.waiting_for),
+        );
+        let mut parts_done: HashMap<i64, i32> = HashMap::new();
+        let mut stopped = false;
+        for send in sends.iter().take(slots.granted as usize) {
+            if stopped {
+                break;
+            }
+            match self
+                .client
+                .send_webhook(&robot, &send.message, &send.at)
+                .await
+            {
+                Ok(()) => match send.part {
+                    Some((k, n)) if k + 1 < n => {
+                        parts_done.insert(send.rows[0], k + 1);
+                    }
+                    _ => {
+                        let digest_id = (send.rows.len() > 1).then(|| crate::secret::random_hex(6));
+                        for id in &send.rows {
+                            let row = take(&mut rows, *id);
+                            out.push((
+                                row,
+                                Outcome::Sent {
+                                    request_id: None,
+                                    digest_id: digest_id.clone(),
+                                },
+                            ));
+                        }
+                    }
+                },
+                Err(e) if e.is_throttle() => {
+                    let until = self.clock.now_ms()
+                        + e.retry_after()
+                            .unwrap_or(Duration::from_secs(600))
+                            .as_millis() as i64;
+                    let robot_name = name.clone();
+                    if let Err(db) = self
+                        .db
+                        .run(move |c| pacing::pause(c, &robot_name, now, until))
+                        .await
+                    {
+                        tracing::error!(error = %db, "cannot record the robot's pause");
+                    }
+                    tracing::warn!(robot = %name, code = %e.code, "DingTalk throttled the robot; pausing it");
+                    (resume_at, reason) = (until, e.to_string());
+                    stopped = true;
+                }
+                Err(e) if e.is_retryable() => {
+                    for id in &send.rows {
+                        let row = take(&mut rows, *id);
+                        let mut o = self.retry(&row, &e.code, &e.to_string(), e.retry_after());
+                        if let Outcome::Retry { parts_sent, at, .. } = &mut o {
+                            *parts_sent = parts_done.get(id).copied();
+                            resume_at = *at;
+                        }
+                        out.push((row, o));
+                    }
+                    reason = format!("retrying after: {e}");
+                    stopped = true;
+                }
+                Err(e) => {
+                    // A robot-level refusal (signature, token, disabled) dooms the rest as well.
+                    let robot_level = matches!(
+                        e.code.as_str(),
+                        "310000" | "300001" | "300005" | "400101" | "400102"
+                    );
+                    let ids: Vec<i64> = if robot_level {
+                        rows.iter().map(|r| r.id).collect()
+                    } else {
+                        send.rows.clone()
+                    };
+                    for id in ids {
+                        let row = take(&mut rows, id);
+                        out.push((row, failed(Some(e.code.clone()), e.to_string())));
+                    }
+                    stopped = robot_level;
+                }
+            }
         }
-        let robot = Robot {
-            name: row.target.clone(),
-            token: token.to_owned(),
-            secret: secret.map(str::to_owned),
-            token_field: fields.token_field.clone(),
-            sign_field: fields.sign_field.clone(),
-        };
-        let (message, at) = to_dingtalk(msg, true);
-        match self.client.send_webhook(&robot, &message, &at).await {
-            Ok(()) => Outcome::Sent { request_id: None },
-            Err(e) => self.outcome_of(row, &e),
+        for row in rows {
+            let parts = parts_done.get(&row.id).copied();
+            let o = self.defer(&row, resume_at.max(self.clock.now_ms()), &reason, parts);
+            out.push((row, o));
         }
+        out
     }
 
     async fn send_users(
@@ -437,6 +556,12 @@ impl Outbox {
             if let Some(uid) = row.target.strip_prefix(USER_PREFIX) {
                 by_uid.push((uid.to_owned(), row));
             } else if let Some(mobile) = row.target.strip_prefix(MOBILE_PREFIX) {
+                if let Err(at) = self.budgets.take(&app.key, 1, self.clock.now_ms()) {
+                    let o =
+                        self.defer(&row, at, "waiting for the DingTalk app's call budget", None);
+                    out.push((row, o));
+                    continue;
+                }
                 match self.userids.resolve(&self.client, app, mobile).await {
                     Ok(MobileLookup::Found(uid)) => by_uid.push((uid, row)),
                     Ok(MobileLookup::NotFound) => {
@@ -469,6 +594,15 @@ impl Outbox {
         }
         let (message, _) = to_dingtalk(msg, false);
         let ids: Vec<String> = by_uid.iter().map(|(u, _)| u.clone()).collect();
+        let calls = ids.len().div_ceil(crate::dingtalk::client::BATCH_MAX_IDS) as u32;
+        if let Err(at) = self.budgets.take(&app.key, calls, self.clock.now_ms()) {
+            let why = "waiting for the DingTalk app's call budget (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM)";
+            out.extend(by_uid.into_iter().map(|(_, r)| {
+                let o = self.defer(&r, at, why, None);
+                (r, o)
+            }));
+            return out;
+        }
         let results = match self.client.batch_send(app, &ids, &message).await {
             Ok(r) => r,
             Err(e) => {
@@ -485,10 +619,16 @@ impl Outbox {
         let mut by_id: HashMap<String, UserOutcome> = results.into_iter().collect();
         for (uid, row) in by_uid {
             let outcome = match by_id.remove(&uid) {
-                Some(UserOutcome::Sent { process_query_key }) => Outcome::Sent { request_id: Some(process_query_key) },
+                Some(UserOutcome::Sent { process_query_key }) => Outcome::Sent { request_id: Some(process_query_key), digest_id: None },
                 Some(UserOutcome::Invalid) => failed(Some("invalidStaffId".into()), format!("DingTalk does not accept userid {uid} for this app (invalidStaffIdList)")),
                 Some(UserOutcome::Filtered) => failed(Some("filtered".into()), format!("DingTalk filtered the message to {uid} (filteredStaffIdList: the user may have blocked the robot)")),
                 Some(UserOutcome::FlowControlled) => self.retry(&row, "flowControlled", "DingTalk flow-controlled this user; retried later", Some(Duration::from_secs(60))),
+                Some(UserOutcome::Failed(e)) if e.is_throttle() => {
+                    // DingTalk says the app is over its limits: pause the app, keep the message.
+                    let until = self.clock.now_ms() + e.retry_after().unwrap_or(Duration::from_secs(1)).as_millis() as i64;
+                    self.budgets.pause(&app.key, until);
+                    self.defer(&row, until, &e.to_string(), None)
+                }
                 Some(UserOutcome::Failed(e)) => self.outcome_of(&row, &e),
                 None => self.retry(&row, "missing", "DingTalk's answer did not mention this user", None),
             };
@@ -532,6 +672,20 @@ impl Outbox {
             at,
             code: code.to_owned(),
             error: error.to_owned(),
+            parts_sent: None,
+        }
+    }
+
+    /// Not attempted now: waits until `at` — unless that is past the delivery's maximum age.
+    fn defer(&self, row: &DeliveryRow, at: i64, reason: &str, parts_sent: Option<i32>) -> Outcome {
+        if at > row.give_up_at {
+            let waited = human_ms(self.clock.now_ms() - row.created_at);
+            return failed(None, format!("gave up after waiting {waited}: {reason}"));
+        }
+        Outcome::Deferred {
+            at,
+            reason: reason.to_owned(),
+            parts_sent,
         }
     }
 }
@@ -618,4 +772,103 @@ fn load_batch(conn: &mut crate::db::DbConn, rows: Vec<DeliveryRow>) -> Result<Ba
         robots,
         settings: DeliverySettings::load(conn)?,
     })
+}
+
+fn take(rows: &mut Vec<DeliveryRow>, id: i64) -> DeliveryRow {
+    let i = rows
+        .iter()
+        .position(|r| r.id == id)
+        .expect("each row is sent once");
+    rows.swap_remove(i)
+}
+
+/// The robot a robot user stores, or why it can't be used.
+fn robot_of(name: &str, profile: Option<&Profile>, fields: &RobotFields) -> Result<Robot, String> {
+    let profile = profile.ok_or_else(|| format!("robot user {name} no longer exists"))?;
+    let Kind::Robot { token, secret } = classify(profile, fields) else {
+        return Err(format!(
+            "user {name} is no longer a robot user (field {} holds no robot token)",
+            fields.token_field
+        ));
+    };
+    if let Some(problem) = robot_problem(token, secret, fields) {
+        return Err(format!("{problem} of user {name}"));
+    }
+    Ok(Robot {
+        name: name.to_owned(),
+        token: token.to_owned(),
+        secret: secret.map(str::to_owned),
+        token_field: fields.token_field.clone(),
+        sign_field: fields.sign_field.clone(),
+    })
+}
+
+/// One webhook call to make.
+struct RobotSend {
+    /// The delivery ids it carries.
+    rows: Vec<i64>,
+    message: Message,
+    at: At,
+    /// `(k, n)`: part k (0-based) of n of a single large message.
+    part: Option<(i32, i32)>,
+}
+
+/// The calls that would deliver everything waiting, in order: a message already in parts
+/// continues; otherwise consecutive messages are merged into digests as large as a body allows;
+/// a message too large on its own goes in parts.
+fn plan_robot_sends(
+    rows: &[DeliveryRow],
+    messages: &HashMap<String, send::Message>,
+    utc_offset_min: i32,
+) -> Vec<RobotSend> {
+    let mut sends = vec![];
+    let mut i = 0;
+    while i < rows.len() {
+        let m = &messages[&rows[i].message_id];
+        let (single, at) = digest::single(m);
+        if rows[i].parts_sent > 0 || !digest::fits(&single, &at) {
+            let parts = digest::parts(m);
+            let n = parts.len() as i32;
+            for (k, (message, at)) in parts
+                .into_iter()
+                .enumerate()
+                .skip(rows[i].parts_sent as usize)
+            {
+                sends.push(RobotSend {
+                    rows: vec![rows[i].id],
+                    message,
+                    at,
+                    part: Some((k as i32, n)),
+                });
+            }
+            i += 1;
+            continue;
+        }
+        // Grow the digest while the next message is small enough and the body still fits.
+        let mut best = (single, at);
+        let mut j = i + 1;
+        while j < rows.len() && rows[j].parts_sent == 0 {
+            let items: Vec<digest::Item<'_>> = rows[i..=j]
+                .iter()
+                .map(|r| digest::Item {
+                    message: &messages[&r.message_id],
+                    accepted_at_ms: r.created_at,
+                })
+                .collect();
+            let (m, at) = digest::digest(&items, utc_offset_min);
+            if !digest::fits(&m, &at) {
+                break;
+            }
+            best = (m, at);
+            j += 1;
+        }
+        sends.push(RobotSend {
+            rows: rows[i..j].iter().map(|r| r.id).collect(),
+            message: best.0,
+            at: best.1,
+            part: None,
+        });
+        i = j;
+    }
+    sends
 }

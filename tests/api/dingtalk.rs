@@ -405,7 +405,8 @@ async fn the_robot_throttle_answer_is_retryable() {
         .unwrap_err();
     assert_eq!(e.code, "410100");
     assert!(e.is_retryable());
-    assert_eq!(e.retry_after(), Some(Duration::from_secs(60)));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(600)));
+    assert!(e.is_throttle());
     assert_eq!(f.sim.state.stats().throttled, 1);
 }
 

@@ -1,4 +1,5 @@
 DROP TABLE robot_sends;
+DROP TABLE robot_state;
 DROP TABLE delivery_attempts;
 DROP TABLE deliveries;
 DROP TABLE messages;

@@ -70,6 +70,7 @@ CREATE TABLE deliveries (
     next_attempt_at    BIGINT NOT NULL,
     give_up_at         BIGINT NOT NULL, -- still failing then: failed for good
     sent_at            BIGINT,
+    parts_sent         INTEGER NOT NULL DEFAULT 0, -- of a message split into parts: how many went out
     claimed_until      BIGINT,
     claimed_by         TEXT,
     last_error         TEXT,
@@ -96,6 +97,15 @@ CREATE TABLE delivery_attempts (
 );
 CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id);
 
+-- Per group robot: the pacing state shared by every process (GCRA "theoretical arrival
+-- time" of the token bucket) and a pause DingTalk imposed by throttling it.
+CREATE TABLE robot_state (
+    robot        TEXT PRIMARY KEY NOT NULL,
+    tat          BIGINT NOT NULL,
+    paused_until BIGINT NOT NULL
+);
+
+-- Every webhook send, counted for the "never more than N per window" rule.
 CREATE TABLE robot_sends (
     id          INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
     robot       TEXT NOT NULL,          -- robot username (never its token)

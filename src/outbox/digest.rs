@@ -1,0 +1,220 @@
+//! What goes to a group robot in one webhook call: a single message, a digest of several
+//! waiting messages (newest last, mentions united), or one part of a message too large for a
+//! robot, numbered. Every body built here fits DingTalk's 20000-byte limit.
+
+use super::split::{split_markdown, split_text};
+use crate::channels::send::{self, MsgKey};
+use crate::dingtalk::client::WEBHOOK_MAX_BODY;
+use crate::dingtalk::{At, Message};
+
+/// A waiting message and when it was accepted.
+pub struct Item<'a> {
+    pub message: &'a send::Message,
+    pub accepted_at_ms: i64,
+}
+
+/// The webhook body size of `msg` (what DingTalk limits).
+pub fn body_len(msg: &Message, at: &At) -> usize {
+    msg.to_webhook(at)
+        .map_or(usize::MAX, |v| v.to_string().len())
+}
+
+pub fn fits(msg: &Message, at: &At) -> bool {
+    body_len(msg, at) <= WEBHOOK_MAX_BODY
+}
+
+/// One message as a robot shows it.
+pub fn single(m: &send::Message) -> (Message, At) {
+    crate::outbox::worker::to_dingtalk(m, true)
+}
+
+/// Several waiting messages in one markdown: "12 alerts — 09:41–09:43", then each one's title,
+/// time and content, oldest first; mentions of all of them.
+pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
+    let (first, last) = (
+        items[0].accepted_at_ms,
+        items[items.len() - 1].accepted_at_ms,
+    );
+    let title = format!(
+        "{} alerts — {}–{}",
+        items.len(),
+        hh_mm(first, utc_offset_min, false),
+        hh_mm(last, utc_offset_min, false)
+    );
+    let mut text = format!("#### {title}\n");
+    let mut at = At::default();
+    for item in items {
+        let m = item.message;
+        let when = hh_mm(item.accepted_at_ms, utc_offset_min, true);
+        text.push_str("\n---\n\n");
+        match &m.title {
+            Some(t) => text.push_str(&format!("**{t}** · {when}\n\n")),
+            None => text.push_str(&format!("{when}\n\n")),
+        }
+        text.push_str(&m.content);
+        if let (MsgKey::Link | MsgKey::ActionCard, Some(url)) = (m.msg_key, &m.url) {
+            text.push_str(&format!("\n\n[查看详情]({url})"));
+        }
+        text.push('\n');
+        for mobile in &m.at_mobiles {
+            if !at.mobiles.contains(mobile) {
+                at.mobiles.push(mobile.clone());
+            }
+        }
+        at.all |= m.at_all;
+    }
+    (Message::Markdown { title, text }, at)
+}
+
+/// A message too large for one robot call, as numbered parts: text stays text, everything
+/// else becomes markdown (a link or card's URL closes the last part).
+pub fn parts(m: &send::Message) -> Vec<(Message, At)> {
+    let (_, at) = single(m);
+    let title = m.title.clone().unwrap_or_default();
+    let mut content = m.content.clone();
+    if let (MsgKey::Link | MsgKey::ActionCard, Some(url)) = (m.msg_key, &m.url) {
+        content.push_str(&format!("\n\n[查看详情]({url})"));
+    }
+    let is_text = m.msg_key == MsgKey::Text;
+    if is_text {
+        if let Some(t) = &m.title {
+            content = format!("{t}\n{content}");
+        }
+    }
+    // Escaping in JSON can grow the text (quotes, newlines, control characters): shrink the
+    // budget until every part's real body fits.
+    let mut budget = WEBHOOK_MAX_BODY - 600 - title.len();
+    loop {
+        let pieces = if is_text {
+            split_text(&content, budget)
+        } else {
+            split_markdown(&content, budget)
+        };
+        let n = pieces.len();
+        let built: Vec<(Message, At)> = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(k, text)| {
+                let msg = if is_text {
+                    Message::Text {
+                        content: format!("({}/{n})\n{text}", k + 1),
+                    }
+                } else {
+                    Message::Markdown {
+                        title: format!("({}/{n}) {title}", k + 1),
+                        text,
+                    }
+                };
+                (msg, at.clone())
+            })
+            .collect();
+        if built.iter().all(|(msg, at)| fits(msg, at)) || budget < 2048 {
+            return built;
+        }
+        budget = budget * 9 / 10;
+    }
+}
+
+/// `HH:MM` (or `HH:MM:SS`) of a Unix-ms time at a fixed UTC offset.
+fn hh_mm(ms: i64, offset_min: i32, seconds: bool) -> String {
+    let s = (ms / 1000 + i64::from(offset_min) * 60).rem_euclid(86_400);
+    if seconds {
+        format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+    } else {
+        format!("{:02}:{:02}", s / 3600, s % 3600 / 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(key: MsgKey, title: Option<&str>, content: &str) -> send::Message {
+        send::Message {
+            msg_key: key,
+            title: title.map(str::to_owned),
+            content: content.to_owned(),
+            url: None,
+            pic_url: None,
+            at_mobiles: vec![],
+            at_all: false,
+        }
+    }
+
+    #[test]
+    fn a_digest_lists_every_message_oldest_first_and_unites_mentions() {
+        let mut a = msg(MsgKey::Markdown, Some("Disk full"), "host-1 95%");
+        a.at_mobiles = vec!["13800000001".into()];
+        let mut b = msg(MsgKey::Text, None, "CPU high");
+        b.at_mobiles = vec!["13800000001".into(), "13800000002".into()];
+        b.at_all = true;
+        let t0 = 1_700_000_000_000; // 06:13:20 +08:00 is 22:13:20 UTC the day before
+        let (m, at) = digest(
+            &[
+                Item {
+                    message: &a,
+                    accepted_at_ms: t0,
+                },
+                Item {
+                    message: &b,
+                    accepted_at_ms: t0 + 125_000,
+                },
+            ],
+            480,
+        );
+        let Message::Markdown { title, text } = m else {
+            panic!()
+        };
+        assert_eq!(title, "2 alerts — 06:13–06:15");
+        let disk = text.find("**Disk full** · 06:13:20").unwrap();
+        let cpu = text.find("06:15:25\n\nCPU high").unwrap();
+        assert!(disk < cpu, "{text}");
+        assert_eq!(at.mobiles, ["13800000001", "13800000002"]);
+        assert!(at.all);
+    }
+
+    #[test]
+    fn a_60_kb_markdown_goes_out_in_numbered_parts_that_fit_and_reassemble() {
+        let mut content = String::new();
+        let mut i = 0;
+        while content.len() < 60_000 {
+            content.push_str(&format!(
+                "- 第{i}行: 磁盘已满 host-{i} \"/data\" at 95% \\ {}\n",
+                "x".repeat(i % 50)
+            ));
+            if i % 97 == 0 {
+                content.push_str("```sh\ndf -h /data\n```\n");
+            }
+            i += 1;
+        }
+        let m = msg(MsgKey::Markdown, Some("Big report"), &content);
+        assert!(!fits(&single(&m).0, &single(&m).1));
+        let parts = parts(&m);
+        assert!(parts.len() >= 3, "{}", parts.len());
+        let mut texts = vec![];
+        for (k, (p, at)) in parts.iter().enumerate() {
+            assert!(
+                body_len(p, at) <= WEBHOOK_MAX_BODY,
+                "part {k}: {}",
+                body_len(p, at)
+            );
+            let Message::Markdown { title, text } = p else {
+                panic!()
+            };
+            assert_eq!(title, &format!("({}/{}) Big report", k + 1, parts.len()));
+            texts.push(text.clone());
+        }
+        assert_eq!(super::super::split::join_markdown(&texts), content);
+    }
+
+    #[test]
+    fn long_text_parts_are_numbered_text() {
+        let m = msg(MsgKey::Text, Some("T"), &"告警内容 ".repeat(6000));
+        let parts = parts(&m);
+        assert!(parts.len() >= 2);
+        let Message::Text { content } = &parts[1].0 else {
+            panic!()
+        };
+        assert!(content.starts_with(&format!("(2/{})\n", parts.len())));
+    }
+}

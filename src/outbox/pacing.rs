@@ -1,0 +1,269 @@
+//! Group-robot pacing, shared by every process through the database: a token bucket per robot
+//! (capacity `burst`, one token per `window / limit`, kept as a GCRA "theoretical arrival time"
+//! in `robot_state`) and never more than `limit` sends in any `window` (counted in
+//! `robot_sends`). Slots are taken in one transaction, so two servers never overspend a robot.
+
+use crate::channels::registry::Channel;
+use crate::db::schema::{robot_sends as rs, robot_state as st};
+use crate::db::{write_tx, DbConn, DbError};
+use diesel::prelude::*;
+use std::collections::HashMap;
+
+/// DingTalk's own limit: 20 messages a minute per robot.
+pub const DEFAULT: RobotLimit = RobotLimit {
+    limit: 20,
+    window_ms: 60_000,
+    burst: 5,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RobotLimit {
+    pub limit: u32,
+    pub window_ms: i64,
+    pub burst: u32,
+}
+
+impl RobotLimit {
+    fn interval_ms(&self) -> i64 {
+        (self.window_ms / i64::from(self.limit.max(1))).max(1)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} per {} s", self.limit, self.window_ms / 1000)
+    }
+}
+
+/// The limits of `send_dingbot`'s comp_conf: `robot_rate_limit`, `robot_rate_window_s`,
+/// `robot_burst`, and per robot `robot_limits` = `name:limit/window_s[/burst],…`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RobotLimits {
+    default: RobotLimit,
+    overrides: HashMap<String, RobotLimit>,
+}
+
+impl Default for RobotLimits {
+    fn default() -> Self {
+        Self {
+            default: DEFAULT,
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+impl RobotLimits {
+    pub fn from_channel(dingbot: Option<&Channel>) -> Self {
+        let conf = |k: &str| dingbot.and_then(|c| c.conf(k));
+        let num = |k: &str, default: i64| match conf(k).map(|v| v.trim().parse::<i64>()) {
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => {
+                tracing::warn!(
+                    key = k,
+                    "send_dingbot comp_conf value is not a positive number; using {default}"
+                );
+                default
+            }
+            None => default,
+        };
+        let default = RobotLimit {
+            limit: num("robot_rate_limit", DEFAULT.limit.into()) as u32,
+            window_ms: num("robot_rate_window_s", DEFAULT.window_ms / 1000) * 1000,
+            burst: num("robot_burst", DEFAULT.burst.into()) as u32,
+        };
+        let mut overrides = HashMap::new();
+        for item in conf("robot_limits")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match parse_override(item, default) {
+                Some((name, l)) => {
+                    overrides.insert(name, l);
+                }
+                None => tracing::warn!(
+                    item,
+                    "send_dingbot robot_limits entry is not name:limit/window_s[/burst]; ignored"
+                ),
+            }
+        }
+        Self { default, overrides }
+    }
+
+    pub fn for_robot(&self, robot: &str) -> RobotLimit {
+        self.overrides.get(robot).copied().unwrap_or(self.default)
+    }
+}
+
+fn parse_override(item: &str, default: RobotLimit) -> Option<(String, RobotLimit)> {
+    let (name, spec) = item.split_once(':')?;
+    let mut nums = spec
+        .split('/')
+        .map(|n| n.trim().parse::<u32>().ok().filter(|n| *n > 0));
+    let limit = nums.next()??;
+    let window_s = nums.next()??;
+    let burst = nums.next().map_or(Some(default.burst), |b| b)?;
+    Some((
+        name.trim().to_owned(),
+        RobotLimit {
+            limit,
+            window_ms: i64::from(window_s) * 1000,
+            burst,
+        },
+    ))
+}
+
+/// What `take_slots` granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    pub granted: u32,
+    /// When the next slot opens (meaningful when fewer than wanted were granted).
+    pub next_at: i64,
+    /// Why not more, for the delivery log.
+    pub waiting_for: String,
+}
+
+/// Takes up to `wanted` send slots of `robot` now, recording them in `robot_sends`.
+pub fn take_slots(
+    conn: &mut DbConn,
+    robot: &str,
+    wanted: u32,
+    now: i64,
+    limit: RobotLimit,
+) -> Result<Slots, DbError> {
+    write_tx(conn, |conn| {
+        let (mut tat, paused_until) = lock_state(conn, robot, now)?;
+        let mut recent: Vec<i64> = rs::table
+            .filter(rs::robot.eq(robot))
+            .filter(rs::sent_at.gt(now - limit.window_ms))
+            .order(rs::sent_at.asc())
+            .select(rs::sent_at)
+            .load(conn)?;
+        let t = limit.interval_ms();
+        let mut granted = 0;
+        let (next_at, waiting_for) = loop {
+            if paused_until > now {
+                break (
+                    paused_until,
+                    "DingTalk paused this robot after throttling it".to_owned(),
+                );
+            }
+            if recent.len() >= limit.limit as usize {
+                let oldest_counted = recent[recent.len() - limit.limit as usize];
+                break (
+                    oldest_counted + limit.window_ms,
+                    format!("robot's send window is full ({})", limit.describe()),
+                );
+            }
+            let earliest = tat - i64::from(limit.burst.saturating_sub(1)) * t;
+            if now < earliest {
+                break (
+                    earliest,
+                    format!(
+                        "robot pacing ({}, bursts of {})",
+                        limit.describe(),
+                        limit.burst
+                    ),
+                );
+            }
+            if granted == wanted {
+                break (now, String::new());
+            }
+            tat = tat.max(now) + t;
+            recent.push(now);
+            granted += 1;
+        };
+        if granted > 0 {
+            let rows: Vec<_> = (0..granted)
+                .map(|_| (rs::robot.eq(robot), rs::sent_at.eq(now), rs::parts.eq(1)))
+                .collect();
+            for row in rows {
+                diesel::insert_into(rs::table).values(row).execute(conn)?;
+            }
+            diesel::update(st::table.find(robot))
+                .set(st::tat.eq(tat))
+                .execute(conn)?;
+            // History beyond any window is no longer needed.
+            diesel::delete(
+                rs::table
+                    .filter(rs::robot.eq(robot))
+                    .filter(rs::sent_at.lt(now - limit.window_ms.max(3_600_000))),
+            )
+            .execute(conn)?;
+        }
+        Ok(Slots {
+            granted,
+            next_at,
+            waiting_for,
+        })
+    })
+}
+
+/// Silences a robot until `until` (DingTalk throttled it).
+pub fn pause(conn: &mut DbConn, robot: &str, now: i64, until: i64) -> Result<(), DbError> {
+    write_tx(conn, |conn| {
+        lock_state(conn, robot, now)?;
+        diesel::update(st::table.find(robot))
+            .set(st::paused_until.eq(until))
+            .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// The robot's state row, created if missing and locked for this transaction (PostgreSQL;
+/// SQLite's write transaction already excludes other writers).
+fn lock_state(conn: &mut DbConn, robot: &str, now: i64) -> Result<(i64, i64), DbError> {
+    let fresh = (
+        st::robot.eq(robot),
+        st::tat.eq(now),
+        st::paused_until.eq(0i64),
+    );
+    Ok(match conn {
+        DbConn::Sqlite(c) => {
+            diesel::insert_into(st::table)
+                .values(fresh)
+                .on_conflict_do_nothing()
+                .execute(c)?;
+            st::table
+                .find(robot)
+                .select((st::tat, st::paused_until))
+                .first(c)?
+        }
+        #[cfg(feature = "postgres")]
+        DbConn::Pg(c) => {
+            diesel::insert_into(st::table)
+                .values(fresh)
+                .on_conflict_do_nothing()
+                .execute(c)?;
+            st::table
+                .find(robot)
+                .select((st::tat, st::paused_until))
+                .for_update()
+                .first(c)?
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_and_fall_back() {
+        let d = DEFAULT;
+        assert_eq!(
+            parse_override("ops:10/30", d),
+            Some((
+                "ops".into(),
+                RobotLimit {
+                    limit: 10,
+                    window_ms: 30_000,
+                    burst: 5
+                }
+            ))
+        );
+        assert_eq!(parse_override("ops:10/30/2", d).unwrap().1.burst, 2);
+        assert_eq!(parse_override("ops:10", d), None);
+        assert_eq!(parse_override("ops:0/30", d), None);
+        assert_eq!(DEFAULT.interval_ms(), 3000);
+    }
+}
