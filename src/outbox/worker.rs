@@ -535,6 +535,9 @@ impl Outbox {
         out
     }
 
+    /// Sends one message to its people: those whose userid is known (given, or cached) go
+    /// first in one batchSend, then phones are looked up as the app's call budget allows and
+    /// the newly found get a second batchSend. What the budget doesn't cover waits.
     async fn send_users(
         &self,
         msg: &send::Message,
@@ -551,37 +554,13 @@ impl Outbox {
             }
         };
         let mut out = vec![];
-        let mut by_uid: Vec<(String, DeliveryRow)> = vec![];
+        let mut known: Vec<(String, DeliveryRow)> = vec![];
+        let mut phones: Vec<(String, DeliveryRow)> = vec![];
         for row in rows {
             if let Some(uid) = row.target.strip_prefix(USER_PREFIX) {
-                by_uid.push((uid.to_owned(), row));
+                known.push((uid.to_owned(), row));
             } else if let Some(mobile) = row.target.strip_prefix(MOBILE_PREFIX) {
-                if let Err(at) = self.budgets.take(&app.key, 1, self.clock.now_ms()) {
-                    let o =
-                        self.defer(&row, at, "waiting for the DingTalk app's call budget", None);
-                    out.push((row, o));
-                    continue;
-                }
-                match self.userids.resolve(&self.client, app, mobile).await {
-                    Ok(MobileLookup::Found(uid)) => by_uid.push((uid, row)),
-                    Ok(MobileLookup::NotFound) => {
-                        let why = format!("no DingTalk user has the mobile {mobile}: the telephone in the profile must equal the phone registered in DingTalk");
-                        out.push((row, failed(Some("60121".into()), why)));
-                    }
-                    Ok(MobileLookup::Transient(e)) => {
-                        let o = self.outcome_of(&row, &e);
-                        out.push((row, o));
-                    }
-                    Ok(
-                        MobileLookup::NoPermission(e)
-                        | MobileLookup::IpNotWhitelisted(e)
-                        | MobileLookup::Failed(e),
-                    ) => out.push((row, failed(Some(e.code.clone()), e.to_string()))),
-                    Err(e) => {
-                        let o = self.retry(&row, "database", &e.to_string(), None);
-                        out.push((row, o));
-                    }
-                }
+                phones.push((mobile.to_owned(), row));
             } else {
                 out.push((
                     row,
@@ -589,52 +568,108 @@ impl Outbox {
                 ));
             }
         }
-        if by_uid.is_empty() {
-            return out;
+        let cached = match self
+            .userids
+            .cached_many(&app.key, phones.iter().map(|(m, _)| m.clone()).collect())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the phone cache");
+                HashMap::new()
+            }
+        };
+        let mut misses = vec![];
+        for (mobile, row) in phones {
+            match cached.get(&mobile) {
+                Some(Some(uid)) => known.push((uid.clone(), row)),
+                Some(None) => out.push((row, not_found(&mobile))),
+                None => misses.push((mobile, row)),
+            }
         }
-        let (message, _) = to_dingtalk(msg, false);
-        let ids: Vec<String> = by_uid.iter().map(|(u, _)| u.clone()).collect();
-        let calls = ids.len().div_ceil(crate::dingtalk::client::BATCH_MAX_IDS) as u32;
+        out.extend(self.batch_send(app, msg, known).await);
+
+        let mut found = vec![];
+        for (mobile, row) in misses {
+            if let Err(at) = self.budgets.take(&app.key, 1, self.clock.now_ms()) {
+                let o = self.defer(&row, at, "waiting for the DingTalk app's call budget", None);
+                out.push((row, o));
+                continue;
+            }
+            match self.userids.resolve(&self.client, app, &mobile).await {
+                Ok(MobileLookup::Found(uid)) => found.push((uid, row)),
+                Ok(MobileLookup::NotFound) => out.push((row, not_found(&mobile))),
+                Ok(MobileLookup::Transient(e)) => {
+                    let o = self.outcome_of(&row, &e);
+                    out.push((row, o));
+                }
+                Ok(
+                    MobileLookup::NoPermission(e)
+                    | MobileLookup::IpNotWhitelisted(e)
+                    | MobileLookup::Failed(e),
+                ) => out.push((row, failed(Some(e.code.clone()), e.to_string()))),
+                Err(e) => {
+                    let o = self.retry(&row, "database", &e.to_string(), None);
+                    out.push((row, o));
+                }
+            }
+        }
+        out.extend(self.batch_send(app, msg, found).await);
+        out
+    }
+
+    /// One batchSend (in calls of ≤20 ids) within the app's call budget; per-user outcomes.
+    async fn batch_send(
+        &self,
+        app: &App,
+        msg: &send::Message,
+        to: Vec<(String, DeliveryRow)>,
+    ) -> Vec<(DeliveryRow, Outcome)> {
+        if to.is_empty() {
+            return vec![];
+        }
+        let calls = to.len().div_ceil(crate::dingtalk::client::BATCH_MAX_IDS) as u32;
         if let Err(at) = self.budgets.take(&app.key, calls, self.clock.now_ms()) {
             let why = "waiting for the DingTalk app's call budget (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM)";
-            out.extend(by_uid.into_iter().map(|(_, r)| {
-                let o = self.defer(&r, at, why, None);
-                (r, o)
-            }));
-            return out;
+            return to
+                .into_iter()
+                .map(|(_, r)| {
+                    let o = self.defer(&r, at, why, None);
+                    (r, o)
+                })
+                .collect();
         }
+        let (message, _) = to_dingtalk(msg, false);
+        let ids: Vec<String> = to.iter().map(|(u, _)| u.clone()).collect();
         let results = match self.client.batch_send(app, &ids, &message).await {
             Ok(r) => r,
             Err(e) => {
-                return out
+                return to
                     .into_iter()
-                    .chain(
-                        by_uid
-                            .into_iter()
-                            .map(|(_, r)| (r, failed(None, e.to_string()))),
-                    )
+                    .map(|(_, r)| (r, failed(None, e.to_string())))
                     .collect()
             }
         };
         let mut by_id: HashMap<String, UserOutcome> = results.into_iter().collect();
-        for (uid, row) in by_uid {
-            let outcome = match by_id.remove(&uid) {
-                Some(UserOutcome::Sent { process_query_key }) => Outcome::Sent { request_id: Some(process_query_key), digest_id: None },
-                Some(UserOutcome::Invalid) => failed(Some("invalidStaffId".into()), format!("DingTalk does not accept userid {uid} for this app (invalidStaffIdList)")),
-                Some(UserOutcome::Filtered) => failed(Some("filtered".into()), format!("DingTalk filtered the message to {uid} (filteredStaffIdList: the user may have blocked the robot)")),
-                Some(UserOutcome::FlowControlled) => self.retry(&row, "flowControlled", "DingTalk flow-controlled this user; retried later", Some(Duration::from_secs(60))),
-                Some(UserOutcome::Failed(e)) if e.is_throttle() => {
-                    // DingTalk says the app is over its limits: pause the app, keep the message.
-                    let until = self.clock.now_ms() + e.retry_after().unwrap_or(Duration::from_secs(1)).as_millis() as i64;
-                    self.budgets.pause(&app.key, until);
-                    self.defer(&row, until, &e.to_string(), None)
-                }
-                Some(UserOutcome::Failed(e)) => self.outcome_of(&row, &e),
-                None => self.retry(&row, "missing", "DingTalk's answer did not mention this user", None),
-            };
-            out.push((row, outcome));
-        }
-        out
+        to.into_iter()
+            .map(|(uid, row)| {
+                let outcome = match by_id.remove(&uid) {
+                    Some(UserOutcome::Sent { process_query_key }) => Outcome::Sent { request_id: Some(process_query_key), digest_id: None },
+                    Some(UserOutcome::Invalid) => failed(Some("invalidStaffId".into()), format!("DingTalk does not accept userid {uid} for this app (invalidStaffIdList)")),
+                    Some(UserOutcome::Filtered) => failed(Some("filtered".into()), format!("DingTalk filtered the message to {uid} (filteredStaffIdList: the user may have blocked the robot)")),
+                    Some(UserOutcome::FlowControlled) => self.retry(&row, "flowControlled", "DingTalk flow-controlled this user; retried later", Some(Duration::from_secs(60))),
+                    Some(UserOutcome::Failed(e)) if e.is_throttle() => {
+                        // DingTalk says the app is over its limits: pause the app, keep the message.
+                        let until = self.clock.now_ms() + e.retry_after().unwrap_or(Duration::from_secs(1)).as_millis() as i64;
+                        self.budgets.pause(&app.key, until);
+                        self.defer(&row, until, &e.to_string(), None)
+                    }
+                    Some(UserOutcome::Failed(e)) => self.outcome_of(&row, &e),
+                    None => self.retry(&row, "missing", "DingTalk's answer did not mention this user", None),
+                };
+                (row, outcome)
+            })
+            .collect()
     }
 
     fn outcome_of(&self, row: &DeliveryRow, e: &DingTalkError) -> Outcome {
@@ -871,4 +906,11 @@ fn plan_robot_sends(
         i = j;
     }
     sends
+}
+
+fn not_found(mobile: &str) -> Outcome {
+    failed(
+        Some("60121".into()),
+        format!("no DingTalk user has the mobile {mobile}: the telephone in the profile must equal the phone registered in DingTalk"),
+    )
 }

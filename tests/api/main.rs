@@ -7,6 +7,7 @@ mod delivery;
 mod dingtalk;
 mod envelope;
 mod helpers;
+mod limits;
 mod logging;
 mod msg_type;
 mod registry;
