@@ -11,6 +11,8 @@ mod limits;
 mod logging;
 mod msg_type;
 mod registry;
+#[cfg(feature = "postgres")]
+mod scale_out;
 mod storage;
 mod userids;
 mod users;
