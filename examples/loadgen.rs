@@ -2,13 +2,17 @@
 //! body replaced by the request number and `{i%K}` by that number modulo K. Prints throughput
 //! and latency percentiles as JSON.
 //!
-//! cargo run --release --example loadgen -- --url URL --body JSON [-n 5000] [-c 32] [--header K:V]
+//! cargo run --release --example loadgen -- --url URL [--url URL2 …] --body JSON [-n 5000] [-c 32]
+//!     [--rate PER_SECOND] [--header K:V]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Args {
-    url: String,
+    /// Requests go round-robin over these.
+    urls: Vec<String>,
+    /// Requests per second over all workers (0 = as fast as possible).
+    rate: f64,
     body: String,
     n: usize,
     concurrency: usize,
@@ -17,7 +21,8 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        url: String::new(),
+        urls: vec![],
+        rate: 0.0,
         body: "{}".into(),
         n: 5000,
         concurrency: 32,
@@ -27,7 +32,8 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--url" => args.url = value()?,
+            "--url" => args.urls.push(value()?),
+            "--rate" => args.rate = value()?.parse().map_err(|_| "--rate takes a number")?,
             "--body" => args.body = value()?,
             "-n" => args.n = value()?.parse().map_err(|_| "-n takes a number")?,
             "-c" => args.concurrency = value()?.parse().map_err(|_| "-c takes a number")?,
@@ -39,7 +45,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if args.url.is_empty() {
+    if args.urls.is_empty() {
         return Err("--url is required".into());
     }
     Ok(args)
@@ -91,8 +97,12 @@ async fn main() {
                     if i >= args.n {
                         break;
                     }
+                    if args.rate > 0.0 {
+                        let due = started + Duration::from_secs_f64(i as f64 / args.rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                     let mut req = client
-                        .post(&args.url)
+                        .post(&args.urls[i % args.urls.len()])
                         .header("content-type", "application/json")
                         .body(render(&args.body, i));
                     for (k, v) in &args.headers {

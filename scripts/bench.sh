@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
-# Delivery benchmark: the release server on SQLite (or DATABASE_URL), a DingTalk simulator with
-# the robot throttle off, N send_msg requests (one person + one signed robot each) at
-# concurrency C. Reports accept throughput and latency, time until the last delivery, DingTalk
-# calls per message, the server's peak RSS, and checks that every delivery arrived exactly once.
-# Usage: scripts/bench.sh [N] [C]
+# Delivery benchmarks against a DingTalk simulator, all on this machine.
+#
+#   scripts/bench.sh accept [N] [C]   N send_msg requests (one person + one signed robot each) at
+#                                     concurrency C, robot throttle off: accepted/s, p50/p99,
+#                                     time until the last delivery, DingTalk calls per message,
+#                                     peak RSS, and a check that every delivery arrived once.
+#   scripts/bench.sh storm            1000 alerts in 10 s to 5 robots and 200 people with the real
+#                                     robot limit (20 per window, window shortened to 6 s): alerts
+#                                     delivered, digests, max sends per robot per window, drain time.
+#   scripts/bench.sh pg [N] [C]       accept throughput on PostgreSQL (TEST_DATABASE_URL or
+#                                     postgres://postgres@127.0.0.1:5432/test) with 1 and 2 servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-5000}
-C=${2:-32}
+MODE=${1:-accept}
+N=${2:-5000}
+C=${3:-32}
 SIM_PORT=${SIM_PORT:-18791}
 PORT=${PORT:-18792}
-PEOPLE=100
+PEOPLE=200
 ROBOTS=5
-cargo build --release --quiet --bin ding-channel --example loadgen
+features=()
+[ "$MODE" = pg ] && features=(--features postgres)
+cargo build --release --quiet "${features[@]}" --bin ding-channel --example loadgen
 bin=target/release/ding-channel
 work=$(mktemp -d)
-cleanup() { kill "${server:-}" "${sim:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-python3 - "$work" "$PEOPLE" "$ROBOTS" <<'PY'
+throttle=1000000000 window_ms=60000
+[ "$MODE" = storm ] && throttle=20 window_ms=6000
+python3 - "$work" "$PEOPLE" "$ROBOTS" "$throttle" "$window_ms" <<'PY'
 import json, sys
-work, people, robots = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+work, people, robots, throttle, window = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 sim = {"apps": [{"key": "benchapp", "secret": "bench-app-secret", "robot_code": "benchapp"}],
        "users": [{"mobile": f"139{i:08d}", "userid": f"ding-p{i}"} for i in range(people)],
        "robots": [{"name": f"robot{i}", "token": f"{i:064x}", "secret": f"SEC{i:060x}"} for i in range(robots)],
-       "throttle_limit": 1000000000}
+       "throttle_limit": throttle, "throttle_window_ms": window, "throttle_penalty_ms": 600000}
 json.dump(sim, open(f"{work}/sim.json", "w"))
 with open(f"{work}/users.jsonl", "w") as f:
     for i in range(people):
@@ -33,51 +45,112 @@ with open(f"{work}/users.jsonl", "w") as f:
         f.write(json.dumps({"username": f"robot{i}", "qq": f"{i:064x}", "wx_userid": f"SEC{i:060x}"}) + "\n")
 PY
 
-export DATABASE_URL=${DATABASE_URL:-sqlite://$work/bench.db}
+if [ "$MODE" = pg ]; then
+  pg=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+  name="dc_bench_$$"
+  psql "$pg" -qc "CREATE DATABASE $name" >/dev/null
+  export DATABASE_URL="${pg%/*}/$name"
+  trap 'cleanup; psql "$pg" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null' EXIT
+else
+  export DATABASE_URL=${DATABASE_URL:-sqlite://$work/bench.db}
+fi
 export DINGTALK_OAPI_BASE=http://127.0.0.1:$SIM_PORT DINGTALK_API_BASE=http://127.0.0.1:$SIM_PORT
-export DING_CHANNEL_BIND=127.0.0.1:$PORT DING_CHANNEL_LOG=warn DING_CHANNEL_CONFIG=""
+export DING_CHANNEL_LOG=warn DING_CHANNEL_CONFIG=""
 $bin simulator --port "$SIM_PORT" --config "$work/sim.json" >/dev/null 2>&1 &
-sim=$!
+pids+=($!)
 $bin channels sync >/dev/null
 $bin channels conf send_dingtalk ding_app_key=benchapp ding_app_secret=bench-app-secret >/dev/null
+[ "$MODE" = storm ] && $bin channels conf send_dingbot robot_rate_window_s=6 >/dev/null
 $bin apps add bench --secret bench-secret --replace >/dev/null
 $bin users import "$work/users.jsonl" >/dev/null
-$bin serve >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
 
-echo "== $N send_msg requests at concurrency $C ($(echo "$DATABASE_URL" | cut -d: -f1))"
-started=$(date +%s.%N)
-target/release/examples/loadgen --url "http://127.0.0.1:$PORT/api/c/compapi/cmsi/send_msg/" -n "$N" -c "$C" \
-  --header 'X-Bkapi-Authorization: {"bk_app_code":"bench","bk_app_secret":"bench-secret"}' \
-  --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"alert {i}","content":"host-{i} disk at 95%"}'
+start_server() { # port
+  DING_CHANNEL_BIND=127.0.0.1:$1 $bin serve >"$work/server-$1.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return; sleep 0.1; done
+  echo "server on $1 did not start"; cat "$work/server-$1.log"; exit 1
+}
 depth() { curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^ding_channel_queue_depth/{print $2}'; }
-while [ "$(depth)" != "0" ]; do sleep 0.05; done
-drained=$(date +%s.%N)
-echo "time until the last delivery: $(python3 -c "print(round($drained - $started, 2))") s"
-echo "server peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$server/status)"
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^ding_channel_(deliveries|dingtalk)'
-curl -s "http://127.0.0.1:$SIM_PORT/_sim/stats" > "$work/stats.json"
-curl -s "http://127.0.0.1:$SIM_PORT/_sim/messages" > "$work/messages.json"
-python3 - "$work" "$N" <<'PY'
+auth='X-Bkapi-Authorization: {"bk_app_code":"bench","bk_app_secret":"bench-secret"}'
+load() { # extra loadgen args…
+  target/release/examples/loadgen -c "$C" --header "$auth" "$@"
+}
+
+case "$MODE" in
+accept)
+  start_server "$PORT"
+  server=${pids[-1]}
+  echo "== $N send_msg requests at concurrency $C ($(echo "$DATABASE_URL" | cut -d: -f1))"
+  started=$(date +%s.%N)
+  load -n "$N" --url "http://127.0.0.1:$PORT/api/c/compapi/cmsi/send_msg/" \
+    --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"alert {i}","content":"host-{i} disk at 95%"}'
+  while [ "$(depth)" != "0" ]; do sleep 0.05; done
+  echo "time until the last delivery: $(python3 -c "print(round($(date +%s.%N) - $started, 2))") s"
+  echo "server peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$server/status)"
+  curl -s "http://127.0.0.1:$SIM_PORT/_sim/stats" > "$work/stats.json"
+  curl -s "http://127.0.0.1:$SIM_PORT/_sim/messages" > "$work/messages.json"
+  python3 - "$work" "$N" <<'PY'
 import json, sys, collections
 work, n = sys.argv[1], int(sys.argv[2])
-stats = json.load(open(f"{work}/stats.json"))
-msgs = json.load(open(f"{work}/messages.json"))
+stats, msgs = json.load(open(f"{work}/stats.json")), json.load(open(f"{work}/messages.json"))
 got = collections.Counter()
 for m in msgs:
-    i = m["body"]["text"]["content"] if m["api"] == "robot_send" else json.loads(json.dumps(m["body"]["msgParam"]))["content"]
-    alert = i.split("\n")[0]
     if m["api"] == "robot_send":
-        got[(alert, m["target"])] += 1
+        got[(m["body"]["text"]["content"].split("\n")[0], m["target"])] += 1
     else:
         for u in m["user_ids"]:
-            got[(alert, u)] += 1
+            got[(m["body"]["msgParam"]["content"].split("\n")[0], u)] += 1
 expected = {(f"alert {i}", f"robot{i % 5}") for i in range(n)} | {(f"alert {i}", f"ding-p{i % 100}") for i in range(n)}
-lost = expected - set(got)
-dup = [k for k, c in got.items() if c > 1]
-calls = sum(stats["requests"].values())
+lost, dup = expected - set(got), [k for k, c in got.items() if c > 1]
 print(f"deliveries expected {len(expected)}, received {sum(got.values())}, lost {len(lost)}, duplicated {len(dup)}")
-print(f"DingTalk calls: {stats['requests']} = {calls / n:.2f} per message; refusals {stats['refusals']}")
+print(f"DingTalk calls: {stats['requests']} = {sum(stats['requests'].values()) / n:.2f} per message; refusals {stats['refusals']}")
 sys.exit(1 if lost or dup else 0)
 PY
+  ;;
+storm)
+  start_server "$PORT"
+  N=1000
+  echo "== storm: $N alerts in 10 s to $ROBOTS robots and $PEOPLE people; robot limit 20 per 6 s"
+  started=$(date +%s.%N)
+  load -n "$N" --rate 100 --url "http://127.0.0.1:$PORT/api/c/compapi/cmsi/send_msg/" \
+    --body '{"msg_type":"ding","receiver__username":"robot{i%5},p{i%200}","title":"alert-{i}","content":"host-{i} disk at 95%"}'
+  while [ "$(depth)" != "0" ]; do sleep 0.1; done
+  echo "queue drained $(python3 -c "print(round($(date +%s.%N) - $started, 1))") s after the first alert"
+  curl -s "http://127.0.0.1:$SIM_PORT/_sim/stats" > "$work/stats.json"
+  curl -s "http://127.0.0.1:$SIM_PORT/_sim/messages" > "$work/messages.json"
+  python3 - "$work" "$N" <<'PY'
+import json, sys, re, collections
+work, n = sys.argv[1], int(sys.argv[2])
+stats, msgs = json.load(open(f"{work}/stats.json")), json.load(open(f"{work}/messages.json"))
+robot = [m for m in msgs if m["api"] == "robot_send"]
+seen = collections.defaultdict(set)
+for m in robot:
+    body = json.dumps(m["body"], ensure_ascii=False)
+    for a in re.findall(r"alert-(\d+)(?!\d)", body):
+        seen[m["target"]].add(int(a))
+delivered = sum(len(v) for v in seen.values())
+digests = sum(1 for m in robot if m["body"].get("msgtype") == "markdown" and " alerts — " in m["body"]["markdown"]["title"])
+worst = 0
+for r in {m["target"] for m in robot}:
+    t = sorted(m["at_ms"] for m in robot if m["target"] == r)
+    worst = max(worst, max(sum(1 for u in t if s <= u < s + 6000) for s in t))
+people = sum(len(m["user_ids"]) for m in msgs if m["api"] == "batch_send")
+print(f"robot alerts delivered {delivered}/{n} in {len(robot)} webhook calls ({digests} digests); "
+      f"max sends per robot per 6 s window: {worst}; throttled by DingTalk: {stats['throttled']}")
+print(f"single-chat deliveries {people}/{n}")
+sys.exit(0 if delivered == n and people == n and stats["throttled"] == 0 and worst <= 20 else 1)
+PY
+  ;;
+pg)
+  start_server "$PORT"
+  echo "== PostgreSQL, 1 server: $N send_msg at concurrency $C"
+  load -n "$N" --url "http://127.0.0.1:$PORT/api/c/compapi/cmsi/send_msg/" \
+    --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"one {i}","content":"c"}'
+  start_server $((PORT + 1))
+  echo "== PostgreSQL, 2 servers: $N send_msg at concurrency $C, alternating"
+  load -n "$N" --url "http://127.0.0.1:$PORT/api/c/compapi/cmsi/send_msg/" --url "http://127.0.0.1:$((PORT + 1))/api/c/compapi/cmsi/send_msg/" \
+    --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"two {i}","content":"c"}'
+  while [ "$(depth)" != "0" ]; do sleep 0.05; done
+  ;;
+*) echo "usage: scripts/bench.sh accept|storm|pg [N] [C]"; exit 2 ;;
+esac

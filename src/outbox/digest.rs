@@ -44,26 +44,43 @@ pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
     let mut text = format!("#### {title}\n");
     let mut at = At::default();
     for item in items {
-        let m = item.message;
-        let when = hh_mm(item.accepted_at_ms, utc_offset_min, true);
-        text.push_str("\n---\n\n");
-        match &m.title {
-            Some(t) => text.push_str(&format!("**{t}** · {when}\n\n")),
-            None => text.push_str(&format!("{when}\n\n")),
-        }
-        text.push_str(&m.content);
-        if let (MsgKey::Link | MsgKey::ActionCard, Some(url)) = (m.msg_key, &m.url) {
-            text.push_str(&format!("\n\n[查看详情]({url})"));
-        }
-        text.push('\n');
-        for mobile in &m.at_mobiles {
+        text.push_str(&render_item(item, utc_offset_min));
+        for mobile in &item.message.at_mobiles {
             if !at.mobiles.contains(mobile) {
                 at.mobiles.push(mobile.clone());
             }
         }
-        at.all |= m.at_all;
+        at.all |= item.message.at_all;
     }
     (Message::Markdown { title, text }, at)
+}
+
+/// Roughly what `item` adds to a digest's body (JSON-escaped), to size digests without
+/// building each candidate.
+pub fn item_len(item: &Item<'_>, utc_offset_min: i32) -> usize {
+    serde_json::to_string(&render_item(item, utc_offset_min)).map_or(usize::MAX, |s| s.len())
+        + item
+            .message
+            .at_mobiles
+            .iter()
+            .map(|m| 2 * m.len() + 8)
+            .sum::<usize>()
+}
+
+fn render_item(item: &Item<'_>, utc_offset_min: i32) -> String {
+    let m = item.message;
+    let when = hh_mm(item.accepted_at_ms, utc_offset_min, true);
+    let mut text = String::from("\n---\n\n");
+    match &m.title {
+        Some(t) => text.push_str(&format!("**{t}** · {when}\n\n")),
+        None => text.push_str(&format!("{when}\n\n")),
+    }
+    text.push_str(&m.content);
+    if let (MsgKey::Link | MsgKey::ActionCard, Some(url)) = (m.msg_key, &m.url) {
+        text.push_str(&format!("\n\n[查看详情]({url})"));
+    }
+    text.push('\n');
+    text
 }
 
 /// A message too large for one robot call, as numbered parts: text stays text, everything

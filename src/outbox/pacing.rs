@@ -9,6 +9,11 @@ use crate::db::{write_tx, DbConn, DbError};
 use diesel::prelude::*;
 use std::collections::HashMap;
 
+/// DingTalk counts a send when it arrives, we when we reserve it: the sends of one batch and
+/// network delays arrive later than reserved. Counting each send this much longer keeps us
+/// under DingTalk's count at the window's edge.
+const ARRIVAL_MARGIN_MS: i64 = 1_000;
+
 /// DingTalk's own limit: 20 messages a minute per robot.
 pub const DEFAULT: RobotLimit = RobotLimit {
     limit: 20,
@@ -122,6 +127,24 @@ pub struct Slots {
     pub waiting_for: String,
 }
 
+/// How many sends `robot` may make now (without taking them): a cheap check before the work
+/// of building digests. `take_slots` decides.
+pub fn available(
+    conn: &mut DbConn,
+    robot: &str,
+    now: i64,
+    limit: RobotLimit,
+) -> Result<Slots, DbError> {
+    let state: Option<(i64, i64)> = st::table
+        .find(robot)
+        .select((st::tat, st::paused_until))
+        .first(conn)
+        .optional()?;
+    let (tat, paused_until) = state.unwrap_or((now, 0));
+    let mut recent = recent_sends(conn, robot, now, limit)?;
+    Ok(grant(tat, paused_until, &mut recent, now, limit, limit.limit).1)
+}
+
 /// Takes up to `wanted` send slots of `robot` now, recording them in `robot_sends`.
 pub fn take_slots(
     conn: &mut DbConn,
@@ -131,53 +154,14 @@ pub fn take_slots(
     limit: RobotLimit,
 ) -> Result<Slots, DbError> {
     write_tx(conn, |conn| {
-        let (mut tat, paused_until) = lock_state(conn, robot, now)?;
-        let mut recent: Vec<i64> = rs::table
-            .filter(rs::robot.eq(robot))
-            .filter(rs::sent_at.gt(now - limit.window_ms))
-            .order(rs::sent_at.asc())
-            .select(rs::sent_at)
-            .load(conn)?;
-        let t = limit.interval_ms();
-        let mut granted = 0;
-        let (next_at, waiting_for) = loop {
-            if paused_until > now {
-                break (
-                    paused_until,
-                    "DingTalk paused this robot after throttling it".to_owned(),
-                );
-            }
-            if recent.len() >= limit.limit as usize {
-                let oldest_counted = recent[recent.len() - limit.limit as usize];
-                break (
-                    oldest_counted + limit.window_ms,
-                    format!("robot's send window is full ({})", limit.describe()),
-                );
-            }
-            let earliest = tat - i64::from(limit.burst.saturating_sub(1)) * t;
-            if now < earliest {
-                break (
-                    earliest,
-                    format!(
-                        "robot pacing ({}, bursts of {})",
-                        limit.describe(),
-                        limit.burst
-                    ),
-                );
-            }
-            if granted == wanted {
-                break (now, String::new());
-            }
-            tat = tat.max(now) + t;
-            recent.push(now);
-            granted += 1;
-        };
-        if granted > 0 {
-            let rows: Vec<_> = (0..granted)
-                .map(|_| (rs::robot.eq(robot), rs::sent_at.eq(now), rs::parts.eq(1)))
-                .collect();
-            for row in rows {
-                diesel::insert_into(rs::table).values(row).execute(conn)?;
+        let (tat, paused_until) = lock_state(conn, robot, now)?;
+        let mut recent = recent_sends(conn, robot, now, limit)?;
+        let (tat, slots) = grant(tat, paused_until, &mut recent, now, limit, wanted);
+        if slots.granted > 0 {
+            for _ in 0..slots.granted {
+                diesel::insert_into(rs::table)
+                    .values((rs::robot.eq(robot), rs::sent_at.eq(now), rs::parts.eq(1)))
+                    .execute(conn)?;
             }
             diesel::update(st::table.find(robot))
                 .set(st::tat.eq(tat))
@@ -190,12 +174,75 @@ pub fn take_slots(
             )
             .execute(conn)?;
         }
-        Ok(Slots {
+        Ok(slots)
+    })
+}
+
+fn recent_sends(
+    conn: &mut DbConn,
+    robot: &str,
+    now: i64,
+    limit: RobotLimit,
+) -> Result<Vec<i64>, DbError> {
+    Ok(rs::table
+        .filter(rs::robot.eq(robot))
+        .filter(rs::sent_at.gt(now - limit.window_ms - ARRIVAL_MARGIN_MS))
+        .order(rs::sent_at.asc())
+        .select(rs::sent_at)
+        .load(conn)?)
+}
+
+/// The pacing rules: answers the new theoretical arrival time and what may be sent now.
+fn grant(
+    mut tat: i64,
+    paused_until: i64,
+    recent: &mut Vec<i64>,
+    now: i64,
+    limit: RobotLimit,
+    wanted: u32,
+) -> (i64, Slots) {
+    let t = limit.interval_ms();
+    let mut granted = 0;
+    let (next_at, waiting_for) = loop {
+        if paused_until > now {
+            break (
+                paused_until,
+                "DingTalk paused this robot after throttling it".to_owned(),
+            );
+        }
+        if recent.len() >= limit.limit as usize {
+            let oldest_counted = recent[recent.len() - limit.limit as usize];
+            break (
+                oldest_counted + limit.window_ms + ARRIVAL_MARGIN_MS,
+                format!("robot's send window is full ({})", limit.describe()),
+            );
+        }
+        let earliest = tat - i64::from(limit.burst.saturating_sub(1)) * t;
+        if now < earliest {
+            break (
+                earliest,
+                format!(
+                    "robot pacing ({}, bursts of {})",
+                    limit.describe(),
+                    limit.burst
+                ),
+            );
+        }
+        if granted == wanted {
+            break (now, String::new());
+        }
+        tat = tat.max(now) + t;
+        recent.push(now);
+        granted += 1;
+    };
+    (
+        tat,
+        Slots {
             granted,
             next_at,
             waiting_for,
-        })
-    })
+        },
+    )
 }
 
 /// Silences a robot until `until` (DingTalk throttled it).
@@ -246,6 +293,29 @@ fn lock_state(conn: &mut DbConn, robot: &str, now: i64) -> Result<(i64, i64), Db
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_then_one_per_interval_and_never_over_the_window() {
+        let l = RobotLimit {
+            limit: 4,
+            window_ms: 8_000,
+            burst: 2,
+        }; // one per 2 s
+        let mut recent = vec![];
+        let (tat, s) = grant(0, 0, &mut recent, 10_000, l, 10);
+        assert_eq!(s.granted, 2, "the burst");
+        assert_eq!(s.next_at, 12_000);
+        let (tat, s) = grant(tat, 0, &mut recent, 12_000, l, 10);
+        assert_eq!(s.granted, 1);
+        let (tat, s) = grant(tat, 0, &mut recent, 14_000, l, 10);
+        assert_eq!(s.granted, 1);
+        // 4 sends since 10 000: the window (plus margin) holds until 10 000 + 8 000 + 1 000.
+        let (_, s) = grant(tat, 0, &mut recent, 16_000, l, 10);
+        assert_eq!((s.granted, s.next_at), (0, 19_000));
+        assert!(s.waiting_for.contains("window is full (4 per 8 s)"));
+        let (_, s) = grant(0, 30_000, &mut vec![], 20_000, l, 10);
+        assert_eq!((s.granted, s.next_at), (0, 30_000), "paused");
+    }
 
     #[test]
     fn overrides_parse_and_fall_back() {

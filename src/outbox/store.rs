@@ -298,6 +298,62 @@ fn claim_statement(
     Ok(())
 }
 
+/// Claims the deliveries waiting for a robot (due or not, oldest first), so a send that is
+/// happening anyway carries them too; answers them with their message bodies.
+pub fn claim_robot_backlog(
+    conn: &mut DbConn,
+    robot: &str,
+    claim: &str,
+    now: i64,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<(DeliveryRow, String)>, DbError> {
+    let until = now + lease_ms;
+    write_tx(conn, |conn| {
+        match conn {
+            DbConn::Sqlite(c) => diesel::sql_query(
+                "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
+                 WHERE target = ? AND status = 'queued' AND kind = 'robot' \
+                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_at, id LIMIT ?)",
+            )
+            .bind::<Text, _>(claim)
+            .bind::<BigInt, _>(until)
+            .bind::<Text, _>(robot)
+            .bind::<BigInt, _>(now)
+            .bind::<BigInt, _>(limit)
+            .execute(c)?,
+            #[cfg(feature = "postgres")]
+            DbConn::Pg(c) => diesel::sql_query(
+                "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
+                 WHERE target = $3 AND status = 'queued' AND kind = 'robot' \
+                 AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind::<Text, _>(claim)
+            .bind::<BigInt, _>(until)
+            .bind::<Text, _>(robot)
+            .bind::<BigInt, _>(now)
+            .bind::<BigInt, _>(limit)
+            .execute(c)?,
+        };
+        Ok::<_, DbError>(())
+    })?;
+    let rows = claimed(conn, claim, until)?;
+    let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+    let bodies: std::collections::HashMap<String, String> = m::table
+        .filter(m::id.eq_any(&ids))
+        .select((m::id, m::body))
+        .load::<(String, String)>(conn)?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let body = bodies.get(&r.message_id)?.clone();
+            Some((r, body))
+        })
+        .collect())
+}
+
 /// What an attempt came to.
 #[derive(Debug, Clone)]
 pub enum Outcome {

@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 /// Handed-over messages delivered together at most.
 const HANDOVER_BATCH: usize = 64;
+/// Waiting deliveries of a robot merged into one of its sends at most.
+const ROBOT_BACKLOG: i64 = 1000;
 /// How many due deliveries one poll claims.
 const CLAIM_BATCH: i64 = 200;
 /// DingTalk calls of one batch in flight at once (each robot send, each message's batchSend).
@@ -408,10 +410,11 @@ impl Outbox {
         &self,
         name: String,
         mut rows: Vec<DeliveryRow>,
-        messages: HashMap<String, send::Message>,
+        mut messages: HashMap<String, send::Message>,
         profile: Option<Profile>,
         settings: Arc<DeliverySettings>,
     ) -> Vec<(DeliveryRow, Outcome)> {
+        let mut out: Vec<(DeliveryRow, Outcome)> = vec![];
         let fields = &settings.fields;
         let robot = match robot_of(&name, profile.as_ref(), fields) {
             Ok(r) => r,
@@ -422,8 +425,64 @@ impl Outbox {
                     .collect()
             }
         };
+        // Nothing can go now: wait for the slot without building anything (the common case
+        // during a storm).
+        let (limit, now) = (settings.robot_limits.for_robot(&name), self.clock.now_ms());
+        let robot_name = name.clone();
+        let free = match self
+            .db
+            .run(move |c| pacing::available(c, &robot_name, now, limit))
+            .await
+        {
+            Ok(free) => free,
+            Err(e) => pacing::Slots {
+                granted: 0,
+                next_at: now + 5_000,
+                waiting_for: format!("database unavailable: {e}"),
+            },
+        };
+        if free.granted == 0 {
+            let reason = format!("waiting for a send slot: {}", free.waiting_for);
+            out.extend(rows.into_iter().map(|r| {
+                let o = self.defer(&r, free.next_at, &reason, None);
+                (r, o)
+            }));
+            return out;
+        }
+        // Everything else waiting for this robot rides along: each send carries all of it.
+        let (robot_name, claim, now, lease) = (
+            name.clone(),
+            crate::secret::random_hex(8),
+            self.clock.now_ms(),
+            self.lease.as_millis() as i64,
+        );
+        match self
+            .db
+            .run(move |c| {
+                store::claim_robot_backlog(c, &robot_name, &claim, now, lease, ROBOT_BACKLOG)
+            })
+            .await
+        {
+            Ok(backlog) => {
+                for (row, body) in backlog {
+                    match serde_json::from_str::<send::Message>(&body) {
+                        Ok(m) => {
+                            messages.insert(row.message_id.clone(), m);
+                            rows.push(row);
+                        }
+                        Err(_) => out.push((
+                            row,
+                            failed(None, "the stored message cannot be read".into()),
+                        )),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, robot = %name, "cannot claim the robot's backlog; it follows later")
+            }
+        }
         rows.sort_by_key(|r| (r.created_at, r.id));
-        let sends = plan_robot_sends(&rows, &messages, self.utc_offset_min);
+        let sends = plan_robot_sends(&rows, &messages, self.utc_offset_min, free.granted as usize);
 
         let (limit, now) = (settings.robot_limits.for_robot(&name), self.clock.now_ms());
         let (n, robot_name) = (sends.len() as u32, name.clone());
@@ -436,14 +495,14 @@ impl Outbox {
             Err(e) => {
                 tracing::error!(error = %e, robot = %name, "cannot take robot send slots");
                 let at = now + 5_000;
-                return rows
-                    .iter()
-                    .map(|r| (r.clone(), self.defer(r, at, "database unavailable", None)))
-                    .collect();
+                out.extend(
+                    rows.iter()
+                        .map(|r| (r.clone(), self.defer(r, at, "database unavailable", None))),
+                );
+                return out;
             }
         };
 
-        let mut out: Vec<(DeliveryRow, Outcome)> = vec![];
         // Rows not finished by the sends made now wait until `resume_at`, for `reason`.
         let (mut resume_at, mut reason) = (
             slots.next_at,
@@ -848,26 +907,35 @@ struct RobotSend {
     part: Option<(i32, i32)>,
 }
 
-/// The calls that would deliver everything waiting, in order: a message already in parts
-/// continues; otherwise consecutive messages are merged into digests as large as a body allows;
-/// a message too large on its own goes in parts.
+/// The calls that would deliver everything waiting, in order, at most `max_sends` of them: a
+/// message already in parts continues; otherwise consecutive messages are merged into digests
+/// as large as a body allows; a message too large on its own goes in parts.
 fn plan_robot_sends(
     rows: &[DeliveryRow],
     messages: &HashMap<String, send::Message>,
     utc_offset_min: i32,
+    max_sends: usize,
 ) -> Vec<RobotSend> {
+    let item = |r: &DeliveryRow| digest::Item {
+        message: &messages[&r.message_id],
+        accepted_at_ms: r.created_at,
+    };
+    // Room for the digest's title, heading and JSON framing.
+    let budget = crate::dingtalk::client::WEBHOOK_MAX_BODY - 400;
     let mut sends = vec![];
     let mut i = 0;
-    while i < rows.len() {
+    while i < rows.len() && sends.len() < max_sends {
         let m = &messages[&rows[i].message_id];
         let (single, at) = digest::single(m);
         if rows[i].parts_sent > 0 || !digest::fits(&single, &at) {
             let parts = digest::parts(m);
             let n = parts.len() as i32;
+            let room = max_sends - sends.len();
             for (k, (message, at)) in parts
                 .into_iter()
                 .enumerate()
                 .skip(rows[i].parts_sent as usize)
+                .take(room)
             {
                 sends.push(RobotSend {
                     rows: vec![rows[i].id],
@@ -879,28 +947,32 @@ fn plan_robot_sends(
             i += 1;
             continue;
         }
-        // Grow the digest while the next message is small enough and the body still fits.
-        let mut best = (single, at);
+        // Grow the digest by estimate, then check the real body, giving back items if needed.
         let mut j = i + 1;
+        let mut size = digest::item_len(&item(&rows[i]), utc_offset_min);
         while j < rows.len() && rows[j].parts_sent == 0 {
-            let items: Vec<digest::Item<'_>> = rows[i..=j]
-                .iter()
-                .map(|r| digest::Item {
-                    message: &messages[&r.message_id],
-                    accepted_at_ms: r.created_at,
-                })
-                .collect();
-            let (m, at) = digest::digest(&items, utc_offset_min);
-            if !digest::fits(&m, &at) {
+            let next = digest::item_len(&item(&rows[j]), utc_offset_min);
+            if size + next > budget {
                 break;
             }
-            best = (m, at);
+            size += next;
             j += 1;
         }
+        let (message, at) = loop {
+            if j == i + 1 {
+                break (single, at);
+            }
+            let items: Vec<digest::Item<'_>> = rows[i..j].iter().map(item).collect();
+            let (m, at) = digest::digest(&items, utc_offset_min);
+            if digest::fits(&m, &at) {
+                break (m, at);
+            }
+            j -= 1;
+        };
         sends.push(RobotSend {
             rows: rows[i..j].iter().map(|r| r.id).collect(),
-            message: best.0,
-            at: best.1,
+            message,
+            at,
             part: None,
         });
         i = j;

@@ -83,6 +83,8 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_message ON deliveries (message_id);
 -- Serves "due deliveries": status = 'queued' AND next_attempt_at <= now, oldest first.
 CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+-- Serves "everything waiting for this robot", merged into its next send.
+CREATE INDEX deliveries_robot_backlog ON deliveries (target, status);
 
 -- Every attempt of every delivery: the history `deliveries show` prints.
 CREATE TABLE delivery_attempts (
