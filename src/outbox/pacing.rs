@@ -178,18 +178,22 @@ pub fn take_slots(
     })
 }
 
+/// The sends in the window that matter: the latest `limit` of them, oldest first.
 fn recent_sends(
     conn: &mut DbConn,
     robot: &str,
     now: i64,
     limit: RobotLimit,
 ) -> Result<Vec<i64>, DbError> {
-    Ok(rs::table
+    let mut recent: Vec<i64> = rs::table
         .filter(rs::robot.eq(robot))
         .filter(rs::sent_at.gt(now - limit.window_ms - ARRIVAL_MARGIN_MS))
-        .order(rs::sent_at.asc())
+        .order(rs::sent_at.desc())
+        .limit(i64::from(limit.limit))
         .select(rs::sent_at)
-        .load(conn)?)
+        .load(conn)?;
+    recent.reverse();
+    Ok(recent)
 }
 
 /// The pacing rules: answers the new theoretical arrival time and what may be sent now.
