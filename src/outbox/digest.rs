@@ -87,6 +87,36 @@ fn render_item(item: &Item<'_>, utc_offset_min: i32) -> String {
 /// else becomes markdown (a link or card's URL closes the last part).
 pub fn parts(m: &send::Message) -> Vec<(Message, At)> {
     let (_, at) = single(m);
+    parts_within(m, WEBHOOK_MAX_BODY, |msg| body_len(msg, &at))
+        .into_iter()
+        .map(|p| (p, at.clone()))
+        .collect()
+}
+
+/// DingTalk publishes no size limit for batchSend's `msgParam`; this conservative one keeps a
+/// long message from being refused (a long text just goes out in more parts).
+pub const BATCH_PARAM_MAX: usize = 6_000;
+
+/// The single-chat form of a message: one `Message`, or numbered parts when its `msgParam`
+/// would exceed [`BATCH_PARAM_MAX`].
+pub fn batch_parts(m: &send::Message) -> Vec<Message> {
+    let (one, _) = crate::outbox::worker::to_dingtalk(m, false);
+    if param_len(&one) <= BATCH_PARAM_MAX {
+        return vec![one];
+    }
+    parts_within(m, BATCH_PARAM_MAX, param_len)
+}
+
+fn param_len(msg: &Message) -> usize {
+    msg.to_batch().map_or(usize::MAX, |(_, p)| p.len())
+}
+
+/// Splits `m` into numbered parts each measuring at most `max` by `measure`.
+fn parts_within(
+    m: &send::Message,
+    max: usize,
+    measure: impl Fn(&Message) -> usize,
+) -> Vec<Message> {
     let title = m.title.clone().unwrap_or_default();
     let mut content = m.content.clone();
     if let (MsgKey::Link | MsgKey::ActionCard, Some(url)) = (m.msg_key, &m.url) {
@@ -99,8 +129,8 @@ pub fn parts(m: &send::Message) -> Vec<(Message, At)> {
         }
     }
     // Escaping in JSON can grow the text (quotes, newlines, control characters): shrink the
-    // budget until every part's real body fits.
-    let mut budget = WEBHOOK_MAX_BODY - 600 - title.len();
+    // budget until every part's real size fits.
+    let mut budget = max.saturating_sub(600 + title.len()).max(1024);
     loop {
         let pieces = if is_text {
             split_text(&content, budget)
@@ -108,11 +138,11 @@ pub fn parts(m: &send::Message) -> Vec<(Message, At)> {
             split_markdown(&content, budget)
         };
         let n = pieces.len();
-        let built: Vec<(Message, At)> = pieces
+        let built: Vec<Message> = pieces
             .into_iter()
             .enumerate()
             .map(|(k, text)| {
-                let msg = if is_text {
+                if is_text {
                     Message::Text {
                         content: format!("({}/{n})\n{text}", k + 1),
                     }
@@ -121,11 +151,10 @@ pub fn parts(m: &send::Message) -> Vec<(Message, At)> {
                         title: format!("({}/{n}) {title}", k + 1),
                         text,
                     }
-                };
-                (msg, at.clone())
+                }
             })
             .collect();
-        if built.iter().all(|(msg, at)| fits(msg, at)) || budget < 2048 {
+        if built.iter().all(|p| measure(p) <= max) || budget < 256 {
             return built;
         }
         budget = budget * 9 / 10;
@@ -222,6 +251,28 @@ mod tests {
             texts.push(text.clone());
         }
         assert_eq!(super::super::split::join_markdown(&texts), content);
+    }
+
+    #[test]
+    fn long_single_chat_messages_are_split_within_the_param_limit() {
+        let short = msg(MsgKey::Markdown, Some("T"), "short");
+        assert_eq!(batch_parts(&short).len(), 1);
+        let long = msg(
+            MsgKey::Markdown,
+            Some("T"),
+            &"第一行 disk \"full\"\n".repeat(1200),
+        );
+        let parts = batch_parts(&long);
+        assert!(parts.len() >= 4, "{}", parts.len());
+        let mut texts = vec![];
+        for p in &parts {
+            assert!(p.to_batch().unwrap().1.len() <= BATCH_PARAM_MAX);
+            let Message::Markdown { text, .. } = p else {
+                panic!()
+            };
+            texts.push(text.clone());
+        }
+        assert_eq!(super::super::split::join_markdown(&texts), long.content);
     }
 
     #[test]

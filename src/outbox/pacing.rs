@@ -268,29 +268,15 @@ fn lock_state(conn: &mut DbConn, robot: &str, now: i64) -> Result<(i64, i64), Db
         st::tat.eq(now),
         st::paused_until.eq(0i64),
     );
+    crate::with_conn!(&mut *conn, |c| diesel::insert_into(st::table)
+        .values(fresh)
+        .on_conflict_do_nothing()
+        .execute(c))?;
+    let row = st::table.find(robot).select((st::tat, st::paused_until));
     Ok(match conn {
-        DbConn::Sqlite(c) => {
-            diesel::insert_into(st::table)
-                .values(fresh)
-                .on_conflict_do_nothing()
-                .execute(c)?;
-            st::table
-                .find(robot)
-                .select((st::tat, st::paused_until))
-                .first(c)?
-        }
+        DbConn::Sqlite(c) => row.first(c)?,
         #[cfg(feature = "postgres")]
-        DbConn::Pg(c) => {
-            diesel::insert_into(st::table)
-                .values(fresh)
-                .on_conflict_do_nothing()
-                .execute(c)?;
-            st::table
-                .find(robot)
-                .select((st::tat, st::paused_until))
-                .for_update()
-                .first(c)?
-        }
+        DbConn::Pg(c) => row.for_update().first(c)?,
     })
 }
 

@@ -678,57 +678,106 @@ impl Outbox {
     }
 
     /// One batchSend (in calls of ≤20 ids) within the app's call budget; per-user outcomes.
+    /// batchSend (in calls of ≤20 ids) within the app's call budget; per-user outcomes. A
+    /// message too long for one call goes in numbered parts; each row remembers how many parts
+    /// reached its user, so a retry continues with the next one.
     async fn batch_send(
         &self,
         app: &App,
         msg: &send::Message,
         to: Vec<(String, DeliveryRow)>,
     ) -> Vec<(DeliveryRow, Outcome)> {
-        if to.is_empty() {
-            return vec![];
+        let parts = digest::batch_parts(msg);
+        let n = parts.len() as i32;
+        let mut out = vec![];
+        let mut by_progress: BTreeMap<i32, Vec<(String, DeliveryRow)>> = BTreeMap::new();
+        for (uid, row) in to {
+            by_progress
+                .entry(row.parts_sent.clamp(0, n - 1))
+                .or_default()
+                .push((uid, row));
         }
-        let calls = to.len().div_ceil(crate::dingtalk::client::BATCH_MAX_IDS) as u32;
-        if let Err(at) = self.budgets.take(&app.key, calls, self.clock.now_ms()) {
-            let why = "waiting for the DingTalk app's call budget (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM)";
-            return to
-                .into_iter()
-                .map(|(_, r)| {
-                    let o = self.defer(&r, at, why, None);
-                    (r, o)
-                })
-                .collect();
-        }
-        let (message, _) = to_dingtalk(msg, false);
-        let ids: Vec<String> = to.iter().map(|(u, _)| u.clone()).collect();
-        let results = match self.client.batch_send(app, &ids, &message).await {
-            Ok(r) => r,
-            Err(e) => {
-                return to
-                    .into_iter()
-                    .map(|(_, r)| (r, failed(None, e.to_string())))
-                    .collect()
-            }
-        };
-        let mut by_id: HashMap<String, UserOutcome> = results.into_iter().collect();
-        to.into_iter()
-            .map(|(uid, row)| {
-                let outcome = match by_id.remove(&uid) {
-                    Some(UserOutcome::Sent { process_query_key }) => Outcome::Sent { request_id: Some(process_query_key), digest_id: None },
-                    Some(UserOutcome::Invalid) => failed(Some("invalidStaffId".into()), format!("DingTalk does not accept userid {uid} for this app (invalidStaffIdList)")),
-                    Some(UserOutcome::Filtered) => failed(Some("filtered".into()), format!("DingTalk filtered the message to {uid} (filteredStaffIdList: the user may have blocked the robot)")),
-                    Some(UserOutcome::FlowControlled) => self.retry(&row, "flowControlled", "DingTalk flow-controlled this user; retried later", Some(Duration::from_secs(60))),
-                    Some(UserOutcome::Failed(e)) if e.is_throttle() => {
-                        // DingTalk says the app is over its limits: pause the app, keep the message.
-                        let until = self.clock.now_ms() + e.retry_after().unwrap_or(Duration::from_secs(1)).as_millis() as i64;
-                        self.budgets.pause(&app.key, until);
-                        self.defer(&row, until, &e.to_string(), None)
+        for (first, mut remaining) in by_progress {
+            for k in first..n {
+                if remaining.is_empty() {
+                    break;
+                }
+                let progress = (k > 0).then_some(k);
+                let calls = remaining
+                    .len()
+                    .div_ceil(crate::dingtalk::client::BATCH_MAX_IDS)
+                    as u32;
+                if let Err(at) = self.budgets.take(&app.key, calls, self.clock.now_ms()) {
+                    let why = "waiting for the DingTalk app's call budget (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM)";
+                    out.extend(remaining.drain(..).map(|(_, r)| {
+                        let o = self.defer(&r, at, why, progress);
+                        (r, o)
+                    }));
+                    break;
+                }
+                let ids: Vec<String> = remaining.iter().map(|(u, _)| u.clone()).collect();
+                let mut by_id: HashMap<String, UserOutcome> =
+                    match self.client.batch_send(app, &ids, &parts[k as usize]).await {
+                        Ok(r) => r.into_iter().collect(),
+                        Err(e) => {
+                            out.extend(
+                                remaining
+                                    .drain(..)
+                                    .map(|(_, r)| (r, failed(None, e.to_string()))),
+                            );
+                            break;
+                        }
+                    };
+                for (uid, row) in std::mem::take(&mut remaining) {
+                    match self.user_outcome(app, &uid, &row, by_id.remove(&uid), progress) {
+                        Ok(pqk) if k + 1 == n => out.push((
+                            row,
+                            Outcome::Sent {
+                                request_id: Some(pqk),
+                                digest_id: None,
+                            },
+                        )),
+                        Ok(_) => remaining.push((uid, row)),
+                        Err(o) => out.push((row, o)),
                     }
-                    Some(UserOutcome::Failed(e)) => self.outcome_of(&row, &e),
-                    None => self.retry(&row, "missing", "DingTalk's answer did not mention this user", None),
-                };
-                (row, outcome)
-            })
-            .collect()
+                }
+            }
+        }
+        out
+    }
+
+    /// What DingTalk's answer for one user means: the part reached them (its processQueryKey),
+    /// or the delivery's outcome.
+    fn user_outcome(
+        &self,
+        app: &App,
+        uid: &str,
+        row: &DeliveryRow,
+        answer: Option<UserOutcome>,
+        parts_sent: Option<i32>,
+    ) -> Result<String, Outcome> {
+        let with_progress = |mut o: Outcome| {
+            if let Outcome::Retry { parts_sent: p, .. } | Outcome::Deferred { parts_sent: p, .. } =
+                &mut o
+            {
+                *p = parts_sent;
+            }
+            o
+        };
+        Err(match answer {
+            Some(UserOutcome::Sent { process_query_key }) => return Ok(process_query_key),
+            Some(UserOutcome::Invalid) => failed(Some("invalidStaffId".into()), format!("DingTalk does not accept userid {uid} for this app (invalidStaffIdList)")),
+            Some(UserOutcome::Filtered) => failed(Some("filtered".into()), format!("DingTalk filtered the message to {uid} (filteredStaffIdList: the user may have blocked the robot)")),
+            Some(UserOutcome::FlowControlled) => with_progress(self.retry(row, "flowControlled", "DingTalk flow-controlled this user; retried later", Some(Duration::from_secs(60)))),
+            Some(UserOutcome::Failed(e)) if e.is_throttle() => {
+                // DingTalk says the app is over its limits: pause the app, keep the message.
+                let until = self.clock.now_ms() + e.retry_after().unwrap_or(Duration::from_secs(1)).as_millis() as i64;
+                self.budgets.pause(&app.key, until);
+                self.defer(row, until, &e.to_string(), parts_sent)
+            }
+            Some(UserOutcome::Failed(e)) => with_progress(self.outcome_of(row, &e)),
+            None => with_progress(self.retry(row, "missing", "DingTalk's answer did not mention this user", None)),
+        })
     }
 
     fn outcome_of(&self, row: &DeliveryRow, e: &DingTalkError) -> Outcome {

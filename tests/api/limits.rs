@@ -334,3 +334,52 @@ async fn the_app_call_budget_defers_single_chat_instead_of_failing() {
     drain_over_time(&app, 1_000, 5).await;
     assert_eq!(app.sim.state.messages().last().unwrap().user_ids, ["q1"]);
 }
+
+#[tokio::test]
+async fn a_long_single_chat_message_goes_out_in_parts_and_resumes_where_it_stopped() {
+    let app = TestApp::spawn().await;
+    let content = "第一行 disk \"full\" on /data\n".repeat(700);
+    let env = app.post("send_ding", json!({"receiver__username": "alice,bob", "msg_key": "markdown", "title": "Report", "content": content})).await;
+    assert_eq!(env["message"], "sent to 2 receiver(s)", "{env}");
+    let batches: Vec<_> = app
+        .sim
+        .state
+        .messages()
+        .into_iter()
+        .filter(|m| m.api == "batch_send")
+        .collect();
+    assert!(batches.len() >= 3, "{}", batches.len());
+    let mut texts = vec![];
+    for (k, b) in batches.iter().enumerate() {
+        assert_eq!(b.user_ids, ["alice-ding", "bob-ding"]);
+        assert_eq!(
+            b.body["msgParam"]["title"],
+            format!("({}/{}) Report", k + 1, batches.len())
+        );
+        texts.push(b.body["msgParam"]["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ding_channel::outbox::split::join_markdown(&texts), content);
+
+    // Alice is flow-controlled: bob gets every part at once, alice all of them later, once.
+    app.sim.state.reset();
+    let n = batches.len();
+    app.sim.state.set_faults(Faults {
+        flow_controlled: vec!["alice-ding".into()],
+        ..Faults::default()
+    });
+    let env = app.post("send_ding", json!({"receiver__username": "alice,bob", "msg_key": "markdown", "title": "Report", "content": content})).await;
+    assert_eq!(env["data"]["deliveries"][0]["status"], "queued", "{env}");
+    assert_eq!(env["data"]["deliveries"][1]["status"], "sent", "{env}");
+    app.clock.advance_ms(120_000);
+    app.drain().await;
+    let to_alice: Vec<String> = app
+        .sim
+        .state
+        .messages()
+        .iter()
+        .filter(|m| m.user_ids.contains(&"alice-ding".to_owned()))
+        .map(|m| m.body["msgParam"]["title"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=n).map(|k| format!("({k}/{n}) Report")).collect();
+    assert_eq!(to_alice, expected, "each part once, in order");
+}
