@@ -118,6 +118,9 @@ pub type Conn = PooledConnection<Manager>;
 pub struct Db {
     pool: Pool<Manager>,
     backend: &'static str,
+    /// One per pooled connection: database work waits here, asynchronously, rather than on a
+    /// blocking thread each (hundreds of parked threads under load cost memory and switches).
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Db {
@@ -145,6 +148,7 @@ impl Db {
         Ok(Self {
             pool,
             backend: url.backend(),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
         })
     }
 
@@ -171,7 +175,14 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let db = self.clone();
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| E::from(DbError::Task(e.to_string())))?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut conn = db.get()?;
             f(&mut conn)
         })

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
@@ -111,6 +111,9 @@ pub struct Outbox {
     /// Times in digests are shown at this offset from UTC.
     pub utc_offset_min: i32,
     pub budgets: AppBudgets,
+    /// When each robot's next slot opens, as last seen here: spares a database read per
+    /// delivery while a robot is saturated (the database stays the authority when it opens).
+    robot_waits: Mutex<HashMap<String, pacing::Slots>>,
     handovers: mpsc::Sender<Handover>,
     handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
     wake: Notify,
@@ -144,6 +147,7 @@ impl Outbox {
             metrics,
             utc_offset_min: settings.utc_offset_min,
             budgets: AppBudgets::new(settings.app_qps, settings.app_qpm),
+            robot_waits: Mutex::default(),
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
@@ -429,19 +433,33 @@ impl Outbox {
         // during a storm).
         let (limit, now) = (settings.robot_limits.for_robot(&name), self.clock.now_ms());
         let robot_name = name.clone();
-        let free = match self
-            .db
-            .run(move |c| pacing::available(c, &robot_name, now, limit))
-            .await
-        {
-            Ok(free) => free,
-            Err(e) => pacing::Slots {
-                granted: 0,
-                next_at: now + 5_000,
-                waiting_for: format!("database unavailable: {e}"),
+        let known_wait = self
+            .robot_waits
+            .lock()
+            .expect("robot waits lock")
+            .get(&name)
+            .filter(|w| w.next_at > now)
+            .cloned();
+        let free = match known_wait {
+            Some(wait) => wait,
+            None => match self
+                .db
+                .run(move |c| pacing::available(c, &robot_name, now, limit))
+                .await
+            {
+                Ok(free) => free,
+                Err(e) => pacing::Slots {
+                    granted: 0,
+                    next_at: now + 5_000,
+                    waiting_for: format!("database unavailable: {e}"),
+                },
             },
         };
         if free.granted == 0 {
+            self.robot_waits
+                .lock()
+                .expect("robot waits lock")
+                .insert(name.clone(), free.clone());
             let reason = format!("waiting for a send slot: {}", free.waiting_for);
             out.extend(rows.into_iter().map(|r| {
                 let o = self.defer(&r, free.next_at, &reason, None);
@@ -491,7 +509,18 @@ impl Outbox {
             .run(move |c| pacing::take_slots(c, &robot_name, n, now, limit))
             .await
         {
-            Ok(s) => s,
+            Ok(s) => {
+                // What remains after these sends waits at least until the next slot.
+                let wait = pacing::Slots {
+                    granted: 0,
+                    ..s.clone()
+                };
+                self.robot_waits
+                    .lock()
+                    .expect("robot waits lock")
+                    .insert(name.clone(), wait);
+                s
+            }
             Err(e) => {
                 tracing::error!(error = %e, robot = %name, "cannot take robot send slots");
                 let at = now + 5_000;
@@ -552,6 +581,15 @@ impl Outbox {
                     }
                     tracing::warn!(robot = %name, code = %e.code, "DingTalk throttled the robot; pausing it");
                     (resume_at, reason) = (until, e.to_string());
+                    let wait = pacing::Slots {
+                        granted: 0,
+                        next_at: until,
+                        waiting_for: reason.clone(),
+                    };
+                    self.robot_waits
+                        .lock()
+                        .expect("robot waits lock")
+                        .insert(name.clone(), wait);
                     stopped = true;
                 }
                 Err(e) if e.is_retryable() => {
