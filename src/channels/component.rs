@@ -125,19 +125,13 @@ pub async fn send(
         body: serde_json::to_string(&message).expect("a message serializes"),
         deliveries: plan.deliveries,
     };
-    let (accepted, mut rows) = outbox
-        .db
-        .run(move |conn| {
-            Ok::<_, EsbError>(store::accept(
-                conn,
-                &new,
-                now,
-                give_up_at,
-                IDEMPOTENCY_WINDOW_MS,
-                (&claim.0, claim.1),
-            )?)
-        })
-        .await?;
+    let acceptance = store::Acceptance {
+        now,
+        give_up_at,
+        idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
+        claim,
+    };
+    let (accepted, mut rows) = outbox.accept(new, acceptance).await?;
     let Accepted::New(id) = &accepted else {
         return Ok(reply(accepted.id(), &rows, true));
     };

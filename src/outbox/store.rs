@@ -52,69 +52,61 @@ pub fn new_message_id(now_ms: i64) -> String {
     format!("{:012x}{}", now_ms, crate::secret::random_hex(4))
 }
 
+/// An accepted message and its deliveries as stored.
+pub type AcceptedMessage = (Accepted, Vec<DeliveryRow>);
+
+/// What accepting a message needs besides the message.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    pub now: i64,
+    pub give_up_at: i64,
+    pub idempotency_window_ms: i64,
+    /// The claim token and lease end the deliveries are created with (the accepting process
+    /// attempts them at once).
+    pub claim: (String, i64),
+}
+
 /// Persists the message and its deliveries, or finds the one an idempotency key names.
 pub fn accept(
     conn: &mut DbConn,
     msg: &NewMessage,
-    now: i64,
-    give_up_at: i64,
-    idempotency_window_ms: i64,
-    claim: (&str, i64),
+    a: &Acceptance,
 ) -> Result<(Accepted, Vec<DeliveryRow>), DbError> {
-    let attempt = write_tx(conn, |conn| -> Result<Accepted, DieselError> {
-        if let Some(key) = &msg.idempotency_key {
-            // A key older than the window is free again.
-            diesel::update(
-                m::table
-                    .filter(m::app_code.eq(&msg.app_code))
-                    .filter(m::idempotency_key.eq(key))
-                    .filter(m::created_at.le(now - idempotency_window_ms)),
-            )
-            .set(m::idempotency_key.eq(None::<String>))
-            .execute(conn)?;
-            if let Some(id) = find_by_key(conn, &msg.app_code, key, now - idempotency_window_ms)? {
-                return Ok(Accepted::Replay(id));
-            }
-        }
-        let id = new_message_id(now);
-        diesel::insert_into(m::table)
-            .values((
-                m::id.eq(&id),
-                m::app_code.eq(&msg.app_code),
-                m::idempotency_key.eq(&msg.idempotency_key),
-                m::channel.eq(&msg.channel),
-                m::sender.eq(&msg.sender),
-                m::request_id.eq(&msg.request_id),
-                m::body.eq(&msg.body),
-                m::created_at.eq(now),
-            ))
-            .execute(conn)?;
-        for nd in &msg.deliveries {
-            diesel::insert_into(d::table)
-                .values((
-                    d::message_id.eq(&id),
-                    d::receiver.eq(&nd.receiver),
-                    d::kind.eq(nd.kind),
-                    d::target.eq(&nd.target),
-                    d::status.eq(if nd.failed.is_some() { FAILED } else { QUEUED }),
-                    d::attempts.eq(0),
-                    d::next_attempt_at.eq(now),
-                    d::give_up_at.eq(give_up_at),
-                    d::last_error.eq(&nd.failed),
-                    // Claimed by the accepting process, which attempts them at once.
-                    d::claimed_by.eq(nd.failed.is_none().then_some(claim.0)),
-                    d::claimed_until.eq(nd.failed.is_none().then_some(claim.1)),
-                    d::created_at.eq(now),
-                    d::updated_at.eq(now),
-                ))
-                .execute(conn)?;
-        }
-        Ok(Accepted::New(id))
-    });
+    let attempt = write_tx(conn, |conn| accept_in_tx(conn, msg, a));
+    finish(conn, msg, a, attempt)
+}
+
+/// Several acceptances in one transaction (one commit for a burst of requests); each in a
+/// savepoint, so one failing doesn't undo the others.
+pub fn accept_many(
+    conn: &mut DbConn,
+    batch: &[(NewMessage, Acceptance)],
+) -> Result<Vec<Result<AcceptedMessage, DbError>>, DbError> {
+    let attempts: Vec<Result<Accepted, DieselError>> = write_tx(conn, |conn| {
+        Ok::<_, DieselError>(
+            batch
+                .iter()
+                .map(|(msg, a)| conn.transaction(|c| accept_in_tx(c, msg, a)))
+                .collect(),
+        )
+    })?;
+    Ok(batch
+        .iter()
+        .zip(attempts)
+        .map(|((msg, a), attempt)| finish(conn, msg, a, attempt))
+        .collect())
+}
+
+fn finish(
+    conn: &mut DbConn,
+    msg: &NewMessage,
+    a: &Acceptance,
+    attempt: Result<Accepted, DieselError>,
+) -> Result<(Accepted, Vec<DeliveryRow>), DbError> {
     let accepted = match (attempt, &msg.idempotency_key) {
         // A concurrent request with the same key committed first (PostgreSQL): answer with it.
         (Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)), Some(key)) => {
-            find_by_key(conn, &msg.app_code, key, now - idempotency_window_ms)?
+            find_by_key(conn, &msg.app_code, key, a.now - a.idempotency_window_ms)?
                 .map(Accepted::Replay)
                 .ok_or(DbError::Query(DieselError::NotFound))?
         }
@@ -122,6 +114,68 @@ pub fn accept(
     };
     let rows = deliveries_of(conn, accepted.id())?;
     Ok((accepted, rows))
+}
+
+fn accept_in_tx(
+    conn: &mut DbConn,
+    msg: &NewMessage,
+    a: &Acceptance,
+) -> Result<Accepted, DieselError> {
+    let (now, give_up_at, idempotency_window_ms, claim) = (
+        a.now,
+        a.give_up_at,
+        a.idempotency_window_ms,
+        (a.claim.0.as_str(), a.claim.1),
+    );
+
+    if let Some(key) = &msg.idempotency_key {
+        // A key older than the window is free again.
+        diesel::update(
+            m::table
+                .filter(m::app_code.eq(&msg.app_code))
+                .filter(m::idempotency_key.eq(key))
+                .filter(m::created_at.le(now - idempotency_window_ms)),
+        )
+        .set(m::idempotency_key.eq(None::<String>))
+        .execute(conn)?;
+        if let Some(id) = find_by_key(conn, &msg.app_code, key, now - idempotency_window_ms)? {
+            return Ok(Accepted::Replay(id));
+        }
+    }
+    let id = new_message_id(now);
+    diesel::insert_into(m::table)
+        .values((
+            m::id.eq(&id),
+            m::app_code.eq(&msg.app_code),
+            m::idempotency_key.eq(&msg.idempotency_key),
+            m::channel.eq(&msg.channel),
+            m::sender.eq(&msg.sender),
+            m::request_id.eq(&msg.request_id),
+            m::body.eq(&msg.body),
+            m::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    for nd in &msg.deliveries {
+        diesel::insert_into(d::table)
+            .values((
+                d::message_id.eq(&id),
+                d::receiver.eq(&nd.receiver),
+                d::kind.eq(nd.kind),
+                d::target.eq(&nd.target),
+                d::status.eq(if nd.failed.is_some() { FAILED } else { QUEUED }),
+                d::attempts.eq(0),
+                d::next_attempt_at.eq(now),
+                d::give_up_at.eq(give_up_at),
+                d::last_error.eq(&nd.failed),
+                // Claimed by the accepting process, which attempts them at once.
+                d::claimed_by.eq(nd.failed.is_none().then_some(claim.0)),
+                d::claimed_until.eq(nd.failed.is_none().then_some(claim.1)),
+                d::created_at.eq(now),
+                d::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(Accepted::New(id))
 }
 
 /// The message an idempotency key names, if accepted within the window.

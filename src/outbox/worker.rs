@@ -93,6 +93,15 @@ pub struct Batch {
     pub settings: DeliverySettings,
 }
 
+struct AcceptJob {
+    msg: store::NewMessage,
+    acceptance: store::Acceptance,
+    done: oneshot::Sender<Result<(store::Accepted, Vec<DeliveryRow>), DbError>>,
+}
+
+/// Messages written in one accepting transaction at most.
+const ACCEPT_BATCH: usize = 64;
+
 /// A freshly accepted message whose deliveries this process already claimed.
 pub struct Handover {
     pub batch: Batch,
@@ -116,6 +125,8 @@ pub struct Outbox {
     robot_waits: Mutex<HashMap<String, pacing::Slots>>,
     handovers: mpsc::Sender<Handover>,
     handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
+    accepts: mpsc::Sender<AcceptJob>,
+    accept_rx: std::sync::Mutex<Option<mpsc::Receiver<AcceptJob>>>,
     wake: Notify,
 }
 
@@ -129,6 +140,7 @@ impl Outbox {
         let metrics = Arc::new(Metrics::default());
         let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())?;
         let (handovers, rx) = mpsc::channel(1024);
+        let (accepts, accept_rx) = mpsc::channel(1024);
         Ok(Arc::new(Self {
             userids: UserIdCache::new(
                 db.clone(),
@@ -150,6 +162,8 @@ impl Outbox {
             robot_waits: Mutex::default(),
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
+            accepts,
+            accept_rx: std::sync::Mutex::new(Some(accept_rx)),
             wake: Notify::new(),
         }))
     }
@@ -161,6 +175,9 @@ impl Outbox {
         let Some(mut rx) = self.handover_rx.lock().expect("handover lock").take() else {
             return; // already started
         };
+        if let Some(accepts) = self.accept_rx.lock().expect("accept lock").take() {
+            tokio::spawn(self.clone().accept_batches(accepts));
+        }
         let permits = Arc::new(Semaphore::new(workers.max(1)));
         let this = self.clone();
         let p = permits.clone();
@@ -210,6 +227,63 @@ impl Outbox {
             Ok(Some(due)) if due <= now => Duration::ZERO,
             Ok(Some(due)) => Duration::from_millis((due - now) as u64).min(IDLE_POLL),
             _ => IDLE_POLL,
+        }
+    }
+
+    /// Persists a message and its deliveries (claimed by this process). Requests arriving
+    /// together are written in one transaction — one commit for a burst instead of one each.
+    pub async fn accept(
+        &self,
+        msg: store::NewMessage,
+        acceptance: store::Acceptance,
+    ) -> Result<(store::Accepted, Vec<DeliveryRow>), DbError> {
+        let (done, answer) = oneshot::channel();
+        match self.accepts.try_send(AcceptJob {
+            msg,
+            acceptance,
+            done,
+        }) {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(DbError::Task("the accepting task stopped".into()))),
+            // Not started (or saturated): write it alone.
+            Err(e) => {
+                let AcceptJob {
+                    msg, acceptance, ..
+                } = e.into_inner();
+                self.db
+                    .run(move |c| store::accept(c, &msg, &acceptance))
+                    .await
+            }
+        }
+    }
+
+    async fn accept_batches(self: Arc<Self>, mut jobs: mpsc::Receiver<AcceptJob>) {
+        while let Some(first) = jobs.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < ACCEPT_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (inputs, waiting): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|j| ((j.msg, j.acceptance), j.done))
+                .unzip();
+            match self.db.run(move |c| store::accept_many(c, &inputs)).await {
+                Ok(results) => {
+                    for (done, result) in waiting.into_iter().zip(results) {
+                        let _ = done.send(result);
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for done in waiting {
+                        let _ = done.send(Err(DbError::Task(why.clone())));
+                    }
+                }
+            }
         }
     }
 
