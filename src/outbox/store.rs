@@ -615,10 +615,13 @@ pub fn queue_depth(conn: &mut DbConn) -> Result<i64, DbError> {
         .get_result(conn)?)
 }
 
-/// The earliest `next_attempt_at` of the queue, so a worker knows how long it may sleep.
-pub fn next_due(conn: &mut DbConn) -> Result<Option<i64>, DbError> {
+/// The earliest `next_attempt_at` of what the poller could claim, so it knows how long it may
+/// sleep. Rows claimed by someone (a hand-over in flight) don't count: waking for them would
+/// spin; an expired claim is found by the regular poll.
+pub fn next_due(conn: &mut DbConn, now: i64) -> Result<Option<i64>, DbError> {
     Ok(d::table
         .filter(d::status.eq(QUEUED))
+        .filter(d::claimed_until.is_null().or(d::claimed_until.lt(now)))
         .select(diesel::dsl::min(d::next_attempt_at))
         .first(conn)?)
 }

@@ -223,7 +223,7 @@ impl Outbox {
 
     async fn idle_pause(&self) -> Duration {
         let now = self.clock.now_ms();
-        match self.db.run(store::next_due).await {
+        match self.db.run(move |c| store::next_due(c, now)).await {
             Ok(Some(due)) if due <= now => Duration::ZERO,
             Ok(Some(due)) => Duration::from_millis((due - now) as u64).min(IDLE_POLL),
             _ => IDLE_POLL,
