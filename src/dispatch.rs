@@ -10,6 +10,7 @@ use crate::dingtalk::MobileLookup;
 use crate::directory::classify::{classify, robot_problem, Kind};
 use crate::directory::profile::Profile;
 use crate::directory::store as users;
+use crate::directory::userids;
 use crate::outbox::store::NewDelivery;
 use crate::outbox::worker::{DeliverySettings, MOBILE_PREFIX, USER_PREFIX};
 use crate::outbox::Outbox;
@@ -54,8 +55,9 @@ pub async fn plan(
     settings: DeliverySettings,
     deadline: Instant,
 ) -> Result<Plan, DbError> {
-    let (mut plan, robots, lookups) = plan_targets(outbox, component, receivers, &settings).await?;
-    resolve_phones(outbox, &mut plan, &settings, lookups, deadline).await?;
+    let (mut plan, robots, lookups, cached) =
+        plan_targets(outbox, component, receivers, &settings).await?;
+    resolve_phones(outbox, &mut plan, &settings, lookups, &cached, deadline).await;
     Ok(Plan {
         deliveries: plan,
         robots,
@@ -65,24 +67,56 @@ pub async fn plan(
 
 /// (index in the plan, receiver, mobile) of a person whose userid must be looked up.
 type Lookup = (usize, String, String);
+/// Cached phone → userid answers (`None`: "not found" is cached).
+type Cached = HashMap<String, Option<String>>;
 
 async fn plan_targets(
     outbox: &Outbox,
     component: Component,
     receivers: &Receivers,
     settings: &DeliverySettings,
-) -> Result<(Vec<NewDelivery>, HashMap<String, Profile>, Vec<Lookup>), DbError> {
+) -> Result<
+    (
+        Vec<NewDelivery>,
+        HashMap<String, Profile>,
+        Vec<Lookup>,
+        Cached,
+    ),
+    DbError,
+> {
     let names: Vec<String> = match receivers {
         Receivers::Usernames(u) => u.iter().map(|u| u.to_string()).collect(),
         _ => vec![],
     };
-    let mut profiles: HashMap<String, Profile> = outbox
+    // One read for the profiles and the cached userids of every phone among them.
+    let fields = settings.fields.clone();
+    let (app_key, now, given) = (
+        settings.app.as_ref().ok().map(|a| a.key.clone()),
+        outbox.clock.now_ms(),
+        receivers.clone(),
+    );
+    let (mut profiles, cached) = outbox
         .db
-        .run(move |conn| users::get_many(conn, &names))
-        .await?
-        .into_iter()
-        .map(|p| (p.username.to_string(), p))
-        .collect();
+        .run(move |conn| {
+            let profiles: HashMap<String, Profile> = users::get_many(conn, &names)?
+                .into_iter()
+                .map(|p| (p.username.to_string(), p))
+                .collect();
+            let mut phones: Vec<String> = profiles
+                .values()
+                .filter(|p| classify(p, &fields) == Kind::Normal)
+                .filter_map(Profile::dingtalk_mobile)
+                .collect();
+            if let Receivers::Mobiles(m) = &given {
+                phones.extend(m.iter().cloned());
+            }
+            let cached = match app_key {
+                Some(key) if !phones.is_empty() => userids::cached_many(conn, &key, &phones, now)?,
+                _ => HashMap::new(),
+            };
+            Ok::<_, DbError>((profiles, cached))
+        })
+        .await?;
     let fields = settings.fields.clone();
     let mut lookups: Vec<Lookup> = vec![];
     let mut plan: Vec<NewDelivery> = vec![];
@@ -126,7 +160,7 @@ async fn plan_targets(
         matches!(classify(p, &fields), Kind::Robot { .. })
             && plan.iter().any(|d| d.kind == "robot" && d.target == *name)
     });
-    Ok((plan, profiles, lookups))
+    Ok((plan, profiles, lookups, cached))
 }
 
 /// Looks the phones up (cache first) until `deadline`; a person DingTalk doesn't know fails
@@ -136,10 +170,11 @@ async fn resolve_phones(
     plan: &mut [NewDelivery],
     settings: &DeliverySettings,
     lookups: Vec<Lookup>,
+    cached: &Cached,
     deadline: Instant,
-) -> Result<(), DbError> {
+) {
     if lookups.is_empty() {
-        return Ok(());
+        return;
     }
     let app = match &settings.app {
         Ok(app) => app,
@@ -147,14 +182,10 @@ async fn resolve_phones(
             for (i, receiver, _) in lookups {
                 plan[i] = failed(&receiver, "user", why.clone());
             }
-            return Ok(());
+            return;
         }
     };
-    // The cache answers most people in one query; only the rest are asked of DingTalk.
-    let cached = outbox
-        .userids
-        .cached_many(&app.key, lookups.iter().map(|l| l.2.clone()).collect())
-        .await?;
+    // The cache (read with the profiles) answers most people; only the rest are asked of DingTalk.
     let mut misses = vec![];
     for (i, receiver, mobile) in lookups {
         match cached.get(&mobile) {
@@ -216,5 +247,4 @@ async fn resolve_phones(
     for (i, d) in resolved {
         plan[i] = d;
     }
-    Ok(())
 }
