@@ -85,6 +85,36 @@ pub struct Faults {
     pub expire_tokens: bool,
 }
 
+impl Faults {
+    /// Every request to `apis` (all when empty) fails with HTTP `status`.
+    pub fn http(status: u16, apis: &[&str]) -> Self {
+        Self {
+            error_rate: 1.0,
+            http_status: Some(status),
+            apis: apis.iter().map(|a| a.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Every request to `apis` (all when empty) is answered with DingTalk's `errcode`.
+    pub fn errcode(code: i64, apis: &[&str]) -> Self {
+        Self {
+            error_rate: 1.0,
+            errcode: Some(code),
+            apis: apis.iter().map(|a| a.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Only the next `n` requests fail; then the fault heals.
+    pub fn times(self, n: u64) -> Self {
+        Self {
+            count: Some(n),
+            ..self
+        }
+    }
+}
+
 /// One accepted message, as DingTalk would deliver it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimMessage {

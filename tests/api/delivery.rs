@@ -172,12 +172,9 @@ async fn when_no_receiver_can_be_reached_the_answer_is_false_with_reasons() {
 #[tokio::test]
 async fn a_dingtalk_outage_delays_delivery_but_delivers_exactly_once() {
     let app = TestApp::spawn().await;
-    app.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        http_status: Some(503),
-        apis: vec!["robot_send".into(), "batch_send".into()],
-        ..Faults::default()
-    });
+    app.sim
+        .state
+        .set_faults(Faults::http(503, &["robot_send", "batch_send"]));
     let env = app
         .post(
             "send_ding",
@@ -265,11 +262,7 @@ async fn queued_deliveries_survive_a_restart_and_a_crash_mid_claim() {
     let test_db = TestDb::new();
     let url = test_db.url.clone();
     let first = TestApp::spawn_with(test_db, repo_manifest(), &[]).await;
-    first.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        http_status: Some(503),
-        ..Faults::default()
-    });
+    first.sim.state.set_faults(Faults::http(503, &[]));
     let env = first
         .post(
             "send_ding",
@@ -419,12 +412,9 @@ async fn flow_control_and_slow_lookups_are_retried_by_the_worker() {
             userid: "dave-ding".into(),
         })
     });
-    app.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        errcode: Some(-1),
-        apis: vec!["getbymobile".into()],
-        ..Faults::default()
-    });
+    app.sim
+        .state
+        .set_faults(Faults::errcode(-1, &["getbymobile"]));
     let env = app
         .post(
             "send_ding",
@@ -460,12 +450,7 @@ async fn a_delivery_that_keeps_failing_is_given_up_after_the_maximum_age() {
         &[("DING_CHANNEL_MAX_AGE_S", "600")],
     )
     .await;
-    app.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        http_status: Some(502),
-        apis: vec!["robot_send".into()],
-        ..Faults::default()
-    });
+    app.sim.state.set_faults(Faults::http(502, &["robot_send"]));
     let env = app
         .post(
             "send_ding",
@@ -620,12 +605,9 @@ async fn the_send_command_and_the_delivery_log_work_from_the_cli() {
     );
 
     // A robot that was disabled in DingTalk, then re-enabled: retried by hand.
-    app.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        errcode: Some(400102),
-        apis: vec!["robot_send".into()],
-        ..Faults::default()
-    });
+    app.sim
+        .state
+        .set_faults(Faults::errcode(400102, &["robot_send"]));
     let env_json = app
         .post(
             "send_dingbot",

@@ -414,12 +414,7 @@ async fn the_robot_throttle_answer_is_retryable() {
 async fn injected_faults_become_retryable_errors_until_they_heal() {
     let f = fixture().await;
     let r = robot(&f, "ops-robot");
-    f.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        http_status: Some(503),
-        count: Some(2),
-        ..Faults::default()
-    });
+    f.sim.state.set_faults(Faults::http(503, &[]).times(2));
     for _ in 0..2 {
         let e = f
             .client
@@ -433,12 +428,7 @@ async fn injected_faults_become_retryable_errors_until_they_heal() {
         .await
         .unwrap();
 
-    f.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        errcode: Some(-1),
-        apis: vec!["robot_send".into()],
-        ..Faults::default()
-    });
+    f.sim.state.set_faults(Faults::errcode(-1, &["robot_send"]));
     let e = f
         .client
         .send_webhook(&r, &text("x"), &At::default())
@@ -446,12 +436,7 @@ async fn injected_faults_become_retryable_errors_until_they_heal() {
         .unwrap_err();
     assert_eq!((e.code.as_str(), e.is_retryable()), ("-1", true));
 
-    f.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        http_status: Some(500),
-        apis: vec!["batch_send".into()],
-        ..Faults::default()
-    });
+    f.sim.state.set_faults(Faults::http(500, &["batch_send"]));
     let out = f
         .client
         .batch_send(&f.app, &["u1".into()], &text("x"))
@@ -479,12 +464,9 @@ async fn getbymobile_outcomes_are_typed() {
         (60020, "IpNotWhitelisted"),
         (90018, "Transient"),
     ] {
-        f.sim.state.set_faults(Faults {
-            error_rate: 1.0,
-            errcode: Some(code),
-            apis: vec!["getbymobile".into()],
-            ..Faults::default()
-        });
+        f.sim
+            .state
+            .set_faults(Faults::errcode(code, &["getbymobile"]));
         let got = f.client.get_by_mobile(&f.app, "13800000002").await;
         assert!(format!("{got:?}").starts_with(want), "{code}: {got:?}");
     }

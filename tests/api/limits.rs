@@ -166,13 +166,9 @@ async fn a_60_kb_markdown_goes_out_in_parts_that_fit_and_reassemble() {
 #[tokio::test]
 async fn a_throttled_robot_is_paused_then_resumes_with_everything_merged() {
     let app = TestApp::spawn().await;
-    app.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        errcode: Some(410100),
-        count: Some(1),
-        apis: vec!["robot_send".into()],
-        ..Faults::default()
-    });
+    app.sim
+        .state
+        .set_faults(Faults::errcode(410100, &["robot_send"]).times(1));
     let first = app
         .post(
             "send_dingbot",
@@ -317,13 +313,9 @@ async fn the_app_call_budget_defers_single_chat_instead_of_failing() {
         .sum();
     assert_eq!(delivered, 12);
     // DingTalk's own QPS answer pauses the app; the message waits instead of failing.
-    app.sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        errcode: Some(90018),
-        count: Some(1),
-        apis: vec!["batch_send".into()],
-        ..Faults::default()
-    });
+    app.sim
+        .state
+        .set_faults(Faults::errcode(90018, &["batch_send"]).times(1));
     let env = app
         .post(
             "send_ding",

@@ -102,12 +102,7 @@ async fn two_processes_deliver_every_message_once_and_share_robot_limits() {
     };
 
     // 500 messages while DingTalk fails: all queued; then 500 more while it works.
-    sim.state.set_faults(Faults {
-        error_rate: 1.0,
-        http_status: Some(503),
-        apis: vec!["batch_send".into()],
-        ..Faults::default()
-    });
+    sim.state.set_faults(Faults::http(503, &["batch_send"]));
     for round in 0..2 {
         for chunk in (0..500).collect::<Vec<_>>().chunks(50) {
             let calls = chunk.iter().map(|i| {
