@@ -22,10 +22,10 @@ ROBOTS=5
 features=()
 [ "$MODE" = pg ] && features=(--features postgres)
 cargo build --release --quiet "${features[@]}" --bin ding-channel --example loadgen
-bin=target/release/ding-channel
+bin=${BENCH_BIN:-target/release/ding-channel}
 work=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP_LOGS:-}" ] && cp "$work"/server-*.log "$KEEP_LOGS"/ 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
 throttle=1000000000 window_ms=60000
@@ -90,6 +90,8 @@ accept)
   while [ "$(depth)" != "0" ]; do sleep 0.05; done
   echo "time until the last delivery: $(python3 -c "print(round($(date +%s.%N) - $started, 2))") s"
   echo "server peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$server/status)"
+  # CPU time is steadier than throughput on a shared machine: compare builds by it.
+  echo "server CPU: $(awk -v n="$N" -v hz="$(getconf CLK_TCK)" '{printf "%.2f s, %.3f ms per request", ($14+$15)/hz, 1000*($14+$15)/hz/n}' /proc/$server/stat)"
   curl -s "http://127.0.0.1:$SIM_PORT/_sim/stats" > "$work/stats.json"
   curl -s "http://127.0.0.1:$SIM_PORT/_sim/messages" > "$work/messages.json"
   python3 - "$work" "$N" <<'PY'

@@ -162,7 +162,7 @@ pub fn find(conn: &mut DbConn, name: &str) -> Result<Option<Channel>, DbError> {
     channels::table
         .find(name)
         .select(ChannelRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .map(Channel::try_from)
         .transpose()

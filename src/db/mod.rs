@@ -1,6 +1,9 @@
 //! The database: one connection type over SQLite and PostgreSQL, a pool, embedded migrations.
 //! Everything above this module talks to `Db`; only code that must differ per backend (upserts,
 //! `SKIP LOCKED`) matches on `DbConn` through [`with_conn!`].
+//!
+//! Lookups by a unique key use `get_result`, not `first`: SQLite re-prepares a statement whose
+//! `LIMIT` is a bound parameter every time it runs.
 
 pub mod models;
 pub mod schema;
@@ -12,6 +15,7 @@ use diesel::result::Error as DieselError;
 use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(diesel::MultiConnection)]
@@ -118,9 +122,12 @@ pub type Conn = PooledConnection<Manager>;
 pub struct Db {
     pool: Pool<Manager>,
     backend: &'static str,
-    /// One per pooled connection: database work waits here, asynchronously, rather than on a
-    /// blocking thread each (hundreds of parked threads under load cost memory and switches).
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// One per pooled connection but the writer's: database reads wait here, asynchronously,
+    /// rather than on a blocking thread each (hundreds of parked threads under load cost
+    /// memory and switches).
+    slots: Arc<tokio::sync::Semaphore>,
+    /// The queue of [`Db::write`], started by its first use.
+    writer: Arc<OnceLock<mpsc::Sender<Box<dyn Job>>>>,
 }
 
 impl Db {
@@ -131,7 +138,7 @@ impl Db {
         // pool time-out.
         drop(manager.open()?);
         let pool = Pool::builder()
-            .max_size(pool_size)
+            .max_size(pool_size + 1) // the writer's connection
             // No background top-up of idle connections: a connection being opened on r2d2's
             // thread while the process exits races libpq/OpenSSL's exit handlers (seen as a
             // segfault at exit). Connections open on demand and stay pooled once opened.
@@ -148,7 +155,8 @@ impl Db {
         Ok(Self {
             pool,
             backend: url.backend(),
-            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
+            slots: Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
+            writer: Arc::default(),
         })
     }
 
@@ -188,6 +196,39 @@ impl Db {
         })
         .await
         .map_err(|e| E::from(DbError::Task(e.to_string())))?
+    }
+
+    /// Runs `work` in a write transaction on this process's writer, together with whatever
+    /// other writes are queued: one commit for a burst instead of one each, and writers never
+    /// hold pooled connections while they wait for the write lock. If the shared transaction
+    /// fails, each write is run again alone, so one failing write fails only its caller;
+    /// `work` may therefore run more than once, and must have no effect outside the database.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job = Box::new(Pending {
+            work,
+            out: None,
+            done,
+        });
+        let writer = self.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::channel();
+            let pool = self.pool.clone();
+            std::thread::Builder::new()
+                .name("db-writer".into())
+                .spawn(move || write_loop(&pool, &rx))
+                .expect("a thread can be started");
+            tx
+        });
+        writer
+            .send(job)
+            .map_err(|_| DbError::Task("the database writer stopped".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(DbError::Task("the database writer stopped".into())))
     }
 
     /// Whether the database answers.
@@ -236,6 +277,14 @@ where
     F: FnOnce(&mut DbConn) -> Result<T, E>,
     E: From<DieselError>,
 {
+    type Tm = diesel::connection::AnsiTransactionManager;
+    let depth = with_conn!(&mut *conn, |c| Tm::transaction_manager_status_mut(c)
+        .transaction_depth())?;
+    if depth.is_some() {
+        // Inside a transaction already (a write run by the writer): join it. A savepoint would
+        // copy every page it changes to a sub-journal; a failure fails the enclosing write.
+        return f(conn);
+    }
     if let DbConn::Sqlite(c) = conn {
         // Writers of this process queue here rather than in SQLite's busy handler, which
         // sleeps in steps of milliseconds: under load that sleeping dominates latency.
@@ -245,7 +294,6 @@ where
         let DbConn::Sqlite(c) = conn else {
             unreachable!("a connection does not change backend")
         };
-        type Tm = diesel::connection::AnsiTransactionManager;
         return match out {
             Ok(v) => {
                 <Tm as TransactionManager<SqliteConnection>>::commit_transaction(c)?;
@@ -262,9 +310,197 @@ where
 
 static SQLITE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Writes run together in one transaction at most.
+const WRITE_GROUP: usize = 256;
+
+/// A queued write, its answer kept until the transaction it ran in is settled.
+trait Job: Send {
+    /// Runs the work; answers whether it succeeded.
+    fn run(&mut self, conn: &mut DbConn) -> bool;
+    /// Sends the answer: the work's own, or `failure` when its transaction did not commit.
+    fn answer(self: Box<Self>, failure: Option<String>);
+}
+
+struct Pending<T, F> {
+    work: F,
+    out: Option<Result<T, DbError>>,
+    done: tokio::sync::oneshot::Sender<Result<T, DbError>>,
+}
+
+impl<T: Send, F> Job for Pending<T, F>
+where
+    F: FnMut(&mut DbConn) -> Result<T, DbError> + Send,
+{
+    fn run(&mut self, conn: &mut DbConn) -> bool {
+        let out = (self.work)(conn);
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn answer(self: Box<Self>, failure: Option<String>) {
+        let out = match (failure, self.out) {
+            (None, Some(out)) => out,
+            (Some(why), _) => Err(DbError::Task(why)),
+            (None, None) => Err(DbError::Task("the write did not run".into())),
+        };
+        let _ = self.done.send(out);
+    }
+}
+
+enum GroupError {
+    /// A job failed; its answer says why.
+    Job,
+    Db(DieselError),
+}
+
+impl From<DieselError> for GroupError {
+    fn from(e: DieselError) -> Self {
+        Self::Db(e)
+    }
+}
+
+fn write_loop(pool: &Pool<Manager>, jobs: &mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        group.extend(jobs.try_iter().take(WRITE_GROUP - 1));
+        match pool.get() {
+            Ok(mut conn) => write_group(&mut conn, group),
+            Err(e) => group
+                .into_iter()
+                .for_each(|j| j.answer(Some(format!("database pool: {e}")))),
+        }
+    }
+}
+
+fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>) {
+    let together = write_tx(conn, |c| {
+        if group.iter_mut().all(|j| j.run(c)) {
+            Ok(())
+        } else {
+            Err(GroupError::Job)
+        }
+    });
+    match together {
+        Ok(()) => group.into_iter().for_each(|j| j.answer(None)),
+        Err(GroupError::Job) if group.len() > 1 => {
+            for mut job in group {
+                match write_tx(conn, |c| {
+                    if job.run(c) {
+                        Ok(())
+                    } else {
+                        Err(GroupError::Job)
+                    }
+                }) {
+                    Ok(()) | Err(GroupError::Job) => job.answer(None),
+                    Err(GroupError::Db(e)) => job.answer(Some(format!("database error: {e}"))),
+                }
+            }
+        }
+        Err(GroupError::Job) => group.into_iter().for_each(|j| j.answer(None)),
+        Err(GroupError::Db(e)) => group
+            .into_iter()
+            .for_each(|j| j.answer(Some(format!("database error: {e}")))),
+    }
+}
+
 /// Unix time in milliseconds; every timestamp column uses it.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::schema::apps;
+    use diesel::prelude::*;
+
+    fn add_app(conn: &mut DbConn, code: &str) -> Result<usize, DbError> {
+        Ok(diesel::insert_into(apps::table)
+            .values((
+                apps::code.eq(code),
+                apps::secret_hash.eq("h"),
+                apps::created_at.eq(0i64),
+                apps::updated_at.eq(0i64),
+            ))
+            .execute(conn)?)
+    }
+
+    fn job(
+        code: &'static str,
+    ) -> (
+        Box<dyn Job>,
+        tokio::sync::oneshot::Receiver<Result<usize, DbError>>,
+    ) {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let work = move |c: &mut DbConn| add_app(c, code);
+        (
+            Box::new(Pending {
+                work,
+                out: None,
+                done,
+            }),
+            answer,
+        )
+    }
+
+    #[test]
+    fn a_failing_write_fails_alone_and_the_writes_beside_it_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        let mut conn = db.get().unwrap();
+        add_app(&mut conn, "taken").unwrap();
+
+        let (jobs, answers): (Vec<_>, Vec<_>) = ["a", "taken", "b"].map(job).into_iter().unzip();
+        write_group(&mut conn, jobs);
+        let answers: Vec<_> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap())
+            .collect();
+
+        assert!(
+            matches!(answers[0], Ok(1)) && matches!(answers[2], Ok(1)),
+            "{answers:?}"
+        );
+        assert!(
+            matches!(
+                &answers[1],
+                Err(DbError::Query(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _
+                )))
+            ),
+            "{answers:?}"
+        );
+        let codes: Vec<String> = apps::table
+            .select(apps::code)
+            .order(apps::code)
+            .load(&mut *conn)
+            .unwrap();
+        assert_eq!(codes, ["a", "b", "taken"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_all_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        let writes: Vec<_> = (0..50)
+            .map(|i| {
+                let code = format!("app{i}");
+                db.write(move |c| add_app(c, &code))
+            })
+            .collect();
+        for w in futures_util::future::join_all(writes).await {
+            assert_eq!(w.unwrap(), 1);
+        }
+        let n: i64 = apps::table
+            .count()
+            .get_result(&mut *db.get().unwrap())
+            .unwrap();
+        assert_eq!(n, 50);
+    }
 }

@@ -48,7 +48,7 @@ pub fn get(conn: &mut DbConn, username: &str) -> Result<Option<Profile>, DbError
     users::table
         .find(username)
         .select(UserRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .map(from_row)
         .transpose()

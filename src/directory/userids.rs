@@ -3,7 +3,7 @@
 
 use crate::clock::SharedClock;
 use crate::db::schema::dingtalk_userids as t;
-use crate::db::{Db, DbConn, DbError};
+use crate::db::{write_tx, Db, DbConn, DbError};
 use crate::dingtalk::{App, DingTalk, MobileLookup};
 use diesel::prelude::*;
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ pub fn cached(
         .find((app_key, mobile))
         .filter(t::expires_at.gt(now_ms))
         .select(t::userid)
-        .first::<Option<String>>(conn)
+        .get_result::<Option<String>>(conn)
         .optional()?)
 }
 
@@ -50,34 +50,21 @@ pub fn store(
     ttl: Duration,
 ) -> Result<(), DbError> {
     let expires_at = now_ms.saturating_add(ttl.as_millis() as i64);
-    let updated = diesel::update(t::table.find((app_key, mobile)))
-        .set((
-            t::userid.eq(userid),
-            t::fetched_at.eq(now_ms),
-            t::expires_at.eq(expires_at),
-        ))
-        .execute(conn)?;
-    if updated == 0 {
-        let inserted = diesel::insert_into(t::table)
-            .values((
-                t::app_key.eq(app_key),
-                t::mobile.eq(mobile),
-                t::userid.eq(userid),
-                t::fetched_at.eq(now_ms),
-                t::expires_at.eq(expires_at),
-            ))
-            .execute(conn);
-        match inserted {
-            // A concurrent lookup stored the same answer first.
-            Err(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            )) => {}
-            other => {
-                other?;
-            }
-        }
-    }
+    let answer = (
+        t::userid.eq(userid),
+        t::fetched_at.eq(now_ms),
+        t::expires_at.eq(expires_at),
+    );
+    // Through `write_tx`, so it queues behind this process's other writers instead of meeting
+    // them in SQLite's busy handler; an upsert, as a concurrent lookup may have stored it first.
+    write_tx(conn, |conn| {
+        crate::with_conn!(conn, |c| diesel::insert_into(t::table)
+            .values((t::app_key.eq(app_key), t::mobile.eq(mobile), answer))
+            .on_conflict((t::app_key, t::mobile))
+            .do_update()
+            .set(answer)
+            .execute(c))
+    })?;
     Ok(())
 }
 
@@ -130,7 +117,7 @@ impl UserIdCache {
         };
         let (key, m, now) = (app.key.clone(), mobile.to_owned(), self.clock.now_ms());
         self.db
-            .run(move |c| store(c, &key, &m, userid.as_deref(), now, ttl))
+            .write(move |c| store(c, &key, &m, userid.as_deref(), now, ttl))
             .await?;
         Ok(answer)
     }

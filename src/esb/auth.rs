@@ -69,7 +69,7 @@ impl Credentials {
         let stored: Option<String> = apps::table
             .find(&self.app_code)
             .select(apps::secret_hash)
-            .first(conn)
+            .get_result(conn)
             .optional()?;
         let ok = match stored {
             Some(hash) => secret::verify_app_secret(&self.app_secret, &hash),

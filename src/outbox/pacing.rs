@@ -138,7 +138,7 @@ pub fn available(
     let state: Option<(i64, i64)> = st::table
         .find(robot)
         .select((st::tat, st::paused_until))
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     let (tat, paused_until) = state.unwrap_or((now, 0));
     let mut recent = recent_sends(conn, robot, now, limit)?;
@@ -274,9 +274,9 @@ fn lock_state(conn: &mut DbConn, robot: &str, now: i64) -> Result<(i64, i64), Db
         .execute(c))?;
     let row = st::table.find(robot).select((st::tat, st::paused_until));
     Ok(match conn {
-        DbConn::Sqlite(c) => row.first(c)?,
+        DbConn::Sqlite(c) => row.get_result(c)?,
         #[cfg(feature = "postgres")]
-        DbConn::Pg(c) => row.for_update().first(c)?,
+        DbConn::Pg(c) => row.for_update().get_result(c)?,
     })
 }
 

@@ -5,8 +5,9 @@ use crate::db::models::{AttemptRow, DeliveryRow, MessageRow};
 use crate::db::schema::{deliveries as d, delivery_attempts as a, messages as m};
 use crate::db::{write_tx, DbConn, DbError};
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable, Text};
+use std::collections::HashMap;
 
 pub const QUEUED: &str = "queued";
 pub const SENT: &str = "sent";
@@ -66,54 +67,30 @@ pub struct Acceptance {
     pub claim: (String, i64),
 }
 
-/// Persists the message and its deliveries, or finds the one an idempotency key names.
+/// Persists the message and its deliveries, or finds the one an idempotency key names. Run it
+/// in a write transaction ([`crate::db::Db::write`]).
 pub fn accept(
     conn: &mut DbConn,
     msg: &NewMessage,
     a: &Acceptance,
-) -> Result<(Accepted, Vec<DeliveryRow>), DbError> {
-    let attempt = write_tx(conn, |conn| accept_in_tx(conn, msg, a));
-    finish(conn, msg, a, attempt)
-}
-
-/// Several acceptances in one transaction (one commit for a burst of requests); each in a
-/// savepoint, so one failing doesn't undo the others.
-pub fn accept_many(
-    conn: &mut DbConn,
-    batch: &[(NewMessage, Acceptance)],
-) -> Result<Vec<Result<AcceptedMessage, DbError>>, DbError> {
-    let attempts: Vec<Result<Accepted, DieselError>> = write_tx(conn, |conn| {
-        Ok::<_, DieselError>(
-            batch
-                .iter()
-                .map(|(msg, a)| conn.transaction(|c| accept_in_tx(c, msg, a)))
-                .collect(),
-        )
-    })?;
-    Ok(batch
-        .iter()
-        .zip(attempts)
-        .map(|((msg, a), attempt)| finish(conn, msg, a, attempt))
-        .collect())
-}
-
-fn finish(
-    conn: &mut DbConn,
-    msg: &NewMessage,
-    a: &Acceptance,
-    attempt: Result<Accepted, DieselError>,
-) -> Result<(Accepted, Vec<DeliveryRow>), DbError> {
-    let accepted = match (attempt, &msg.idempotency_key) {
-        // A concurrent request with the same key committed first (PostgreSQL): answer with it.
-        (Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)), Some(key)) => {
-            find_by_key(conn, &msg.app_code, key, a.now - a.idempotency_window_ms)?
-                .map(Accepted::Replay)
-                .ok_or(DbError::Query(DieselError::NotFound))?
-        }
-        (other, _) => other?,
-    };
+) -> Result<AcceptedMessage, DbError> {
+    let accepted = accept_in_tx(conn, msg, a)?;
     let rows = deliveries_of(conn, accepted.id())?;
     Ok((accepted, rows))
+}
+
+/// The message a concurrent request with the same idempotency key stored first (after
+/// [`accept`] met the unique index).
+pub fn replay(
+    conn: &mut DbConn,
+    app: &str,
+    key: &str,
+    a: &Acceptance,
+) -> Result<AcceptedMessage, DbError> {
+    let id = find_by_key(conn, app, key, a.now - a.idempotency_window_ms)?
+        .ok_or(DbError::Query(DieselError::NotFound))?;
+    let rows = deliveries_of(conn, &id)?;
+    Ok((Accepted::Replay(id), rows))
 }
 
 fn accept_in_tx(
@@ -199,7 +176,7 @@ fn find_by_key(
         .filter(m::idempotency_key.eq(key))
         .filter(m::created_at.gt(since))
         .select(m::id)
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
@@ -207,7 +184,7 @@ pub fn message(conn: &mut DbConn, id: &str) -> Result<Option<MessageRow>, DbErro
     Ok(m::table
         .find(id)
         .select(MessageRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -279,39 +256,31 @@ pub fn claim(
 ) -> Result<Vec<DeliveryRow>, DbError> {
     let until = now + lease_ms;
     write_tx(conn, |conn| {
-        claim_statement(conn, claim, now, until, limit, message_id)
-    })?;
-    claimed(conn, claim, until)
+        let ids = claim_statement(conn, claim, now, until, limit, message_id)?;
+        claimed(conn, &ids)
+    })
 }
 
-/// Claims the due deliveries of several messages in one transaction (the hand-over path).
-pub fn claim_messages(
-    conn: &mut DbConn,
-    claim: &str,
-    now: i64,
-    lease_ms: i64,
-    message_ids: &[String],
-) -> Result<Vec<DeliveryRow>, DbError> {
-    let until = now + lease_ms;
-    write_tx(conn, |conn| {
-        message_ids
-            .iter()
-            .try_for_each(|id| claim_statement(conn, claim, now, until, MAX_PER_MESSAGE, Some(id)))
-    })?;
-    claimed(conn, claim, until)
+/// The rows just claimed, by id: the claim columns have no index, and a query on them would
+/// walk every queued row.
+fn claimed(conn: &mut DbConn, ids: &[i64]) -> Result<Vec<DeliveryRow>, DbError> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(RECORD_CHUNK) {
+        rows.extend(
+            d::table
+                .filter(d::id.eq_any(chunk))
+                .select(DeliveryRow::as_select())
+                .load(conn)?,
+        );
+    }
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
 }
 
-/// More deliveries than one request can create: a message's claim takes all of them.
-const MAX_PER_MESSAGE: i64 = 10_000;
-
-fn claimed(conn: &mut DbConn, claim: &str, until: i64) -> Result<Vec<DeliveryRow>, DbError> {
-    Ok(d::table
-        .filter(d::claimed_by.eq(claim))
-        .filter(d::claimed_until.eq(until))
-        .filter(d::status.eq(QUEUED))
-        .order(d::id)
-        .select(DeliveryRow::as_select())
-        .load(conn)?)
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
 }
 
 fn claim_statement(
@@ -321,12 +290,12 @@ fn claim_statement(
     until: i64,
     limit: i64,
     message_id: Option<&str>,
-) -> Result<(), DbError> {
-    match conn {
+) -> Result<Vec<i64>, DbError> {
+    let ids: Vec<Claimed> = match conn {
         DbConn::Sqlite(c) => diesel::sql_query(
             "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
              WHERE status = 'queued' AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) \
-             AND (? IS NULL OR message_id = ?) ORDER BY next_attempt_at, id LIMIT ?)",
+             AND (? IS NULL OR message_id = ?) ORDER BY next_attempt_at, id LIMIT ?) RETURNING id",
         )
         .bind::<Text, _>(claim)
         .bind::<BigInt, _>(until)
@@ -335,21 +304,21 @@ fn claim_statement(
         .bind::<Nullable<Text>, _>(message_id)
         .bind::<Nullable<Text>, _>(message_id)
         .bind::<BigInt, _>(limit)
-        .execute(c)?,
+        .load(c)?,
         #[cfg(feature = "postgres")]
         DbConn::Pg(c) => diesel::sql_query(
             "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
              WHERE status = 'queued' AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until < $3) \
-             AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)",
+             AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
         )
         .bind::<Text, _>(claim)
         .bind::<BigInt, _>(until)
         .bind::<BigInt, _>(now)
         .bind::<Nullable<Text>, _>(message_id)
         .bind::<BigInt, _>(limit)
-        .execute(c)?,
+        .load(c)?,
     };
-    Ok(())
+    Ok(ids.into_iter().map(|c| c.id).collect())
 }
 
 /// Claims the deliveries waiting for a robot (due or not, oldest first), so a send that is
@@ -363,35 +332,34 @@ pub fn claim_robot_backlog(
     limit: i64,
 ) -> Result<Vec<(DeliveryRow, String)>, DbError> {
     let until = now + lease_ms;
-    write_tx(conn, |conn| {
-        match conn {
+    let rows = write_tx(conn, |conn| {
+        let ids: Vec<Claimed> = match conn {
             DbConn::Sqlite(c) => diesel::sql_query(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
                  WHERE target = ? AND status = 'queued' AND kind = 'robot' \
-                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_at, id LIMIT ?)",
+                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_at, id LIMIT ?) RETURNING id",
             )
             .bind::<Text, _>(claim)
             .bind::<BigInt, _>(until)
             .bind::<Text, _>(robot)
             .bind::<BigInt, _>(now)
             .bind::<BigInt, _>(limit)
-            .execute(c)?,
+            .load(c)?,
             #[cfg(feature = "postgres")]
             DbConn::Pg(c) => diesel::sql_query(
                 "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
                  WHERE target = $3 AND status = 'queued' AND kind = 'robot' \
-                 AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)",
+                 AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
             )
             .bind::<Text, _>(claim)
             .bind::<BigInt, _>(until)
             .bind::<Text, _>(robot)
             .bind::<BigInt, _>(now)
             .bind::<BigInt, _>(limit)
-            .execute(c)?,
+            .load(c)?,
         };
-        Ok::<_, DbError>(())
+        claimed(conn, &ids.into_iter().map(|c| c.id).collect::<Vec<_>>())
     })?;
-    let rows = claimed(conn, claim, until)?;
     let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
     let bodies: std::collections::HashMap<String, String> = m::table
         .filter(m::id.eq_any(&ids))
@@ -409,7 +377,7 @@ pub fn claim_robot_backlog(
 }
 
 /// What an attempt came to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// `digest_id`: the digest send that carried it, when merged with others.
     Sent {
@@ -443,30 +411,135 @@ pub fn record_all(
     attempts: &[(DeliveryRow, Outcome)],
     now: i64,
 ) -> Result<Vec<bool>, DbError> {
-    Ok(write_tx(conn, |conn| {
-        attempts
-            .iter()
-            .map(|(row, outcome)| {
-                record_one(
-                    conn,
-                    row,
-                    row.claimed_by.as_deref().unwrap_or(""),
-                    outcome,
-                    now,
-                )
-            })
-            .collect::<Result<Vec<bool>, DieselError>>()
-    })?)
+    write_tx(conn, |conn| {
+        let mut owned = vec![false; attempts.len()];
+        // A digest's sends, and a robot's waiting backlog, come in hundreds with one outcome:
+        // one statement for each such group rather than one per row.
+        let mut groups: HashMap<&Outcome, Vec<usize>> = HashMap::new();
+        for (i, (row, outcome)) in attempts.iter().enumerate() {
+            match outcome {
+                Outcome::Sent { .. }
+                | Outcome::Deferred {
+                    parts_sent: None, ..
+                } => groups.entry(outcome).or_default().push(i),
+                _ => owned[i] = record_one(conn, row, claim_of(row), outcome, now)?,
+            }
+        }
+        for (outcome, members) in groups {
+            if let [i] = members[..] {
+                let row = &attempts[i].0;
+                owned[i] = record_one(conn, row, claim_of(row), outcome, now)?;
+                continue;
+            }
+            for chunk in members.chunks(RECORD_CHUNK) {
+                let rows: Vec<&DeliveryRow> = chunk.iter().map(|&i| &attempts[i].0).collect();
+                let mine = record_group(conn, &rows, outcome, now)?;
+                for &i in chunk {
+                    owned[i] = mine.contains(&attempts[i].0.id);
+                }
+            }
+        }
+        Ok::<_, DbError>(owned)
+    })
+}
+
+/// Rows recorded in one statement at most (well under SQLite's limit on parameters).
+const RECORD_CHUNK: usize = 400;
+
+fn claim_of(row: &DeliveryRow) -> &str {
+    row.claimed_by.as_deref().unwrap_or("")
+}
+
+/// Records one outcome (sent, or deferred without parts) for many rows; answers the ids
+/// whose claim still held, the only ones written.
+fn record_group(
+    conn: &mut DbConn,
+    rows: &[&DeliveryRow],
+    outcome: &Outcome,
+    now: i64,
+) -> Result<std::collections::HashSet<i64>, DbError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    // By id only: with `status` in the query SQLite would walk every queued row by the
+    // status index instead.
+    let current =
+        d::table
+            .filter(d::id.eq_any(&ids))
+            .select((d::id, d::status, d::claimed_by, d::attempts));
+    let current: Vec<(i64, String, Option<String>, i32)> = match conn {
+        DbConn::Sqlite(c) => current.load(c)?,
+        #[cfg(feature = "postgres")]
+        DbConn::Pg(c) => current.for_update().load(c)?,
+    };
+    let claims: HashMap<i64, &str> = rows.iter().map(|r| (r.id, claim_of(r))).collect();
+    let mine: Vec<(i64, i32)> = current
+        .into_iter()
+        .filter(|(id, status, by, _)| status == QUEUED && by.as_deref() == claims.get(id).copied())
+        .map(|(id, _, _, attempts)| (id, attempts))
+        .collect();
+    let ids: Vec<i64> = mine.iter().map(|(id, _)| *id).collect();
+    let release = (
+        d::claimed_by.eq(None::<String>),
+        d::claimed_until.eq(None::<i64>),
+        d::updated_at.eq(now),
+    );
+    let target = d::table.filter(d::id.eq_any(&ids));
+    match outcome {
+        Outcome::Sent {
+            request_id,
+            digest_id,
+        } => {
+            diesel::update(target)
+                .set((
+                    d::status.eq(SENT),
+                    d::attempts.eq(d::attempts + 1),
+                    d::sent_at.eq(now),
+                    d::dingtalk_request_id.eq(request_id),
+                    d::digest_id.eq(digest_id),
+                    d::last_error.eq(None::<String>),
+                    release,
+                ))
+                .execute(conn)?;
+            let note = digest_id.as_ref().map(|g| format!("in digest {g}"));
+            let history: Vec<_> = mine
+                .iter()
+                .map(|(id, attempts)| {
+                    (
+                        a::delivery_id.eq(*id),
+                        a::attempt.eq(attempts + 1),
+                        a::at.eq(now),
+                        a::outcome.eq("sent"),
+                        a::code.eq(None::<String>),
+                        a::error.eq(note.clone()),
+                        a::dingtalk_request_id.eq(request_id.clone()),
+                    )
+                })
+                .collect();
+            crate::with_conn!(&mut *conn, |c| diesel::insert_into(a::table)
+                .values(&history)
+                .execute(c))?;
+        }
+        Outcome::Deferred { at, reason, .. } => {
+            diesel::update(target)
+                .set((d::next_attempt_at.eq(at), d::last_error.eq(reason), release))
+                .execute(conn)?;
+        }
+        Outcome::Retry { .. } | Outcome::Failed { .. } => {
+            unreachable!("recorded row by row")
+        }
+    }
+    Ok(ids.into_iter().collect())
 }
 
 /// Gives claims back, for the poller to take.
 pub fn release_claims(conn: &mut DbConn, ids: &[i64]) -> Result<usize, DbError> {
-    Ok(diesel::update(d::table.filter(d::id.eq_any(ids)))
-        .set((
-            d::claimed_by.eq(None::<String>),
-            d::claimed_until.eq(None::<i64>),
-        ))
-        .execute(conn)?)
+    Ok(write_tx(conn, |conn| {
+        diesel::update(d::table.filter(d::id.eq_any(ids)))
+            .set((
+                d::claimed_by.eq(None::<String>),
+                d::claimed_until.eq(None::<i64>),
+            ))
+            .execute(conn)
+    })?)
 }
 
 fn record_one(
@@ -622,6 +695,9 @@ pub fn next_due(conn: &mut DbConn, now: i64) -> Result<Option<i64>, DbError> {
     Ok(d::table
         .filter(d::status.eq(QUEUED))
         .filter(d::claimed_until.is_null().or(d::claimed_until.lt(now)))
-        .select(diesel::dsl::min(d::next_attempt_at))
-        .first(conn)?)
+        // In index order, stopping at the first: `min()` would read every queued row.
+        .order(d::next_attempt_at)
+        .select(d::next_attempt_at)
+        .first(conn)
+        .optional()?)
 }

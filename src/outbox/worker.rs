@@ -22,6 +22,7 @@ use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids::UserIdCache;
 use crate::metrics::Metrics;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -93,15 +94,6 @@ pub struct Batch {
     pub settings: DeliverySettings,
 }
 
-struct AcceptJob {
-    msg: store::NewMessage,
-    acceptance: store::Acceptance,
-    done: oneshot::Sender<Result<(store::Accepted, Vec<DeliveryRow>), DbError>>,
-}
-
-/// Messages written in one accepting transaction at most.
-const ACCEPT_BATCH: usize = 64;
-
 /// A freshly accepted message whose deliveries this process already claimed.
 pub struct Handover {
     pub batch: Batch,
@@ -125,8 +117,6 @@ pub struct Outbox {
     robot_waits: Mutex<HashMap<String, pacing::Slots>>,
     handovers: mpsc::Sender<Handover>,
     handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
-    accepts: mpsc::Sender<AcceptJob>,
-    accept_rx: std::sync::Mutex<Option<mpsc::Receiver<AcceptJob>>>,
     wake: Notify,
 }
 
@@ -140,7 +130,6 @@ impl Outbox {
         let metrics = Arc::new(Metrics::default());
         let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())?;
         let (handovers, rx) = mpsc::channel(1024);
-        let (accepts, accept_rx) = mpsc::channel(1024);
         Ok(Arc::new(Self {
             userids: UserIdCache::new(
                 db.clone(),
@@ -162,8 +151,6 @@ impl Outbox {
             robot_waits: Mutex::default(),
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
-            accepts,
-            accept_rx: std::sync::Mutex::new(Some(accept_rx)),
             wake: Notify::new(),
         }))
     }
@@ -175,9 +162,6 @@ impl Outbox {
         let Some(mut rx) = self.handover_rx.lock().expect("handover lock").take() else {
             return; // already started
         };
-        if let Some(accepts) = self.accept_rx.lock().expect("accept lock").take() {
-            tokio::spawn(self.clone().accept_batches(accepts));
-        }
         let permits = Arc::new(Semaphore::new(workers.max(1)));
         let this = self.clone();
         let p = permits.clone();
@@ -230,60 +214,33 @@ impl Outbox {
         }
     }
 
-    /// Persists a message and its deliveries (claimed by this process). Requests arriving
-    /// together are written in one transaction — one commit for a burst instead of one each.
+    /// Persists a message and its deliveries (claimed by this process); requests arriving
+    /// together share a transaction ([`Db::write`]).
     pub async fn accept(
         &self,
         msg: store::NewMessage,
         acceptance: store::Acceptance,
-    ) -> Result<(store::Accepted, Vec<DeliveryRow>), DbError> {
-        let (done, answer) = oneshot::channel();
-        match self.accepts.try_send(AcceptJob {
-            msg,
-            acceptance,
-            done,
-        }) {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(DbError::Task("the accepting task stopped".into()))),
-            // Not started (or saturated): write it alone.
-            Err(e) => {
-                let AcceptJob {
-                    msg, acceptance, ..
-                } = e.into_inner();
-                self.db
-                    .run(move |c| store::accept(c, &msg, &acceptance))
-                    .await
+    ) -> Result<store::AcceptedMessage, DbError> {
+        let (app, key, a) = (
+            msg.app_code.clone(),
+            msg.idempotency_key.clone(),
+            acceptance.clone(),
+        );
+        match self
+            .db
+            .write(move |c| store::accept(c, &msg, &acceptance))
+            .await
+        {
+            // A concurrent request with the same key committed first (another process):
+            // answer with its message.
+            Err(DbError::Query(DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                _,
+            ))) if key.is_some() => {
+                let key = key.unwrap_or_default();
+                self.db.run(move |c| store::replay(c, &app, &key, &a)).await
             }
-        }
-    }
-
-    async fn accept_batches(self: Arc<Self>, mut jobs: mpsc::Receiver<AcceptJob>) {
-        while let Some(first) = jobs.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < ACCEPT_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let (inputs, waiting): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|j| ((j.msg, j.acceptance), j.done))
-                .unzip();
-            match self.db.run(move |c| store::accept_many(c, &inputs)).await {
-                Ok(results) => {
-                    for (done, result) in waiting.into_iter().zip(results) {
-                        let _ = done.send(result);
-                    }
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    for done in waiting {
-                        let _ = done.send(Err(DbError::Task(why.clone())));
-                    }
-                }
-            }
+            other => other,
         }
     }
 
@@ -296,7 +253,7 @@ impl Outbox {
             Ok(()) => Some(rx),
             Err(e) => {
                 let ids: Vec<i64> = e.into_inner().batch.rows.iter().map(|r| r.id).collect();
-                if let Err(e) = self.db.run(move |c| store::release_claims(c, &ids)).await {
+                if let Err(e) = self.db.write(move |c| store::release_claims(c, &ids)).await {
                     tracing::warn!(error = %e, "cannot release claims; they expire with their lease");
                 }
                 self.wake();
@@ -320,7 +277,7 @@ impl Outbox {
         );
         let rows = self
             .db
-            .run(move |c| store::claim(c, &claim, now, lease, CLAIM_BATCH, Some(&id)))
+            .write(move |c| store::claim(c, &claim, now, lease, CLAIM_BATCH, Some(&id)))
             .await;
         self.deliver_rows(rows).await;
     }
@@ -334,7 +291,7 @@ impl Outbox {
             let (now, lease) = (self.clock.now_ms(), self.lease.as_millis() as i64);
             let rows = self
                 .db
-                .run(move |c| store::claim(c, &claim, now, lease, CLAIM_BATCH, None))
+                .write(move |c| store::claim(c, &claim, now, lease, CLAIM_BATCH, None))
                 .await;
             let n = self.deliver_rows(rows).await;
             total += n;
@@ -460,25 +417,25 @@ impl Outbox {
         }
 
         let now = self.clock.now_ms();
-        let metrics = self.metrics.clone();
-        self.db
-            .run(move |conn| {
-                let owned = store::record_all(conn, &outcomes, now)?;
-                let mut recorded = Vec::with_capacity(outcomes.len());
-                for ((row, outcome), owned) in outcomes.into_iter().zip(owned) {
-                    if owned {
-                        metrics.delivery(&row.kind, &outcome);
-                        recorded.push((row.id, outcome));
-                    } else {
-                        tracing::warn!(
-                            delivery = row.id,
-                            "claim lost before recording; another worker owns it now"
-                        );
-                    }
-                }
-                Ok::<_, DbError>(recorded)
-            })
-            .await
+        let outcomes = Arc::new(outcomes);
+        let to_record = outcomes.clone();
+        let owned = self
+            .db
+            .write(move |conn| store::record_all(conn, &to_record, now))
+            .await?;
+        let mut recorded = Vec::with_capacity(outcomes.len());
+        for ((row, outcome), owned) in outcomes.iter().zip(owned) {
+            if owned {
+                self.metrics.delivery(&row.kind, outcome);
+                recorded.push((row.id, outcome.clone()));
+            } else {
+                tracing::warn!(
+                    delivery = row.id,
+                    "claim lost before recording; another worker owns it now"
+                );
+            }
+        }
+        Ok(recorded)
     }
 
     /// Sends what waits for one robot: a single message, a digest of several, or the next parts
@@ -550,7 +507,7 @@ impl Outbox {
         );
         match self
             .db
-            .run(move |c| {
+            .write(move |c| {
                 store::claim_robot_backlog(c, &robot_name, &claim, now, lease, ROBOT_BACKLOG)
             })
             .await
@@ -580,7 +537,7 @@ impl Outbox {
         let (n, robot_name) = (sends.len() as u32, name.clone());
         let slots = match self
             .db
-            .run(move |c| pacing::take_slots(c, &robot_name, n, now, limit))
+            .write(move |c| pacing::take_slots(c, &robot_name, n, now, limit))
             .await
         {
             Ok(s) => {
@@ -648,7 +605,7 @@ impl Outbox {
                     let robot_name = name.clone();
                     if let Err(db) = self
                         .db
-                        .run(move |c| pacing::pause(c, &robot_name, now, until))
+                        .write(move |c| pacing::pause(c, &robot_name, now, until))
                         .await
                     {
                         tracing::error!(error = %db, "cannot record the robot's pause");
