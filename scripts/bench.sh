@@ -58,6 +58,8 @@ export DINGTALK_OAPI_BASE=http://127.0.0.1:$SIM_PORT DINGTALK_API_BASE=http://12
 export DING_CHANNEL_LOG=warn DING_CHANNEL_CONFIG=""
 $bin simulator --port "$SIM_PORT" --config "$work/sim.json" >/dev/null 2>&1 &
 pids+=($!)
+simulator=$!
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$1/stat"; }
 $bin channels sync >/dev/null
 $bin channels conf send_dingtalk ding_app_key=benchapp ding_app_secret=bench-app-secret >/dev/null
 [ "$MODE" = storm ] && $bin channels conf send_dingbot robot_rate_window_s=6 >/dev/null
@@ -91,7 +93,8 @@ accept)
   echo "time until the last delivery: $(python3 -c "print(round($(date +%s.%N) - $started, 2))") s"
   echo "server peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$server/status)"
   # CPU time is steadier than throughput on a shared machine: compare builds by it.
-  echo "server CPU: $(awk -v n="$N" -v hz="$(getconf CLK_TCK)" '{printf "%.2f s, %.3f ms per request", ($14+$15)/hz, 1000*($14+$15)/hz/n}' /proc/$server/stat)"
+  cpu=$(cpu_s "$server")
+  echo "server CPU: $cpu s, $(python3 -c "print(round(1000 * $cpu / $N, 3))") ms per request (simulator: $(cpu_s "$simulator") s)"
   curl -s "http://127.0.0.1:$SIM_PORT/_sim/stats" > "$work/stats.json"
   curl -s "http://127.0.0.1:$SIM_PORT/_sim/messages" > "$work/messages.json"
   python3 - "$work" "$N" <<'PY'

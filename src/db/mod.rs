@@ -3,7 +3,8 @@
 //! `SKIP LOCKED`) matches on `DbConn` through [`with_conn!`].
 //!
 //! Lookups by a unique key use `get_result`, not `first`: SQLite re-prepares a statement whose
-//! `LIMIT` is a bound parameter every time it runs.
+//! `LIMIT` is a bound parameter every time it runs. A few keys are looked up one by one (see
+//! [`FEW_KEYS`]).
 
 pub mod models;
 pub mod schema;
@@ -37,6 +38,10 @@ macro_rules! with_conn {
         }
     };
 }
+
+/// Up to this many keys are looked up one at a time: each such lookup runs a statement from the
+/// cache, while diesel compiles an `IN (…)` query afresh every time.
+pub const FEW_KEYS: usize = 8;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 #[cfg(feature = "postgres")]

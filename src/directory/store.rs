@@ -3,7 +3,7 @@
 use super::profile::{Profile, Username};
 use crate::db::models::UserRow;
 use crate::db::schema::users;
-use crate::db::{now_ms, write_tx, DbConn, DbError};
+use crate::db::{now_ms, write_tx, DbConn, DbError, FEW_KEYS};
 use diesel::prelude::*;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -56,6 +56,12 @@ pub fn get(conn: &mut DbConn, username: &str) -> Result<Option<Profile>, DbError
 
 /// The profiles of `usernames` that exist.
 pub fn get_many(conn: &mut DbConn, usernames: &[String]) -> Result<Vec<Profile>, DbError> {
+    if usernames.len() <= FEW_KEYS {
+        return usernames
+            .iter()
+            .filter_map(|u| get(conn, u).transpose())
+            .collect();
+    }
     users::table
         .filter(users::username.eq_any(usernames))
         .select(UserRow::as_select())

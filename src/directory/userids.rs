@@ -3,7 +3,7 @@
 
 use crate::clock::SharedClock;
 use crate::db::schema::dingtalk_userids as t;
-use crate::db::{write_tx, Db, DbConn, DbError};
+use crate::db::{write_tx, Db, DbConn, DbError, FEW_KEYS};
 use crate::dingtalk::{App, DingTalk, MobileLookup};
 use diesel::prelude::*;
 use std::collections::HashMap;
@@ -31,6 +31,15 @@ pub fn cached_many(
     mobiles: &[String],
     now_ms: i64,
 ) -> Result<HashMap<String, Option<String>>, DbError> {
+    if mobiles.len() <= FEW_KEYS {
+        let mut found = HashMap::new();
+        for m in mobiles {
+            if let Some(hit) = cached(conn, app_key, m, now_ms)? {
+                found.insert(m.clone(), hit);
+            }
+        }
+        return Ok(found);
+    }
     Ok(t::table
         .filter(t::app_key.eq(app_key))
         .filter(t::mobile.eq_any(mobiles))
