@@ -365,20 +365,32 @@ impl From<DieselError> for GroupError {
     }
 }
 
+/// The writer keeps its connection; it is given back to the pool (which replaces it if it
+/// broke) after a failed transaction.
 fn write_loop(pool: &Pool<Manager>, jobs: &mpsc::Receiver<Box<dyn Job>>) {
+    let mut held: Option<Conn> = None;
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         group.extend(jobs.try_iter().take(WRITE_GROUP - 1));
-        match pool.get() {
-            Ok(mut conn) => write_group(&mut conn, group),
+        let conn = match held.take() {
+            Some(c) => Ok(c),
+            None => pool.get().map_err(DbError::from),
+        };
+        match conn {
+            Ok(mut conn) => {
+                if write_group(&mut conn, group) {
+                    held = Some(conn);
+                }
+            }
             Err(e) => group
                 .into_iter()
-                .for_each(|j| j.answer(Some(format!("database pool: {e}")))),
+                .for_each(|j| j.answer(Some(e.to_string()))),
         }
     }
 }
 
-fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>) {
+/// Runs a group of writes; answers whether the connection is still fit for the next one.
+fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>) -> bool {
     let together = write_tx(conn, |c| {
         if group.iter_mut().all(|j| j.run(c)) {
             Ok(())
@@ -403,10 +415,14 @@ fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>) {
             }
         }
         Err(GroupError::Job) => group.into_iter().for_each(|j| j.answer(None)),
-        Err(GroupError::Db(e)) => group
-            .into_iter()
-            .for_each(|j| j.answer(Some(format!("database error: {e}")))),
+        Err(GroupError::Db(e)) => {
+            group
+                .into_iter()
+                .for_each(|j| j.answer(Some(format!("database error: {e}"))));
+            return false;
+        }
     }
+    true
 }
 
 /// Unix time in milliseconds; every timestamp column uses it.
