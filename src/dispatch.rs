@@ -27,6 +27,7 @@ fn failed(receiver: &str, kind: &'static str, why: impl Into<String>) -> NewDeli
         kind,
         target: String::new(),
         failed: Some(why.into()),
+        wait: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn target(receiver: &str, kind: &'static str, target: String) -> NewDelivery {
         kind,
         target,
         failed: None,
+        wait: None,
     }
 }
 
@@ -58,6 +60,15 @@ pub async fn plan(
     let (mut plan, robots, lookups, cached) =
         plan_targets(outbox, component, receivers, &settings).await?;
     resolve_phones(outbox, &mut plan, &settings, lookups, &cached, deadline).await;
+    // A robot known to be saturated takes its delivery at its next slot (with what else waits
+    // for it, as a digest): queued for then, there is nothing to attempt now.
+    let now = outbox.clock.now_ms();
+    for d in plan
+        .iter_mut()
+        .filter(|d| d.kind == "robot" && d.failed.is_none())
+    {
+        d.wait = outbox.robot_wait(&d.target, now);
+    }
     Ok(Plan {
         deliveries: plan,
         robots,

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+const DEFERRED: &str = "deferred";
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     deliveries: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -18,14 +20,25 @@ impl Metrics {
             Outcome::Sent { .. } => "sent",
             Outcome::Retry { .. } => "retry",
             Outcome::Failed { .. } => "failed",
-            Outcome::Deferred { .. } => "deferred",
+            Outcome::Deferred { .. } => DEFERRED,
         };
+        self.count(kind, status, 1);
+    }
+
+    /// Deliveries queued at acceptance for a robot that can't send yet.
+    pub fn deferred(&self, kind: &str, n: u64) {
+        if n > 0 {
+            self.count(kind, DEFERRED, n);
+        }
+    }
+
+    fn count(&self, kind: &str, status: &'static str, n: u64) {
         *self
             .deliveries
             .lock()
             .expect("metrics lock")
             .entry((kind.to_owned(), status))
-            .or_default() += 1;
+            .or_default() += n;
     }
 
     pub fn dingtalk(&self, api: &'static str, outcome: &'static str) {

@@ -116,6 +116,7 @@ pub async fn send(
         now + outbox.lease.as_millis() as i64,
     );
     let message = request.message;
+    let waiting = plan.deliveries.iter().filter(|d| d.wait.is_some()).count();
     let new = NewMessage {
         app_code: app_code.to_owned(),
         idempotency_key: request.idempotency_key,
@@ -141,6 +142,7 @@ pub async fn send(
         .cloned()
         .collect();
     tracing::info!(message_id = %id, channel = %channel.name, deliveries = rows.len(), "message accepted");
+    outbox.metrics.deferred("robot", waiting as u64);
     if claimed.is_empty() {
         return Ok(reply(id, &rows, false));
     }

@@ -20,6 +20,15 @@ pub struct NewDelivery {
     pub target: String,
     /// `Some(reason)`: failed before any attempt (unknown user, no telephone, …).
     pub failed: Option<String>,
+    /// `Some((at, reason))`: its robot can't send before `at`; it is queued for then, not
+    /// attempted now.
+    pub wait: Option<(i64, String)>,
+}
+
+impl NewDelivery {
+    pub fn attempt_now(&self) -> bool {
+        self.failed.is_none() && self.wait.is_none()
+    }
 }
 
 pub struct NewMessage {
@@ -141,12 +150,12 @@ fn accept_in_tx(
                 d::target.eq(&nd.target),
                 d::status.eq(if nd.failed.is_some() { FAILED } else { QUEUED }),
                 d::attempts.eq(0),
-                d::next_attempt_at.eq(now),
+                d::next_attempt_at.eq(nd.wait.as_ref().map_or(now, |w| w.0)),
                 d::give_up_at.eq(give_up_at),
-                d::last_error.eq(&nd.failed),
+                d::last_error.eq(nd.failed.as_ref().or(nd.wait.as_ref().map(|w| &w.1))),
                 // Claimed by the accepting process, which attempts them at once.
-                d::claimed_by.eq(nd.failed.is_none().then_some(claim.0)),
-                d::claimed_until.eq(nd.failed.is_none().then_some(claim.1)),
+                d::claimed_by.eq(nd.attempt_now().then_some(claim.0)),
+                d::claimed_until.eq(nd.attempt_now().then_some(claim.1)),
                 d::created_at.eq(now),
                 d::updated_at.eq(now),
             ))

@@ -262,6 +262,22 @@ impl Outbox {
         }
     }
 
+    /// When `robot` can send next and why not before, if this process saw it saturated (or
+    /// paused) until after `now`.
+    pub fn robot_wait(&self, robot: &str, now: i64) -> Option<(i64, String)> {
+        self.robot_waits
+            .lock()
+            .expect("robot waits lock")
+            .get(robot)
+            .filter(|w| w.next_at > now)
+            .map(|w| {
+                (
+                    w.next_at,
+                    format!("waiting for a send slot: {}", w.waiting_for),
+                )
+            })
+    }
+
     /// Asks the poller to look for due work now.
     pub fn wake(&self) {
         self.wake.notify_one();

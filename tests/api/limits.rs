@@ -71,6 +71,12 @@ async fn an_alert_storm_reaches_the_group_in_digests_without_ever_being_throttle
             .await;
         assert_eq!(env["result"], true, "{env}");
         queued += usize::from(env["data"]["deliveries"][0]["status"] == "queued");
+        if i == 199 {
+            let why = env["data"]["deliveries"][0]["error"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(why.starts_with("waiting for a send slot"), "{env}");
+        }
     }
     assert!(
         queued >= 190,
