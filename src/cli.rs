@@ -301,9 +301,12 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
             &channels,
             &channel,
             request,
-            "cli",
-            user.as_deref(),
-            &crate::secret::random_hex(16),
+            crate::channels::component::Caller {
+                app_code: "cli",
+                username: user.as_deref(),
+                request_id: &crate::secret::random_hex(16),
+                directory: None,
+            },
         ))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for d in reply.data["deliveries"].as_array().into_iter().flatten() {

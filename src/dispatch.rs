@@ -5,7 +5,7 @@
 
 use crate::channels::manifest::Component;
 use crate::channels::send::Receivers;
-use crate::db::DbError;
+use crate::db::{DbConn, DbError};
 use crate::dingtalk::MobileLookup;
 use crate::directory::classify::{classify, robot_problem, Kind};
 use crate::directory::profile::Profile;
@@ -15,7 +15,7 @@ use crate::outbox::store::NewDelivery;
 use crate::outbox::worker::{DeliverySettings, MOBILE_PREFIX, USER_PREFIX};
 use crate::outbox::Outbox;
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio::time::Instant;
 
 /// Phone lookups of one request in flight at once.
@@ -49,16 +49,58 @@ pub struct Plan {
     pub settings: DeliverySettings,
 }
 
+/// What the directory holds for some usernames: their profiles, and the cached userids of the
+/// people among them.
+pub struct Directory {
+    asked: HashSet<String>,
+    profiles: HashMap<String, Profile>,
+    cached: Cached,
+}
+
+impl Directory {
+    /// Reads the profiles of `names` and the cached userids of every phone among them (and of
+    /// `mobiles`), in one go.
+    pub fn read(
+        conn: &mut DbConn,
+        names: Vec<String>,
+        mobiles: &[String],
+        settings: &DeliverySettings,
+        now: i64,
+    ) -> Result<Self, DbError> {
+        let profiles: HashMap<String, Profile> = users::get_many(conn, &names)?
+            .into_iter()
+            .map(|p| (p.username.to_string(), p))
+            .collect();
+        let mut phones: Vec<String> = profiles
+            .values()
+            .filter(|p| classify(p, &settings.fields) == Kind::Normal)
+            .filter_map(Profile::dingtalk_mobile)
+            .collect();
+        phones.extend(mobiles.iter().cloned());
+        let cached = match &settings.app {
+            Ok(app) if !phones.is_empty() => userids::cached_many(conn, &app.key, &phones, now)?,
+            _ => HashMap::new(),
+        };
+        Ok(Self {
+            asked: names.into_iter().collect(),
+            profiles,
+            cached,
+        })
+    }
+}
+
 /// One delivery per receiver, in the order named, each with a target or the reason it has none.
+/// `directory`: read already for these receivers (with the request's other reads), or `None`.
 pub async fn plan(
     outbox: &Outbox,
     component: Component,
     receivers: &Receivers,
     settings: DeliverySettings,
+    directory: Option<Directory>,
     deadline: Instant,
 ) -> Result<Plan, DbError> {
     let (mut plan, robots, lookups, cached) =
-        plan_targets(outbox, component, receivers, &settings).await?;
+        plan_targets(outbox, component, receivers, &settings, directory).await?;
     resolve_phones(outbox, &mut plan, &settings, lookups, &cached, deadline).await;
     // A robot known to be saturated takes its delivery at its next slot (with what else waits
     // for it, as a digest): queued for then, there is nothing to attempt now.
@@ -86,6 +128,7 @@ async fn plan_targets(
     component: Component,
     receivers: &Receivers,
     settings: &DeliverySettings,
+    directory: Option<Directory>,
 ) -> Result<
     (
         Vec<NewDelivery>,
@@ -99,35 +142,25 @@ async fn plan_targets(
         Receivers::Usernames(u) => u.iter().map(|u| u.to_string()).collect(),
         _ => vec![],
     };
-    // One read for the profiles and the cached userids of every phone among them.
-    let fields = settings.fields.clone();
-    let (app_key, now, given) = (
-        settings.app.as_ref().ok().map(|a| a.key.clone()),
-        outbox.clock.now_ms(),
-        receivers.clone(),
-    );
-    let (mut profiles, cached) = outbox
-        .db
-        .run(move |conn| {
-            let profiles: HashMap<String, Profile> = users::get_many(conn, &names)?
-                .into_iter()
-                .map(|p| (p.username.to_string(), p))
-                .collect();
-            let mut phones: Vec<String> = profiles
-                .values()
-                .filter(|p| classify(p, &fields) == Kind::Normal)
-                .filter_map(Profile::dingtalk_mobile)
-                .collect();
-            if let Receivers::Mobiles(m) = &given {
-                phones.extend(m.iter().cloned());
-            }
-            let cached = match app_key {
-                Some(key) if !phones.is_empty() => userids::cached_many(conn, &key, &phones, now)?,
-                _ => HashMap::new(),
+    let directory = match directory {
+        Some(d) if names.iter().all(|n| d.asked.contains(n)) => d,
+        _ => {
+            let mobiles = match receivers {
+                Receivers::Mobiles(m) => m.clone(),
+                _ => vec![],
             };
-            Ok::<_, DbError>((profiles, cached))
-        })
-        .await?;
+            let (settings, now) = (settings.clone(), outbox.clock.now_ms());
+            outbox
+                .db
+                .run(move |conn| Directory::read(conn, names, &mobiles, &settings, now))
+                .await?
+        }
+    };
+    let Directory {
+        mut profiles,
+        cached,
+        ..
+    } = directory;
     let fields = settings.fields.clone();
     let mut lookups: Vec<Lookup> = vec![];
     let mut plan: Vec<NewDelivery> = vec![];

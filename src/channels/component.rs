@@ -30,27 +30,48 @@ pub struct Context<'a> {
     pub request_id: &'a str,
     /// The registry as read for this request.
     pub channels: &'a [Channel],
+    /// The directory entries of the usernames named, read with the registry.
+    pub directory: Option<dispatch::Directory>,
+}
+
+/// Who sends, as the answer and the delivery log record it.
+pub struct Caller<'a> {
+    pub app_code: &'a str,
+    /// `bk_username`, when given.
+    pub username: Option<&'a str>,
+    pub request_id: &'a str,
+    /// Read already for the receivers, or `None` (read when planning).
+    pub directory: Option<dispatch::Directory>,
+}
+
+impl Context<'_> {
+    fn caller(&mut self) -> Caller<'_> {
+        Caller {
+            app_code: self.app_code,
+            username: self.username,
+            request_id: self.request_id,
+            directory: self.directory.take(),
+        }
+    }
 }
 
 /// Runs the channel's component.
 pub async fn handle(
-    ctx: &Context<'_>,
+    mut ctx: Context<'_>,
     channel: &Channel,
     params: &Params,
 ) -> Result<Reply, EsbError> {
     match channel.component {
-        Component::GetMsgType => get_msg_type(ctx).await,
+        Component::GetMsgType => get_msg_type(&ctx).await,
         Component::SendMsg => {
-            let target = msg_type_channel(ctx, params)?;
+            let target = msg_type_channel(&ctx, params)?;
             let request = send::parse(target.component, params, ctx.idempotency_header)?;
             send(
                 &ctx.state.outbox,
                 ctx.channels,
                 &target,
                 request,
-                ctx.app_code,
-                ctx.username,
-                ctx.request_id,
+                ctx.caller(),
             )
             .await
         }
@@ -61,9 +82,7 @@ pub async fn handle(
                 ctx.channels,
                 channel,
                 request,
-                ctx.app_code,
-                ctx.username,
-                ctx.request_id,
+                ctx.caller(),
             )
             .await
         }
@@ -78,10 +97,14 @@ pub async fn send(
     channels: &[Channel],
     channel: &Channel,
     request: send::SendRequest,
-    app_code: &str,
-    username: Option<&str>,
-    request_id: &str,
+    caller: Caller<'_>,
 ) -> Result<Reply, EsbError> {
+    let Caller {
+        app_code,
+        username,
+        request_id,
+        directory,
+    } = caller;
     let deadline = Instant::now() + Duration::from_secs(channel.timeout_s.max(1) as u64);
     if let Some(key) = request.idempotency_key.clone() {
         let (app, since) = (
@@ -106,6 +129,7 @@ pub async fn send(
         channel.component,
         &request.receivers,
         settings,
+        directory,
         deadline,
     )
     .await?;

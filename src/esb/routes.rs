@@ -5,7 +5,11 @@ use super::auth::{self, Credentials};
 use super::envelope::{Envelope, Reply};
 use super::error::EsbError;
 use super::params::Params;
+use crate::channels::send::MAX_RECEIVERS;
 use crate::channels::{component, registry};
+use crate::directory::profile::Username;
+use crate::dispatch::Directory;
+use crate::outbox::worker::DeliverySettings;
 use crate::startup::AppState;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -189,13 +193,32 @@ async fn serve_esb(
         &params,
     )?;
     let path = channel_path(req.match_info().query("tail"));
-    // The whole registry is a handful of rows: one read serves the path, send_msg's routing
-    // and the delivery settings.
-    let (channels, creds) = state
+    // One read serves the request: the app, the registry (a handful of rows: the path,
+    // send_msg's routing, the delivery settings) and the directory entries of the usernames
+    // named. Those are taken as given here; the component validates them.
+    let names: Vec<String> = params
+        .list("receiver__username")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| Username::parse(n).ok().map(|u| u.to_string()))
+        .take(MAX_RECEIVERS)
+        .collect();
+    let now = state.outbox.clock.now_ms();
+    let (channels, creds, directory) = state
         .db
         .run(move |conn| {
             creds.verify(conn)?;
-            Ok::<_, EsbError>((registry::list(conn)?, creds))
+            let channels = registry::list(conn)?;
+            let directory = if names.is_empty() {
+                None
+            } else {
+                let settings = DeliverySettings::from_channels(
+                    channels.iter().find(|c| c.name == "send_dingtalk"),
+                    channels.iter().find(|c| c.name == "send_dingbot"),
+                );
+                Some(Directory::read(conn, names, &[], &settings, now)?)
+            };
+            Ok::<_, EsbError>((channels, creds, directory))
         })
         .await?;
     let channel = channels
@@ -229,8 +252,9 @@ async fn serve_esb(
             .and_then(|v| v.to_str().ok()),
         request_id: rid,
         channels: &channels,
+        directory,
     };
-    component::handle(&ctx, &channel, &params).await
+    component::handle(ctx, &channel, &params).await
 }
 
 async fn read_body(
