@@ -19,6 +19,7 @@ const KEYS: &[&str] = &[
     "DINGTALK_API_BASE",
     "DINGTALK_PROXY",
     "DING_CHANNEL_WORKERS",
+    "DING_CHANNEL_HTTP_WORKERS",
     "DING_CHANNEL_LOG",
     "DING_CHANNEL_LOG_FORMAT",
     "DING_CHANNEL_MAX_BODY",
@@ -43,6 +44,9 @@ pub struct Settings {
     pub api_base: Url,
     pub proxy: Option<Url>,
     pub workers: usize,
+    /// Threads serving HTTP. The handlers do little on them (database work and deliveries
+    /// run elsewhere), so more threads than needed only compete with those.
+    pub http_workers: usize,
     pub log_filter: String,
     pub log_format: LogFormat,
     pub max_body: usize,
@@ -235,6 +239,12 @@ impl Settings {
             }
         })?;
         let workers = parse("DING_CHANNEL_WORKERS", "4", &|v| int_in(v, 1, 256))?;
+        let half_the_cores = std::thread::available_parallelism()
+            .map_or(1, |n| (n.get() / 2).max(1))
+            .to_string();
+        let http_workers = parse("DING_CHANNEL_HTTP_WORKERS", &half_the_cores, &|v| {
+            int_in(v, 1, 256)
+        })?;
         let log_filter = parse("DING_CHANNEL_LOG", "info", &|v| {
             tracing_subscriber::EnvFilter::builder()
                 .parse(v)
@@ -281,6 +291,7 @@ impl Settings {
             api_base: http_url(&api).expect("validated above"),
             proxy: (!proxy.is_empty()).then(|| http_url(&proxy).expect("validated above")),
             workers: workers.parse().expect("validated above"),
+            http_workers: http_workers.parse().expect("validated above"),
             log_filter,
             log_format: if log_format == "json" {
                 LogFormat::Json
@@ -424,6 +435,8 @@ mod tests {
         assert_eq!(s.bind, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.database, DatabaseUrl::Sqlite("ding-channel.db".into()));
         assert_eq!(s.workers, 4);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(s.http_workers, (cores / 2).max(1));
         assert_eq!(s.max_body, 1 << 20);
         assert_eq!(s.log_format, LogFormat::Text);
         assert!(s.proxy.is_none());
@@ -441,10 +454,12 @@ mod tests {
         let s = Settings::from_env_map(env(&[
             ("DING_CHANNEL_CONFIG", file.to_str().unwrap()),
             ("DING_CHANNEL_WORKERS", "2"),
+            ("DING_CHANNEL_HTTP_WORKERS", "3"),
         ]))
         .unwrap();
         assert_eq!(s.bind, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(s.workers, 2);
+        assert_eq!(s.http_workers, 3);
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {} (DING_CHANNEL_BIND)", settings.bind))?;
         let port = listener.local_addr()?.port();
+        let http_workers = settings.http_workers;
         let state = web::Data::new(AppState {
             db,
             manifest: Arc::new(manifest),
@@ -102,6 +103,7 @@ impl Application {
                 .wrap(from_fn(routes::request_context))
                 .configure(routes::configure)
         })
+        .workers(http_workers)
         .listen(listener)?
         .run();
         Ok(Self {
