@@ -7,6 +7,7 @@ use super::error::EsbError;
 use super::params::Params;
 use crate::channels::send::MAX_RECEIVERS;
 use crate::channels::{component, registry};
+use crate::db::read_tx;
 use crate::directory::profile::Username;
 use crate::dispatch::Directory;
 use crate::outbox::worker::DeliverySettings;
@@ -207,18 +208,21 @@ async fn serve_esb(
     let (channels, creds, directory) = state
         .db
         .run(move |conn| {
-            creds.verify(conn)?;
-            let channels = registry::list(conn)?;
-            let directory = if names.is_empty() {
-                None
-            } else {
-                let settings = DeliverySettings::from_channels(
-                    channels.iter().find(|c| c.name == "send_dingtalk"),
-                    channels.iter().find(|c| c.name == "send_dingbot"),
-                );
-                Some(Directory::read(conn, names, &[], &settings, now)?)
-            };
-            Ok::<_, EsbError>((channels, creds, directory))
+            read_tx(conn, |conn| {
+                creds.verify(conn)?;
+                let channels = registry::list(conn)?;
+                let directory = if names.is_empty() {
+                    None
+                } else {
+                    let settings = DeliverySettings::from_channels(
+                        channels.iter().find(|c| c.name == "send_dingtalk"),
+                        channels.iter().find(|c| c.name == "send_dingbot"),
+                    );
+                    Some(Directory::read(conn, names, &[], &settings, now)?)
+                };
+                Ok::<_, EsbError>((channels, directory))
+            })
+            .map(|(channels, directory)| (channels, creds, directory))
         })
         .await?;
     let channel = channels
