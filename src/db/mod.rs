@@ -352,7 +352,9 @@ where
     F: FnMut(&mut DbConn) -> Result<T, DbError> + Send,
 {
     fn run(&mut self, conn: &mut DbConn) -> bool {
-        let out = (self.work)(conn);
+        // A bug in one write must not take the writer, and every later write, down with it.
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.work)(conn)))
+            .unwrap_or_else(|_| Err(DbError::Task("the write panicked".into())));
         let ok = out.is_ok();
         self.out = Some(out);
         ok
@@ -517,6 +519,21 @@ mod tests {
             .load(&mut *conn)
             .unwrap();
         assert_eq!(codes, ["a", "b", "taken"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        let bad = db
+            .write(|_| -> Result<usize, DbError> { panic!("a bug") })
+            .await;
+        assert!(
+            matches!(bad, Err(DbError::Task(ref why)) if why.contains("panicked")),
+            "{bad:?}"
+        );
+        assert_eq!(db.write(|c| add_app(c, "after")).await.unwrap(), 1);
     }
 
     #[tokio::test]
