@@ -120,10 +120,7 @@ pub async fn send(
         }
     }
 
-    let settings = DeliverySettings::from_channels(
-        channels.iter().find(|c| c.name == "send_dingtalk"),
-        channels.iter().find(|c| c.name == "send_dingbot"),
-    );
+    let settings = DeliverySettings::from_registry(channels);
     let plan = dispatch::plan(
         outbox,
         channel.component,

@@ -214,10 +214,7 @@ async fn serve_esb(
                 let directory = if names.is_empty() {
                     None
                 } else {
-                    let settings = DeliverySettings::from_channels(
-                        channels.iter().find(|c| c.name == "send_dingtalk"),
-                        channels.iter().find(|c| c.name == "send_dingbot"),
-                    );
+                    let settings = DeliverySettings::from_registry(&channels);
                     Some(Directory::read(conn, names, &[], &settings, now)?)
                 };
                 Ok::<_, EsbError>((channels, directory))

@@ -127,6 +127,13 @@ pub struct Slots {
     pub waiting_for: String,
 }
 
+impl Slots {
+    /// Why a delivery waits, for the delivery log.
+    pub fn reason(&self) -> String {
+        format!("waiting for a send slot: {}", self.waiting_for)
+    }
+}
+
 /// How many sends `robot` may make now (without taking them): a cheap check before the work
 /// of building digests. `take_slots` decides.
 pub fn available(

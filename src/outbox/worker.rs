@@ -57,6 +57,12 @@ pub struct DeliverySettings {
 }
 
 impl DeliverySettings {
+    /// From the registry as read for a request.
+    pub fn from_registry(channels: &[Channel]) -> Self {
+        let named = |name: &str| channels.iter().find(|c| c.name == name);
+        Self::from_channels(named("send_dingtalk"), named("send_dingbot"))
+    }
+
     pub fn from_channels(dingtalk: Option<&Channel>, dingbot: Option<&Channel>) -> Self {
         Self {
             app: app_from_channel(dingtalk).ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
@@ -265,17 +271,16 @@ impl Outbox {
     /// When `robot` can send next and why not before, if this process saw it saturated (or
     /// paused) until after `now`.
     pub fn robot_wait(&self, robot: &str, now: i64) -> Option<(i64, String)> {
+        self.known_wait(robot, now).map(|w| (w.next_at, w.reason()))
+    }
+
+    fn known_wait(&self, robot: &str, now: i64) -> Option<pacing::Slots> {
         self.robot_waits
             .lock()
             .expect("robot waits lock")
             .get(robot)
             .filter(|w| w.next_at > now)
-            .map(|w| {
-                (
-                    w.next_at,
-                    format!("waiting for a send slot: {}", w.waiting_for),
-                )
-            })
+            .cloned()
     }
 
     /// Asks the poller to look for due work now.
@@ -480,14 +485,7 @@ impl Outbox {
         // during a storm).
         let (limit, now) = (settings.robot_limits.for_robot(&name), self.clock.now_ms());
         let robot_name = name.clone();
-        let known_wait = self
-            .robot_waits
-            .lock()
-            .expect("robot waits lock")
-            .get(&name)
-            .filter(|w| w.next_at > now)
-            .cloned();
-        let free = match known_wait {
+        let free = match self.known_wait(&name, now) {
             Some(wait) => wait,
             None => match self
                 .db
@@ -507,7 +505,7 @@ impl Outbox {
                 .lock()
                 .expect("robot waits lock")
                 .insert(name.clone(), free.clone());
-            let reason = format!("waiting for a send slot: {}", free.waiting_for);
+            let reason = free.reason();
             out.extend(rows.into_iter().map(|r| {
                 let o = self.defer(&r, free.next_at, &reason, None);
                 (r, o)
@@ -580,10 +578,7 @@ impl Outbox {
         };
 
         // Rows not finished by the sends made now wait until `resume_at`, for `reason`.
-        let (mut resume_at, mut reason) = (
-            slots.next_at,
-            format!("waiting for a send slot: {}", slots.waiting_for),
-        );
+        let (mut resume_at, mut reason) = (slots.next_at, slots.reason());
         let mut parts_done: HashMap<i64, i32> = HashMap::new();
         let mut stopped = false;
         for send in sends.iter().take(slots.granted as usize) {
