@@ -245,6 +245,7 @@ fn engine(
     let outbox = runtime.block_on(async {
         let outbox = crate::startup::outbox(&db, settings, crate::clock::system())?;
         outbox.start(1, false);
+        outbox.keep_leases();
         Ok::<_, anyhow::Error>(outbox)
     })?;
     Ok((runtime, outbox))

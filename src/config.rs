@@ -260,12 +260,28 @@ impl Settings {
         let max_body = parse("DING_CHANNEL_MAX_BODY", "1048576", &|v| {
             int_in(v, 1024, 64 << 20)
         })?;
-        let lease = parse("DING_CHANNEL_LEASE_S", "30", &|v| int_in(v, 3, 3600))?;
         let db_pool = parse("DING_CHANNEL_DB_POOL", "10", &|v| int_in(v, 1, 200))?;
         let connect_ms = parse("DINGTALK_CONNECT_TIMEOUT_MS", "3000", &|v| {
             int_in(v, 100, 60_000)
         })?;
         let timeout_ms = parse("DINGTALK_TIMEOUT_MS", "10000", &|v| int_in(v, 100, 300_000))?;
+        // A claim outlives the DingTalk calls made under it: it is renewed at half its length,
+        // and a send starts only with two call timeouts of it left.
+        let lease = parse("DING_CHANNEL_LEASE_S", "60", &|v| {
+            int_in(v, 3, 3600)?;
+            let (lease_ms, timeout_ms) = (
+                v.parse::<u64>().unwrap_or(0) * 1000,
+                timeout_ms.parse::<u64>().unwrap_or(0),
+            );
+            if lease_ms < 4 * timeout_ms {
+                return Err(format!(
+                    "'{v}' is shorter than 4 × DINGTALK_TIMEOUT_MS ({} s): raise it to at least {} or lower DINGTALK_TIMEOUT_MS",
+                    (4 * timeout_ms) as f64 / 1000.0,
+                    (4 * timeout_ms).div_ceil(1000),
+                ));
+            }
+            Ok(())
+        })?;
         let userid_ttl = parse("DING_CHANNEL_USERID_TTL_S", "259200", &|v| {
             int_in(v, 0, 90 * 86_400)
         })?;
@@ -440,6 +456,22 @@ mod tests {
         assert_eq!(s.max_body, 1 << 20);
         assert_eq!(s.log_format, LogFormat::Text);
         assert!(s.proxy.is_none());
+        assert_eq!(s.lease, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_lease_must_outlast_the_dingtalk_calls_made_under_it() {
+        let e = Settings::from_env_map(env(&[("DING_CHANNEL_LEASE_S", "30")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DING_CHANNEL_LEASE_S (environment): '30' is shorter than 4 × DINGTALK_TIMEOUT_MS (40 s): raise it to at least 40 or lower DINGTALK_TIMEOUT_MS"
+        );
+        let s = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_LEASE_S", "30"),
+            ("DINGTALK_TIMEOUT_MS", "5000"),
+        ]))
+        .unwrap();
+        assert_eq!(s.lease, Duration::from_secs(30));
     }
 
     #[test]

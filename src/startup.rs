@@ -87,6 +87,9 @@ impl Application {
         }
         let outbox = outbox(&db, &settings, clock)?;
         outbox.start(settings.workers, poll);
+        if poll {
+            outbox.keep_leases();
+        }
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {} (DING_CHANNEL_BIND)", settings.bind))?;
         let port = listener.local_addr()?.port();

@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod digest;
+pub mod lease;
 pub mod pacing;
 pub mod retry;
 pub mod split;

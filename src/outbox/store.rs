@@ -455,7 +455,7 @@ pub fn record_all(
 /// Rows recorded in one statement at most (well under SQLite's limit on parameters).
 const RECORD_CHUNK: usize = 400;
 
-fn claim_of(row: &DeliveryRow) -> &str {
+pub fn claim_of(row: &DeliveryRow) -> &str {
     row.claimed_by.as_deref().unwrap_or("")
 }
 
@@ -537,6 +537,34 @@ fn record_group(
         }
     }
     Ok(ids.into_iter().collect())
+}
+
+/// Extends claims still held to `until`: per lease, its (claim token, delivery ids); answers,
+/// per lease, how many rows were still held by its claims (recording an outcome releases a row).
+pub fn renew_claims(
+    conn: &mut DbConn,
+    leases: &[Vec<(String, Vec<i64>)>],
+    until: i64,
+) -> Result<Vec<usize>, DbError> {
+    write_tx(conn, |conn| {
+        let mut counts = Vec::with_capacity(leases.len());
+        for claims in leases {
+            let mut n = 0;
+            for (claim, ids) in claims {
+                for chunk in ids.chunks(RECORD_CHUNK) {
+                    n += diesel::update(
+                        d::table
+                            .filter(d::id.eq_any(chunk))
+                            .filter(d::claimed_by.eq(claim)),
+                    )
+                    .set(d::claimed_until.eq(until))
+                    .execute(conn)?;
+                }
+            }
+            counts.push(n);
+        }
+        Ok::<_, DbError>(counts)
+    })
 }
 
 /// Gives claims back, for the poller to take.

@@ -5,6 +5,7 @@
 //! on a request staying alive.
 
 use super::budget::AppBudgets;
+use super::lease::{Lease, Leases};
 use super::retry::{jitter_unit, RetryPolicy};
 use super::store::{self, Outcome};
 use super::{digest, pacing};
@@ -43,6 +44,10 @@ const IDLE_POLL: Duration = Duration::from_millis(1000);
 
 pub const USER_PREFIX: &str = "uid:";
 pub const MOBILE_PREFIX: &str = "mobile:";
+
+/// Why a delivery was not sent by the batch that held it.
+const LEASE_LOST: &str =
+    "its claim ran out before it could be sent (the database was out of reach); the queue sends it";
 
 pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
     "single chat is not configured: set it with `ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=… ding_robot_code=…`";
@@ -114,6 +119,11 @@ pub struct Outbox {
     pub clock: SharedClock,
     pub policy: RetryPolicy,
     pub lease: Duration,
+    /// The claims of the batches in flight, renewed by [`Outbox::keep_leases`].
+    pub leases: Leases,
+    /// The longest one DingTalk send may take (a token fetch, then the call): a send starts
+    /// only with this much of its lease left.
+    send_budget_ms: i64,
     pub metrics: Arc<Metrics>,
     /// Times in digests are shown at this offset from UTC.
     pub utc_offset_min: i32,
@@ -136,6 +146,7 @@ impl Outbox {
         let metrics = Arc::new(Metrics::default());
         let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())?;
         let (handovers, rx) = mpsc::channel(1024);
+        let leases = Leases::new(db.clone(), settings.lease.as_millis() as i64);
         Ok(Arc::new(Self {
             userids: UserIdCache::new(
                 db.clone(),
@@ -151,6 +162,8 @@ impl Outbox {
                 ..RetryPolicy::default()
             },
             lease: settings.lease,
+            leases,
+            send_budget_ms: 2 * settings.dingtalk_timeout.as_millis() as i64,
             metrics,
             utc_offset_min: settings.utc_offset_min,
             budgets: AppBudgets::new(settings.app_qps, settings.app_qpm),
@@ -209,6 +222,36 @@ impl Outbox {
                 this.run_due().await;
             }
         });
+    }
+
+    /// Renews the leases of the batches in flight, on the current runtime, for as long as the
+    /// outbox lives.
+    pub fn keep_leases(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        let tick = Duration::from_millis((self.leases.lease_ms() / 8).clamp(100, 1000) as u64);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(this) = this.upgrade() else { return };
+                this.renew_leases().await;
+            }
+        });
+    }
+
+    /// Extends the leases of the batches in flight that have half their length or less left.
+    pub async fn renew_leases(&self) -> usize {
+        match self.leases.renew(self.clock.now_ms()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the claims of deliveries in flight; they are not sent once their lease runs out");
+                0
+            }
+        }
+    }
+
+    /// Whether a DingTalk send may start now under `lease`.
+    fn may_send(&self, lease: &Lease) -> bool {
+        lease.allows(self.clock.now_ms(), self.send_budget_ms)
     }
 
     async fn idle_pause(&self) -> Duration {
@@ -390,6 +433,8 @@ impl Outbox {
             robots,
             settings,
         } = batch;
+        // Renewed until the outcomes are recorded.
+        let held = self.leases.hold(&rows);
         // One task per robot delivery and one per message's people (a batchSend), run together.
         let mut outcomes: Vec<(DeliveryRow, Outcome)> = Vec::with_capacity(rows.len());
         let mut robot_rows = vec![];
@@ -421,16 +466,23 @@ impl Outbox {
                 .collect();
             let profile = robots.get(&name).cloned();
             tasks.push(
-                self.send_robot_group(name, rows, msgs, profile, settings.clone())
-                    .boxed(),
+                self.send_robot_group(
+                    name,
+                    rows,
+                    msgs,
+                    profile,
+                    settings.clone(),
+                    held.lease.clone(),
+                )
+                .boxed(),
             );
         }
         for rows in user_rows.into_values() {
             let msg = messages[&rows[0].message_id]
                 .clone()
                 .expect("checked above");
-            let app = settings.app.clone();
-            tasks.push(async move { self.send_users(&msg, rows, &app).await }.boxed());
+            let (app, lease) = (settings.app.clone(), held.lease.clone());
+            tasks.push(async move { self.send_users(&msg, rows, &app, &lease).await }.boxed());
         }
         let mut sent = futures_util::stream::iter(tasks).buffer_unordered(SEND_CONCURRENCY);
         while let Some(batch) = sent.next().await {
@@ -444,6 +496,7 @@ impl Outbox {
             .db
             .write(move |conn| store::record_all(conn, &to_record, now))
             .await?;
+        drop(held);
         let mut recorded = Vec::with_capacity(outcomes.len());
         for ((row, outcome), owned) in outcomes.iter().zip(owned) {
             if owned {
@@ -469,6 +522,7 @@ impl Outbox {
         mut messages: HashMap<String, send::Message>,
         profile: Option<Profile>,
         settings: Arc<DeliverySettings>,
+        lease: Arc<Lease>,
     ) -> Vec<(DeliveryRow, Outcome)> {
         let mut out: Vec<(DeliveryRow, Outcome)> = vec![];
         let fields = &settings.fields;
@@ -513,7 +567,7 @@ impl Outbox {
             return out;
         }
         // Everything else waiting for this robot rides along: each send carries all of it.
-        let (robot_name, claim, now, lease) = (
+        let (robot_name, claim, now, lease_ms) = (
             name.clone(),
             crate::secret::random_hex(8),
             self.clock.now_ms(),
@@ -522,11 +576,16 @@ impl Outbox {
         match self
             .db
             .write(move |c| {
-                store::claim_robot_backlog(c, &robot_name, &claim, now, lease, ROBOT_BACKLOG)
+                store::claim_robot_backlog(c, &robot_name, &claim, now, lease_ms, ROBOT_BACKLOG)
             })
             .await
         {
             Ok(backlog) => {
+                if let Some((first, _)) = backlog.first() {
+                    let ids: Vec<i64> = backlog.iter().map(|(r, _)| r.id).collect();
+                    let (claim, until) = (store::claim_of(first), first.claimed_until.unwrap_or(0));
+                    lease.add(claim, &ids, until);
+                }
                 for (row, body) in backlog {
                     match serde_json::from_str::<send::Message>(&body) {
                         Ok(m) => {
@@ -583,6 +642,10 @@ impl Outbox {
         let mut stopped = false;
         for send in sends.iter().take(slots.granted as usize) {
             if stopped {
+                break;
+            }
+            if !self.may_send(&lease) {
+                (resume_at, reason) = (self.clock.now_ms(), LEASE_LOST.to_owned());
                 break;
             }
             match self
@@ -682,6 +745,7 @@ impl Outbox {
         msg: &send::Message,
         rows: Vec<DeliveryRow>,
         app: &Result<App, String>,
+        lease: &Lease,
     ) -> Vec<(DeliveryRow, Outcome)> {
         let app = match app {
             Ok(app) => app,
@@ -726,7 +790,7 @@ impl Outbox {
                 None => misses.push((mobile, row)),
             }
         }
-        out.extend(self.batch_send(app, msg, known).await);
+        out.extend(self.batch_send(app, msg, known, lease).await);
 
         let mut found = vec![];
         for (mobile, row) in misses {
@@ -753,7 +817,7 @@ impl Outbox {
                 }
             }
         }
-        out.extend(self.batch_send(app, msg, found).await);
+        out.extend(self.batch_send(app, msg, found, lease).await);
         out
     }
 
@@ -766,6 +830,7 @@ impl Outbox {
         app: &App,
         msg: &send::Message,
         to: Vec<(String, DeliveryRow)>,
+        lease: &Lease,
     ) -> Vec<(DeliveryRow, Outcome)> {
         let parts = digest::batch_parts(msg);
         let n = parts.len() as i32;
@@ -783,6 +848,14 @@ impl Outbox {
                     break;
                 }
                 let progress = (k > 0).then_some(k);
+                if !self.may_send(lease) {
+                    let now = self.clock.now_ms();
+                    out.extend(remaining.drain(..).map(|(_, r)| {
+                        let o = self.defer(&r, now, LEASE_LOST, progress);
+                        (r, o)
+                    }));
+                    break;
+                }
                 let calls = remaining
                     .len()
                     .div_ceil(crate::dingtalk::client::BATCH_MAX_IDS)

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, Semaphore};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -152,6 +154,7 @@ struct Inner {
     stats: SimStats,
     faults: Faults,
     flow_controlled: HashSet<String>,
+    gates: HashMap<String, Arc<Gate>>,
     rng: u64,
     seq: u64,
 }
@@ -205,6 +208,19 @@ impl SimState {
         g.faults = faults;
     }
 
+    /// Holds the next `n` requests to `api` ("token", "getbymobile", "batch_send",
+    /// "robot_send") in flight until the gate opens: a test acts while a call is under way.
+    pub fn hold(&self, api: &str, n: usize) -> Arc<Gate> {
+        let gate = Arc::new(Gate {
+            hold: n,
+            arrived: AtomicUsize::new(0),
+            arrival: Notify::new(),
+            open: Semaphore::new(0),
+        });
+        self.lock().gates.insert(api.to_owned(), gate.clone());
+        gate
+    }
+
     pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
         f(&mut self.lock().config);
     }
@@ -215,6 +231,35 @@ impl SimState {
 }
 
 /// A running simulator.
+/// See [`SimState::hold`].
+pub struct Gate {
+    hold: usize,
+    arrived: AtomicUsize,
+    arrival: Notify,
+    open: Semaphore,
+}
+
+impl Gate {
+    /// Waits until `n` requests reached the gate.
+    pub async fn arrived(&self, n: usize) {
+        while self.arrived.load(Ordering::SeqCst) < n {
+            self.arrival.notified().await;
+        }
+    }
+
+    /// Lets the held requests (and every later one) through.
+    pub fn open(&self) {
+        self.open.close();
+    }
+
+    async fn pass(&self) {
+        if self.arrived.fetch_add(1, Ordering::SeqCst) < self.hold {
+            self.arrival.notify_one();
+            let _ = self.open.acquire().await; // fails once closed: the gate is open
+        }
+    }
+}
+
 pub struct Simulator {
     pub state: Arc<SimState>,
     pub port: u16,

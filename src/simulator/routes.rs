@@ -105,9 +105,10 @@ impl Inner {
 
 /// Counts the request and, when a fault applies, answers for the endpoint.
 async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Option<HttpResponse> {
-    let (latency, fail) = {
+    let (gate, latency, fail) = {
         let mut g = state.lock();
         *g.stats.requests.entry(api.to_owned()).or_default() += 1;
+        let gate = g.gates.get(api).cloned();
         let f: &Faults = &g.faults;
         let applies = f.error_rate > 0.0
             && (f.apis.is_empty() || f.apis.iter().any(|a| a == api))
@@ -121,10 +122,14 @@ async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Option<HttpResp
             }
         }
         (
+            gate,
             latency,
             fail.then(|| (g.faults.http_status, g.faults.errcode)),
         )
     };
+    if let Some(gate) = gate {
+        gate.pass().await;
+    }
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

@@ -710,3 +710,73 @@ async fn the_sandbox_delivers_the_printed_example() {
     assert_eq!(types["data"][0]["type"], "ding", "{types}");
     assert!(sim.starts_with("http://127.0.0.1:"), "{text}");
 }
+
+fn api_calls(app: &TestApp, api: &str) -> usize {
+    app.sim
+        .state
+        .messages()
+        .iter()
+        .filter(|m| m.api == api)
+        .count()
+}
+
+/// A claim is renewed while its call is in flight: a worker looking for due rows later does
+/// not take the row over and send it again, however long DingTalk takes to answer.
+#[tokio::test]
+async fn a_slow_send_keeps_its_claim_and_goes_out_once() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let gate = app.sim.state.hold("robot_send", 1);
+    let a = app.clone();
+    let req = tokio::spawn(async move {
+        a.post(
+            "send_ding",
+            json!({"receiver__username": "ops-robot", "content": "once"}),
+        )
+        .await
+    });
+    gate.arrived(1).await;
+    // Well past the 60 s lease the send was accepted with, renewed on the way as the process
+    // does every second.
+    app.clock.advance_ms(40_000);
+    assert_eq!(app.outbox.renew_leases().await, 1);
+    app.clock.advance_ms(40_000);
+    assert_eq!(
+        app.drain().await,
+        0,
+        "the row in flight is not claimed again"
+    );
+    gate.open();
+    let env = req.await.unwrap();
+    assert_eq!(statuses(&env), pairs(&[("ops-robot", "sent")]), "{env}");
+    assert_eq!(app.drain().await, 0);
+    assert_eq!(api_calls(&app, "robot_send"), 1);
+}
+
+/// A batch whose claim ran out (it could not renew it) sends nothing more: here, not the
+/// second part of a long message, which the worker that took the row over sends.
+#[tokio::test]
+async fn a_batch_that_lost_its_claim_sends_no_further_part() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let content = "disk at 95% on host-1\n".repeat(1500); // 33 KB: two robot messages
+    let gate = app.sim.state.hold("robot_send", 1);
+    let a = app.clone();
+    let req = tokio::spawn(async move {
+        a.post(
+            "send_ding",
+            json!({"receiver__username": "ops-robot", "content": content}),
+        )
+        .await
+    });
+    gate.arrived(1).await; // the first part is in flight
+    app.clock.advance_ms(61_000); // the lease ran out, never renewed
+    assert_eq!(app.drain().await, 1, "another worker takes the row over");
+    assert_eq!(api_calls(&app, "robot_send"), 2, "and sends both parts");
+    gate.open();
+    req.await.unwrap();
+    assert_eq!(app.drain().await, 0);
+    assert_eq!(
+        api_calls(&app, "robot_send"),
+        3,
+        "the first batch stopped after its part in flight"
+    );
+}

@@ -1,0 +1,165 @@
+//! The claims a batch holds while it is delivered. A claim is a lease on rows: another worker
+//! may take a row once its lease has run out, so a lease must outlast every call made under
+//! it. [`Leases::renew`] extends the leases of every batch in flight before they run out, and a
+//! batch sends nothing once its lease is lost (ran out, or a row was taken over): another worker
+//! takes a row only from a process that died or could not reach the database.
+
+use super::store;
+use crate::db::models::DeliveryRow;
+use crate::db::{Db, DbError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The claims of one batch in flight.
+pub struct Lease {
+    /// Claim token → the delivery ids claimed under it.
+    claims: Mutex<HashMap<String, Vec<i64>>>,
+    /// Until when every row is ours: the earliest lease end written.
+    until: AtomicI64,
+    lost: AtomicBool,
+}
+
+impl Lease {
+    fn of(rows: &[DeliveryRow]) -> Self {
+        let lease = Self {
+            claims: Mutex::default(),
+            until: AtomicI64::new(i64::MAX),
+            lost: AtomicBool::new(false),
+        };
+        for r in rows {
+            match (&r.claimed_by, r.claimed_until) {
+                (Some(claim), Some(until)) => lease.add(claim, &[r.id], until),
+                // Not claimed (a row that cannot be sent anyway): nothing may be sent under it.
+                _ => lease.lost.store(true, Ordering::SeqCst),
+            }
+        }
+        lease
+    }
+
+    /// Adds rows claimed (until `until`) while the batch runs: a robot's waiting backlog.
+    pub fn add(&self, claim: &str, ids: &[i64], until: i64) {
+        self.claims
+            .lock()
+            .expect("lease lock")
+            .entry(claim.to_owned())
+            .or_default()
+            .extend_from_slice(ids);
+        self.until.fetch_min(until, Ordering::SeqCst);
+    }
+
+    /// Whether a call that may take `budget_ms` can start at `now` and end under this lease.
+    pub fn allows(&self, now: i64, budget_ms: i64) -> bool {
+        !self.lost.load(Ordering::SeqCst)
+            && self.until.load(Ordering::SeqCst).saturating_sub(now) >= budget_ms
+    }
+}
+
+/// Every batch this process is delivering, by a key of its own.
+pub struct Leases {
+    db: Db,
+    lease_ms: i64,
+    held: Mutex<HashMap<u64, Arc<Lease>>>,
+    next: AtomicU64,
+}
+
+/// Holds a batch's lease for renewal until dropped (after its outcomes are recorded).
+pub struct Held<'a> {
+    leases: &'a Leases,
+    key: u64,
+    pub lease: Arc<Lease>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.leases
+            .held
+            .lock()
+            .expect("leases lock")
+            .remove(&self.key);
+    }
+}
+
+impl Leases {
+    pub fn new(db: Db, lease_ms: i64) -> Self {
+        Self {
+            db,
+            lease_ms,
+            held: Mutex::default(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    /// Keeps the claims of `rows` alive while the batch is delivered.
+    pub fn hold(&self, rows: &[DeliveryRow]) -> Held<'_> {
+        let lease = Arc::new(Lease::of(rows));
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.held
+            .lock()
+            .expect("leases lock")
+            .insert(key, lease.clone());
+        Held {
+            leases: self,
+            key,
+            lease,
+        }
+    }
+
+    /// Extends every lease with half its length or less left, in one transaction; answers how
+    /// many leases were renewed. A lease that already ran out, or whose rows are not all ours
+    /// any more, is lost: its batch sends nothing more.
+    pub async fn renew(&self, now: i64) -> Result<usize, DbError> {
+        let due: Vec<Arc<Lease>> = {
+            let held = self.held.lock().expect("leases lock");
+            held.values()
+                .filter(|l| {
+                    !l.lost.load(Ordering::SeqCst)
+                        && l.until.load(Ordering::SeqCst) - now <= self.lease_ms / 2
+                })
+                .cloned()
+                .collect()
+        };
+        let mut renew = vec![];
+        for lease in due {
+            if lease.until.load(Ordering::SeqCst) <= now {
+                lease.lost.store(true, Ordering::SeqCst);
+            } else {
+                renew.push(lease);
+            }
+        }
+        if renew.is_empty() {
+            return Ok(0);
+        }
+        let claims: Vec<Vec<(String, Vec<i64>)>> = renew
+            .iter()
+            .map(|l| {
+                let claims = l.claims.lock().expect("lease lock");
+                claims
+                    .iter()
+                    .map(|(c, ids)| (c.clone(), ids.clone()))
+                    .collect()
+            })
+            .collect();
+        let expected: Vec<usize> = claims
+            .iter()
+            .map(|c| c.iter().map(|(_, ids)| ids.len()).sum())
+            .collect();
+        let until = now + self.lease_ms;
+        let counts = self
+            .db
+            .write(move |c| store::renew_claims(c, &claims, until))
+            .await?;
+        for ((lease, n), expected) in renew.iter().zip(counts).zip(expected) {
+            if n == expected {
+                lease.until.store(until, Ordering::SeqCst);
+            } else {
+                lease.lost.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(renew.len())
+    }
+}
