@@ -27,7 +27,16 @@ fn failed(receiver: &str, kind: &'static str, why: impl Into<String>) -> NewDeli
         kind,
         target: String::new(),
         failed: Some(why.into()),
+        code: None,
         wait: None,
+    }
+}
+
+/// Refused by DingTalk before any attempt: its code is kept, and the answer says DingTalk.
+fn refused(receiver: &str, e: &crate::dingtalk::DingTalkError) -> NewDelivery {
+    NewDelivery {
+        code: Some(e.code.clone()),
+        ..failed(receiver, "user", e.to_string())
     }
 }
 
@@ -37,6 +46,7 @@ fn target(receiver: &str, kind: &'static str, target: String) -> NewDelivery {
         kind,
         target,
         failed: None,
+        code: None,
         wait: None,
     }
 }
@@ -276,7 +286,7 @@ async fn resolve_phones(
                         MobileLookup::NoPermission(e)
                         | MobileLookup::IpNotWhitelisted(e)
                         | MobileLookup::Failed(e),
-                    )) => failed(&receiver, "user", e.to_string()),
+                    )) => refused(&receiver, &e),
                     // Not an answer about the person: the worker looks again.
                     Ok(Ok(MobileLookup::Transient(_))) | Ok(Err(_)) | Err(_) => {
                         target(&receiver, "user", format!("{MOBILE_PREFIX}{mobile}"))

@@ -9,7 +9,7 @@ use crate::esb::envelope::{Code, Reply};
 use crate::esb::error::EsbError;
 use crate::esb::params::Params;
 use crate::outbox::store::{self, Accepted, NewMessage, Outcome, FAILED, QUEUED, SENT};
-use crate::outbox::worker::{Batch, DeliverySettings};
+use crate::outbox::worker::{Batch, DeliverySettings, SINGLE_CHAT_NOT_CONFIGURED};
 use crate::outbox::Outbox;
 use crate::startup::AppState;
 use serde_json::{json, Value};
@@ -244,11 +244,20 @@ fn reply(message_id: &str, rows: &[DeliveryRow], replay: bool) -> Reply {
         data["idempotent_replay"] = Value::Bool(true);
     }
     let (code, message) = if !rows.is_empty() && failed.len() == rows.len() {
-        // Refused by the directory before any attempt → unknown receivers; else DingTalk said no.
-        let code = if failed.iter().all(|r| r.attempts == 0) {
-            Code::UnknownReceivers
-        } else {
+        // DingTalk said no (to an attempt, or to a phone lookup), or single chat is not set
+        // up; else the directory refused them all before any attempt.
+        let code = if failed
+            .iter()
+            .any(|r| r.attempts > 0 || r.dingtalk_code.is_some())
+        {
             Code::ThirdParty
+        } else if failed
+            .iter()
+            .any(|r| r.last_error.as_deref() == Some(SINGLE_CHAT_NOT_CONFIGURED))
+        {
+            Code::Generic
+        } else {
+            Code::UnknownReceivers
         };
         (
             code,

@@ -20,6 +20,8 @@ pub struct NewDelivery {
     pub target: String,
     /// `Some(reason)`: failed before any attempt (unknown user, no telephone, …).
     pub failed: Option<String>,
+    /// DingTalk's code, when DingTalk refused it before any attempt (a phone lookup).
+    pub code: Option<String>,
     /// `Some((at, reason))`: its robot can't send before `at`; it is queued for then, not
     /// attempted now.
     pub wait: Option<(i64, String)>,
@@ -153,6 +155,7 @@ fn accept_in_tx(
                 d::next_attempt_at.eq(nd.wait.as_ref().map_or(now, |w| w.0)),
                 d::give_up_at.eq(give_up_at),
                 d::last_error.eq(nd.failed.as_ref().or(nd.wait.as_ref().map(|w| &w.1))),
+                d::dingtalk_code.eq(&nd.code),
                 // Claimed by the accepting process, which attempts them at once.
                 d::claimed_by.eq(nd.attempt_now().then_some(claim.0)),
                 d::claimed_until.eq(nd.attempt_now().then_some(claim.1)),

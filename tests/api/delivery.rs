@@ -169,6 +169,49 @@ async fn when_no_receiver_can_be_reached_the_answer_is_false_with_reasons() {
     );
 }
 
+/// Refusals that are not about the receivers say so: DingTalk refusing the phone lookup is a
+/// DingTalk error (its code kept), single chat not set up is the server's configuration.
+#[tokio::test]
+async fn a_refusal_by_dingtalk_or_the_configuration_is_not_an_unknown_receiver() {
+    let app = TestApp::spawn().await;
+    app.sim
+        .state
+        .set_faults(Faults::errcode(60011, &["getbymobile"]));
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "alice", "content": "x"}),
+        )
+        .await;
+    assert_refused(&env, 1306201, "alice (");
+    assert!(env["message"].as_str().unwrap().contains("60011"), "{env}");
+    let id = env["data"]["message_id"].as_str().unwrap();
+    let (status, log) = app
+        .get(&format!(
+            "/api/v1/messages/{id}?bk_app_code={APP}&bk_app_secret={APP_SECRET}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(
+        log["data"]["deliveries"][0]["dingtalk_code"], "60011",
+        "{log}"
+    );
+
+    let plain = TestApp::spawn_plain().await;
+    plain.import_users(r#"{"username":"dave","telephone":"13800000001"}"#);
+    let env = plain
+        .post(
+            "send_ding",
+            json!({"receiver__username": "dave", "content": "x"}),
+        )
+        .await;
+    assert_refused(
+        &env,
+        1306000,
+        "dave (single chat is not configured: set it with",
+    );
+}
+
 #[tokio::test]
 async fn a_dingtalk_outage_delays_delivery_but_delivers_exactly_once() {
     let app = TestApp::spawn().await;
