@@ -7,7 +7,7 @@
 use super::store;
 use crate::db::models::DeliveryRow;
 use crate::db::{Db, DbError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +46,15 @@ impl Lease {
             .or_default()
             .extend_from_slice(ids);
         self.until.fetch_min(until, Ordering::SeqCst);
+    }
+
+    /// Stops renewing rows whose outcome is about to be recorded (which releases them).
+    pub fn release(&self, ids: &[i64]) {
+        let ids: HashSet<i64> = ids.iter().copied().collect();
+        let mut claims = self.claims.lock().expect("lease lock");
+        for held in claims.values_mut() {
+            held.retain(|id| !ids.contains(id));
+        }
     }
 
     /// Whether a call that may take `budget_ms` can start at `now` and end under this lease.
@@ -144,20 +153,22 @@ impl Leases {
                     .collect()
             })
             .collect();
-        let expected: Vec<usize> = claims
-            .iter()
-            .map(|c| c.iter().map(|(_, ids)| ids.len()).sum())
-            .collect();
         let until = now + self.lease_ms;
-        let counts = self
+        let renewed = self
             .db
             .write(move |c| store::renew_claims(c, &claims, until))
             .await?;
-        for ((lease, n), expected) in renew.iter().zip(counts).zip(expected) {
-            if n == expected {
-                lease.until.store(until, Ordering::SeqCst);
-            } else {
+        for (lease, renewed) in renew.iter().zip(renewed) {
+            let renewed: HashSet<i64> = renewed.into_iter().collect();
+            // A row neither renewed nor released by its batch was taken over.
+            let taken = {
+                let claims = lease.claims.lock().expect("lease lock");
+                claims.values().flatten().any(|id| !renewed.contains(id))
+            };
+            if taken {
                 lease.lost.store(true, Ordering::SeqCst);
+            } else {
+                lease.until.store(until, Ordering::SeqCst);
             }
         }
         Ok(renew.len())

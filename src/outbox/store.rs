@@ -543,30 +543,32 @@ fn record_group(
 }
 
 /// Extends claims still held to `until`: per lease, its (claim token, delivery ids); answers,
-/// per lease, how many rows were still held by its claims (recording an outcome releases a row).
+/// per lease, the ids still held by its claims (recording an outcome releases a row).
 pub fn renew_claims(
     conn: &mut DbConn,
     leases: &[Vec<(String, Vec<i64>)>],
     until: i64,
-) -> Result<Vec<usize>, DbError> {
+) -> Result<Vec<Vec<i64>>, DbError> {
     write_tx(conn, |conn| {
-        let mut counts = Vec::with_capacity(leases.len());
+        let mut renewed = Vec::with_capacity(leases.len());
         for claims in leases {
-            let mut n = 0;
+            let mut held = vec![];
             for (claim, ids) in claims {
                 for chunk in ids.chunks(RECORD_CHUNK) {
-                    n += diesel::update(
-                        d::table
-                            .filter(d::id.eq_any(chunk))
-                            .filter(d::claimed_by.eq(claim)),
-                    )
-                    .set(d::claimed_until.eq(until))
-                    .execute(conn)?;
+                    let mine: Vec<i64> = d::table
+                        .filter(d::id.eq_any(chunk))
+                        .filter(d::claimed_by.eq(claim))
+                        .select(d::id)
+                        .load(conn)?;
+                    diesel::update(d::table.filter(d::id.eq_any(&mine)))
+                        .set(d::claimed_until.eq(until))
+                        .execute(conn)?;
+                    held.extend(mine);
                 }
             }
-            counts.push(n);
+            renewed.push(held);
         }
-        Ok::<_, DbError>(counts)
+        Ok::<_, DbError>(renewed)
     })
 }
 

@@ -484,11 +484,40 @@ impl Outbox {
             let (app, lease) = (settings.app.clone(), held.lease.clone());
             tasks.push(async move { self.send_users(&msg, rows, &app, &lease).await }.boxed());
         }
+        // Outcomes are recorded as their tasks finish, not when the slowest one does: a process
+        // dying meanwhile must not leave what was sent looking unsent.
         let mut sent = futures_util::stream::iter(tasks).buffer_unordered(SEND_CONCURRENCY);
-        while let Some(batch) = sent.next().await {
-            outcomes.extend(batch);
+        let (mut recorded, mut failure) = (Vec::with_capacity(outcomes.len()), None);
+        while let Some(done) = sent.next().await {
+            outcomes.extend(done);
+            while let Some(Some(done)) = sent.next().now_or_never() {
+                outcomes.extend(done);
+            }
+            match self
+                .record(&held.lease, std::mem::take(&mut outcomes))
+                .await
+            {
+                Ok(r) => recorded.extend(r),
+                Err(e) => failure = Some(e),
+            }
         }
+        if !outcomes.is_empty() {
+            match self.record(&held.lease, outcomes).await {
+                Ok(r) => recorded.extend(r),
+                Err(e) => failure = Some(e),
+            }
+        }
+        failure.map_or(Ok(recorded), Err)
+    }
 
+    /// Records outcomes in one transaction; answers those whose claim still held.
+    async fn record(
+        &self,
+        lease: &Lease,
+        outcomes: Vec<(DeliveryRow, Outcome)>,
+    ) -> Result<Vec<(i64, Outcome)>, DbError> {
+        let ids: Vec<i64> = outcomes.iter().map(|(r, _)| r.id).collect();
+        lease.release(&ids);
         let now = self.clock.now_ms();
         let outcomes = Arc::new(outcomes);
         let to_record = outcomes.clone();
@@ -496,7 +525,6 @@ impl Outbox {
             .db
             .write(move |conn| store::record_all(conn, &to_record, now))
             .await?;
-        drop(held);
         let mut recorded = Vec::with_capacity(outcomes.len());
         for ((row, outcome), owned) in outcomes.iter().zip(owned) {
             if owned {

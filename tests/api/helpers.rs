@@ -10,9 +10,11 @@ use ding_channel::simulator::{demo_config, SimConfig, Simulator};
 use ding_channel::startup::{Application, Options};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const APP: &str = "demo";
 pub const APP_SECRET: &str = "demo-secret";
@@ -268,4 +270,63 @@ pub fn assert_refused(env: &Value, code: i64, needle: &str) {
         env["request_id"].as_str().is_some_and(|r| !r.is_empty()),
         "{env}"
     );
+}
+
+/// A real `ding-channel serve` process; killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real binary on `db_url` against the DingTalk at `dingtalk`; returns once it listens.
+pub fn serve(db_url: &str, dingtalk: &str, extra: &[(&str, &str)]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ding-channel"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", db_url)
+        .env("DING_CHANNEL_MANIFEST", repo_manifest())
+        .env("DING_CHANNEL_CONFIG", "")
+        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
+        .env("DINGTALK_OAPI_BASE", dingtalk)
+        .env("DINGTALK_API_BASE", dingtalk)
+        .envs(extra.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("the server logs until it listens")
+            .unwrap();
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            break rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    // Keep draining its log so the pipe never fills.
+    std::thread::spawn(move || lines.for_each(drop));
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}/api/c/compapi/cmsi"),
+    }
+}
+
+/// Polls `done` until it holds: for work done by another process, which no test clock drives.
+pub async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

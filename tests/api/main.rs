@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli_config;
+mod crash;
 mod delivery;
 mod dingtalk;
 mod envelope;

@@ -4,64 +4,7 @@
 use crate::helpers::*;
 use ding_channel::simulator::{demo_config, Faults, Simulator};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(db_url: &str, dingtalk: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ding-channel"))
-        .arg("serve")
-        .env_clear()
-        .env("DATABASE_URL", db_url)
-        .env("DING_CHANNEL_MANIFEST", repo_manifest())
-        .env("DING_CHANNEL_CONFIG", "")
-        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
-        .env("DINGTALK_OAPI_BASE", dingtalk)
-        .env("DINGTALK_API_BASE", dingtalk)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("the server logs until it listens")
-            .unwrap();
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
-    // Keep draining its log so the pipe never fills.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server {
-        child,
-        url: format!("http://127.0.0.1:{port}/api/c/compapi/cmsi"),
-    }
-}
-
-async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_deliver_every_message_once_and_share_robot_limits() {
@@ -76,8 +19,8 @@ async fn two_processes_deliver_every_message_once_and_share_robot_limits() {
         ding_channel::clock::system(),
     )
     .unwrap();
-    let a = serve(&db.url, &sim.base_url());
-    let b = serve(&db.url, &sim.base_url());
+    let a = serve(&db.url, &sim.base_url(), &[]);
+    let b = serve(&db.url, &sim.base_url(), &[]);
     ding_channel::sandbox::seed(
         &ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
             .unwrap(),

@@ -1,0 +1,77 @@
+//! A real server process killed with SIGKILL loses nothing it accepted: the next process on the
+//! same database delivers it, once.
+
+use crate::helpers::*;
+use ding_channel::simulator::{demo_config, Simulator};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
+    let db = TestDb::new();
+    let sim = Simulator::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        demo_config(),
+        ding_channel::clock::system(),
+    )
+    .unwrap();
+    // On PostgreSQL a dead process's claims are taken over when their lease runs out: short.
+    let env = [
+        ("DING_CHANNEL_LEASE_S", "10"),
+        ("DINGTALK_TIMEOUT_MS", "2500"),
+    ];
+    let mut first = serve(&db.url, &sim.base_url(), &env);
+    let store =
+        ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
+            .unwrap();
+    ding_channel::sandbox::seed(&store).unwrap();
+
+    // The robot's webhook call is under way when the process dies: DingTalk never answers it.
+    let gate = sim.state.hold("robot_send", 1);
+    let url = format!("{}/send_ding/", first.url);
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver__username": "ops-robot,alice", "content": "disk full"}))
+            .send()
+            .await
+    });
+    gate.arrived(1).await;
+    // Alice's batchSend, in the same batch, is recorded as soon as it is done.
+    let queued = || ding_channel::outbox::store::queue_depth(&mut store.get().unwrap()).unwrap();
+    wait_until("alice's outcome", Duration::from_secs(10), || queued() == 1).await;
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    assert!(
+        request.await.unwrap().is_err(),
+        "the caller saw the connection drop"
+    );
+
+    // A new process on the same database takes the claim back and delivers.
+    let second = serve(&db.url, &sim.base_url(), &env);
+    wait_until("the robot's delivery", Duration::from_secs(20), || {
+        sim.state.messages().iter().any(|m| m.api == "robot_send")
+    })
+    .await;
+    let robot: Vec<Value> = sim
+        .state
+        .messages()
+        .iter()
+        .filter(|m| m.api == "robot_send")
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(robot.len(), 1, "{robot:?}");
+    assert_eq!(robot[0]["text"]["content"], "disk full");
+    let people = sim
+        .state
+        .messages()
+        .iter()
+        .filter(|m| m.api == "batch_send")
+        .count();
+    assert_eq!(people, 1, "alice's message went out once, before the kill");
+    wait_until("the outcome recorded", Duration::from_secs(20), || {
+        queued() == 0
+    })
+    .await;
+    drop(second);
+}
