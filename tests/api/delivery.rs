@@ -380,6 +380,26 @@ async fn the_same_idempotency_key_sends_once_even_when_requests_race() {
         .filter(|m| m.user_ids == ["bob-ding"])
         .count();
     assert_eq!(to_bob, 1);
+
+    // A key is remembered for 24 hours, then names a new message (authenticated by header).
+    app.clock.advance_ms(24 * 3_600_000 + 1_000);
+    let later: Value = app
+        .client
+        .post(app.url("send_ding"))
+        .header(
+            "X-Bkapi-Authorization",
+            json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET}).to_string(),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(statuses(&later), pairs(&[("alice", "sent")]), "{later}");
+    assert_ne!(later["data"]["message_id"], first["data"]["message_id"]);
+    assert!(later["data"]["idempotent_replay"].is_null(), "{later}");
 }
 
 #[tokio::test]
@@ -423,6 +443,94 @@ async fn single_chat_by_userid_or_mobile_and_group_mentions() {
     assert_eq!(
         m.body["actionCard"]["singleURL"],
         "https://itsm.example.com/7"
+    );
+}
+
+/// What a caller asks of a send reaches DingTalk as asked: single chat by username, base64
+/// content, @all, links; robots kept in the profile fields comp_conf names; a malformed
+/// signing secret is reported with the field to fix.
+#[tokio::test]
+async fn the_options_of_a_send_reach_dingtalk_as_asked() {
+    let app = TestApp::spawn().await;
+    let last = || app.sim.state.messages().into_iter().last().unwrap();
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"receiver__username": "alice", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(statuses(&env), pairs(&[("alice", "sent")]), "{env}");
+    assert_eq!(
+        (last().api, last().user_ids),
+        ("batch_send".into(), vec!["alice-ding".into()])
+    );
+
+    let env = app
+        .post("send_dingbot", json!({"receiver__username": "ops-robot", "content": "ZGlzayA5NSUg56OB55uY", "is_content_base64": "1", "at_all": "1"}))
+        .await;
+    assert_eq!(statuses(&env), pairs(&[("ops-robot", "sent")]), "{env}");
+    let m = last();
+    assert!(
+        m.body["text"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("disk 95% 磁盘"),
+        "{}",
+        m.body
+    );
+    assert_eq!(m.body["at"]["isAtAll"], true);
+
+    let url = "https://wiki.example.com/disk";
+    let env = app
+        .post("send_dingbot", json!({"receiver__username": "ops-robot", "msg_key": "link", "title": "Runbook", "content": "Disk full on host-1", "url": url}))
+        .await;
+    assert_eq!(statuses(&env), pairs(&[("ops-robot", "sent")]), "{env}");
+    let m = last();
+    assert_eq!(
+        (
+            m.body["msgtype"].as_str(),
+            m.body["link"]["messageUrl"].as_str()
+        ),
+        (Some("link"), Some(url))
+    );
+
+    let out = app.cli(&[
+        "channels",
+        "conf",
+        "send_dingbot",
+        "token_field=robot_token",
+        "sign_field=robot_sign",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let robot = &ding_channel::simulator::demo_config().robots[0];
+    let (token, secret) = (&robot.token, robot.secret.as_deref().unwrap());
+    app.import_users(&format!(
+        "{{\"username\":\"dev-robot\",\"extras\":{{\"robot_token\":\"{token}\",\"robot_sign\":\"{secret}\"}}}}\n\
+         {{\"username\":\"bad-robot\",\"extras\":{{\"robot_token\":\"{token}\",\"robot_sign\":\"SEC-not-valid!\"}}}}"
+    ));
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "dev-robot,bad-robot,ops-robot", "content": "x"}),
+        )
+        .await;
+    assert_eq!(
+        statuses(&env),
+        pairs(&[
+            ("dev-robot", "sent"),
+            ("bad-robot", "failed"),
+            ("ops-robot", "failed")
+        ]),
+        "{env}"
+    );
+    let msg = env["message"].as_str().unwrap();
+    assert!(
+        msg.contains("bad-robot (malformed signing secret in field robot_sign"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("ops-robot (no telephone in the profile)"),
+        "{msg}"
     );
 }
 
