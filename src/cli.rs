@@ -512,6 +512,9 @@ fn serve(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
             if !seeded.is_empty() {
                 tracing::info!(seeded = %seeded.join(", "), "sandbox data seeded");
             }
+            if let Some(key) = crate::sandbox::adopt_app(&db, sim)? {
+                tracing::info!(app_key = %key, "the simulator accepts the configured single-chat app");
+            }
             println!(
                 "{}",
                 crate::sandbox::banner(

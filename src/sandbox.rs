@@ -4,10 +4,11 @@
 use crate::channels::registry;
 use crate::config::Settings;
 use crate::db::{Db, DbError};
+use crate::directory::classify::RobotFields;
 use crate::directory::profile::{Profile, Username};
 use crate::directory::store as users;
 use crate::esb::auth;
-use crate::simulator::{demo_config, Simulator};
+use crate::simulator::{demo_config, SimApp, Simulator};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -38,6 +39,8 @@ pub fn seed(db: &Db) -> Result<Vec<String>, DbError> {
         seeded.push(format!("app {APP}"));
     }
     let robot = &sim.robots[0];
+    // The robot's credentials go where send_dingbot's comp_conf says robots keep them.
+    let fields = RobotFields::from_channel(registry::find(&mut conn, "send_dingbot")?.as_ref());
     let people = [
         ("alice", "Alice", &sim.users[0].mobile),
         ("bob", "Bob", &sim.users[1].mobile),
@@ -45,17 +48,18 @@ pub fn seed(db: &Db) -> Result<Vec<String>, DbError> {
     let mut profiles = vec![];
     for (name, display, mobile) in people {
         if users::get(&mut conn, name)?.is_none() {
-            profiles.push(profile(name, display, Some(mobile.as_str()), None, None));
+            let mut p = profile(name, display);
+            p.telephone = Some(mobile.clone());
+            profiles.push(p);
         }
     }
     if users::get(&mut conn, &robot.name)?.is_none() {
-        profiles.push(profile(
-            &robot.name,
-            "Ops group robot",
-            None,
-            Some(&robot.token),
-            robot.secret.as_deref(),
-        ));
+        let mut p = profile(&robot.name, "Ops group robot");
+        p.set_field(&fields.token_field, robot.token.clone());
+        if let Some(secret) = &robot.secret {
+            p.set_field(&fields.sign_field, secret.clone());
+        }
+        profiles.push(p);
     }
     seeded.extend(profiles.iter().map(|p| format!("user {}", p.username)));
     users::upsert(&mut conn, &profiles)?;
@@ -77,23 +81,38 @@ pub fn seed(db: &Db) -> Result<Vec<String>, DbError> {
     Ok(seeded)
 }
 
-fn profile(
-    name: &str,
-    display: &str,
-    telephone: Option<&str>,
-    qq: Option<&str>,
-    wx: Option<&str>,
-) -> Profile {
+fn profile(name: &str, display: &str) -> Profile {
     Profile {
         username: Username::parse(name).expect("demo usernames are valid"),
         display_name: Some(display.to_owned()),
-        telephone: telephone.map(str::to_owned),
+        telephone: None,
         country_code: Profile::DEFAULT_COUNTRY_CODE.to_owned(),
         email: None,
-        wx_userid: wx.map(str::to_owned),
-        qq: qq.map(str::to_owned),
+        wx_userid: None,
+        qq: None,
         extras: Default::default(),
     }
+}
+
+/// Lets the simulator accept the single-chat app the database is configured with (a database
+/// set up for the real DingTalk works in the sandbox too); answers its key when added.
+pub fn adopt_app(db: &Db, sim: &Simulator) -> Result<Option<String>, DbError> {
+    let dingtalk = registry::find(&mut *db.get()?, "send_dingtalk")?;
+    let Some(app) = crate::outbox::worker::app_from_channel(dingtalk.as_ref()) else {
+        return Ok(None);
+    };
+    if sim.state.config().apps.iter().any(|a| a.key == app.key) {
+        return Ok(None);
+    }
+    let key = app.key.clone();
+    sim.state.configure(|c| {
+        c.apps.push(SimApp {
+            key: app.key,
+            secret: app.secret,
+            robot_code: app.robot_code,
+        })
+    });
+    Ok(Some(key))
 }
 
 /// Copy-paste examples against the real bound address.

@@ -85,6 +85,20 @@ impl Profile {
         })
     }
 
+    /// Sets the field [`Profile::field`] reads.
+    pub fn set_field(&mut self, name: &str, value: String) {
+        match name {
+            "display_name" => self.display_name = Some(value),
+            "telephone" => self.telephone = Some(value),
+            "email" => self.email = Some(value),
+            "wx_userid" => self.wx_userid = Some(value),
+            "qq" => self.qq = Some(value),
+            other => {
+                self.extras.insert(other.to_owned(), value.into());
+            }
+        }
+    }
+
     /// The profile field a channel's comp_conf names (`token_field`, `sign_field`); unknown
     /// names are looked up in `extras` so an admin can keep robot credentials there.
     pub fn field(&self, name: &str) -> Option<&str> {

@@ -462,7 +462,7 @@ async fn the_options_of_a_send_reach_dingtalk_as_asked() {
     assert_eq!(statuses(&env), pairs(&[("alice", "sent")]), "{env}");
     assert_eq!(
         (last().api, last().user_ids),
-        ("batch_send".into(), vec!["alice-ding".into()])
+        ("batch_send", vec!["alice-ding".to_owned()])
     );
 
     let env = app
@@ -789,9 +789,40 @@ async fn the_send_command_and_the_delivery_log_work_from_the_cli() {
 
 #[tokio::test]
 async fn the_sandbox_delivers_the_printed_example() {
+    sandbox_delivers_the_printed_example(&TestDb::new()).await;
+}
+
+/// A database set up for the real DingTalk (its own app, robots kept in other fields) works in
+/// the sandbox as well: the simulator accepts its app, the demo robot is stored where robots are.
+#[tokio::test]
+async fn the_sandbox_works_on_a_database_set_up_for_production() {
+    let db = TestDb::new();
+    for args in [
+        &["channels", "sync"][..],
+        &[
+            "channels",
+            "conf",
+            "send_dingtalk",
+            "ding_app_key=corp-app",
+            "ding_app_secret=corp-secret-0123456789",
+        ],
+        &[
+            "channels",
+            "conf",
+            "send_dingbot",
+            "token_field=robot_token",
+            "sign_field=robot_sign",
+        ],
+    ] {
+        let out = cli(&db.url, &repo_manifest(), args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    sandbox_delivers_the_printed_example(&db).await;
+}
+
+async fn sandbox_delivers_the_printed_example(db: &TestDb) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let db = TestDb::new();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ding-channel"))
         .args(["serve", "--sandbox"])
         .env_clear()
