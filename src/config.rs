@@ -30,6 +30,7 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_USERID_TTL_S",
     "DING_CHANNEL_USERID_MISS_TTL_S",
     "DING_CHANNEL_MAX_AGE_S",
+    "DING_CHANNEL_MAX_QUEUE",
     "DING_CHANNEL_UTC_OFFSET",
     "DING_CHANNEL_APP_QPS",
     "DING_CHANNEL_APP_QPM",
@@ -60,6 +61,8 @@ pub struct Settings {
     pub userid_miss_ttl: Duration,
     /// A delivery still failing this long after acceptance is failed for good.
     pub max_age: Duration,
+    /// Deliveries waiting at most; a send that would queue more is refused (`1306429`).
+    pub max_queue: i64,
     /// Offset from UTC, in minutes, for times shown in messages (digests).
     pub utc_offset_min: i32,
     /// Single-chat calls per second / per minute per DingTalk app key, in this process.
@@ -291,6 +294,9 @@ impl Settings {
         let max_age = parse("DING_CHANNEL_MAX_AGE_S", "86400", &|v| {
             int_in(v, 60, 30 * 86_400)
         })?;
+        let max_queue = parse("DING_CHANNEL_MAX_QUEUE", "500000", &|v| {
+            int_in(v, 1, 100_000_000)
+        })?;
         let utc_offset = parse("DING_CHANNEL_UTC_OFFSET", "+08:00", &|v| {
             utc_offset_min(v).map(drop)
         })?;
@@ -322,6 +328,7 @@ impl Settings {
             userid_ttl: secs(&userid_ttl),
             userid_miss_ttl: secs(&userid_miss_ttl),
             max_age: secs(&max_age),
+            max_queue: max_queue.parse().expect("validated above"),
             utc_offset_min: utc_offset_min(&utc_offset).expect("validated above"),
             app_qps: app_qps.parse().expect("validated above"),
             app_qpm: app_qpm.parse().expect("validated above"),
@@ -457,6 +464,7 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Text);
         assert!(s.proxy.is_none());
         assert_eq!(s.lease, Duration::from_secs(60));
+        assert_eq!(s.max_queue, 500_000);
     }
 
     #[test]

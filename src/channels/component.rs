@@ -130,6 +130,15 @@ pub async fn send(
         deadline,
     )
     .await?;
+    let queued = plan
+        .deliveries
+        .iter()
+        .filter(|d| d.failed.is_none())
+        .count();
+    outbox
+        .queue_room(queued)
+        .await
+        .map_err(EsbError::Throttled)?;
     let now = outbox.clock.now_ms();
     let give_up_at = now + outbox.policy.max_age.as_millis() as i64;
     let claim = (

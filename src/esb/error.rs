@@ -14,6 +14,8 @@ pub enum EsbError {
     Inactive(String),
     #[error("{0}")]
     NotAvailable(String),
+    #[error("{0}")]
+    Throttled(String),
     #[error("no channel is served at {0}")]
     NoChannel(String),
     /// The cause is logged; the caller gets the request id to quote.
@@ -34,6 +36,7 @@ impl EsbError {
             Self::BadArgument { .. } => Code::BadArgument,
             Self::AppAuth(_) => Code::AppAuth,
             Self::Inactive(_) | Self::NoChannel(_) => Code::Inactive,
+            Self::Throttled(_) => Code::Throttled,
             Self::NotAvailable(_) | Self::Internal(_) => Code::Generic,
         }
     }

@@ -27,6 +27,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -105,6 +106,13 @@ pub struct Batch {
     pub settings: DeliverySettings,
 }
 
+/// The queue's bound and this process's count of it.
+struct QueueBound {
+    max: i64,
+    depth: AtomicI64,
+    counted_at: AtomicI64,
+}
+
 /// A freshly accepted message whose deliveries this process already claimed.
 pub struct Handover {
     pub batch: Batch,
@@ -131,6 +139,7 @@ pub struct Outbox {
     /// When each robot's next slot opens, as last seen here: spares a database read per
     /// delivery while a robot is saturated (the database stays the authority when it opens).
     robot_waits: Mutex<HashMap<String, pacing::Slots>>,
+    queue: QueueBound,
     handovers: mpsc::Sender<Handover>,
     handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
     wake: Notify,
@@ -168,6 +177,11 @@ impl Outbox {
             utc_offset_min: settings.utc_offset_min,
             budgets: AppBudgets::new(settings.app_qps, settings.app_qpm),
             robot_waits: Mutex::default(),
+            queue: QueueBound {
+                max: settings.max_queue,
+                depth: AtomicI64::new(0),
+                counted_at: AtomicI64::new(i64::MIN),
+            },
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
@@ -291,6 +305,33 @@ impl Outbox {
             }
             other => other,
         }
+    }
+
+    /// Makes room for `n` more deliveries in the queue, or answers why there is none: the
+    /// queue holds `DING_CHANNEL_MAX_QUEUE` at most. Counted at most once a second; what this
+    /// process accepts in between is added to the count.
+    pub async fn queue_room(&self, n: usize) -> Result<(), String> {
+        let (q, now) = (&self.queue, self.clock.now_ms());
+        let counted = q.counted_at.load(Ordering::SeqCst);
+        if now.saturating_sub(counted) >= 1000
+            && q.counted_at
+                .compare_exchange(counted, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            match self.db.run(store::queue_depth).await {
+                Ok(depth) => q.depth.store(depth, Ordering::SeqCst),
+                Err(e) => tracing::warn!(error = %e, "cannot count the queue"),
+            }
+        }
+        let depth = q.depth.fetch_add(n as i64, Ordering::SeqCst);
+        if depth + n as i64 > q.max && n > 0 {
+            q.depth.fetch_sub(n as i64, Ordering::SeqCst);
+            return Err(format!(
+                "the outbox is full: {depth} deliveries wait to be sent (DING_CHANNEL_MAX_QUEUE={}); nothing was accepted, retry later",
+                q.max
+            ));
+        }
+        Ok(())
     }
 
     /// Hands claimed deliveries of a fresh message to the workers; the receiver fires after

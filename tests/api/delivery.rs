@@ -212,6 +212,44 @@ async fn a_refusal_by_dingtalk_or_the_configuration_is_not_an_unknown_receiver()
     );
 }
 
+/// The queue is bounded: a send that would queue more than `DING_CHANNEL_MAX_QUEUE` deliveries
+/// is refused whole with 1306429 (nothing is accepted, so nothing is lost), and accepted again
+/// once the queue drains.
+#[tokio::test]
+async fn a_full_queue_refuses_new_sends_until_it_drains() {
+    let app = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[("DING_CHANNEL_MAX_QUEUE", "2")],
+    )
+    .await;
+    app.sim.state.set_faults(Faults::http(503, &["batch_send"]));
+    let send = |to: &'static str| {
+        app.post(
+            "send_ding",
+            json!({"receiver__username": to, "content": "x"}),
+        )
+    };
+    assert_eq!(
+        statuses(&send("alice").await),
+        pairs(&[("alice", "queued")])
+    );
+    let refused = send("alice,bob").await;
+    assert_refused(&refused, 1306429, "the outbox is full: 1 deliveries wait to be sent (DING_CHANNEL_MAX_QUEUE=2); nothing was accepted, retry later");
+    assert!(refused["data"].is_null(), "{refused}");
+    assert_eq!(statuses(&send("bob").await), pairs(&[("bob", "queued")]));
+
+    app.sim.state.set_faults(Faults::default());
+    app.clock.advance_ms(60_000);
+    assert_eq!(app.drain().await, 2);
+    let env = send("alice,bob").await;
+    assert_eq!(
+        statuses(&env),
+        pairs(&[("alice", "sent"), ("bob", "sent")]),
+        "{env}"
+    );
+}
+
 #[tokio::test]
 async fn a_dingtalk_outage_delays_delivery_but_delivers_exactly_once() {
     let app = TestApp::spawn().await;
