@@ -189,6 +189,11 @@ async fn plan_targets(
                     }),
                     Kind::Normal if component == Component::SendDingbot => plan.push(failed(name, "user", "not a robot user")),
                     Kind::Normal => match p.dingtalk_mobile() {
+                        // Robot credentials that don't make a robot: say why, not "no telephone".
+                        None if p.field(&fields.token_field).is_some() => plan.push(failed(name, "user", format!(
+                            "no telephone in the profile, and its {} does not make it a robot user (the signing secret in {} must start with SEC, or the token be the 64 hex characters of the webhook's access_token)",
+                            fields.token_field, fields.sign_field
+                        ))),
                         None => plan.push(failed(name, "user", "no telephone in the profile")),
                         Some(mobile) => {
                             lookups.push((plan.len(), name.to_owned(), mobile));

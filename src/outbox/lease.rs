@@ -174,3 +174,91 @@ impl Leases {
         Ok(renew.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseUrl;
+    use store::{Acceptance, NewDelivery, NewMessage};
+
+    async fn accepted(db: &Db, claim: &str, until: i64) -> Vec<DeliveryRow> {
+        let delivery = |to: &str| NewDelivery {
+            receiver: to.into(),
+            kind: "robot",
+            target: to.into(),
+            failed: None,
+            code: None,
+            wait: None,
+        };
+        let msg = NewMessage {
+            app_code: "demo".into(),
+            idempotency_key: None,
+            channel: "send_ding".into(),
+            sender: None,
+            request_id: "r".into(),
+            body: "{}".into(),
+            deliveries: vec![delivery("a"), delivery("b")],
+        };
+        let a = Acceptance {
+            now: 0,
+            give_up_at: 86_400_000,
+            idempotency_window_ms: 0,
+            claim: (claim.into(), until),
+        };
+        db.write(move |c| store::accept(c, &msg, &a))
+            .await
+            .unwrap()
+            .1
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_renewed_while_held_and_lost_once_a_row_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        let rows = accepted(&db, "mine", 60_000).await;
+        let leases = Leases::new(db.clone(), 60_000);
+        let held = leases.hold(&rows);
+        assert!(held.lease.allows(0, 20_000));
+        assert!(
+            !held.lease.allows(45_000, 20_000),
+            "too little left for a call"
+        );
+
+        assert_eq!(leases.renew(10_000).await.unwrap(), 0, "not due yet");
+        assert_eq!(leases.renew(30_000).await.unwrap(), 1);
+        assert!(held.lease.allows(70_000, 20_000), "renewed until 90 s");
+
+        // A row whose outcome is recorded leaves the lease: released, not taken.
+        held.lease.release(&[rows[0].id]);
+        let first = [rows[0].id];
+        db.write(move |c| store::release_claims(c, &first))
+            .await
+            .unwrap();
+        assert_eq!(leases.renew(60_000).await.unwrap(), 1);
+        assert!(held.lease.allows(100_000, 20_000), "renewed until 120 s");
+
+        // Another process, its clock ahead, took the other row over: nothing more is sent.
+        let taken = db
+            .write(|c| store::claim(c, "other", 130_000, 60_000, 10, None))
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 2, "both rows were claimable by then");
+        assert_eq!(leases.renew(100_000).await.unwrap(), 1);
+        assert!(!held.lease.allows(100_000, 0));
+        drop(held);
+        assert_eq!(leases.renew(200_000).await.unwrap(), 0, "nothing held");
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_ran_out_is_lost_without_asking_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        let rows = accepted(&db, "mine", 60_000).await;
+        let leases = Leases::new(db, 60_000);
+        let held = leases.hold(&rows);
+        assert_eq!(leases.renew(60_000).await.unwrap(), 0);
+        assert!(!held.lease.allows(0, 0), "lost for good");
+    }
+}

@@ -570,6 +570,16 @@ async fn the_options_of_a_send_reach_dingtalk_as_asked() {
         msg.contains("ops-robot (no telephone in the profile)"),
         "{msg}"
     );
+    app.import_users(
+        r#"{"username":"half-robot","extras":{"robot_token":"abc123def456ghi789","robot_sign":"notsec"}}"#,
+    );
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "half-robot", "content": "x"}),
+        )
+        .await;
+    assert_refused(&env, 1306404, "half-robot (no telephone in the profile, and its robot_token does not make it a robot user (the signing secret in robot_sign must start with SEC");
 }
 
 #[tokio::test]
