@@ -503,11 +503,9 @@ fn serve(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
             None
         };
         let (database, bind) = (settings.database.clone(), settings.bind);
-        let db_for_seed = sandbox
-            .then(|| Db::connect(&settings.database, 1))
-            .transpose()?;
-        let app = Application::build(settings)?;
-        if let (Some(sim), Some(db)) = (&sim, db_for_seed) {
+        // Seeded and set up before the workers start, so none of them meets DingTalk unprepared.
+        if let Some(sim) = &sim {
+            let (db, _) = crate::startup::prepare(&settings)?;
             let seeded = crate::sandbox::seed(&db)?;
             if !seeded.is_empty() {
                 tracing::info!(seeded = %seeded.join(", "), "sandbox data seeded");
@@ -515,6 +513,9 @@ fn serve(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
             if let Some(key) = crate::sandbox::adopt_app(&db, sim)? {
                 tracing::info!(app_key = %key, "the simulator accepts the configured single-chat app");
             }
+        }
+        let app = Application::build(settings)?;
+        if let Some(sim) = &sim {
             println!(
                 "{}",
                 crate::sandbox::banner(

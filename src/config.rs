@@ -268,19 +268,19 @@ impl Settings {
             int_in(v, 100, 60_000)
         })?;
         let timeout_ms = parse("DINGTALK_TIMEOUT_MS", "10000", &|v| int_in(v, 100, 300_000))?;
-        // A claim outlives the DingTalk calls made under it: it is renewed at half its length,
-        // and a send starts only with two call timeouts of it left.
+        // A claim outlives the DingTalk calls made under it: a round of calls starts only with
+        // four call timeouts of lease left, and the lease is renewed before it gets that short.
         let lease = parse("DING_CHANNEL_LEASE_S", "60", &|v| {
             int_in(v, 3, 3600)?;
             let (lease_ms, timeout_ms) = (
                 v.parse::<u64>().unwrap_or(0) * 1000,
                 timeout_ms.parse::<u64>().unwrap_or(0),
             );
-            if lease_ms < 4 * timeout_ms {
+            if lease_ms < 5 * timeout_ms {
                 return Err(format!(
-                    "'{v}' is shorter than 4 × DINGTALK_TIMEOUT_MS ({} s): raise it to at least {} or lower DINGTALK_TIMEOUT_MS",
-                    (4 * timeout_ms) as f64 / 1000.0,
-                    (4 * timeout_ms).div_ceil(1000),
+                    "'{v}' is shorter than 5 × DINGTALK_TIMEOUT_MS ({} s): raise it to at least {} or lower DINGTALK_TIMEOUT_MS",
+                    (5 * timeout_ms) as f64 / 1000.0,
+                    (5 * timeout_ms).div_ceil(1000),
                 ));
             }
             Ok(())
@@ -472,7 +472,7 @@ mod tests {
         let e = Settings::from_env_map(env(&[("DING_CHANNEL_LEASE_S", "30")])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "DING_CHANNEL_LEASE_S (environment): '30' is shorter than 4 × DINGTALK_TIMEOUT_MS (40 s): raise it to at least 40 or lower DINGTALK_TIMEOUT_MS"
+            "DING_CHANNEL_LEASE_S (environment): '30' is shorter than 5 × DINGTALK_TIMEOUT_MS (50 s): raise it to at least 50 or lower DINGTALK_TIMEOUT_MS"
         );
         let s = Settings::from_env_map(env(&[
             ("DING_CHANNEL_LEASE_S", "30"),

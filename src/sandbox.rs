@@ -95,14 +95,26 @@ fn profile(name: &str, display: &str) -> Profile {
 }
 
 /// Lets the simulator accept the single-chat app the database is configured with (a database
-/// set up for the real DingTalk works in the sandbox too); answers its key when added.
-pub fn adopt_app(db: &Db, sim: &Simulator) -> Result<Option<String>, DbError> {
-    let dingtalk = registry::find(&mut *db.get()?, "send_dingtalk")?;
+/// set up for the real DingTalk works in the sandbox too); answers its key when added. Such a
+/// database with deliveries still queued is refused: they would go to the simulator, never to
+/// DingTalk.
+pub fn adopt_app(db: &Db, sim: &Simulator) -> anyhow::Result<Option<String>> {
+    let mut conn = db.get()?;
+    let dingtalk = registry::find(&mut conn, "send_dingtalk")?;
     let Some(app) = crate::outbox::worker::app_from_channel(dingtalk.as_ref()) else {
         return Ok(None);
     };
     if sim.state.config().apps.iter().any(|a| a.key == app.key) {
         return Ok(None);
+    }
+    let queued = crate::outbox::store::queue_depth(&mut conn)?;
+    if queued > 0 {
+        anyhow::bail!(
+            "this database is set up for DingTalk app {} and holds {queued} queued deliveries: \
+             --sandbox would hand them to the simulator instead of DingTalk. Run the sandbox on a \
+             database of its own (DATABASE_URL=sqlite://sandbox.db), or serve without --sandbox",
+            app.key
+        );
     }
     let key = app.key.clone();
     sim.state.configure(|c| {

@@ -9,7 +9,9 @@ use crate::esb::envelope::{Code, Reply};
 use crate::esb::error::EsbError;
 use crate::esb::params::Params;
 use crate::outbox::store::{self, Accepted, NewMessage, Outcome, FAILED, QUEUED, SENT};
-use crate::outbox::worker::{Batch, DeliverySettings, SINGLE_CHAT_NOT_CONFIGURED};
+use crate::outbox::worker::{
+    Batch, DeliverySettings, MOBILE_NOT_FOUND, SINGLE_CHAT_NOT_CONFIGURED,
+};
 use crate::outbox::Outbox;
 use crate::startup::AppState;
 use serde_json::{json, Value};
@@ -253,18 +255,19 @@ fn reply(message_id: &str, rows: &[DeliveryRow], replay: bool) -> Reply {
         data["idempotent_replay"] = Value::Bool(true);
     }
     let (code, message) = if !rows.is_empty() && failed.len() == rows.len() {
-        // DingTalk said no (to an attempt, or to a phone lookup), or single chat is not set
-        // up; else the directory refused them all before any attempt.
+        // Single chat is not set up; or DingTalk said no (to a send, or to a phone lookup) but
+        // for not knowing the person; else the receivers are unknown.
+        let refused_by_dingtalk = |r: &&DeliveryRow| {
+            (r.attempts > 0 || r.dingtalk_code.is_some())
+                && r.dingtalk_code.as_deref() != Some(MOBILE_NOT_FOUND)
+        };
         let code = if failed
-            .iter()
-            .any(|r| r.attempts > 0 || r.dingtalk_code.is_some())
-        {
-            Code::ThirdParty
-        } else if failed
             .iter()
             .any(|r| r.last_error.as_deref() == Some(SINGLE_CHAT_NOT_CONFIGURED))
         {
             Code::Generic
+        } else if failed.iter().any(refused_by_dingtalk) {
+            Code::ThirdParty
         } else {
             Code::UnknownReceivers
         };

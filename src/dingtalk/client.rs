@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub const BATCH_MAX_IDS: usize = 20;
 pub const WEBHOOK_MAX_BODY: usize = 20_000;
 /// Chunks of one batch_send in flight at once: fast for large sends, gentle on the app's QPS.
-const BATCH_CONCURRENCY: usize = 4;
+pub const BATCH_CONCURRENCY: usize = 4;
 /// A token is refreshed this long before DingTalk says it expires.
 const TOKEN_REFRESH_EARLY_MS: i64 = 5 * 60 * 1000;
 

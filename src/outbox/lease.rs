@@ -1,22 +1,26 @@
 //! The claims a batch holds while it is delivered. A claim is a lease on rows: another worker
 //! may take a row once its lease has run out, so a lease must outlast every call made under
-//! it. [`Leases::renew`] extends the leases of every batch in flight before they run out, and a
-//! batch sends nothing once its lease is lost (ran out, or a row was taken over): another worker
-//! takes a row only from a process that died or could not reach the database.
+//! it. [`Leases::renew`] extends the leases of every batch in flight (or waiting for a worker)
+//! before they run out, and a batch sends nothing once its lease is lost (ran out, or a row was
+//! taken over): another worker takes a row only from a process that died or could not reach
+//! the database.
 
 use super::store;
 use crate::db::models::DeliveryRow;
 use crate::db::{Db, DbError};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The claims of one batch in flight.
+/// One claim token of a batch: the rows still to be recorded, and until when they are ours.
+struct Claim {
+    ids: Vec<i64>,
+    until: i64,
+}
+
+/// The claims of one batch.
 pub struct Lease {
-    /// Claim token → the delivery ids claimed under it.
-    claims: Mutex<HashMap<String, Vec<i64>>>,
-    /// Until when every row is ours: the earliest lease end written.
-    until: AtomicI64,
+    claims: Mutex<HashMap<String, Claim>>,
     lost: AtomicBool,
 }
 
@@ -24,13 +28,12 @@ impl Lease {
     fn of(rows: &[DeliveryRow]) -> Self {
         let lease = Self {
             claims: Mutex::default(),
-            until: AtomicI64::new(i64::MAX),
             lost: AtomicBool::new(false),
         };
         for r in rows {
             match (&r.claimed_by, r.claimed_until) {
                 (Some(claim), Some(until)) => lease.add(claim, &[r.id], until),
-                // Not claimed (a row that cannot be sent anyway): nothing may be sent under it.
+                // Not claimed: nothing may be sent under it.
                 _ => lease.lost.store(true, Ordering::SeqCst),
             }
         }
@@ -39,47 +42,54 @@ impl Lease {
 
     /// Adds rows claimed (until `until`) while the batch runs: a robot's waiting backlog.
     pub fn add(&self, claim: &str, ids: &[i64], until: i64) {
-        self.claims
-            .lock()
-            .expect("lease lock")
+        let mut claims = self.claims.lock().expect("lease lock");
+        let c = claims
             .entry(claim.to_owned())
-            .or_default()
-            .extend_from_slice(ids);
-        self.until.fetch_min(until, Ordering::SeqCst);
+            .or_insert(Claim { ids: vec![], until });
+        c.ids.extend_from_slice(ids);
+        c.until = c.until.min(until);
     }
 
     /// Stops renewing rows whose outcome is about to be recorded (which releases them).
     pub fn release(&self, ids: &[i64]) {
         let ids: HashSet<i64> = ids.iter().copied().collect();
         let mut claims = self.claims.lock().expect("lease lock");
-        for held in claims.values_mut() {
-            held.retain(|id| !ids.contains(id));
+        for c in claims.values_mut() {
+            c.ids.retain(|id| !ids.contains(id));
         }
+        claims.retain(|_, c| !c.ids.is_empty());
     }
 
     /// Whether a call that may take `budget_ms` can start at `now` and end under this lease.
     pub fn allows(&self, now: i64, budget_ms: i64) -> bool {
-        !self.lost.load(Ordering::SeqCst)
-            && self.until.load(Ordering::SeqCst).saturating_sub(now) >= budget_ms
+        !self.lost.load(Ordering::SeqCst) && self.until().saturating_sub(now) >= budget_ms
+    }
+
+    /// When the first of its rows still held may be taken over.
+    fn until(&self) -> i64 {
+        let claims = self.claims.lock().expect("lease lock");
+        claims.values().map(|c| c.until).min().unwrap_or(i64::MAX)
     }
 }
 
-/// Every batch this process is delivering, by a key of its own.
+/// Every batch this process holds claims for, by a key of its own.
 pub struct Leases {
     db: Db,
     lease_ms: i64,
+    /// The longest a send may take: a send starts only with this much lease left.
+    budget_ms: i64,
     held: Mutex<HashMap<u64, Arc<Lease>>>,
     next: AtomicU64,
 }
 
 /// Holds a batch's lease for renewal until dropped (after its outcomes are recorded).
-pub struct Held<'a> {
-    leases: &'a Leases,
+pub struct Held {
+    leases: Arc<Leases>,
     key: u64,
     pub lease: Arc<Lease>,
 }
 
-impl Drop for Held<'_> {
+impl Drop for Held {
     fn drop(&mut self) {
         self.leases
             .held
@@ -90,85 +100,115 @@ impl Drop for Held<'_> {
 }
 
 impl Leases {
-    pub fn new(db: Db, lease_ms: i64) -> Self {
-        Self {
+    pub fn new(db: Db, lease_ms: i64, budget_ms: i64) -> Arc<Self> {
+        Arc::new(Self {
             db,
             lease_ms,
+            budget_ms,
             held: Mutex::default(),
             next: AtomicU64::new(0),
+        })
+    }
+
+    /// How often [`Leases::renew`] should run.
+    pub fn tick_ms(&self) -> i64 {
+        (self.lease_ms / 20).clamp(50, 1000)
+    }
+
+    /// Whether a send that may take the budget can start now under `lease`.
+    pub fn allows(&self, lease: &Lease, now: i64) -> bool {
+        lease.allows(now, self.budget_ms)
+    }
+
+    /// Keeps the claims of `rows` alive while the batch waits and is delivered.
+    pub fn hold(self: &Arc<Self>, rows: &[DeliveryRow]) -> Held {
+        self.register(Arc::new(Lease::of(rows)))
+    }
+
+    /// One lease for batches merged into one, their claims as renewed so far.
+    pub fn merge(self: &Arc<Self>, parts: Vec<Held>) -> Held {
+        let merged = Lease {
+            claims: Mutex::default(),
+            lost: AtomicBool::new(parts.iter().any(|h| h.lease.lost.load(Ordering::SeqCst))),
+        };
+        for h in &parts {
+            let claims = h.lease.claims.lock().expect("lease lock");
+            for (claim, c) in claims.iter() {
+                merged.add(claim, &c.ids, c.until);
+            }
         }
+        self.register(Arc::new(merged))
     }
 
-    pub fn lease_ms(&self) -> i64 {
-        self.lease_ms
-    }
-
-    /// Keeps the claims of `rows` alive while the batch is delivered.
-    pub fn hold(&self, rows: &[DeliveryRow]) -> Held<'_> {
-        let lease = Arc::new(Lease::of(rows));
+    fn register(self: &Arc<Self>, lease: Arc<Lease>) -> Held {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         self.held
             .lock()
             .expect("leases lock")
             .insert(key, lease.clone());
         Held {
-            leases: self,
+            leases: self.clone(),
             key,
             lease,
         }
     }
 
-    /// Extends every lease with half its length or less left, in one transaction; answers how
-    /// many leases were renewed. A lease that already ran out, or whose rows are not all ours
-    /// any more, is lost: its batch sends nothing more.
+    /// Extends every claim that is due (half its lease or a budget and two ticks left), in one
+    /// transaction; answers how many leases were renewed. A lease that already ran out, or one
+    /// of whose rows is not ours any more, is lost: its batch sends nothing more.
     pub async fn renew(&self, now: i64) -> Result<usize, DbError> {
-        let due: Vec<Arc<Lease>> = {
+        let due_at = (self.lease_ms / 2).max(self.budget_ms + 2 * self.tick_ms());
+        let held: Vec<Arc<Lease>> = {
             let held = self.held.lock().expect("leases lock");
-            held.values()
-                .filter(|l| {
-                    !l.lost.load(Ordering::SeqCst)
-                        && l.until.load(Ordering::SeqCst) - now <= self.lease_ms / 2
-                })
-                .cloned()
-                .collect()
+            held.values().cloned().collect()
         };
-        let mut renew = vec![];
-        for lease in due {
-            if lease.until.load(Ordering::SeqCst) <= now {
-                lease.lost.store(true, Ordering::SeqCst);
-            } else {
-                renew.push(lease);
+        let mut renew: Vec<(Arc<Lease>, store::ClaimIds)> = vec![];
+        for lease in held {
+            if lease.lost.load(Ordering::SeqCst) {
+                continue;
+            }
+            let due: store::ClaimIds = {
+                let claims = lease.claims.lock().expect("lease lock");
+                if claims.values().any(|c| c.until <= now) {
+                    lease.lost.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                claims
+                    .iter()
+                    .filter(|(_, c)| c.until - now <= due_at)
+                    .map(|(claim, c)| (claim.clone(), c.ids.clone()))
+                    .collect()
+            };
+            if !due.is_empty() {
+                renew.push((lease, due));
             }
         }
         if renew.is_empty() {
             return Ok(0);
         }
-        let claims: Vec<Vec<(String, Vec<i64>)>> = renew
-            .iter()
-            .map(|l| {
-                let claims = l.claims.lock().expect("lease lock");
-                claims
-                    .iter()
-                    .map(|(c, ids)| (c.clone(), ids.clone()))
-                    .collect()
-            })
-            .collect();
+        let claims: Vec<store::ClaimIds> = renew.iter().map(|(_, c)| c.clone()).collect();
         let until = now + self.lease_ms;
         let renewed = self
             .db
             .write(move |c| store::renew_claims(c, &claims, until))
             .await?;
-        for (lease, renewed) in renew.iter().zip(renewed) {
+        for ((lease, due), renewed) in renew.iter().zip(renewed) {
             let renewed: HashSet<i64> = renewed.into_iter().collect();
-            // A row neither renewed nor released by its batch was taken over.
-            let taken = {
-                let claims = lease.claims.lock().expect("lease lock");
-                claims.values().flatten().any(|id| !renewed.contains(id))
-            };
-            if taken {
-                lease.lost.store(true, Ordering::SeqCst);
-            } else {
-                lease.until.store(until, Ordering::SeqCst);
+            let mut claims = lease.claims.lock().expect("lease lock");
+            for (claim, ids) in due {
+                let Some(c) = claims.get_mut(claim) else {
+                    continue; // every row recorded meanwhile
+                };
+                // A row still held but not renewed was taken over.
+                let held: HashSet<&i64> = c.ids.iter().collect();
+                if ids
+                    .iter()
+                    .any(|id| held.contains(id) && !renewed.contains(id))
+                {
+                    lease.lost.store(true, Ordering::SeqCst);
+                } else {
+                    c.until = until;
+                }
             }
         }
         Ok(renew.len())
@@ -217,7 +257,7 @@ mod tests {
         let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
         db.migrate().unwrap();
         let rows = accepted(&db, "mine", 60_000).await;
-        let leases = Leases::new(db.clone(), 60_000);
+        let leases = Leases::new(db.clone(), 60_000, 20_000);
         let held = leases.hold(&rows);
         assert!(held.lease.allows(0, 20_000));
         assert!(
@@ -256,7 +296,7 @@ mod tests {
         let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
         db.migrate().unwrap();
         let rows = accepted(&db, "mine", 60_000).await;
-        let leases = Leases::new(db, 60_000);
+        let leases = Leases::new(db, 60_000, 20_000);
         let held = leases.hold(&rows);
         assert_eq!(leases.renew(60_000).await.unwrap(), 0);
         assert!(!held.lease.allows(0, 0), "lost for good");

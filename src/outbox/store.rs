@@ -542,11 +542,14 @@ fn record_group(
     Ok(ids.into_iter().collect())
 }
 
+/// Claim tokens, each with the delivery ids held under it.
+pub type ClaimIds = Vec<(String, Vec<i64>)>;
+
 /// Extends claims still held to `until`: per lease, its (claim token, delivery ids); answers,
 /// per lease, the ids still held by its claims (recording an outcome releases a row).
 pub fn renew_claims(
     conn: &mut DbConn,
-    leases: &[Vec<(String, Vec<i64>)>],
+    leases: &[ClaimIds],
     until: i64,
 ) -> Result<Vec<Vec<i64>>, DbError> {
     write_tx(conn, |conn| {
@@ -555,15 +558,22 @@ pub fn renew_claims(
             let mut held = vec![];
             for (claim, ids) in claims {
                 for chunk in ids.chunks(RECORD_CHUNK) {
-                    let mine: Vec<i64> = d::table
-                        .filter(d::id.eq_any(chunk))
-                        .filter(d::claimed_by.eq(claim))
-                        .select(d::id)
-                        .load(conn)?;
-                    diesel::update(d::table.filter(d::id.eq_any(&mine)))
+                    // Update first: on PostgreSQL the rows stay locked, so no claimer can take
+                    // one between the check and the renewal.
+                    let mine = || {
+                        d::table
+                            .filter(d::id.eq_any(chunk))
+                            .filter(d::claimed_by.eq(claim))
+                    };
+                    diesel::update(mine())
                         .set(d::claimed_until.eq(until))
                         .execute(conn)?;
-                    held.extend(mine);
+                    held.extend(
+                        mine()
+                            .filter(d::claimed_until.eq(until))
+                            .select(d::id)
+                            .load::<i64>(conn)?,
+                    );
                 }
             }
             renewed.push(held);

@@ -5,7 +5,7 @@
 //! on a request staying alive.
 
 use super::budget::AppBudgets;
-use super::lease::{Lease, Leases};
+use super::lease::{Held, Lease, Leases};
 use super::retry::{jitter_unit, RetryPolicy};
 use super::store::{self, Outcome};
 use super::{digest, pacing};
@@ -38,6 +38,9 @@ const HANDOVER_BATCH: usize = 64;
 const ROBOT_BACKLOG: i64 = 1000;
 /// How many due deliveries one poll claims.
 const CLAIM_BATCH: i64 = 200;
+/// People sent one part in one round of batchSend calls (those run at once).
+const ROUND: usize =
+    crate::dingtalk::client::BATCH_MAX_IDS * crate::dingtalk::client::BATCH_CONCURRENCY;
 /// DingTalk calls of one batch in flight at once (each robot send, each message's batchSend).
 const SEND_CONCURRENCY: usize = 32;
 /// The longest the poller sleeps when nothing is due (new work wakes it sooner).
@@ -48,7 +51,7 @@ pub const MOBILE_PREFIX: &str = "mobile:";
 
 /// Why a delivery was not sent by the batch that held it.
 const LEASE_LOST: &str =
-    "its claim ran out before it could be sent (the database was out of reach); the queue sends it";
+    "its claim could not be renewed in time to send it (the database was out of reach); the queue sends it";
 
 pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
     "single chat is not configured: set it with `ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=… ding_robot_code=…`";
@@ -116,6 +119,8 @@ struct QueueBound {
 /// A freshly accepted message whose deliveries this process already claimed.
 pub struct Handover {
     pub batch: Batch,
+    /// Its claims, renewed while it waits for a worker.
+    pub held: Held,
     /// Fires with the outcome of each attempted delivery (by delivery id).
     pub done: oneshot::Sender<Vec<(i64, Outcome)>>,
 }
@@ -128,10 +133,7 @@ pub struct Outbox {
     pub policy: RetryPolicy,
     pub lease: Duration,
     /// The claims of the batches in flight, renewed by [`Outbox::keep_leases`].
-    pub leases: Leases,
-    /// The longest one DingTalk send may take (a token fetch, then the call): a send starts
-    /// only with this much of its lease left.
-    send_budget_ms: i64,
+    pub leases: Arc<Leases>,
     pub metrics: Arc<Metrics>,
     /// Times in digests are shown at this offset from UTC.
     pub utc_offset_min: i32,
@@ -155,7 +157,10 @@ impl Outbox {
         let metrics = Arc::new(Metrics::default());
         let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())?;
         let (handovers, rx) = mpsc::channel(1024);
-        let leases = Leases::new(db.clone(), settings.lease.as_millis() as i64);
+        // The longest one round of DingTalk calls may take: a token fetch and the call, and
+        // both again when DingTalk refuses the token. A send starts only with this much lease left.
+        let budget_ms = 4 * settings.dingtalk_timeout.as_millis() as i64;
+        let leases = Leases::new(db.clone(), settings.lease.as_millis() as i64, budget_ms);
         Ok(Arc::new(Self {
             userids: UserIdCache::new(
                 db.clone(),
@@ -172,7 +177,6 @@ impl Outbox {
             },
             lease: settings.lease,
             leases,
-            send_budget_ms: 2 * settings.dingtalk_timeout.as_millis() as i64,
             metrics,
             utc_offset_min: settings.utc_offset_min,
             budgets: AppBudgets::new(settings.app_qps, settings.app_qpm),
@@ -242,7 +246,7 @@ impl Outbox {
     /// outbox lives.
     pub fn keep_leases(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
-        let tick = Duration::from_millis((self.leases.lease_ms() / 8).clamp(100, 1000) as u64);
+        let tick = Duration::from_millis(self.leases.tick_ms() as u64);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(tick).await;
@@ -265,7 +269,7 @@ impl Outbox {
 
     /// Whether a DingTalk send may start now under `lease`.
     fn may_send(&self, lease: &Lease) -> bool {
-        lease.allows(self.clock.now_ms(), self.send_budget_ms)
+        self.leases.allows(lease, self.clock.now_ms())
     }
 
     async fn idle_pause(&self) -> Duration {
@@ -339,7 +343,8 @@ impl Outbox {
     /// poller and `None` is answered.
     pub async fn submit(&self, batch: Batch) -> Option<oneshot::Receiver<Vec<(i64, Outcome)>>> {
         let (done, rx) = oneshot::channel();
-        match self.handovers.try_send(Handover { batch, done }) {
+        let held = self.leases.hold(&batch.rows);
+        match self.handovers.try_send(Handover { batch, held, done }) {
             Ok(()) => Some(rx),
             Err(e) => {
                 let ids: Vec<i64> = e.into_inner().batch.rows.iter().map(|r| r.id).collect();
@@ -416,12 +421,11 @@ impl Outbox {
             }
         };
         let n = rows.len();
+        let held = self.leases.hold(&rows);
         let batch = self.db.run(move |c| load_batch(c, rows)).await;
         match batch {
             Ok(batch) => {
-                if let Err(e) = self.deliver(batch).await {
-                    tracing::error!(error = %e, "delivery batch interrupted; its claims expire and it is retried");
-                }
+                self.deliver(batch, held).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot load a delivery batch; its claims expire and it is retried")
@@ -433,7 +437,9 @@ impl Outbox {
     async fn deliver_handovers(&self, handovers: Vec<Handover>) {
         let mut waiting = vec![];
         let mut merged: Option<Batch> = None;
+        let mut helds = vec![];
         for h in handovers {
+            helds.push(h.held);
             waiting.push((
                 h.batch.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
                 h.done,
@@ -448,13 +454,8 @@ impl Outbox {
             }
         }
         let Some(batch) = merged else { return };
-        let outcomes = match self.deliver(batch).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(error = %e, "delivery batch interrupted; its claims expire and it is retried");
-                vec![]
-            }
-        };
+        let held = self.leases.merge(helds);
+        let outcomes = self.deliver(batch, held).await;
         for (ids, done) in waiting {
             let mine = outcomes
                 .iter()
@@ -465,17 +466,15 @@ impl Outbox {
         }
     }
 
-    /// Sends a batch and records every outcome in one transaction; answers the outcomes this
+    /// Sends a batch under its claims (`held`) and records the outcomes; answers those this
     /// process recorded (by delivery id).
-    async fn deliver(&self, batch: Batch) -> Result<Vec<(i64, Outcome)>, DbError> {
+    async fn deliver(&self, batch: Batch, held: Held) -> Vec<(i64, Outcome)> {
         let Batch {
             rows,
             messages,
             robots,
             settings,
         } = batch;
-        // Renewed until the outcomes are recorded.
-        let held = self.leases.hold(&rows);
         // One task per robot delivery and one per message's people (a batchSend), run together.
         let mut outcomes: Vec<(DeliveryRow, Outcome)> = Vec::with_capacity(rows.len());
         let mut robot_rows = vec![];
@@ -525,30 +524,38 @@ impl Outbox {
             let (app, lease) = (settings.app.clone(), held.lease.clone());
             tasks.push(async move { self.send_users(&msg, rows, &app, &lease).await }.boxed());
         }
-        // Outcomes are recorded as their tasks finish, not when the slowest one does: a process
-        // dying meanwhile must not leave what was sent looking unsent.
-        let mut sent = futures_util::stream::iter(tasks).buffer_unordered(SEND_CONCURRENCY);
-        let (mut recorded, mut failure) = (Vec::with_capacity(outcomes.len()), None);
-        while let Some(done) = sent.next().await {
-            outcomes.extend(done);
-            while let Some(Some(done)) = sent.next().now_or_never() {
-                outcomes.extend(done);
+        // Outcomes are recorded as their tasks finish, not when the slowest one does (a process
+        // dying meanwhile must not leave what was sent looking unsent), while the other sends
+        // go on: what finished during one record transaction goes into the next.
+        let (finished, mut to_record) = mpsc::unbounded_channel();
+        let _ = finished.send(outcomes);
+        let sending = async move {
+            let mut sent = futures_util::stream::iter(tasks).buffer_unordered(SEND_CONCURRENCY);
+            while let Some(done) = sent.next().await {
+                let _ = finished.send(done);
             }
-            match self
-                .record(&held.lease, std::mem::take(&mut outcomes))
-                .await
-            {
-                Ok(r) => recorded.extend(r),
-                Err(e) => failure = Some(e),
+        };
+        let recording = async {
+            let mut recorded = vec![];
+            while let Some(mut done) = to_record.recv().await {
+                while let Ok(more) = to_record.try_recv() {
+                    done.extend(more);
+                }
+                if done.is_empty() {
+                    continue;
+                }
+                match self.record(&held.lease, done).await {
+                    Ok(r) => recorded.extend(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record delivery outcomes; their claims expire and they are retried")
+                    }
+                }
             }
-        }
-        if !outcomes.is_empty() {
-            match self.record(&held.lease, outcomes).await {
-                Ok(r) => recorded.extend(r),
-                Err(e) => failure = Some(e),
-            }
-        }
-        failure.map_or(Ok(recorded), Err)
+            recorded
+        };
+        let ((), recorded) = futures_util::future::join(sending, recording).await;
+        drop(held);
+        recorded
     }
 
     /// Records outcomes in one transaction; answers those whose claim still held.
@@ -911,56 +918,61 @@ impl Outbox {
                 .or_default()
                 .push((uid, row));
         }
-        for (first, mut remaining) in by_progress {
-            for k in first..n {
-                if remaining.is_empty() {
-                    break;
-                }
-                let progress = (k > 0).then_some(k);
-                if !self.may_send(lease) {
-                    let now = self.clock.now_ms();
-                    out.extend(remaining.drain(..).map(|(_, r)| {
-                        let o = self.defer(&r, now, LEASE_LOST, progress);
-                        (r, o)
-                    }));
-                    break;
-                }
-                let calls = remaining
-                    .len()
-                    .div_ceil(crate::dingtalk::client::BATCH_MAX_IDS)
-                    as u32;
-                if let Err(at) = self.budgets.take(&app.key, calls, self.clock.now_ms()) {
-                    let why = "waiting for the DingTalk app's call budget (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM)";
-                    out.extend(remaining.drain(..).map(|(_, r)| {
-                        let o = self.defer(&r, at, why, progress);
-                        (r, o)
-                    }));
-                    break;
-                }
-                let ids: Vec<String> = remaining.iter().map(|(u, _)| u.clone()).collect();
-                let mut by_id: HashMap<String, UserOutcome> =
-                    match self.client.batch_send(app, &ids, &parts[k as usize]).await {
-                        Ok(r) => r.into_iter().collect(),
-                        Err(e) => {
-                            out.extend(
-                                remaining
-                                    .drain(..)
-                                    .map(|(_, r)| (r, failed(None, e.to_string()))),
-                            );
-                            break;
+        // One round of calls at a time, each started only with lease left for it.
+        for (first, mut group) in by_progress {
+            while !group.is_empty() {
+                let rest = group.split_off(group.len().min(ROUND));
+                let mut remaining = std::mem::replace(&mut group, rest);
+                for k in first..n {
+                    if remaining.is_empty() {
+                        break;
+                    }
+                    let progress = (k > 0).then_some(k);
+                    if !self.may_send(lease) {
+                        let now = self.clock.now_ms();
+                        out.extend(remaining.drain(..).map(|(_, r)| {
+                            let o = self.defer(&r, now, LEASE_LOST, progress);
+                            (r, o)
+                        }));
+                        break;
+                    }
+                    let calls = remaining
+                        .len()
+                        .div_ceil(crate::dingtalk::client::BATCH_MAX_IDS)
+                        as u32;
+                    if let Err(at) = self.budgets.take(&app.key, calls, self.clock.now_ms()) {
+                        let why = "waiting for the DingTalk app's call budget (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM)";
+                        out.extend(remaining.drain(..).map(|(_, r)| {
+                            let o = self.defer(&r, at, why, progress);
+                            (r, o)
+                        }));
+                        break;
+                    }
+                    let ids: Vec<String> = remaining.iter().map(|(u, _)| u.clone()).collect();
+                    let mut by_id: HashMap<String, UserOutcome> =
+                        match self.client.batch_send(app, &ids, &parts[k as usize]).await {
+                            Ok(r) => r.into_iter().collect(),
+                            Err(e) => {
+                                out.extend(
+                                    remaining
+                                        .drain(..)
+                                        .map(|(_, r)| (r, failed(None, e.to_string()))),
+                                );
+                                break;
+                            }
+                        };
+                    for (uid, row) in std::mem::take(&mut remaining) {
+                        match self.user_outcome(app, &uid, &row, by_id.remove(&uid), progress) {
+                            Ok(pqk) if k + 1 == n => out.push((
+                                row,
+                                Outcome::Sent {
+                                    request_id: Some(pqk),
+                                    digest_id: None,
+                                },
+                            )),
+                            Ok(_) => remaining.push((uid, row)),
+                            Err(o) => out.push((row, o)),
                         }
-                    };
-                for (uid, row) in std::mem::take(&mut remaining) {
-                    match self.user_outcome(app, &uid, &row, by_id.remove(&uid), progress) {
-                        Ok(pqk) if k + 1 == n => out.push((
-                            row,
-                            Outcome::Sent {
-                                request_id: Some(pqk),
-                                digest_id: None,
-                            },
-                        )),
-                        Ok(_) => remaining.push((uid, row)),
-                        Err(o) => out.push((row, o)),
                     }
                 }
             }
@@ -1251,9 +1263,12 @@ fn plan_robot_sends(
     sends
 }
 
+/// DingTalk's code for "no user has this mobile".
+pub const MOBILE_NOT_FOUND: &str = "60121";
+
 fn not_found(mobile: &str) -> Outcome {
     failed(
-        Some("60121".into()),
+        Some(MOBILE_NOT_FOUND.into()),
         format!("no DingTalk user has the mobile {mobile}: the telephone in the profile must equal the phone registered in DingTalk"),
     )
 }

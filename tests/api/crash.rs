@@ -18,7 +18,7 @@ async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
     // On PostgreSQL a dead process's claims are taken over when their lease runs out: short.
     let env = [
         ("DING_CHANNEL_LEASE_S", "10"),
-        ("DINGTALK_TIMEOUT_MS", "2500"),
+        ("DINGTALK_TIMEOUT_MS", "2000"),
     ];
     let mut first = serve(&db.url, &sim.base_url(), &env);
     let store =

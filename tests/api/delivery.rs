@@ -210,6 +210,17 @@ async fn a_refusal_by_dingtalk_or_the_configuration_is_not_an_unknown_receiver()
         1306000,
         "dave (single chat is not configured: set it with",
     );
+    let env = plain
+        .post(
+            "send_dingtalk",
+            json!({"userid": "dave-ding", "content": "x"}),
+        )
+        .await;
+    assert_refused(
+        &env,
+        1306000,
+        "dave-ding (single chat is not configured: set it with",
+    );
 }
 
 /// The queue is bounded: a send that would queue more than `DING_CHANNEL_MAX_QUEUE` deliveries
@@ -866,6 +877,51 @@ async fn the_sandbox_works_on_a_database_set_up_for_production() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     sandbox_delivers_the_printed_example(&db).await;
+
+    // With deliveries queued for the real DingTalk, the sandbox refuses to start.
+    let store =
+        ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
+            .unwrap();
+    let msg = ding_channel::outbox::store::NewMessage {
+        app_code: APP.into(),
+        idempotency_key: None,
+        channel: "send_ding".into(),
+        sender: None,
+        request_id: "r".into(),
+        body: r#"{"msg_key":"text","content":"x"}"#.into(),
+        deliveries: vec![ding_channel::outbox::store::NewDelivery {
+            receiver: "alice".into(),
+            kind: "user",
+            target: "uid:alice-ding".into(),
+            failed: None,
+            code: None,
+            wait: Some((0, "waiting".into())),
+        }],
+    };
+    let a = ding_channel::outbox::store::Acceptance {
+        now: 0,
+        give_up_at: i64::MAX / 2,
+        idempotency_window_ms: 0,
+        claim: ("c".into(), 0),
+    };
+    ding_channel::outbox::store::accept(&mut store.get().unwrap(), &msg, &a).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ding-channel"))
+        .args(["serve", "--sandbox"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("DING_CHANNEL_MANIFEST", repo_manifest())
+        .env("DING_CHANNEL_CONFIG", "")
+        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "this database is set up for DingTalk app corp-app and holds 1 queued deliveries"
+        ),
+        "{}",
+        stderr(&out)
+    );
 }
 
 async fn sandbox_delivers_the_printed_example(db: &TestDb) {
@@ -955,21 +1011,23 @@ fn api_calls(app: &TestApp, api: &str) -> usize {
 #[tokio::test]
 async fn a_slow_send_keeps_its_claim_and_goes_out_once() {
     let app = std::sync::Arc::new(TestApp::spawn().await);
+    let content = "disk at 95% on host-1\n".repeat(1500); // 33 KB: two robot messages
     let gate = app.sim.state.hold("robot_send", 1);
     let a = app.clone();
     let req = tokio::spawn(async move {
         a.post(
             "send_ding",
-            json!({"receiver__username": "ops-robot", "content": "once"}),
+            json!({"receiver__username": "ops-robot", "content": content}),
         )
         .await
     });
-    gate.arrived(1).await;
-    // Well past the 60 s lease the send was accepted with, renewed on the way as the process
-    // does every second.
-    app.clock.advance_ms(40_000);
-    assert_eq!(app.outbox.renew_leases().await, 1);
-    app.clock.advance_ms(40_000);
+    gate.arrived(1).await; // the first part is in flight
+                           // Well past the 60 s lease the send was accepted with, renewed on the way as the process
+                           // does every tick.
+    for _ in 0..2 {
+        app.clock.advance_ms(40_000);
+        assert_eq!(app.outbox.renew_leases().await, 1);
+    }
     assert_eq!(
         app.drain().await,
         0,
@@ -979,7 +1037,11 @@ async fn a_slow_send_keeps_its_claim_and_goes_out_once() {
     let env = req.await.unwrap();
     assert_eq!(statuses(&env), pairs(&[("ops-robot", "sent")]), "{env}");
     assert_eq!(app.drain().await, 0);
-    assert_eq!(api_calls(&app, "robot_send"), 1);
+    assert_eq!(
+        api_calls(&app, "robot_send"),
+        2,
+        "both parts, once, by the batch that kept its claim"
+    );
 }
 
 /// A batch whose claim ran out (it could not renew it) sends nothing more: here, not the
