@@ -327,6 +327,8 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         reply.data["message_id"].as_str().unwrap_or("-"),
         reply.message
     );
+    // A send still in flight finishes and is recorded before the process exits.
+    runtime.block_on(outbox.leases.settled());
     if reply.code != crate::esb::envelope::Code::Ok {
         bail!("nothing could be delivered");
     }

@@ -11,6 +11,7 @@ use crate::db::{Db, DbError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// One claim token of a batch: the rows still to be recorded, and until when they are ours.
 struct Claim {
@@ -80,6 +81,7 @@ pub struct Leases {
     budget_ms: i64,
     held: Mutex<HashMap<u64, Arc<Lease>>>,
     next: AtomicU64,
+    settled: Notify,
 }
 
 /// Holds a batch's lease for renewal until dropped (after its outcomes are recorded).
@@ -91,11 +93,11 @@ pub struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.leases
-            .held
-            .lock()
-            .expect("leases lock")
-            .remove(&self.key);
+        let mut held = self.leases.held.lock().expect("leases lock");
+        held.remove(&self.key);
+        if held.is_empty() {
+            self.leases.settled.notify_waiters();
+        }
     }
 }
 
@@ -107,7 +109,22 @@ impl Leases {
             budget_ms,
             held: Mutex::default(),
             next: AtomicU64::new(0),
+            settled: Notify::new(),
         })
+    }
+
+    /// Waits until no batch is waiting or in flight (every outcome recorded): a short-lived
+    /// process (`ding-channel send`) waits for it before it exits.
+    pub async fn settled(&self) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.held.lock().expect("leases lock").is_empty() {
+                return;
+            }
+            settled.await;
+        }
     }
 
     /// How often [`Leases::renew`] should run.
@@ -219,6 +236,7 @@ impl Leases {
 mod tests {
     use super::*;
     use crate::config::DatabaseUrl;
+    use futures_util::FutureExt;
     use store::{Acceptance, NewDelivery, NewMessage};
 
     async fn accepted(db: &Db, claim: &str, until: i64) -> Vec<DeliveryRow> {
@@ -288,6 +306,23 @@ mod tests {
         assert!(!held.lease.allows(100_000, 0));
         drop(held);
         assert_eq!(leases.renew(200_000).await.unwrap(), 0, "nothing held");
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_every_batch_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        let rows = accepted(&db, "mine", 60_000).await;
+        let leases = Leases::new(db, 60_000, 20_000);
+        leases.settled().await; // nothing held
+        let (first, second) = (leases.hold(&rows[..1]), leases.hold(&rows[1..]));
+        let mut settled = Box::pin(leases.settled());
+        assert!(settled.as_mut().now_or_never().is_none());
+        drop(first);
+        assert!(settled.as_mut().now_or_never().is_none());
+        drop(second);
+        settled.await;
     }
 
     #[tokio::test]
