@@ -125,7 +125,15 @@ impl Application {
         self.port
     }
 
+    /// Serves until a signal (SIGTERM, SIGINT) stops it; then the deliveries in flight finish
+    /// and are recorded before it returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        self.server.await?;
+        if !self.outbox.stop().await {
+            tracing::warn!(
+                "stopped with deliveries still in flight; they are sent again after the restart"
+            );
+        }
+        Ok(())
     }
 }

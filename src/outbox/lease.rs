@@ -127,6 +127,15 @@ impl Leases {
         }
     }
 
+    /// Batches waiting for a worker or in flight.
+    pub fn in_flight(&self) -> usize {
+        self.held.lock().expect("leases lock").len()
+    }
+
+    pub fn budget_ms(&self) -> i64 {
+        self.budget_ms
+    }
+
     /// How often [`Leases::renew`] should run.
     pub fn tick_ms(&self) -> i64 {
         (self.lease_ms / 20).clamp(50, 1000)

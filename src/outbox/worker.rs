@@ -27,7 +27,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -142,6 +142,8 @@ pub struct Outbox {
     /// delivery while a robot is saturated (the database stays the authority when it opens).
     robot_waits: Mutex<HashMap<String, pacing::Slots>>,
     queue: QueueBound,
+    /// Set by [`Outbox::stop`]: the poller takes no new work.
+    stopping: AtomicBool,
     handovers: mpsc::Sender<Handover>,
     handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
     wake: Notify,
@@ -186,6 +188,7 @@ impl Outbox {
                 depth: AtomicI64::new(0),
                 counted_at: AtomicI64::new(i64::MIN),
             },
+            stopping: AtomicBool::new(false),
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
@@ -234,12 +237,33 @@ impl Outbox {
                     _ = this.wake.notified() => {}
                     _ = tokio::time::sleep(pause) => {}
                 }
+                if this.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
                 let Ok(_permit) = permits.acquire().await else {
                     break;
                 };
                 this.run_due().await;
             }
         });
+    }
+
+    /// Takes no new work from the queue and waits (as long as one round of DingTalk calls may
+    /// take) for the batches handed over or in flight to be recorded; whatever else waits stays
+    /// queued for the next start. Answers whether everything in flight was recorded.
+    pub async fn stop(&self) -> bool {
+        self.stopping.store(true, Ordering::SeqCst);
+        let batches = self.leases.in_flight();
+        if batches > 0 {
+            tracing::info!(
+                batches,
+                "waiting for the deliveries in flight to be recorded before stopping"
+            );
+        }
+        let grace = Duration::from_millis(self.leases.budget_ms() as u64 + 1000);
+        tokio::time::timeout(grace, self.leases.settled())
+            .await
+            .is_ok()
     }
 
     /// Renews the leases of the batches in flight, on the current runtime, for as long as the
@@ -396,7 +420,7 @@ impl Outbox {
     /// to drain the outbox without waiting.
     pub async fn run_due(&self) -> usize {
         let mut total = 0;
-        loop {
+        while !self.stopping.load(Ordering::SeqCst) {
             let claim = crate::secret::random_hex(8);
             let (now, lease) = (self.clock.now_ms(), self.lease.as_millis() as i64);
             let rows = self
@@ -406,9 +430,10 @@ impl Outbox {
             let n = self.deliver_rows(rows).await;
             total += n;
             if n < CLAIM_BATCH as usize {
-                return total;
+                break;
             }
         }
+        total
     }
 
     async fn deliver_rows(&self, rows: Result<Vec<DeliveryRow>, DbError>) -> usize {

@@ -1,8 +1,8 @@
 //! A real server process killed with SIGKILL loses nothing it accepted: the next process on the
-//! same database delivers it, once.
+//! same database delivers it, once. Stopped with SIGTERM, it finishes what is in flight first.
 
 use crate::helpers::*;
-use ding_channel::simulator::{demo_config, Simulator};
+use ding_channel::simulator::{demo_config, Faults, Simulator};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -74,4 +74,64 @@ async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
     })
     .await;
     drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
+    let db = TestDb::new();
+    let sim = Simulator::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        demo_config(),
+        ding_channel::clock::system(),
+    )
+    .unwrap();
+    let mut server = serve(&db.url, &sim.base_url(), &[]);
+    let store =
+        ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
+            .unwrap();
+    ding_channel::sandbox::seed(&store).unwrap();
+
+    // The first attempt fails; the poller's retry is in flight when the server is told to stop.
+    sim.state
+        .set_faults(Faults::http(503, &["robot_send"]).times(1));
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/send_ding/", server.url))
+        .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver__username": "ops-robot", "content": "disk full"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["data"]["deliveries"][0]["status"], "queued",
+        "{answer}"
+    );
+    let gate = sim.state.hold("robot_send", 1);
+    gate.arrived(1).await;
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // It says it waits for the send in flight, and exits once that is answered and recorded.
+    wait_until(
+        "the server to wait for its send",
+        Duration::from_secs(10),
+        || server.logged("waiting for the deliveries in flight"),
+    )
+    .await;
+    gate.open();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let queued = ding_channel::outbox::store::queue_depth(&mut store.get().unwrap()).unwrap();
+    assert_eq!(queued, 0, "the retry was recorded as sent");
+    let robot = sim
+        .state
+        .messages()
+        .iter()
+        .filter(|m| m.api == "robot_send")
+        .count();
+    assert_eq!(robot, 1);
 }

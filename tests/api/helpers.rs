@@ -276,6 +276,14 @@ pub fn assert_refused(env: &Value, code: i64, needle: &str) {
 pub struct Server {
     pub child: Child,
     pub url: String,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Whether a line of its log contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
 }
 
 impl Drop for Server {
@@ -314,11 +322,14 @@ pub fn serve(db_url: &str, dingtalk: &str, extra: &[(&str, &str)]) -> Server {
                 .to_owned();
         }
     };
-    // Keep draining its log so the pipe never fills.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Keep reading its log so the pipe never fills.
+    let log = Arc::new(std::sync::Mutex::new(vec![]));
+    let keep = log.clone();
+    std::thread::spawn(move || lines.for_each(|l| keep.lock().unwrap().extend(l.ok())));
     Server {
         child,
         url: format!("http://127.0.0.1:{port}/api/c/compapi/cmsi"),
+        log,
     }
 }
 
