@@ -80,7 +80,8 @@ impl Application {
         let (db, manifest) = prepare(&settings)?;
         if db.backend() == "sqlite" {
             // One process owns a SQLite database: claims left by a killed process are ours now.
-            let released = crate::outbox::store::release_all_claims(&mut *db.get()?)?;
+            let released =
+                crate::outbox::store::release_orphaned_claims(&mut *db.get()?, process_alive)?;
             if released > 0 {
                 tracing::info!(released, "resuming deliveries claimed before a restart");
             }
@@ -136,4 +137,11 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Whether another process with this id runs on this host. This process's own id counts as
+/// gone: a claim with it is a previous process's (a container's server is always pid 1).
+/// Where that can't be told, none is.
+fn process_alive(pid: u32) -> bool {
+    pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -143,10 +143,7 @@ pub async fn send(
         .map_err(EsbError::Throttled)?;
     let now = outbox.clock.now_ms();
     let give_up_at = now + outbox.policy.max_age.as_millis() as i64;
-    let claim = (
-        crate::secret::random_hex(8),
-        now + outbox.lease.as_millis() as i64,
-    );
+    let claim = (store::new_claim(), now + outbox.lease.as_millis() as i64);
     let message = request.message;
     let waiting = plan.deliveries.iter().filter(|d| d.wait.is_some()).count();
     let new = NewMessage {

@@ -335,6 +335,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_start_up_only_the_claims_of_processes_gone_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        accepted(&db, "4242-aa", 60_000).await; // a running `ding-channel send`
+        accepted(&db, "4343-bb", 60_000).await; // a killed server
+        accepted(&db, "c0ffee", 60_000).await; // an older token, without a process id
+        let mut conn = db.get().unwrap();
+        let released = store::release_orphaned_claims(&mut conn, |pid| pid == 4242).unwrap();
+        assert_eq!(released, 4);
+        use diesel::prelude::*;
+        let held: Vec<Option<String>> = crate::db::schema::deliveries::table
+            .select(crate::db::schema::deliveries::claimed_by)
+            .load(&mut *conn)
+            .unwrap();
+        assert_eq!(
+            held.iter().flatten().collect::<Vec<_>>(),
+            ["4242-aa", "4242-aa"]
+        );
+        assert!(store::new_claim().starts_with(&format!("{}-", std::process::id())));
+    }
+
+    #[tokio::test]
     async fn a_lease_that_ran_out_is_lost_without_asking_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();

@@ -700,14 +700,41 @@ fn record_one(
     Ok(true)
 }
 
-/// Releases every claim: at start-up on SQLite, where this process is the only deliverer.
-pub fn release_all_claims(conn: &mut DbConn) -> Result<usize, DbError> {
-    Ok(diesel::update(d::table.filter(d::claimed_by.is_not_null()))
-        .set((
-            d::claimed_by.eq(None::<String>),
-            d::claimed_until.eq(None::<i64>),
-        ))
-        .execute(conn)?)
+/// A fresh claim token: the process id, then random hex. On SQLite every process is on this
+/// host, so a claim can be told to be a dead process's by its token.
+pub fn new_claim() -> String {
+    format!("{}-{}", std::process::id(), crate::secret::random_hex(8))
+}
+
+/// The process that made `claim` ([`new_claim`]), if the token says.
+fn claimant(claim: &str) -> Option<u32> {
+    claim.split_once('-')?.0.parse().ok()
+}
+
+/// Releases the claims of processes that are gone (`alive` says which are not), at start-up
+/// on SQLite: a killed server's deliveries are resumed at once, while a running
+/// `ding-channel send` keeps its own.
+pub fn release_orphaned_claims(
+    conn: &mut DbConn,
+    alive: impl Fn(u32) -> bool,
+) -> Result<usize, DbError> {
+    let claims: Vec<String> = d::table
+        .filter(d::claimed_by.is_not_null())
+        .select(d::claimed_by.assume_not_null())
+        .distinct()
+        .load(conn)?;
+    let orphaned: Vec<String> = claims
+        .into_iter()
+        .filter(|c| claimant(c).is_none_or(|pid| !alive(pid)))
+        .collect();
+    Ok(
+        diesel::update(d::table.filter(d::claimed_by.eq_any(&orphaned)))
+            .set((
+                d::claimed_by.eq(None::<String>),
+                d::claimed_until.eq(None::<i64>),
+            ))
+            .execute(conn)?,
+    )
 }
 
 /// Queues a message's failed deliveries again (`deliveries retry`); answers how many.

@@ -403,7 +403,7 @@ impl Outbox {
 
     /// Delivers the due deliveries of one message now (`deliveries retry`).
     pub async fn deliver_message(&self, message_id: &str) {
-        let claim = crate::secret::random_hex(8);
+        let claim = store::new_claim();
         let (now, lease, id) = (
             self.clock.now_ms(),
             self.lease.as_millis() as i64,
@@ -421,7 +421,7 @@ impl Outbox {
     pub async fn run_due(&self) -> usize {
         let mut total = 0;
         while !self.stopping.load(Ordering::SeqCst) {
-            let claim = crate::secret::random_hex(8);
+            let claim = store::new_claim();
             let (now, lease) = (self.clock.now_ms(), self.lease.as_millis() as i64);
             let rows = self
                 .db
@@ -670,7 +670,7 @@ impl Outbox {
         // Everything else waiting for this robot rides along: each send carries all of it.
         let (robot_name, claim, now, lease_ms) = (
             name.clone(),
-            crate::secret::random_hex(8),
+            store::new_claim(),
             self.clock.now_ms(),
             self.lease.as_millis() as i64,
         );
