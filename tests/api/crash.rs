@@ -2,29 +2,21 @@
 //! same database delivers it, once. Stopped with SIGTERM, it finishes what is in flight first.
 
 use crate::helpers::*;
-use ding_channel::simulator::{demo_config, Faults, Simulator};
+use ding_channel::simulator::Faults;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
     let db = TestDb::new();
-    let sim = Simulator::start(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        demo_config(),
-        ding_channel::clock::system(),
-    )
-    .unwrap();
+    let sim = real_time_simulator();
     // On PostgreSQL a dead process's claims are taken over when their lease runs out: short.
     let env = [
         ("DING_CHANNEL_LEASE_S", "10"),
         ("DINGTALK_TIMEOUT_MS", "2000"),
     ];
     let mut first = serve(&db.url, &sim.base_url(), &env);
-    let store =
-        ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
-            .unwrap();
-    ding_channel::sandbox::seed(&store).unwrap();
+    let store = seeded(&db);
 
     // The robot's webhook call is under way when the process dies: DingTalk never answers it.
     let gate = sim.state.hold("robot_send", 1);
@@ -79,17 +71,9 @@ async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
     let db = TestDb::new();
-    let sim = Simulator::start(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        demo_config(),
-        ding_channel::clock::system(),
-    )
-    .unwrap();
+    let sim = real_time_simulator();
     let mut server = serve(&db.url, &sim.base_url(), &[]);
-    let store =
-        ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
-            .unwrap();
-    ding_channel::sandbox::seed(&store).unwrap();
+    let store = seeded(&db);
 
     // The first attempt fails; the poller's retry is in flight when the server is told to stop.
     sim.state

@@ -1006,12 +1006,14 @@ fn api_calls(app: &TestApp, api: &str) -> usize {
         .count()
 }
 
-/// A claim is renewed while its call is in flight: a worker looking for due rows later does
-/// not take the row over and send it again, however long DingTalk takes to answer.
-#[tokio::test]
-async fn a_slow_send_keeps_its_claim_and_goes_out_once() {
-    let app = std::sync::Arc::new(TestApp::spawn().await);
-    let content = "disk at 95% on host-1\n".repeat(1500); // 33 KB: two robot messages
+/// A 33 KB message to ops-robot (two webhook messages) whose first part is held in flight.
+async fn long_robot_send_in_flight(
+    app: &std::sync::Arc<TestApp>,
+) -> (
+    std::sync::Arc<ding_channel::simulator::Gate>,
+    tokio::task::JoinHandle<Value>,
+) {
+    let content = "disk at 95% on host-1\n".repeat(1500);
     let gate = app.sim.state.hold("robot_send", 1);
     let a = app.clone();
     let req = tokio::spawn(async move {
@@ -1021,9 +1023,18 @@ async fn a_slow_send_keeps_its_claim_and_goes_out_once() {
         )
         .await
     });
-    gate.arrived(1).await; // the first part is in flight
-                           // Well past the 60 s lease the send was accepted with, renewed on the way as the process
-                           // does every tick.
+    gate.arrived(1).await;
+    (gate, req)
+}
+
+/// A claim is renewed while its call is in flight: a worker looking for due rows later does
+/// not take the row over and send it again, however long DingTalk takes to answer.
+#[tokio::test]
+async fn a_slow_send_keeps_its_claim_and_goes_out_once() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let (gate, req) = long_robot_send_in_flight(&app).await;
+    // Well past the 60 s lease the send was accepted with, renewed on the way as the process
+    // does every tick.
     for _ in 0..2 {
         app.clock.advance_ms(40_000);
         assert_eq!(app.outbox.renew_leases().await, 1);
@@ -1049,17 +1060,7 @@ async fn a_slow_send_keeps_its_claim_and_goes_out_once() {
 #[tokio::test]
 async fn a_batch_that_lost_its_claim_sends_no_further_part() {
     let app = std::sync::Arc::new(TestApp::spawn().await);
-    let content = "disk at 95% on host-1\n".repeat(1500); // 33 KB: two robot messages
-    let gate = app.sim.state.hold("robot_send", 1);
-    let a = app.clone();
-    let req = tokio::spawn(async move {
-        a.post(
-            "send_ding",
-            json!({"receiver__username": "ops-robot", "content": content}),
-        )
-        .await
-    });
-    gate.arrived(1).await; // the first part is in flight
+    let (gate, req) = long_robot_send_in_flight(&app).await;
     app.clock.advance_ms(61_000); // the lease ran out, never renewed
     assert_eq!(app.drain().await, 1, "another worker takes the row over");
     assert_eq!(api_calls(&app, "robot_send"), 2, "and sends both parts");

@@ -272,6 +272,24 @@ pub fn assert_refused(env: &Value, code: i64, needle: &str) {
     );
 }
 
+/// A simulator on the system clock, for real server processes (which no test clock drives).
+pub fn real_time_simulator() -> Simulator {
+    Simulator::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        demo_config(),
+        ding_channel::clock::system(),
+    )
+    .unwrap()
+}
+
+/// `db` with the sandbox's demo data (app demo, alice, bob, ops-robot), once a server created
+/// its tables.
+pub fn seeded(db: &TestDb) -> Db {
+    let store = Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1).unwrap();
+    ding_channel::sandbox::seed(&store).unwrap();
+    store
+}
+
 /// A real `ding-channel serve` process; killed (SIGKILL) when dropped.
 pub struct Server {
     pub child: Child,

@@ -2,7 +2,7 @@
 //! and a robot's limits hold across both. Runs in the PostgreSQL suite only.
 
 use crate::helpers::*;
-use ding_channel::simulator::{demo_config, Faults, Simulator};
+use ding_channel::simulator::Faults;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -13,19 +13,10 @@ async fn two_processes_deliver_every_message_once_and_share_robot_limits() {
         return;
     }
     let db = TestDb::new();
-    let sim = Simulator::start(
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-        demo_config(),
-        ding_channel::clock::system(),
-    )
-    .unwrap();
+    let sim = real_time_simulator();
     let a = serve(&db.url, &sim.base_url(), &[]);
     let b = serve(&db.url, &sim.base_url(), &[]);
-    ding_channel::sandbox::seed(
-        &ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
-            .unwrap(),
-    )
-    .unwrap();
+    seeded(&db);
     let http = reqwest::Client::new();
     let send = |server: &Server, channel: &str, body: Value| {
         let (http, url) = (http.clone(), format!("{}/{channel}/", server.url));
