@@ -328,7 +328,7 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         reply.message
     );
     // A send still in flight finishes and is recorded before the process exits.
-    runtime.block_on(outbox.leases.settled());
+    runtime.block_on(outbox.stop());
     if reply.code != crate::esb::envelope::Code::Ok {
         bail!("nothing could be delivered");
     }
@@ -506,14 +506,12 @@ fn serve(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
         };
         let (database, bind) = (settings.database.clone(), settings.bind);
         // Seeded and set up before the workers start, so none of them meets DingTalk unprepared.
-        if let Some(sim) = &sim {
+        if sim.is_some() {
             let (db, _) = crate::startup::prepare(&settings)?;
+            crate::sandbox::refuse_production(&db)?;
             let seeded = crate::sandbox::seed(&db)?;
             if !seeded.is_empty() {
                 tracing::info!(seeded = %seeded.join(", "), "sandbox data seeded");
-            }
-            if let Some(key) = crate::sandbox::adopt_app(&db, sim)? {
-                tracing::info!(app_key = %key, "the simulator accepts the configured single-chat app");
             }
         }
         let app = Application::build(settings)?;

@@ -8,7 +8,7 @@ use crate::directory::classify::RobotFields;
 use crate::directory::profile::{Profile, Username};
 use crate::directory::store as users;
 use crate::esb::auth;
-use crate::simulator::{demo_config, SimApp, Simulator};
+use crate::simulator::{demo_config, Simulator};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -94,37 +94,20 @@ fn profile(name: &str, display: &str) -> Profile {
     }
 }
 
-/// Lets the simulator accept the single-chat app the database is configured with (a database
-/// set up for the real DingTalk works in the sandbox too); answers its key when added. Such a
-/// database with deliveries still queued is refused: they would go to the simulator, never to
-/// DingTalk.
-pub fn adopt_app(db: &Db, sim: &Simulator) -> anyhow::Result<Option<String>> {
-    let mut conn = db.get()?;
-    let dingtalk = registry::find(&mut conn, "send_dingtalk")?;
-    let Some(app) = crate::outbox::worker::app_from_channel(dingtalk.as_ref()) else {
-        return Ok(None);
-    };
-    if sim.state.config().apps.iter().any(|a| a.key == app.key) {
-        return Ok(None);
-    }
-    let queued = crate::outbox::store::queue_depth(&mut conn)?;
-    if queued > 0 {
-        anyhow::bail!(
-            "this database is set up for DingTalk app {} and holds {queued} queued deliveries: \
-             --sandbox would hand them to the simulator instead of DingTalk. Run the sandbox on a \
+/// Refuses a database set up for a real DingTalk app: the sandbox would seed a demo app whose
+/// secret is public into it, and hand its queued deliveries to the simulator.
+pub fn refuse_production(db: &Db) -> anyhow::Result<()> {
+    let dingtalk = registry::find(&mut *db.get()?, "send_dingtalk")?;
+    let demo = &demo_config().apps[0];
+    match crate::outbox::worker::app_from_channel(dingtalk.as_ref()) {
+        Some(app) if app.key != demo.key => anyhow::bail!(
+            "this database is set up for DingTalk app {}: --sandbox would add the demo app (whose \
+             secret is public) to it and send its messages to the simulator. Run the sandbox on a \
              database of its own (DATABASE_URL=sqlite://sandbox.db), or serve without --sandbox",
             app.key
-        );
+        ),
+        _ => Ok(()),
     }
-    let key = app.key.clone();
-    sim.state.configure(|c| {
-        c.apps.push(SimApp {
-            key: app.key,
-            secret: app.secret,
-            robot_code: app.robot_code,
-        })
-    });
-    Ok(Some(key))
 }
 
 /// Copy-paste examples against the real bound address.

@@ -130,10 +130,13 @@ impl Application {
     /// and are recorded before it returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
-        if !self.outbox.stop().await {
-            tracing::warn!(
-                "stopped with deliveries still in flight; they are sent again after the restart"
-            );
+        tokio::select! {
+            settled = self.outbox.stop() => if !settled {
+                tracing::warn!("stopped with deliveries still in flight; they are sent again after the restart");
+            },
+            _ = another_signal() => {
+                tracing::warn!("stopped by a second signal with deliveries in flight; they are sent again after the restart");
+            }
         }
         Ok(())
     }
@@ -144,4 +147,20 @@ impl Application {
 /// Where that can't be told, none is.
 fn process_alive(pid: u32) -> bool {
     pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A second SIGINT or SIGTERM, while the first one's stop waits for deliveries in flight.
+async fn another_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

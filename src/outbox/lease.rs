@@ -66,10 +66,11 @@ impl Lease {
         !self.lost.load(Ordering::SeqCst) && self.until().saturating_sub(now) >= budget_ms
     }
 
-    /// When the first of its rows still held may be taken over.
+    /// When the first of its rows still held may be taken over (with none held, nothing may
+    /// be sent).
     fn until(&self) -> i64 {
         let claims = self.claims.lock().expect("lease lock");
-        claims.values().map(|c| c.until).min().unwrap_or(i64::MAX)
+        claims.values().map(|c| c.until).min().unwrap_or(i64::MIN)
     }
 }
 
@@ -179,11 +180,12 @@ impl Leases {
         }
     }
 
-    /// Extends every claim that is due (half its lease or a budget and two ticks left), in one
+    /// Extends every claim that is due (half its lease left, or half of what exceeds a send's
+    /// budget: a renewal may wait behind other writes without a send being refused), in one
     /// transaction; answers how many leases were renewed. A lease that already ran out, or one
     /// of whose rows is not ours any more, is lost: its batch sends nothing more.
     pub async fn renew(&self, now: i64) -> Result<usize, DbError> {
-        let due_at = (self.lease_ms / 2).max(self.budget_ms + 2 * self.tick_ms());
+        let due_at = (self.lease_ms / 2).max((self.lease_ms + self.budget_ms) / 2);
         let held: Vec<Arc<Lease>> = {
             let held = self.held.lock().expect("leases lock");
             held.values().cloned().collect()

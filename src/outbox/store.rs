@@ -727,14 +727,16 @@ pub fn release_orphaned_claims(
         .into_iter()
         .filter(|c| claimant(c).is_none_or(|pid| !alive(pid)))
         .collect();
-    Ok(
-        diesel::update(d::table.filter(d::claimed_by.eq_any(&orphaned)))
+    let mut released = 0;
+    for chunk in orphaned.chunks(RECORD_CHUNK) {
+        released += diesel::update(d::table.filter(d::claimed_by.eq_any(chunk)))
             .set((
                 d::claimed_by.eq(None::<String>),
                 d::claimed_until.eq(None::<i64>),
             ))
-            .execute(conn)?,
-    )
+            .execute(conn)?;
+    }
+    Ok(released)
 }
 
 /// Queues a message's failed deliveries again (`deliveries retry`); answers how many.

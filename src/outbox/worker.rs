@@ -50,6 +50,7 @@ pub const USER_PREFIX: &str = "uid:";
 pub const MOBILE_PREFIX: &str = "mobile:";
 
 /// Why a delivery was not sent by the batch that held it.
+const STOPPING: &str = "the server was stopping; the queue sends it after the restart";
 const LEASE_LOST: &str =
     "its claim could not be renewed in time to send it (the database was out of reach); the queue sends it";
 
@@ -291,9 +292,16 @@ impl Outbox {
         }
     }
 
-    /// Whether a DingTalk send may start now under `lease`.
-    fn may_send(&self, lease: &Lease) -> bool {
-        self.leases.allows(lease, self.clock.now_ms())
+    /// Why a DingTalk send may not start now under `lease`, if it may not: a send starts only
+    /// while the process is not stopping and with a round's worth of lease left.
+    fn may_not_send(&self, lease: &Lease) -> Option<&'static str> {
+        if self.stopping.load(Ordering::SeqCst) {
+            Some(STOPPING)
+        } else if !self.leases.allows(lease, self.clock.now_ms()) {
+            Some(LEASE_LOST)
+        } else {
+            None
+        }
     }
 
     async fn idle_pause(&self) -> Duration {
@@ -745,8 +753,8 @@ impl Outbox {
             if stopped {
                 break;
             }
-            if !self.may_send(&lease) {
-                (resume_at, reason) = (self.clock.now_ms(), LEASE_LOST.to_owned());
+            if let Some(why) = self.may_not_send(&lease) {
+                (resume_at, reason) = (self.clock.now_ms(), why.to_owned());
                 break;
             }
             match self
@@ -953,10 +961,10 @@ impl Outbox {
                         break;
                     }
                     let progress = (k > 0).then_some(k);
-                    if !self.may_send(lease) {
+                    if let Some(why) = self.may_not_send(lease) {
                         let now = self.clock.now_ms();
                         out.extend(remaining.drain(..).map(|(_, r)| {
-                            let o = self.defer(&r, now, LEASE_LOST, progress);
+                            let o = self.defer(&r, now, why, progress);
                             (r, o)
                         }));
                         break;

@@ -12,8 +12,8 @@ async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
     let sim = real_time_simulator();
     // On PostgreSQL a dead process's claims are taken over when their lease runs out: short.
     let env = [
-        ("DING_CHANNEL_LEASE_S", "10"),
-        ("DINGTALK_TIMEOUT_MS", "2000"),
+        ("DING_CHANNEL_LEASE_S", "15"),
+        ("DINGTALK_TIMEOUT_MS", "3000"),
     ];
     let mut first = serve(&db.url, &sim.base_url(), &env);
     let store = seeded(&db);
@@ -28,12 +28,29 @@ async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
             .send()
             .await
     });
-    gate.arrived(1).await;
+    arrived(&gate).await;
     // Alice's batchSend, in the same batch, is recorded as soon as it is done.
     let queued = || ding_channel::outbox::store::queue_depth(&mut store.get().unwrap()).unwrap();
     wait_until("alice's outcome", Duration::from_secs(10), || queued() == 1).await;
     first.child.kill().unwrap(); // SIGKILL
     first.child.wait().unwrap();
+    let robot_row: (i32, Option<String>) = {
+        use diesel::prelude::*;
+        use ding_channel::db::schema::deliveries::dsl as d;
+        d::deliveries
+            .filter(d::kind.eq("robot"))
+            .select((d::attempts, d::claimed_by))
+            .first(&mut *store.get().unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        robot_row.0, 0,
+        "killed while the first attempt was in flight"
+    );
+    assert!(
+        robot_row.1.is_some(),
+        "and still claimed by the dead process"
+    );
     assert!(
         request.await.unwrap().is_err(),
         "the caller saw the connection drop"
@@ -72,7 +89,12 @@ async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
 async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
     let db = TestDb::new();
     let sim = real_time_simulator();
-    let mut server = serve(&db.url, &sim.base_url(), &[]);
+    // The held call must not time out while the test waits for the stop to begin.
+    let env = [
+        ("DING_CHANNEL_LEASE_S", "150"),
+        ("DINGTALK_TIMEOUT_MS", "30000"),
+    ];
+    let mut server = serve(&db.url, &sim.base_url(), &env);
     let store = seeded(&db);
 
     // The first attempt fails; the poller's retry is in flight when the server is told to stop.
@@ -92,7 +114,7 @@ async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
         "{answer}"
     );
     let gate = sim.state.hold("robot_send", 1);
-    gate.arrived(1).await;
+    arrived(&gate).await;
     let pid = server.child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])

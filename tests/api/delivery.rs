@@ -851,20 +851,13 @@ async fn the_sandbox_delivers_the_printed_example() {
     sandbox_delivers_the_printed_example(&TestDb::new()).await;
 }
 
-/// A database set up for the real DingTalk (its own app, robots kept in other fields) works in
-/// the sandbox as well: the simulator accepts its app, the demo robot is stored where robots are.
+/// Robots kept in other profile fields (send_dingbot's comp_conf) work in the sandbox: the demo
+/// robot is stored where robots are.
 #[tokio::test]
-async fn the_sandbox_works_on_a_database_set_up_for_production() {
+async fn the_sandbox_stores_its_robot_where_the_configuration_says() {
     let db = TestDb::new();
     for args in [
         &["channels", "sync"][..],
-        &[
-            "channels",
-            "conf",
-            "send_dingtalk",
-            "ding_app_key=corp-app",
-            "ding_app_secret=corp-secret-0123456789",
-        ],
         &[
             "channels",
             "conf",
@@ -877,34 +870,26 @@ async fn the_sandbox_works_on_a_database_set_up_for_production() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     sandbox_delivers_the_printed_example(&db).await;
+}
 
-    // With deliveries queued for the real DingTalk, the sandbox refuses to start.
-    let store =
-        ding_channel::db::Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1)
-            .unwrap();
-    let msg = ding_channel::outbox::store::NewMessage {
-        app_code: APP.into(),
-        idempotency_key: None,
-        channel: "send_ding".into(),
-        sender: None,
-        request_id: "r".into(),
-        body: r#"{"msg_key":"text","content":"x"}"#.into(),
-        deliveries: vec![ding_channel::outbox::store::NewDelivery {
-            receiver: "alice".into(),
-            kind: "user",
-            target: "uid:alice-ding".into(),
-            failed: None,
-            code: None,
-            wait: Some((0, "waiting".into())),
-        }],
-    };
-    let a = ding_channel::outbox::store::Acceptance {
-        now: 0,
-        give_up_at: i64::MAX / 2,
-        idempotency_window_ms: 0,
-        claim: ("c".into(), 0),
-    };
-    ding_channel::outbox::store::accept(&mut store.get().unwrap(), &msg, &a).unwrap();
+/// A database set up for a real DingTalk app is refused: the sandbox would add a demo app with
+/// a public secret to it. Nothing is written.
+#[tokio::test]
+async fn the_sandbox_refuses_a_database_set_up_for_production() {
+    let db = TestDb::new();
+    for args in [
+        &["channels", "sync"][..],
+        &[
+            "channels",
+            "conf",
+            "send_dingtalk",
+            "ding_app_key=corp-app",
+            "ding_app_secret=corp-secret-0123456789",
+        ],
+    ] {
+        let out = cli(&db.url, &repo_manifest(), args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ding-channel"))
         .args(["serve", "--sandbox"])
         .env_clear()
@@ -917,11 +902,13 @@ async fn the_sandbox_works_on_a_database_set_up_for_production() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(
-            "this database is set up for DingTalk app corp-app and holds 1 queued deliveries"
+            "this database is set up for DingTalk app corp-app: --sandbox would add the demo app"
         ),
         "{}",
         stderr(&out)
     );
+    let apps = cli(&db.url, &repo_manifest(), &["apps", "list"], &[]);
+    assert!(!stdout(&apps).contains(APP), "{}", stdout(&apps));
 }
 
 async fn sandbox_delivers_the_printed_example(db: &TestDb) {

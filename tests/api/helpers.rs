@@ -272,6 +272,13 @@ pub fn assert_refused(env: &Value, code: i64, needle: &str) {
     );
 }
 
+/// Waits (in real time, bounded) until a call reached `gate`.
+pub async fn arrived(gate: &ding_channel::simulator::Gate) {
+    tokio::time::timeout(Duration::from_secs(30), gate.arrived(1))
+        .await
+        .expect("a DingTalk call reached the gate");
+}
+
 /// A simulator on the system clock, for real server processes (which no test clock drives).
 pub fn real_time_simulator() -> Simulator {
     Simulator::start(
