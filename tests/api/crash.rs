@@ -86,7 +86,7 @@ async fn a_server_killed_with_a_send_in_flight_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
+async fn a_server_stopped_with_a_send_in_flight_records_it_and_leaves_the_rest_queued() {
     let db = TestDb::new();
     let sim = real_time_simulator();
     // The held call must not time out while the test waits for the stop to begin.
@@ -97,12 +97,14 @@ async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
     let mut server = serve(&db.url, &sim.base_url(), &env);
     let store = seeded(&db);
 
-    // The first attempt fails; the poller's retry is in flight when the server is told to stop.
+    // A message in two parts; its first attempt fails, and the poller's retry of part 1 is in
+    // flight when the server is told to stop.
     sim.state
         .set_faults(Faults::http(503, &["robot_send"]).times(1));
+    let content = "disk at 95% on host-1\n".repeat(1500);
     let answer: Value = reqwest::Client::new()
         .post(format!("{}/send_ding/", server.url))
-        .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver__username": "ops-robot", "content": "disk full"}))
+        .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver__username": "ops-robot", "content": content}))
         .send()
         .await
         .unwrap()
@@ -121,7 +123,8 @@ async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
         .status()
         .unwrap()
         .success());
-    // It says it waits for the send in flight, and exits once that is answered and recorded.
+    // It says it waits for the call in flight, records it once answered, starts no other call
+    // and exits.
     wait_until(
         "the server to wait for its send",
         Duration::from_secs(10),
@@ -131,13 +134,38 @@ async fn a_server_stopped_with_a_send_in_flight_records_it_before_exiting() {
     gate.open();
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let queued = ding_channel::outbox::store::queue_depth(&mut store.get().unwrap()).unwrap();
-    assert_eq!(queued, 0, "the retry was recorded as sent");
-    let robot = sim
-        .state
-        .messages()
-        .iter()
-        .filter(|m| m.api == "robot_send")
-        .count();
-    assert_eq!(robot, 1);
+    let robot_sends = || {
+        sim.state
+            .messages()
+            .iter()
+            .filter(|m| m.api == "robot_send")
+            .count()
+    };
+    assert_eq!(robot_sends(), 1, "part 1 only");
+    let row: (i32, Option<String>) = {
+        use diesel::prelude::*;
+        use ding_channel::db::schema::deliveries::dsl as d;
+        d::deliveries
+            .select((d::parts_sent, d::last_error))
+            .first(&mut *store.get().unwrap())
+            .unwrap()
+    };
+    assert_eq!(row.0, 1, "part 1 was recorded");
+    assert!(
+        row.1
+            .as_deref()
+            .unwrap_or("")
+            .contains("the server was stopping"),
+        "{row:?}"
+    );
+
+    // The next process sends part 2.
+    let _next = serve(&db.url, &sim.base_url(), &env);
+    wait_until("part 2", Duration::from_secs(20), || robot_sends() == 2).await;
+    let queued = || ding_channel::outbox::store::queue_depth(&mut store.get().unwrap()).unwrap();
+    wait_until("the outcome recorded", Duration::from_secs(20), || {
+        queued() == 0
+    })
+    .await;
+    assert_eq!(robot_sends(), 2);
 }
