@@ -182,7 +182,7 @@ impl Leases {
 
     /// Extends every claim that is due (half its lease left, or half of what exceeds a send's
     /// budget: a renewal may wait behind other writes without a send being refused), in one
-    /// transaction; answers how many leases were renewed. A lease that already ran out, or one
+    /// transaction; answers how many leases were due. A lease that already ran out, or one
     /// of whose rows is not ours any more, is lost: its batch sends nothing more.
     pub async fn renew(&self, now: i64) -> Result<usize, DbError> {
         let due_at = (self.lease_ms / 2).max((self.lease_ms + self.budget_ms) / 2);
@@ -250,6 +250,13 @@ mod tests {
     use futures_util::FutureExt;
     use store::{Acceptance, NewDelivery, NewMessage};
 
+    fn temp_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        (dir, db)
+    }
+
     async fn accepted(db: &Db, claim: &str, until: i64) -> Vec<DeliveryRow> {
         let delivery = |to: &str| NewDelivery {
             receiver: to.into(),
@@ -282,9 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lease_is_renewed_while_held_and_lost_once_a_row_is_taken_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
-        db.migrate().unwrap();
+        let (_dir, db) = temp_db();
         let rows = accepted(&db, "mine", 60_000).await;
         let leases = Leases::new(db.clone(), 60_000, 20_000);
         let held = leases.hold(&rows);
@@ -321,9 +326,7 @@ mod tests {
 
     #[tokio::test]
     async fn settled_waits_for_every_batch_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
-        db.migrate().unwrap();
+        let (_dir, db) = temp_db();
         let rows = accepted(&db, "mine", 60_000).await;
         let leases = Leases::new(db, 60_000, 20_000);
         leases.settled().await; // nothing held
@@ -338,9 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_start_up_only_the_claims_of_processes_gone_are_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
-        db.migrate().unwrap();
+        let (_dir, db) = temp_db();
         accepted(&db, "4242-aa", 60_000).await; // a running `ding-channel send`
         accepted(&db, "4343-bb", 60_000).await; // a killed server
         accepted(&db, "c0ffee", 60_000).await; // an older token, without a process id
@@ -361,9 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lease_that_ran_out_is_lost_without_asking_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
-        db.migrate().unwrap();
+        let (_dir, db) = temp_db();
         let rows = accepted(&db, "mine", 60_000).await;
         let leases = Leases::new(db, 60_000, 20_000);
         let held = leases.hold(&rows);

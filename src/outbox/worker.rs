@@ -281,7 +281,7 @@ impl Outbox {
         });
     }
 
-    /// Extends the leases of the batches in flight that have half their length or less left.
+    /// Extends the leases of the batches held that are due ([`Leases::renew`]).
     pub async fn renew_leases(&self) -> usize {
         match self.leases.renew(self.clock.now_ms()).await {
             Ok(n) => n,

@@ -230,7 +230,6 @@ impl SimState {
     }
 }
 
-/// A running simulator.
 /// See [`SimState::hold`].
 pub struct Gate {
     hold: usize,
@@ -260,6 +259,7 @@ impl Gate {
     }
 }
 
+/// A running simulator.
 pub struct Simulator {
     pub state: Arc<SimState>,
     pub port: u16,

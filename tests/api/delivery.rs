@@ -856,19 +856,14 @@ async fn the_sandbox_delivers_the_printed_example() {
 #[tokio::test]
 async fn the_sandbox_stores_its_robot_where_the_configuration_says() {
     let db = TestDb::new();
-    for args in [
-        &["channels", "sync"][..],
+    configure(
+        &db,
         &[
-            "channels",
-            "conf",
             "send_dingbot",
             "token_field=robot_token",
             "sign_field=robot_sign",
         ],
-    ] {
-        let out = cli(&db.url, &repo_manifest(), args, &[]);
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    );
     sandbox_delivers_the_printed_example(&db).await;
 }
 
@@ -877,28 +872,15 @@ async fn the_sandbox_stores_its_robot_where_the_configuration_says() {
 #[tokio::test]
 async fn the_sandbox_refuses_a_database_set_up_for_production() {
     let db = TestDb::new();
-    for args in [
-        &["channels", "sync"][..],
+    configure(
+        &db,
         &[
-            "channels",
-            "conf",
             "send_dingtalk",
             "ding_app_key=corp-app",
             "ding_app_secret=corp-secret-0123456789",
         ],
-    ] {
-        let out = cli(&db.url, &repo_manifest(), args, &[]);
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ding-channel"))
-        .args(["serve", "--sandbox"])
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("DING_CHANNEL_MANIFEST", repo_manifest())
-        .env("DING_CHANNEL_CONFIG", "")
-        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    );
+    let out = sandbox(&db).output().unwrap();
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(
@@ -911,16 +893,33 @@ async fn the_sandbox_refuses_a_database_set_up_for_production() {
     assert!(!stdout(&apps).contains(APP), "{}", stdout(&apps));
 }
 
-async fn sandbox_delivers_the_printed_example(db: &TestDb) {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ding-channel"))
-        .args(["serve", "--sandbox"])
+/// Syncs the manifest into `db`, then sets one channel's comp_conf (`channel key=value…`).
+fn configure(db: &TestDb, conf: &[&str]) {
+    for args in [
+        &["channels", "sync"][..],
+        &[&["channels", "conf"][..], conf].concat(),
+    ] {
+        let out = cli(&db.url, &repo_manifest(), args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
+/// `ding-channel serve --sandbox` on `db`, on a free port.
+fn sandbox(db: &TestDb) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ding-channel"));
+    cmd.args(["serve", "--sandbox"])
         .env_clear()
         .env("DATABASE_URL", &db.url)
         .env("DING_CHANNEL_MANIFEST", repo_manifest())
         .env("DING_CHANNEL_CONFIG", "")
-        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
+        .env("DING_CHANNEL_BIND", "127.0.0.1:0");
+    cmd
+}
+
+async fn sandbox_delivers_the_printed_example(db: &TestDb) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = sandbox(db)
         .env("DINGTALK_OAPI_BASE", "http://must-be-ignored.invalid")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
