@@ -446,7 +446,7 @@ fn deliveries(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> {
         DeliveriesCmd::Retry { message_id } => {
             let (runtime, outbox) = engine(&settings)?;
             let now = outbox.clock.now_ms();
-            let give_up = now + outbox.policy.max_age.as_millis() as i64;
+            let give_up = now + outbox.policy.retry.max_age.as_millis() as i64;
             let n = store::retry_failed(&mut *outbox.db.get()?, &message_id, now, give_up)?;
             if n == 0 {
                 bail!("message '{message_id}' has no failed delivery that can be retried");

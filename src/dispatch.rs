@@ -11,9 +11,10 @@ use crate::directory::classify::{classify, robot_problem, Kind};
 use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids;
+use crate::domain::delivery::Target;
 use crate::outbox::store::NewDelivery;
-use crate::outbox::worker::{DeliverySettings, MOBILE_PREFIX, USER_PREFIX};
 use crate::outbox::Outbox;
+use crate::senders::DeliverySettings;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use tokio::time::Instant;
@@ -205,7 +206,7 @@ async fn plan_targets(
         }
         Receivers::UserIds(ids) => plan.extend(
             ids.iter()
-                .map(|id| target(id, "user", format!("{USER_PREFIX}{id}"))),
+                .map(|id| target(id, "user", Target::UserId(id.clone()).stored())),
         ),
         Receivers::Mobiles(mobiles) => {
             for m in mobiles {
@@ -248,7 +249,9 @@ async fn resolve_phones(
     let mut misses = vec![];
     for (i, receiver, mobile) in lookups {
         match cached.get(&mobile) {
-            Some(Some(uid)) => plan[i] = target(&receiver, "user", format!("{USER_PREFIX}{uid}")),
+            Some(Some(uid)) => {
+                plan[i] = target(&receiver, "user", Target::UserId(uid.clone()).stored())
+            }
             Some(None) => {
                 plan[i] = failed(
                     &receiver,
@@ -263,6 +266,7 @@ async fn resolve_phones(
         .map(|(i, receiver, mobile)| {
             async move {
                 if outbox
+                    .people
                     .budgets
                     .take(&app.key, 1, outbox.clock.now_ms())
                     .is_err()
@@ -270,17 +274,20 @@ async fn resolve_phones(
                     // Out of call budget: the worker looks it up when there is some.
                     return (
                         i,
-                        target(&receiver, "user", format!("{MOBILE_PREFIX}{mobile}")),
+                        target(&receiver, "user", Target::Mobile(mobile.clone()).stored()),
                     );
                 }
                 let answer = tokio::time::timeout_at(
                     deadline,
-                    outbox.userids.resolve(&outbox.client, app, &mobile),
+                    outbox
+                        .people
+                        .userids
+                        .resolve(&outbox.people.client, app, &mobile),
                 )
                 .await;
                 let d = match answer {
                     Ok(Ok(MobileLookup::Found(uid))) => {
-                        target(&receiver, "user", format!("{USER_PREFIX}{uid}"))
+                        target(&receiver, "user", Target::UserId(uid.clone()).stored())
                     }
                     Ok(Ok(MobileLookup::NotFound)) => failed(
                         &receiver,
@@ -294,7 +301,7 @@ async fn resolve_phones(
                     )) => refused(&receiver, &e),
                     // Not an answer about the person: the worker looks again.
                     Ok(Ok(MobileLookup::Transient(_))) | Ok(Err(_)) | Err(_) => {
-                        target(&receiver, "user", format!("{MOBILE_PREFIX}{mobile}"))
+                        target(&receiver, "user", Target::Mobile(mobile.clone()).stored())
                     }
                 };
                 (i, d)

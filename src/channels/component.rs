@@ -5,14 +5,15 @@ use super::registry::Channel;
 use super::send;
 use crate::db::models::DeliveryRow;
 use crate::dispatch;
+use crate::domain::ids::ClaimToken;
 use crate::esb::envelope::{Code, Reply};
 use crate::esb::error::EsbError;
 use crate::esb::params::Params;
+use crate::outbox::engine::Batch;
 use crate::outbox::store::{self, Accepted, NewMessage, Outcome, FAILED, QUEUED, SENT};
-use crate::outbox::worker::{
-    Batch, DeliverySettings, MOBILE_NOT_FOUND, SINGLE_CHAT_NOT_CONFIGURED,
-};
 use crate::outbox::Outbox;
+use crate::senders::app_robot::MOBILE_NOT_FOUND;
+use crate::senders::{DeliverySettings, SINGLE_CHAT_NOT_CONFIGURED};
 use crate::startup::AppState;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -142,8 +143,11 @@ pub async fn send(
         .await
         .map_err(EsbError::Throttled)?;
     let now = outbox.clock.now_ms();
-    let give_up_at = now + outbox.policy.max_age.as_millis() as i64;
-    let claim = (store::new_claim(), now + outbox.lease.as_millis() as i64);
+    let give_up_at = now + outbox.policy.retry.max_age.as_millis() as i64;
+    let claim = (
+        ClaimToken::new().as_str().to_owned(),
+        now + outbox.lease.as_millis() as i64,
+    );
     let message = request.message;
     let waiting = plan.deliveries.iter().filter(|d| d.wait.is_some()).count();
     let new = NewMessage {

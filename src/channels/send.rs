@@ -3,99 +3,17 @@
 
 use super::manifest::Component;
 use crate::directory::profile::Username;
+pub use crate::domain::message::{Message, MsgKey};
+pub use crate::domain::request::{Receivers, SendRequest};
 use crate::esb::error::EsbError;
 use crate::esb::params::Params;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 
 pub const MAX_RECEIVERS: usize = 1000;
 pub const MAX_TITLE_CHARS: usize = 256;
 pub const MAX_URL_BYTES: usize = 2048;
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub const MAX_AT_MOBILES: usize = 100;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MsgKey {
-    Text,
-    Markdown,
-    Link,
-    ActionCard,
-}
-
-impl MsgKey {
-    const ALL: [(&'static str, MsgKey); 4] = [
-        ("text", Self::Text),
-        ("markdown", Self::Markdown),
-        ("link", Self::Link),
-        ("action_card", Self::ActionCard),
-    ];
-
-    pub fn parse(s: &str) -> Result<Self, EsbError> {
-        Self::ALL
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, k)| *k)
-            .ok_or_else(|| {
-                EsbError::bad(
-                    "msg_key",
-                    format!(
-                        "unknown value '{s}' (expected one of text, markdown, link, action_card)"
-                    ),
-                )
-            })
-    }
-
-    fn needs_title(self) -> bool {
-        self != Self::Text
-    }
-
-    fn needs_url(self) -> bool {
-        matches!(self, Self::Link | Self::ActionCard)
-    }
-}
-
-/// The message as the caller asked for it, validated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub msg_key: MsgKey,
-    pub title: Option<String>,
-    pub content: String,
-    pub url: Option<String>,
-    pub pic_url: Option<String>,
-    pub at_mobiles: Vec<String>,
-    pub at_all: bool,
-}
-
-/// Who the caller named; `send_dingtalk` may name DingTalk ids or mobiles directly.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "by", content = "values", rename_all = "snake_case")]
-pub enum Receivers {
-    Usernames(Vec<Username>),
-    UserIds(Vec<String>),
-    Mobiles(Vec<String>),
-}
-
-impl Receivers {
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Usernames(v) => v.len(),
-            Self::UserIds(v) | Self::Mobiles(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SendRequest {
-    pub receivers: Receivers,
-    pub message: Message,
-    pub idempotency_key: Option<String>,
-    pub sender: Option<String>,
-}
 
 /// Parses the arguments of `send_ding`, `send_dingtalk`, `send_dingbot` and `send_msg`.
 pub fn parse(
@@ -127,7 +45,7 @@ pub fn parse(
     }
 
     let msg_key = match params.str("msg_key")? {
-        Some(k) => MsgKey::parse(k.trim())?,
+        Some(k) => MsgKey::parse(k.trim()).map_err(|p| EsbError::bad("msg_key", p))?,
         None => MsgKey::Text,
     };
     let title = params.str("title")?.map(|t| t.trim().to_owned());
@@ -141,7 +59,7 @@ pub fn parse(
     } else if msg_key.needs_title() {
         return Err(EsbError::bad(
             "title",
-            format!("is required for msg_key={}", msg_key_name(msg_key)),
+            format!("is required for msg_key={}", msg_key.as_str()),
         ));
     }
 
@@ -167,7 +85,7 @@ pub fn parse(
             "url",
             format!(
                 "is required for msg_key={} (the link the message opens)",
-                msg_key_name(msg_key)
+                msg_key.as_str()
             ),
         ));
     }
@@ -201,13 +119,6 @@ pub fn parse(
         idempotency_key,
         sender,
     })
-}
-
-fn msg_key_name(k: MsgKey) -> &'static str {
-    MsgKey::ALL
-        .iter()
-        .find(|(_, v)| *v == k)
-        .map_or("text", |(n, _)| n)
 }
 
 fn checked_list<T>(

@@ -1,6 +1,7 @@
 //! Rows as stored.
 
 use super::schema::*;
+use crate::domain::delivery::{DeliveryKind, DeliveryStatus};
 use diesel::prelude::*;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
@@ -93,4 +94,15 @@ pub struct AttemptRow {
     pub code: Option<String>,
     pub error: Option<String>,
     pub dingtalk_request_id: Option<String>,
+}
+
+impl DeliveryRow {
+    /// `None` for a kind this version does not know (written by a newer one).
+    pub fn delivery_kind(&self) -> Option<DeliveryKind> {
+        DeliveryKind::parse(&self.kind)
+    }
+
+    pub fn delivery_status(&self) -> Option<DeliveryStatus> {
+        DeliveryStatus::parse(&self.status)
+    }
 }

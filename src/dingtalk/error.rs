@@ -72,6 +72,16 @@ impl DingTalkError {
         ) || self.code.contains("QpsLimit")
     }
 
+    /// A refusal of the robot itself (signature, token, disabled): every message to it fails
+    /// alike until an admin fixes the robot user.
+    pub fn dooms_robot(&self) -> bool {
+        self.api == Api::Webhook
+            && matches!(
+                self.code.as_str(),
+                "310000" | "300001" | "300005" | "400101" | "400102"
+            )
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self.class {
             Class::Retryable { after } => after,

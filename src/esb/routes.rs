@@ -10,7 +10,7 @@ use crate::channels::{component, registry};
 use crate::db::read_tx;
 use crate::directory::profile::Username;
 use crate::dispatch::Directory;
-use crate::outbox::worker::DeliverySettings;
+use crate::senders::DeliverySettings;
 use crate::startup::AppState;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};

@@ -357,7 +357,9 @@ mod tests {
             held.iter().flatten().collect::<Vec<_>>(),
             ["4242-aa", "4242-aa"]
         );
-        assert!(store::new_claim().starts_with(&format!("{}-", std::process::id())));
+        assert!(crate::domain::ids::ClaimToken::new()
+            .as_str()
+            .starts_with(&format!("{}-", std::process::id())));
     }
 
     #[tokio::test]

@@ -1,13 +1,12 @@
-//! The durable outbox: persistence, workers, retry policy.
+//! The durable outbox engine: a message and its deliveries are stored before anything is
+//! sent; the engine claims due deliveries under leases, hands them to the sender of their kind
+//! ([`crate::senders`]), records each outcome and schedules retries. It knows no DingTalk API.
 
-pub mod budget;
-pub mod digest;
+pub mod engine;
 pub mod lease;
-pub mod pacing;
+pub mod policy;
 pub mod retry;
-pub mod split;
 pub mod store;
 pub mod view;
-pub mod worker;
 
-pub use worker::Outbox;
+pub use engine::Outbox;

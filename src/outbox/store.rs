@@ -4,6 +4,7 @@
 use crate::db::models::{AttemptRow, DeliveryRow, MessageRow};
 use crate::db::schema::{deliveries as d, delivery_attempts as a, messages as m};
 use crate::db::{write_tx, DbConn, DbError};
+use crate::domain::ids::{ClaimToken, MessageId};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable, Text};
@@ -57,11 +58,6 @@ impl Accepted {
             Self::New(id) | Self::Replay(id) => id,
         }
     }
-}
-
-/// A time-ordered id: 12 hex digits of milliseconds, then 8 random.
-pub fn new_message_id(now_ms: i64) -> String {
-    format!("{:012x}{}", now_ms, crate::secret::random_hex(4))
 }
 
 /// An accepted message and its deliveries as stored.
@@ -130,7 +126,7 @@ fn accept_in_tx(
             return Ok(Accepted::Replay(id));
         }
     }
-    let id = new_message_id(now);
+    let id = MessageId::new(now).to_string();
     diesel::insert_into(m::table)
         .values((
             m::id.eq(&id),
@@ -700,17 +696,6 @@ fn record_one(
     Ok(true)
 }
 
-/// A fresh claim token: the process id, then random hex. On SQLite every process is on this
-/// host, so a claim can be told to be a dead process's by its token.
-pub fn new_claim() -> String {
-    format!("{}-{}", std::process::id(), crate::secret::random_hex(8))
-}
-
-/// The process that made `claim` ([`new_claim`]), if the token says.
-fn claimant(claim: &str) -> Option<u32> {
-    claim.split_once('-')?.0.parse().ok()
-}
-
 /// Releases the claims of processes that are gone (`alive` says which are not), at start-up
 /// on SQLite: a killed server's deliveries are resumed at once, while a running
 /// `ding-channel send` keeps its own.
@@ -725,7 +710,11 @@ pub fn release_orphaned_claims(
         .load(conn)?;
     let orphaned: Vec<String> = claims
         .into_iter()
-        .filter(|c| claimant(c).is_none_or(|pid| !alive(pid)))
+        .filter(|c| {
+            ClaimToken::from_stored(c.as_str())
+                .process()
+                .is_none_or(|pid| !alive(pid))
+        })
         .collect();
     let mut released = 0;
     for chunk in orphaned.chunks(RECORD_CHUNK) {

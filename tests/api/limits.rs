@@ -165,7 +165,7 @@ async fn a_60_kb_markdown_goes_out_in_parts_that_fit_and_reassemble() {
         );
         parts.push(m["markdown"]["text"].as_str().unwrap().to_owned());
     }
-    assert_eq!(ding_channel::outbox::split::join_markdown(&parts), content);
+    assert_eq!(ding_channel::senders::split::join_markdown(&parts), content);
     assert_eq!(app.sim.state.stats().refusals.len(), 0);
 }
 
@@ -356,7 +356,7 @@ async fn a_long_single_chat_message_goes_out_in_parts_and_resumes_where_it_stopp
         );
         texts.push(b.body["msgParam"]["text"].as_str().unwrap().to_owned());
     }
-    assert_eq!(ding_channel::outbox::split::join_markdown(&texts), content);
+    assert_eq!(ding_channel::senders::split::join_markdown(&texts), content);
 
     // Alice is flow-controlled: bob gets every part at once, alice all of them later, once.
     app.sim.state.reset();

@@ -2,10 +2,11 @@
 //! waiting messages (newest last, mentions united), or one part of a message too large for a
 //! robot, numbered. Every body built here fits DingTalk's 20000-byte limit.
 
+use super::render::{titled_text, to_dingtalk};
 use super::split::{split_markdown, split_text};
-use crate::channels::send::{self, MsgKey};
 use crate::dingtalk::client::WEBHOOK_MAX_BODY;
 use crate::dingtalk::{At, Message};
+use crate::domain::message::{self as send, MsgKey};
 
 /// A waiting message and when it was accepted.
 pub struct Item<'a> {
@@ -25,7 +26,7 @@ pub fn fits(msg: &Message, at: &At) -> bool {
 
 /// One message as a robot shows it.
 pub fn single(m: &send::Message) -> (Message, At) {
-    crate::outbox::worker::to_dingtalk(m, true)
+    to_dingtalk(m, true)
 }
 
 /// Several waiting messages in one markdown: "12 alerts — 09:41–09:43", then each one's title,
@@ -75,10 +76,7 @@ fn render_item(item: &Item<'_>, utc_offset_min: i32) -> String {
         Some(t) => text.push_str(&format!("**{t}** · {when}\n\n")),
         None => text.push_str(&format!("{when}\n\n")),
     }
-    text.push_str(&m.content);
-    if let (MsgKey::Link | MsgKey::ActionCard, Some(url)) = (m.msg_key, &m.url) {
-        text.push_str(&format!("\n\n[查看详情]({url})"));
-    }
+    text.push_str(&m.content_with_link());
     text.push('\n');
     text
 }
@@ -100,7 +98,7 @@ pub const BATCH_PARAM_MAX: usize = 6_000;
 /// The single-chat form of a message: one `Message`, or numbered parts when its `msgParam`
 /// would exceed [`BATCH_PARAM_MAX`].
 pub fn batch_parts(m: &send::Message) -> Vec<Message> {
-    let (one, _) = crate::outbox::worker::to_dingtalk(m, false);
+    let (one, _) = to_dingtalk(m, false);
     if param_len(&one) <= BATCH_PARAM_MAX {
         return vec![one];
     }
@@ -118,16 +116,8 @@ fn parts_within(
     measure: impl Fn(&Message) -> usize,
 ) -> Vec<Message> {
     let title = m.title.clone().unwrap_or_default();
-    let mut content = m.content.clone();
-    if let (MsgKey::Link | MsgKey::ActionCard, Some(url)) = (m.msg_key, &m.url) {
-        content.push_str(&format!("\n\n[查看详情]({url})"));
-    }
     let is_text = m.msg_key == MsgKey::Text;
-    if is_text {
-        if let Some(t) = &m.title {
-            content = format!("{t}\n{content}");
-        }
-    }
+    let content = titled_text(m, &m.content_with_link());
     // Escaping in JSON can grow the text (quotes, newlines, control characters): shrink the
     // budget until every part's real size fits.
     let mut budget = max.saturating_sub(600 + title.len()).max(1024);

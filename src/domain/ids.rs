@@ -1,0 +1,78 @@
+//! Identifiers this server makes.
+
+use std::fmt;
+
+/// A message's id: 12 hex digits of its acceptance time in milliseconds, then 8 random, so
+/// ids sort by time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(String);
+
+impl MessageId {
+    pub fn new(now_ms: i64) -> Self {
+        Self(format!("{:012x}{}", now_ms, crate::secret::random_hex(4)))
+    }
+
+    /// An id as stored or given by a caller (ids are opaque past this point).
+    pub fn from_stored(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The token a batch of deliveries is claimed under: the claiming process's id, then random
+/// hex. On SQLite every process is on this host, so a claim can be told to be a dead
+/// process's by its token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClaimToken(String);
+
+impl ClaimToken {
+    #[allow(clippy::new_without_default)] // a fresh random token, not a default value
+    pub fn new() -> Self {
+        Self(format!(
+            "{}-{}",
+            std::process::id(),
+            crate::secret::random_hex(8)
+        ))
+    }
+
+    pub fn from_stored(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The process that made the claim, if the token says.
+    pub fn process(&self) -> Option<u32> {
+        self.0.split_once('-')?.0.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_names_its_process() {
+        assert_eq!(ClaimToken::new().process(), Some(std::process::id()));
+        assert_eq!(ClaimToken::from_stored("123-ab").process(), Some(123));
+        assert_eq!(ClaimToken::from_stored("legacy").process(), None);
+    }
+
+    #[test]
+    fn message_ids_sort_by_time() {
+        let (a, b) = (MessageId::new(1_000), MessageId::new(2_000));
+        assert!(a < b);
+        assert_eq!(a.as_str().len(), 20);
+    }
+}

@@ -1,0 +1,78 @@
+//! The message a caller asked for, validated: what every source produces and every sender
+//! renders for its DingTalk path.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgKey {
+    Text,
+    Markdown,
+    Link,
+    ActionCard,
+}
+
+impl MsgKey {
+    const ALL: [Self; 4] = [Self::Text, Self::Markdown, Self::Link, Self::ActionCard];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Markdown => "markdown",
+            Self::Link => "link",
+            Self::ActionCard => "action_card",
+        }
+    }
+
+    /// The key named `s`, or the problem with it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown value '{s}' (expected one of text, markdown, link, action_card)")
+            })
+    }
+
+    pub fn needs_title(self) -> bool {
+        self != Self::Text
+    }
+
+    pub fn needs_url(self) -> bool {
+        matches!(self, Self::Link | Self::ActionCard)
+    }
+}
+
+/// The message as the caller asked for it, validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub msg_key: MsgKey,
+    pub title: Option<String>,
+    pub content: String,
+    pub url: Option<String>,
+    pub pic_url: Option<String>,
+    pub at_mobiles: Vec<String>,
+    pub at_all: bool,
+}
+
+impl Message {
+    /// The link a link or action card opens, when the message has one.
+    pub fn details_url(&self) -> Option<&str> {
+        self.msg_key
+            .needs_url()
+            .then_some(self.url.as_deref())
+            .flatten()
+    }
+
+    /// The content followed by the link it opens, for forms that have no button of their own
+    /// (digests, numbered parts).
+    pub fn content_with_link(&self) -> String {
+        match self.details_url() {
+            Some(url) => format!("{}\n\n[{DETAILS}]({url})", self.content),
+            None => self.content.clone(),
+        }
+    }
+}
+
+/// The label of a message's link ("view details").
+pub const DETAILS: &str = "查看详情";

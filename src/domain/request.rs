@@ -1,0 +1,46 @@
+//! What a source asks the send service to do, and who asks.
+
+use super::message::Message;
+use crate::directory::profile::Username;
+use serde::Serialize;
+
+/// Who the caller named; `send_dingtalk` may name DingTalk ids or mobiles directly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "by", content = "values", rename_all = "snake_case")]
+pub enum Receivers {
+    Usernames(Vec<Username>),
+    UserIds(Vec<String>),
+    Mobiles(Vec<String>),
+}
+
+impl Receivers {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Usernames(v) => v.len(),
+            Self::UserIds(v) | Self::Mobiles(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which paths a send may take: the channel the caller chose decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Robot users by webhook, people by single chat (`send_ding`).
+    Any,
+    /// People only (`send_dingtalk`).
+    People,
+    /// Robot users only (`send_dingbot`).
+    Robots,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    pub receivers: Receivers,
+    pub message: Message,
+    pub idempotency_key: Option<String>,
+    pub sender: Option<String>,
+}

@@ -1,0 +1,176 @@
+//! The outbound seam: one sender per DingTalk path, behind [`Sender`]. The outbox engine claims
+//! deliveries, hands each sender the ones of its kind and records what the sender says of each
+//! ([`Verdict`]); retry timing and giving up are the engine's. A sender knows its path: how to
+//! group, pace, render and call DingTalk, and what each answer means for a delivery.
+//!
+//! To add a path (work notifications, an upstream CMSI): implement [`Sender`] in a file of its
+//! own and register it in [`crate::outbox::Outbox::from_settings`] for its [`DeliveryKind`].
+
+pub mod app_robot;
+pub mod digest;
+pub mod render;
+pub mod robot;
+pub mod split;
+
+use crate::db::models::DeliveryRow;
+use crate::dingtalk::App;
+use crate::directory::classify::RobotFields;
+use crate::directory::profile::Profile;
+use crate::domain::message::Message;
+use futures_util::future::BoxFuture;
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use app_robot::AppRobotSender;
+pub use robot::RobotSender;
+
+/// What a sender says of one delivery after its turn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// DingTalk took it (`request_id`: its processQueryKey; `digest_id`: the digest that
+    /// carried it with others).
+    Sent {
+        request_id: Option<String>,
+        digest_id: Option<String>,
+    },
+    /// Retrying cannot help; `error` says what an admin must change.
+    Failed { code: Option<String>, error: String },
+    /// Worth another attempt, after the engine's backoff and not before `at_least`.
+    Retry {
+        code: String,
+        error: String,
+        at_least: Option<Duration>,
+        /// Parts of a message in parts that reached the receiver.
+        parts_sent: Option<i32>,
+    },
+    /// Not attempted now (pacing, a pause, a budget, the process stopping): no attempt is
+    /// counted.
+    Wait {
+        until: Until,
+        reason: String,
+        parts_sent: Option<i32>,
+    },
+}
+
+impl Verdict {
+    pub fn failed(code: Option<String>, error: impl Into<String>) -> Self {
+        Self::Failed {
+            code,
+            error: error.into(),
+        }
+    }
+
+    pub fn wait(at: i64, reason: impl Into<String>, parts_sent: Option<i32>) -> Self {
+        Self::Wait {
+            until: Until::At(at),
+            reason: reason.into(),
+            parts_sent,
+        }
+    }
+
+    /// The same verdict, with how many parts of the message reached the receiver.
+    pub fn with_progress(mut self, parts: Option<i32>) -> Self {
+        if let Self::Retry { parts_sent, .. } | Self::Wait { parts_sent, .. } = &mut self {
+            *parts_sent = parts;
+        }
+        self
+    }
+}
+
+/// When a waiting delivery is due again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    At(i64),
+    /// With the retry of the deliveries of the same task that failed: what waits for one
+    /// robot goes out together.
+    TheRetry,
+}
+
+/// A sender's outcome for each delivery it was given.
+pub type Verdicts = Vec<(DeliveryRow, Verdict)>;
+
+/// What a sender may ask of the batch it works for.
+pub trait Gate: Send + Sync {
+    /// Why no new DingTalk call may start now, if it may not (the process is stopping, or
+    /// the batch's lease is too short for another round of calls).
+    fn closed(&self) -> Option<&'static str>;
+
+    /// Claims, under the batch's lease, the other deliveries due for `target` (its stored
+    /// form), each with its message (`None`: stored but unreadable).
+    fn claim_more<'a>(
+        &'a self,
+        target: &'a str,
+    ) -> BoxFuture<'a, Vec<(DeliveryRow, Option<Message>)>>;
+}
+
+/// One DingTalk path.
+pub trait Sender: Send + Sync {
+    /// The sends that deliver `rows` (all of this sender's kind, their messages in `work`),
+    /// as tasks the engine runs together, recording each task's verdicts as it finishes.
+    fn tasks<'a>(
+        &'a self,
+        rows: Vec<DeliveryRow>,
+        work: &Work,
+        gate: &'a dyn Gate,
+    ) -> Vec<BoxFuture<'a, Verdicts>>;
+}
+
+/// What the deliveries of a batch need besides their rows, loaded once.
+#[derive(Clone)]
+pub struct Work {
+    /// Message id → the message.
+    pub messages: HashMap<String, Message>,
+    /// Robot username → profile.
+    pub robots: HashMap<String, Profile>,
+    pub settings: std::sync::Arc<DeliverySettings>,
+}
+
+pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
+    "single chat is not configured: set it with `ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=… ding_robot_code=…`";
+
+/// The DingTalk settings a delivery needs, read from the registry per batch so an admin's
+/// `channels conf` applies to the next attempt, even for queued messages.
+#[derive(Clone)]
+pub struct DeliverySettings {
+    pub app: Result<App, String>,
+    pub fields: RobotFields,
+    pub robot_limits: robot::pacing::RobotLimits,
+}
+
+impl DeliverySettings {
+    /// From the registry as read for a request.
+    pub fn from_registry(channels: &[crate::channels::registry::Channel]) -> Self {
+        let named = |name: &str| channels.iter().find(|c| c.name == name);
+        Self::from_channels(named("send_dingtalk"), named("send_dingbot"))
+    }
+
+    pub fn from_channels(
+        dingtalk: Option<&crate::channels::registry::Channel>,
+        dingbot: Option<&crate::channels::registry::Channel>,
+    ) -> Self {
+        Self {
+            app: app_from_channel(dingtalk).ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
+            fields: RobotFields::from_channel(dingbot),
+            robot_limits: robot::pacing::RobotLimits::from_channel(dingbot),
+        }
+    }
+
+    pub fn load(conn: &mut crate::db::DbConn) -> Result<Self, crate::db::DbError> {
+        use crate::channels::registry;
+        Ok(Self::from_channels(
+            registry::find(conn, "send_dingtalk")?.as_ref(),
+            registry::find(conn, "send_dingbot")?.as_ref(),
+        ))
+    }
+}
+
+/// The internal app of `send_dingtalk`'s comp_conf; the robot code defaults to the app key.
+pub fn app_from_channel(dingtalk: Option<&crate::channels::registry::Channel>) -> Option<App> {
+    let conf = |k: &str| dingtalk.and_then(|c| c.conf(k)).map(str::to_owned);
+    let (key, secret) = (conf("ding_app_key")?, conf("ding_app_secret")?);
+    Some(App {
+        robot_code: conf("ding_robot_code").unwrap_or_else(|| key.clone()),
+        key,
+        secret,
+    })
+}
