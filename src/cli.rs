@@ -4,13 +4,17 @@
 use crate::channels::manifest::{self, Manifest};
 use crate::channels::registry::{self, Channel};
 use crate::config::Settings;
+use crate::core::receipt::Verdict;
+use crate::core::service::{Known, SendService};
 use crate::db::Db;
 use crate::directory::classify::{classify, Kind, RobotFields};
 use crate::directory::import::{self, Format};
 use crate::directory::profile::Profile;
 use crate::directory::store;
-use crate::esb::auth;
+use crate::domain::request::Caller;
 use crate::secret::mask;
+use crate::senders::DeliverySettings;
+use crate::sources::esb::auth;
 use crate::startup::Application;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -269,23 +273,17 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
     put("at_mobiles", args.at_mobiles);
     put("at_all", Some(args.at_all.to_string()));
     put("idempotency_key", args.idempotency_key);
-    let params = crate::esb::params::Params::from_json(params);
+    let params = crate::sources::esb::params::Params::from_json(params);
 
     let (runtime, outbox) = engine(&settings)?;
     let channels = registry::list(&mut *outbox.db.get()?)?;
     let channel = channels
         .iter()
         .find(|c| c.name == args.channel)
-        .cloned()
         .with_context(|| no_channel(&args.channel))?;
-    if !matches!(
-        channel.component,
-        manifest::Component::SendDing
-            | manifest::Component::SendDingtalk
-            | manifest::Component::SendDingbot
-    ) {
-        bail!("--channel must be send_ding, send_dingtalk or send_dingbot");
-    }
+    let route = channel
+        .route()
+        .context("--channel must be send_ding, send_dingtalk or send_dingbot")?;
     if !channel.is_active {
         bail!(
             "channel {} is disabled (`ding-channel channels enable {}`)",
@@ -293,43 +291,31 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
             channel.name
         );
     }
-    let request = crate::channels::send::parse(channel.component, &params, None)
+    let request = crate::sources::esb::args::parse(route, &params, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let user = std::env::var("USER").ok();
-    let reply = runtime
-        .block_on(crate::channels::component::send(
-            &outbox,
-            &channels,
-            &channel,
-            request,
-            crate::channels::component::Caller {
-                app_code: "cli",
-                username: user.as_deref(),
-                request_id: &crate::secret::random_hex(16),
-                directory: None,
-            },
-        ))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for d in reply.data["deliveries"].as_array().into_iter().flatten() {
-        let error = d["error"]
-            .as_str()
+    let caller = Caller {
+        app_code: "cli".into(),
+        username: std::env::var("USER").ok(),
+        request_id: crate::secret::random_hex(16),
+    };
+    let service = SendService::new(outbox.clone(), std::time::Duration::from_secs(24 * 3600));
+    let known = Known {
+        settings: DeliverySettings::from_registry(&channels),
+        directory: None,
+    };
+    let receipt = runtime.block_on(service.submit_with(request, &caller, known))?;
+    for r in &receipt.receivers {
+        let error = r
+            .error
+            .as_deref()
             .map(|e| format!("  {e}"))
             .unwrap_or_default();
-        println!(
-            "{:<24} {:<6} {:<7}{error}",
-            d["receiver"].as_str().unwrap_or(""),
-            d["kind"].as_str().unwrap_or(""),
-            d["status"].as_str().unwrap_or("")
-        );
+        println!("{:<24} {:<6} {:<7}{error}", r.receiver, r.kind, r.status);
     }
-    println!(
-        "message {}: {}",
-        reply.data["message_id"].as_str().unwrap_or("-"),
-        reply.message
-    );
+    println!("message {}: {}", receipt.message_id, receipt.summary());
     // A send still in flight finishes and is recorded before the process exits.
     runtime.block_on(outbox.stop());
-    if reply.code != crate::esb::envelope::Code::Ok {
+    if matches!(receipt.verdict(), Verdict::Refused(_)) {
         bail!("nothing could be delivered");
     }
     Ok(())

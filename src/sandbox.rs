@@ -7,8 +7,8 @@ use crate::db::{Db, DbError};
 use crate::directory::classify::RobotFields;
 use crate::directory::profile::{Profile, Username};
 use crate::directory::store as users;
-use crate::esb::auth;
 use crate::simulator::{demo_config, Simulator};
+use crate::sources::esb::auth;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 

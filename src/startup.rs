@@ -5,23 +5,17 @@ use crate::channels::manifest::Manifest;
 use crate::channels::registry;
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::core::SendService;
 use crate::db::Db;
-use crate::esb::routes;
+use crate::http;
 use crate::outbox::Outbox;
+use crate::sources::esb::Esb;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use std::net::TcpListener;
 use std::sync::Arc;
-
-/// What every request handler shares.
-pub struct AppState {
-    pub db: Db,
-    pub manifest: Arc<Manifest>,
-    pub settings: Arc<Settings>,
-    pub outbox: Arc<Outbox>,
-}
 
 /// The delivery engine for `settings`: DingTalk client, phone cache, outbox (not started).
 pub fn outbox(db: &Db, settings: &Settings, clock: SharedClock) -> anyhow::Result<Arc<Outbox>> {
@@ -95,17 +89,25 @@ impl Application {
             .with_context(|| format!("cannot listen on {} (DING_CHANNEL_BIND)", settings.bind))?;
         let port = listener.local_addr()?.port();
         let http_workers = settings.http_workers;
-        let state = web::Data::new(AppState {
-            db,
+        let service = web::Data::new(SendService::new(
+            outbox.clone(),
+            std::time::Duration::from_secs(24 * 3600),
+        ));
+        let esb = web::Data::new(Esb {
+            db: db.clone(),
             manifest: Arc::new(manifest),
-            settings: Arc::new(settings),
-            outbox: outbox.clone(),
+            max_body: settings.max_body,
+            clock: outbox.clock.clone(),
         });
+        let (db, metrics) = (web::Data::new(db), web::Data::new(outbox.metrics.clone()));
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
-                .wrap(from_fn(routes::request_context))
-                .configure(routes::configure)
+                .app_data(service.clone())
+                .app_data(esb.clone())
+                .app_data(db.clone())
+                .app_data(metrics.clone())
+                .wrap(from_fn(http::request_context))
+                .configure(http::configure)
         })
         .workers(http_workers)
         .listen(listener)?

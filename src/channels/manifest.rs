@@ -2,6 +2,7 @@
 //! types `get_msg_type` lists. Parsed by hand over `serde_json::Value` so every problem is
 //! reported with its JSON path (`channels[2].timeout: …`) before anything is written.
 
+use crate::domain::request::Reach;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -37,6 +38,16 @@ impl Component {
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    /// Whom the component's sends may reach; `None` for components that do not send.
+    pub fn reach(self) -> Option<Reach> {
+        match self {
+            Self::SendDing => Some(Reach::Any),
+            Self::SendDingtalk => Some(Reach::People),
+            Self::SendDingbot => Some(Reach::Robots),
+            Self::SendMsg | Self::GetMsgType => None,
+        }
     }
 }
 

@@ -1,6 +1,5 @@
-//! Channels: the manifest, the registry, and the components bound to channel paths.
+//! Channels: the manifest (`channel_manifest.json`) and the registry (table `channels`) of
+//! what is served where, with the settings an admin gave each channel.
 
-pub mod component;
 pub mod manifest;
 pub mod registry;
-pub mod send;

@@ -6,6 +6,7 @@ use super::manifest::{ChannelDecl, Component, Manifest, Methods};
 use crate::db::models::ChannelRow;
 use crate::db::schema::channels;
 use crate::db::{now_ms, write_tx, DbConn, DbError};
+use crate::domain::request::Route;
 use diesel::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +27,15 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// The route of a send by this channel; `None` for channels that do not send.
+    pub fn route(&self) -> Option<Route> {
+        Some(Route {
+            channel: self.name.clone(),
+            reach: self.component.reach()?,
+            wait: std::time::Duration::from_secs(self.timeout_s.max(1) as u64),
+        })
+    }
+
     pub fn conf(&self, key: &str) -> Option<&str> {
         self.comp_conf
             .get(key)

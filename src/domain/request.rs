@@ -3,6 +3,7 @@
 use super::message::Message;
 use crate::directory::profile::Username;
 use serde::Serialize;
+use std::time::Duration;
 
 /// Who the caller named; `send_dingtalk` may name DingTalk ids or mobiles directly.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,10 +38,31 @@ pub enum Reach {
     Robots,
 }
 
+/// The channel a send goes by: recorded with the message, and what it may reach.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub channel: String,
+    pub reach: Reach,
+    /// How long the caller waits for the first attempt before the answer says `queued`.
+    pub wait: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendRequest {
+    pub route: Route,
     pub receivers: Receivers,
     pub message: Message,
     pub idempotency_key: Option<String>,
     pub sender: Option<String>,
+}
+
+/// Who sends, as the answer and the delivery log record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The app that authenticated (`cli` for the command line).
+    pub app_code: String,
+    /// The person behind it (`bk_username`), when given.
+    pub username: Option<String>,
+    /// Ties the log lines of the request together.
+    pub request_id: String,
 }

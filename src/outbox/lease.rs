@@ -260,8 +260,8 @@ mod tests {
     async fn accepted(db: &Db, claim: &str, until: i64) -> Vec<DeliveryRow> {
         let delivery = |to: &str| NewDelivery {
             receiver: to.into(),
-            kind: "robot",
-            target: to.into(),
+            kind: crate::domain::delivery::DeliveryKind::Robot,
+            target: Some(crate::domain::delivery::Target::Robot(to.into())),
             failed: None,
             code: None,
             wait: None,

@@ -4,6 +4,7 @@
 use crate::db::models::{AttemptRow, DeliveryRow, MessageRow};
 use crate::db::schema::{deliveries as d, delivery_attempts as a, messages as m};
 use crate::db::{write_tx, DbConn, DbError};
+use crate::domain::delivery::{DeliveryKind, Target};
 use crate::domain::ids::{ClaimToken, MessageId};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
@@ -16,9 +17,9 @@ pub const FAILED: &str = "failed";
 
 pub struct NewDelivery {
     pub receiver: String,
-    /// "user" | "robot"
-    pub kind: &'static str,
-    pub target: String,
+    pub kind: DeliveryKind,
+    /// `None` when it failed before it had one.
+    pub target: Option<Target>,
     /// `Some(reason)`: failed before any attempt (unknown user, no telephone, …).
     pub failed: Option<String>,
     /// DingTalk's code, when DingTalk refused it before any attempt (a phone lookup).
@@ -144,8 +145,8 @@ fn accept_in_tx(
             .values((
                 d::message_id.eq(&id),
                 d::receiver.eq(&nd.receiver),
-                d::kind.eq(nd.kind),
-                d::target.eq(&nd.target),
+                d::kind.eq(nd.kind.as_str()),
+                d::target.eq(nd.target.as_ref().map(Target::stored).unwrap_or_default()),
                 d::status.eq(if nd.failed.is_some() { FAILED } else { QUEUED }),
                 d::attempts.eq(0),
                 d::next_attempt_at.eq(nd.wait.as_ref().map_or(now, |w| w.0)),

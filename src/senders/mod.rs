@@ -125,6 +125,10 @@ pub struct Work {
     pub settings: std::sync::Arc<DeliverySettings>,
 }
 
+/// The error code of a delivery this server is not set up to make (kept with the delivery
+/// where DingTalk's own codes are).
+pub const NOT_CONFIGURED: &str = "not_configured";
+
 pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
     "single chat is not configured: set it with `ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=… ding_robot_code=…`";
 

@@ -165,9 +165,14 @@ impl TestApp {
         if seed {
             ding_channel::sandbox::seed(&db).unwrap();
         } else {
-            ding_channel::esb::auth::upsert_app(&mut db.get().unwrap(), APP, APP_SECRET, true)
-                .unwrap()
-                .unwrap();
+            ding_channel::sources::esb::auth::upsert_app(
+                &mut db.get().unwrap(),
+                APP,
+                APP_SECRET,
+                true,
+            )
+            .unwrap()
+            .unwrap();
         }
         Self {
             address,

@@ -4,7 +4,7 @@
 
 pub mod budget;
 
-use super::{digest, Gate, Sender, Verdict, Verdicts, Work};
+use super::{digest, Gate, Sender, Verdict, Verdicts, Work, NOT_CONFIGURED};
 use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
 use crate::dingtalk::client::{BATCH_CONCURRENCY, BATCH_MAX_IDS};
@@ -65,7 +65,7 @@ impl AppRobotSender {
             Err(why) => {
                 return rows
                     .into_iter()
-                    .map(|r| (r, Verdict::failed(None, why.clone())))
+                    .map(|r| (r, Verdict::failed(Some(NOT_CONFIGURED.into()), why.clone())))
                     .collect()
             }
         };

@@ -1,12 +1,11 @@
 //! Arguments of the send channels, parsed once at the edge into types that can only hold
 //! valid values (DESIGN §3). Everything past this point trusts them.
 
-use super::manifest::Component;
+use super::error::EsbError;
+use super::params::Params;
 use crate::directory::profile::Username;
-pub use crate::domain::message::{Message, MsgKey};
-pub use crate::domain::request::{Receivers, SendRequest};
-use crate::esb::error::EsbError;
-use crate::esb::params::Params;
+use crate::domain::message::{Message, MsgKey};
+use crate::domain::request::{Reach, Receivers, Route, SendRequest};
 use base64::Engine;
 
 pub const MAX_RECEIVERS: usize = 1000;
@@ -15,17 +14,19 @@ pub const MAX_URL_BYTES: usize = 2048;
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub const MAX_AT_MOBILES: usize = 100;
 
-/// Parses the arguments of `send_ding`, `send_dingtalk`, `send_dingbot` and `send_msg`.
+/// Parses the arguments of `send_ding`, `send_dingtalk`, `send_dingbot` and `send_msg` for a
+/// send by `route`; only a route to people (`send_dingtalk`) takes userids and mobiles.
 pub fn parse(
-    component: Component,
+    route: Route,
     params: &Params,
     idempotency_header: Option<&str>,
 ) -> Result<SendRequest, EsbError> {
-    let receivers = match component {
-        Component::SendDingtalk if params.contains("userid") => {
+    let people = route.reach == Reach::People;
+    let receivers = match route.reach {
+        Reach::People if params.contains("userid") => {
             Receivers::UserIds(checked_list(params, "userid", userid)?)
         }
-        Component::SendDingtalk if params.contains("mobile") => {
+        Reach::People if params.contains("mobile") => {
             Receivers::Mobiles(checked_list(params, "mobile", mobile)?)
         }
         _ => Receivers::Usernames(checked_list(params, "receiver__username", |s| {
@@ -33,7 +34,7 @@ pub fn parse(
         })?),
     };
     if receivers.is_empty() {
-        let how = if component == Component::SendDingtalk {
+        let how = if people {
             "give userid, mobile or receiver__username (a comma-separated string or a list)"
         } else {
             "give usernames as a comma-separated string or a list"
@@ -106,6 +107,7 @@ pub fn parse(
     let sender = params.str("sender")?.map(|s| s.trim().to_owned());
 
     Ok(SendRequest {
+        route,
         receivers,
         message: Message {
             msg_key,
@@ -227,14 +229,22 @@ mod tests {
         Params::from_request("", Some("application/json"), json.as_bytes()).unwrap()
     }
 
-    fn err(c: Component, json: &str) -> String {
-        parse(c, &p(json), None).unwrap_err().to_string()
+    fn route(reach: Reach) -> Route {
+        Route {
+            channel: "send_ding".into(),
+            reach,
+            wait: std::time::Duration::from_secs(1),
+        }
+    }
+
+    fn err(reach: Reach, json: &str) -> String {
+        parse(route(reach), &p(json), None).unwrap_err().to_string()
     }
 
     #[test]
     fn a_text_send_with_defaults() {
         let r = parse(
-            Component::SendDing,
+            route(Reach::Any),
             &p(r#"{"receiver__username":"alice, bob,alice","content":"hi"}"#),
             None,
         )
@@ -253,7 +263,7 @@ mod tests {
 
     #[test]
     fn every_rule_names_its_field() {
-        let c = Component::SendDing;
+        let c = Reach::Any;
         assert!(err(c, r#"{"content":"x"}"#).starts_with("receiver__username: no receiver given"));
         assert!(err(c, r#"{"receiver__username":" , ","content":"x"}"#)
             .starts_with("receiver__username: no receiver"));
@@ -324,7 +334,7 @@ mod tests {
     #[test]
     fn base64_content_is_decoded() {
         let r = parse(
-            Component::SendDing,
+            route(Reach::Any),
             &p(r#"{"receiver__username":"a","content":"6ZKJ6ZKJIGhp","is_content_base64":"1"}"#),
             None,
         )
@@ -335,7 +345,7 @@ mod tests {
     #[test]
     fn send_dingtalk_prefers_userid_then_mobile() {
         let r = parse(
-            Component::SendDingtalk,
+            route(Reach::People),
             &p(r#"{"userid":"u1,u2","mobile":"13800000001","content":"x"}"#),
             None,
         )
@@ -345,13 +355,13 @@ mod tests {
             Receivers::UserIds(vec!["u1".into(), "u2".into()])
         );
         let r = parse(
-            Component::SendDingtalk,
+            route(Reach::People),
             &p(r#"{"mobile":"13800000001","receiver__username":"a","content":"x"}"#),
             None,
         )
         .unwrap();
         assert_eq!(r.receivers, Receivers::Mobiles(vec!["13800000001".into()]));
-        assert!(err(Component::SendDingtalk, r#"{"content":"x"}"#)
+        assert!(err(Reach::People, r#"{"content":"x"}"#)
             .contains("give userid, mobile or receiver__username"));
     }
 
@@ -359,19 +369,19 @@ mod tests {
     fn idempotency_key_from_field_or_header_must_agree() {
         let body = p(r#"{"receiver__username":"a","content":"x","idempotency_key":"k1"}"#);
         assert_eq!(
-            parse(Component::SendDing, &body, Some("k1"))
+            parse(route(Reach::Any), &body, Some("k1"))
                 .unwrap()
                 .idempotency_key
                 .as_deref(),
             Some("k1")
         );
-        assert!(parse(Component::SendDing, &body, Some("k2"))
+        assert!(parse(route(Reach::Any), &body, Some("k2"))
             .unwrap_err()
             .to_string()
             .starts_with("idempotency_key: differs"));
         let body = p(r#"{"receiver__username":"a","content":"x"}"#);
         assert_eq!(
-            parse(Component::SendDing, &body, Some("h"))
+            parse(route(Reach::Any), &body, Some("h"))
                 .unwrap()
                 .idempotency_key
                 .as_deref(),

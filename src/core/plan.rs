@@ -1,20 +1,19 @@
 //! Receivers → targets. Usernames are looked up in the directory and split into robot users
 //! (group webhook) and people (single chat, by phone → userid). Problems are reported per
 //! receiver with the reason; a phone lookup that doesn't answer in time leaves the delivery
-//! queued for the worker to resolve, so a slow DingTalk never fails a request.
+//! queued for the outbox to resolve, so a slow DingTalk never fails a request.
 
-use crate::channels::manifest::Component;
-use crate::channels::send::Receivers;
 use crate::db::{DbConn, DbError};
 use crate::dingtalk::MobileLookup;
 use crate::directory::classify::{classify, robot_problem, Kind};
 use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids;
-use crate::domain::delivery::Target;
+use crate::domain::delivery::{DeliveryKind, Target};
+use crate::domain::request::{Reach, Receivers};
 use crate::outbox::store::NewDelivery;
 use crate::outbox::Outbox;
-use crate::senders::DeliverySettings;
+use crate::senders::{DeliverySettings, NOT_CONFIGURED};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use tokio::time::Instant;
@@ -22,11 +21,11 @@ use tokio::time::Instant;
 /// Phone lookups of one request in flight at once.
 const LOOKUP_CONCURRENCY: usize = 8;
 
-fn failed(receiver: &str, kind: &'static str, why: impl Into<String>) -> NewDelivery {
+fn failed(receiver: &str, kind: DeliveryKind, why: impl Into<String>) -> NewDelivery {
     NewDelivery {
         receiver: receiver.to_owned(),
         kind,
-        target: String::new(),
+        target: None,
         failed: Some(why.into()),
         code: None,
         wait: None,
@@ -37,18 +36,37 @@ fn failed(receiver: &str, kind: &'static str, why: impl Into<String>) -> NewDeli
 fn refused(receiver: &str, e: &crate::dingtalk::DingTalkError) -> NewDelivery {
     NewDelivery {
         code: Some(e.code.clone()),
-        ..failed(receiver, "user", e.to_string())
+        ..failed(receiver, DeliveryKind::User, e.to_string())
     }
 }
 
-fn target(receiver: &str, kind: &'static str, target: String) -> NewDelivery {
+fn to(receiver: &str, target: Target) -> NewDelivery {
     NewDelivery {
         receiver: receiver.to_owned(),
-        kind,
-        target,
+        kind: target.kind(),
+        target: Some(target),
         failed: None,
         code: None,
         wait: None,
+    }
+}
+
+fn uid(receiver: &str, uid: &str) -> NewDelivery {
+    to(receiver, Target::UserId(uid.to_owned()))
+}
+
+fn by_phone(receiver: &str, mobile: &str) -> NewDelivery {
+    to(receiver, Target::Mobile(mobile.to_owned()))
+}
+
+fn unknown_phone(receiver: &str, mobile: &str) -> NewDelivery {
+    NewDelivery {
+        code: Some(crate::senders::app_robot::MOBILE_NOT_FOUND.into()),
+        ..failed(
+            receiver,
+            DeliveryKind::User,
+            format!("no DingTalk user has the mobile {mobile}"),
+        )
     }
 }
 
@@ -104,23 +122,22 @@ impl Directory {
 /// `directory`: read already for these receivers (with the request's other reads), or `None`.
 pub async fn plan(
     outbox: &Outbox,
-    component: Component,
+    reach: Reach,
     receivers: &Receivers,
     settings: DeliverySettings,
     directory: Option<Directory>,
     deadline: Instant,
 ) -> Result<Plan, DbError> {
     let (mut plan, robots, lookups, cached) =
-        plan_targets(outbox, component, receivers, &settings, directory).await?;
+        plan_targets(outbox, reach, receivers, &settings, directory).await?;
     resolve_phones(outbox, &mut plan, &settings, lookups, &cached, deadline).await;
     // A robot known to be saturated takes its delivery at its next slot (with what else waits
     // for it, as a digest): queued for then, there is nothing to attempt now.
     let now = outbox.clock.now_ms();
-    for d in plan
-        .iter_mut()
-        .filter(|d| d.kind == "robot" && d.failed.is_none())
-    {
-        d.wait = outbox.robot_wait(&d.target, now);
+    for d in plan.iter_mut().filter(|d| d.failed.is_none()) {
+        if let Some(Target::Robot(name)) = &d.target {
+            d.wait = outbox.robot_wait(name, now);
+        }
     }
     Ok(Plan {
         deliveries: plan,
@@ -136,7 +153,7 @@ type Cached = HashMap<String, Option<String>>;
 
 async fn plan_targets(
     outbox: &Outbox,
-    component: Component,
+    reach: Reach,
     receivers: &Receivers,
     settings: &DeliverySettings,
     directory: Option<Directory>,
@@ -179,46 +196,47 @@ async fn plan_targets(
         Receivers::Usernames(names) => {
             for name in names.iter().map(|n| n.as_str()) {
                 let Some(p) = profiles.get(name) else {
-                    plan.push(failed(name, "user", "unknown user"));
+                    plan.push(failed(name, DeliveryKind::User, "unknown user"));
                     continue;
                 };
+                let robot = DeliveryKind::Robot;
+                let person = DeliveryKind::User;
                 match classify(p, &fields) {
-                    Kind::Robot { token, secret } => plan.push(match (component, robot_problem(token, secret, &fields)) {
-                        (Component::SendDingtalk, _) => failed(name, "robot", "is a robot user; send_dingtalk reaches people only (use send_ding or send_dingbot)"),
-                        (_, Some(problem)) => failed(name, "robot", problem),
-                        _ => target(name, "robot", name.to_owned()),
+                    Kind::Robot { token, secret } => plan.push(match (reach, robot_problem(token, secret, &fields)) {
+                        (Reach::People, _) => failed(name, robot, "is a robot user; send_dingtalk reaches people only (use send_ding or send_dingbot)"),
+                        (_, Some(problem)) => failed(name, robot, problem),
+                        _ => to(name, Target::Robot(name.to_owned())),
                     }),
-                    Kind::Normal if component == Component::SendDingbot => plan.push(failed(name, "user", "not a robot user")),
+                    Kind::Normal if reach == Reach::Robots => plan.push(failed(name, person, "not a robot user")),
                     Kind::Normal => match p.dingtalk_mobile() {
                         // Robot credentials that don't make a robot: say why, not "no telephone".
-                        None if p.field(&fields.token_field).is_some() => plan.push(failed(name, "user", format!(
+                        None if p.field(&fields.token_field).is_some() => plan.push(failed(name, person, format!(
                             "no telephone in the profile, and its {} does not make it a robot user (the signing secret in {} must start with SEC, or the token be the 64 hex characters of the webhook's access_token)",
                             fields.token_field, fields.sign_field
                         ))),
-                        None => plan.push(failed(name, "user", "no telephone in the profile")),
+                        None => plan.push(failed(name, person, "no telephone in the profile")),
                         Some(mobile) => {
                             lookups.push((plan.len(), name.to_owned(), mobile));
-                            plan.push(failed(name, "user", "pending"));
+                            plan.push(failed(name, person, "pending"));
                         }
                     },
                 }
             }
         }
-        Receivers::UserIds(ids) => plan.extend(
-            ids.iter()
-                .map(|id| target(id, "user", Target::UserId(id.clone()).stored())),
-        ),
+        Receivers::UserIds(ids) => plan.extend(ids.iter().map(|id| uid(id, id))),
         Receivers::Mobiles(mobiles) => {
             for m in mobiles {
                 lookups.push((plan.len(), m.clone(), m.clone()));
-                plan.push(failed(m, "user", "pending"));
+                plan.push(failed(m, DeliveryKind::User, "pending"));
             }
         }
     }
     // Only robots are needed past this point; the hand-over carries them to the worker.
     profiles.retain(|name, p| {
         matches!(classify(p, &fields), Kind::Robot { .. })
-            && plan.iter().any(|d| d.kind == "robot" && d.target == *name)
+            && plan
+                .iter()
+                .any(|d| matches!(&d.target, Some(Target::Robot(n)) if n == name))
     });
     Ok((plan, profiles, lookups, cached))
 }
@@ -240,7 +258,10 @@ async fn resolve_phones(
         Ok(app) => app,
         Err(why) => {
             for (i, receiver, _) in lookups {
-                plan[i] = failed(&receiver, "user", why.clone());
+                plan[i] = NewDelivery {
+                    code: Some(NOT_CONFIGURED.into()),
+                    ..failed(&receiver, DeliveryKind::User, why.clone())
+                };
             }
             return;
         }
@@ -249,16 +270,8 @@ async fn resolve_phones(
     let mut misses = vec![];
     for (i, receiver, mobile) in lookups {
         match cached.get(&mobile) {
-            Some(Some(uid)) => {
-                plan[i] = target(&receiver, "user", Target::UserId(uid.clone()).stored())
-            }
-            Some(None) => {
-                plan[i] = failed(
-                    &receiver,
-                    "user",
-                    format!("no DingTalk user has the mobile {mobile}"),
-                )
-            }
+            Some(Some(id)) => plan[i] = uid(&receiver, id),
+            Some(None) => plan[i] = unknown_phone(&receiver, &mobile),
             None => misses.push((i, receiver, mobile)),
         }
     }
@@ -272,10 +285,7 @@ async fn resolve_phones(
                     .is_err()
                 {
                     // Out of call budget: the worker looks it up when there is some.
-                    return (
-                        i,
-                        target(&receiver, "user", Target::Mobile(mobile.clone()).stored()),
-                    );
+                    return (i, by_phone(&receiver, &mobile));
                 }
                 let answer = tokio::time::timeout_at(
                     deadline,
@@ -286,14 +296,8 @@ async fn resolve_phones(
                 )
                 .await;
                 let d = match answer {
-                    Ok(Ok(MobileLookup::Found(uid))) => {
-                        target(&receiver, "user", Target::UserId(uid.clone()).stored())
-                    }
-                    Ok(Ok(MobileLookup::NotFound)) => failed(
-                        &receiver,
-                        "user",
-                        format!("no DingTalk user has the mobile {mobile}"),
-                    ),
+                    Ok(Ok(MobileLookup::Found(id))) => uid(&receiver, &id),
+                    Ok(Ok(MobileLookup::NotFound)) => unknown_phone(&receiver, &mobile),
                     Ok(Ok(
                         MobileLookup::NoPermission(e)
                         | MobileLookup::IpNotWhitelisted(e)
@@ -301,7 +305,7 @@ async fn resolve_phones(
                     )) => refused(&receiver, &e),
                     // Not an answer about the person: the worker looks again.
                     Ok(Ok(MobileLookup::Transient(_))) | Ok(Err(_)) | Err(_) => {
-                        target(&receiver, "user", Target::Mobile(mobile.clone()).stored())
+                        by_phone(&receiver, &mobile)
                     }
                 };
                 (i, d)

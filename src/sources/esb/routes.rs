@@ -1,113 +1,37 @@
-//! HTTP routes: the ESB channel paths, health probes, and the per-request context (request id,
-//! tracing span). Handlers only parse and authenticate; components do the work.
+//! The ESB routes: every channel at `/api/c/compapi/(v2/)cmsi/<name>/`, and the delivery log
+//! of one message for the app that sent it. Handlers only read, parse and authenticate;
+//! components do the work.
 
 use super::auth::{self, Credentials};
 use super::envelope::{Envelope, Reply};
-use super::error::EsbError;
+use super::error::{EsbError, Surface};
 use super::params::Params;
-use crate::channels::send::MAX_RECEIVERS;
-use crate::channels::{component, registry};
+use super::{args::MAX_RECEIVERS, components, Esb};
+use crate::channels::registry;
+use crate::core::plan::Directory;
+use crate::core::SendService;
 use crate::db::read_tx;
 use crate::directory::profile::Username;
-use crate::dispatch::Directory;
+use crate::domain::request::Caller;
+use crate::http::request_id;
 use crate::senders::DeliverySettings;
-use crate::startup::AppState;
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
-use std::time::Instant;
-use tracing::Instrument;
+use serde_json::Value;
 
-pub const REQUEST_ID: &str = "x-request-id";
 /// A body beyond the limit is still read (and thrown away) up to this size so the client
 /// receives the answer instead of a reset connection.
 const DRAIN_CAP: usize = 64 << 20;
 
-#[derive(Clone)]
-pub struct RequestId(pub String);
-
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/api/v1/messages/{id}", web::get().to(message))
+    cfg.route("/api/v1/messages/{id}", web::get().to(message))
         .route("/api/c/compapi/{tail:.*}", web::get().to(esb))
         .route("/api/c/compapi/{tail:.*}", web::post().to(esb));
 }
 
-/// Gives every request an id (the caller's `X-Request-Id` when it is sane), a tracing span
-/// that carries it, and the id on the response.
-pub async fn request_context(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let rid = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| crate::secret::random_hex(16), str::to_owned);
-    req.extensions_mut().insert(RequestId(rid.clone()));
-    let span = tracing::info_span!("request", request_id = %rid, method = %req.method(), path = %req.path());
-    let started = Instant::now();
-    let mut res = next.call(req).instrument(span.clone()).await?;
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        res.headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID), v);
-    }
-    span.in_scope(|| {
-        tracing::info!(
-            status = res.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request done"
-        )
-    });
-    Ok(res)
-}
-
-fn request_id(req: &HttpRequest) -> String {
-    req.extensions()
-        .get::<RequestId>()
-        .map_or_else(String::new, |r| r.0.clone())
-}
-
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
-}
-
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let db = state.db.clone();
-    match web::block(move || db.ping()).await {
-        Ok(Ok(())) => {
-            HttpResponse::Ok().json(json!({"status": "ready", "database": state.db.backend()}))
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: database unreachable");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({"status": "unavailable", "reason": "database unreachable"}))
-        }
-        Err(_) => HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable"})),
-    }
-}
-
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let depth = state.db.run(crate::outbox::store::queue_depth).await.ok();
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.outbox.metrics.render(depth))
-}
-
 /// One message's delivery log, for the app that sent it.
-async fn message(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> HttpResponse {
+async fn message(req: HttpRequest, esb: web::Data<Esb>, path: web::Path<String>) -> HttpResponse {
     let rid = request_id(&req);
     let id = path.into_inner();
     let answer = async {
@@ -116,8 +40,7 @@ async fn message(
             req.headers().get(auth::HEADER).map(HeaderValue::as_bytes),
             &params,
         )?;
-        state
-            .db
+        esb.db
             .run(move |conn| {
                 creds.verify(conn)?;
                 let view = crate::outbox::view::message_view(conn, &id)?;
@@ -131,42 +54,21 @@ async fn message(
             "ok",
             &rid,
         )),
-        Ok(None) => HttpResponse::NotFound().json(Envelope::err(
-            super::envelope::Code::Generic,
-            "no such message for this app",
-            Value::Null,
-            &rid,
-        )),
-        Err(e) => {
-            let status = if matches!(e, EsbError::AppAuth(_)) {
-                401
-            } else {
-                400
-            };
-            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid"))
-                .json(Envelope::err(e.code(), e.to_string(), Value::Null, &rid))
-        }
+        Ok(None) => EsbError::NotFound("no such message for this app").respond(&rid, Surface::Rest),
+        Err(e) => e.respond(&rid, Surface::Rest),
     }
 }
 
-async fn esb(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn esb(
+    req: HttpRequest,
+    payload: web::Payload,
+    esb: web::Data<Esb>,
+    service: web::Data<SendService>,
+) -> HttpResponse {
     let rid = request_id(&req);
-    match serve_esb(&req, payload, &state, &rid).await {
+    match serve_esb(&req, payload, &esb, &service, &rid).await {
         Ok(reply) => HttpResponse::Ok().json(reply.into_envelope(&rid)),
-        Err(e) => {
-            match &e {
-                EsbError::Internal(cause) => tracing::error!(cause = %cause, "request failed"),
-                other => {
-                    tracing::info!(code = other.code().value(), error = %other, "request refused")
-                }
-            }
-            let mut res = if matches!(e, EsbError::NoChannel(_)) {
-                HttpResponse::NotFound()
-            } else {
-                HttpResponse::Ok()
-            };
-            res.json(Envelope::err(e.code(), e.to_string(), Value::Null, &rid))
-        }
+        Err(e) => e.respond(&rid, Surface::Esb),
     }
 }
 
@@ -180,10 +82,11 @@ fn channel_path(tail: &str) -> String {
 async fn serve_esb(
     req: &HttpRequest,
     payload: web::Payload,
-    state: &AppState,
+    esb: &Esb,
+    service: &SendService,
     rid: &str,
 ) -> Result<Reply, EsbError> {
-    let body = read_body(req, payload, state.settings.max_body).await?;
+    let body = read_body(req, payload, esb.max_body).await?;
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -204,8 +107,8 @@ async fn serve_esb(
         .filter_map(|n| Username::parse(n).ok().map(|u| u.to_string()))
         .take(MAX_RECEIVERS)
         .collect();
-    let now = state.outbox.clock.now_ms();
-    let (channels, creds, directory) = state
+    let now = esb.clock.now_ms();
+    let (channels, creds, directory) = esb
         .db
         .run(move |conn| {
             read_tx(conn, |conn| {
@@ -243,19 +146,22 @@ async fn serve_esb(
             ),
         ));
     }
-    let ctx = component::Context {
-        state,
-        app_code: &creds.app_code,
-        username: creds.username.as_deref(),
+    let ctx = components::Context {
+        service,
+        manifest: &esb.manifest,
+        caller: Caller {
+            app_code: creds.app_code,
+            username: creds.username,
+            request_id: rid.to_owned(),
+        },
         idempotency_header: req
             .headers()
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok()),
-        request_id: rid,
         channels: &channels,
         directory,
     };
-    component::handle(ctx, &channel, &params).await
+    components::handle(ctx, &channel, &params).await
 }
 
 async fn read_body(

@@ -1,0 +1,160 @@
+//! The components bound to channel paths: what each channel does with validated arguments,
+//! and the CMSI answer for a send's receipt.
+
+use super::envelope::{Code, Reply};
+use super::error::EsbError;
+use super::params::Params;
+use super::Cmsi;
+use crate::channels::manifest::{Component, Manifest};
+use crate::channels::registry::Channel;
+use crate::core::plan::Directory;
+use crate::core::receipt::{Cause, Verdict};
+use crate::core::service::{Known, SendService};
+use crate::core::{Receipt, SendError};
+use crate::domain::request::Caller;
+use crate::senders::DeliverySettings;
+use crate::sources::Source;
+use serde_json::{json, Value};
+
+/// What a component knows about the request besides its arguments.
+pub struct Context<'a> {
+    pub service: &'a SendService,
+    pub manifest: &'a Manifest,
+    pub caller: Caller,
+    pub idempotency_header: Option<&'a str>,
+    /// The registry as read for this request.
+    pub channels: &'a [Channel],
+    /// The directory entries of the usernames named, read with the registry.
+    pub directory: Option<Directory>,
+}
+
+/// Runs the channel's component.
+pub async fn handle(
+    ctx: Context<'_>,
+    channel: &Channel,
+    params: &Params,
+) -> Result<Reply, EsbError> {
+    let target = match channel.component {
+        Component::GetMsgType => return get_msg_type(&ctx),
+        Component::SendMsg => msg_type_channel(&ctx, params)?,
+        Component::SendDing | Component::SendDingtalk | Component::SendDingbot => channel.clone(),
+    };
+    let route = target
+        .route()
+        .ok_or_else(|| EsbError::Internal(format!("channel {} does not send", target.name)))?;
+    let request = Cmsi.request((route, params, ctx.idempotency_header))?;
+    let known = Known {
+        settings: DeliverySettings::from_registry(ctx.channels),
+        directory: ctx.directory,
+    };
+    let receipt = ctx.service.submit_with(request, &ctx.caller, known).await?;
+    Ok(Cmsi.answer(&receipt))
+}
+
+impl From<SendError> for EsbError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::QueueFull(why) => Self::Throttled(why),
+            SendError::Storage(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The CMSI answer for a send: `data.deliveries` per receiver, the failed ones also in
+/// `username_check.invalid` (what bk-monitor reads).
+pub fn answer(receipt: &Receipt) -> Reply {
+    let invalid: Vec<&str> = receipt.failed().map(|r| r.receiver.as_str()).collect();
+    let mut data = json!({
+        "message_id": receipt.message_id.as_str(),
+        "deliveries": receipt.receivers.iter().map(|r| json!({
+            "receiver": r.receiver,
+            "kind": r.kind.as_str(),
+            "status": r.status.as_str(),
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+        "username_check": {"invalid": invalid},
+    });
+    if receipt.replay {
+        data["idempotent_replay"] = Value::Bool(true);
+    }
+    let code = match receipt.verdict() {
+        Verdict::Accepted | Verdict::Partial => Code::Ok,
+        Verdict::Refused(Cause::NotConfigured) => Code::Generic,
+        Verdict::Refused(Cause::DingTalk) => Code::ThirdParty,
+        Verdict::Refused(Cause::Directory | Cause::NotInDingTalk) => Code::UnknownReceivers,
+    };
+    Reply {
+        code,
+        message: receipt.summary(),
+        data,
+    }
+}
+
+/// `send_msg` routes by `msg_type` through the manifest's message types to an active channel.
+fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel, EsbError> {
+    let manifest = ctx.manifest;
+    let kinds = || {
+        manifest
+            .msg_types
+            .iter()
+            .map(|t| t.kind.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let kind = params
+        .str("msg_type")?
+        .ok_or_else(|| EsbError::bad("msg_type", format!("is required (one of: {})", kinds())))?;
+    let decl = manifest
+        .msg_types
+        .iter()
+        .find(|t| t.kind == kind.trim())
+        .ok_or_else(|| {
+            EsbError::Inactive(format!(
+                "msg_type '{kind}' is not served here (available: {})",
+                kinds()
+            ))
+        })?;
+    let channel = ctx
+        .channels
+        .iter()
+        .find(|c| c.name == decl.channel && c.is_active)
+        .cloned()
+        .ok_or_else(|| {
+            EsbError::Inactive(format!(
+                "msg_type '{kind}' is disabled (its channel {} is not active)",
+                decl.channel
+            ))
+        })?;
+    if matches!(
+        channel.component,
+        Component::SendMsg | Component::GetMsgType
+    ) {
+        return Err(EsbError::Internal(format!(
+            "manifest maps msg_type '{kind}' to {}, which does not send",
+            channel.name
+        )));
+    }
+    Ok(channel)
+}
+
+fn get_msg_type(ctx: &Context<'_>) -> Result<Reply, EsbError> {
+    let channels = ctx.channels;
+    let data: Vec<Value> = ctx
+        .manifest
+        .msg_types
+        .iter()
+        .map(|t| {
+            let active = channels
+                .iter()
+                .any(|c| c.name == t.channel && c.is_active && !c.is_hidden);
+            json!({
+                "type": t.kind,
+                "label": t.label,
+                "label_en": t.label_en,
+                "icon": t.icon,
+                "is_active": active,
+            })
+        })
+        .collect();
+    Ok(Reply::ok(Value::Array(data), "ok"))
+}

@@ -1,0 +1,96 @@
+//! The one error type of the ESB layer; each variant maps to an envelope code, and every
+//! message tells the caller which field is wrong and how to fix it. No secret is ever put in
+//! a message.
+
+use super::envelope::{Code, Envelope};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+
+/// Where an error is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// An ESB component path: the envelope is the answer.
+    Esb,
+    /// A REST path of ours (`/api/v1/…`).
+    Rest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EsbError {
+    #[error("{field}: {problem}")]
+    BadArgument { field: String, problem: String },
+    #[error("app authentication failed: {0}")]
+    AppAuth(&'static str),
+    #[error("{0}")]
+    Inactive(String),
+    #[error("{0}")]
+    NotAvailable(String),
+    #[error("{0}")]
+    Throttled(String),
+    #[error("no channel is served at {0}")]
+    NoChannel(String),
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The cause is logged; the caller gets the request id to quote.
+    #[error("internal error; the server log has the details under this request_id")]
+    Internal(String),
+}
+
+impl EsbError {
+    pub fn bad(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::BadArgument {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::BadArgument { .. } => Code::BadArgument,
+            Self::AppAuth(_) => Code::AppAuth,
+            Self::Inactive(_) | Self::NoChannel(_) => Code::Inactive,
+            Self::Throttled(_) => Code::Throttled,
+            Self::NotAvailable(_) | Self::NotFound(_) | Self::Internal(_) => Code::Generic,
+        }
+    }
+
+    /// The HTTP status on `surface`: ESB callers read the envelope, so an ESB path answers
+    /// 200 (but for no channel at all); REST paths answer with the status that fits.
+    pub fn status(&self, surface: Surface) -> StatusCode {
+        match (surface, self) {
+            (_, Self::NoChannel(_)) => StatusCode::NOT_FOUND,
+            (Surface::Esb, _) => StatusCode::OK,
+            (Surface::Rest, Self::AppAuth(_)) => StatusCode::UNAUTHORIZED,
+            (Surface::Rest, Self::NotFound(_)) => StatusCode::NOT_FOUND,
+            (Surface::Rest, Self::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            (Surface::Rest, _) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The answer to the caller, in the envelope; the error is logged (an internal one with
+    /// its cause, which the caller does not see).
+    pub fn respond(self, request_id: &str, surface: Surface) -> HttpResponse {
+        match &self {
+            Self::Internal(cause) => tracing::error!(cause = %cause, "request failed"),
+            other => tracing::info!(code = other.code().value(), error = %other, "request refused"),
+        }
+        HttpResponse::build(self.status(surface)).json(Envelope::err(
+            self.code(),
+            self.to_string(),
+            serde_json::Value::Null,
+            request_id,
+        ))
+    }
+}
+
+impl From<crate::db::DbError> for EsbError {
+    fn from(e: crate::db::DbError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for EsbError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
