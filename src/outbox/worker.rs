@@ -11,6 +11,7 @@ use super::store::{self, Outcome};
 use super::{digest, pacing};
 use crate::channels::registry::{self, Channel};
 use crate::channels::send::{self, MsgKey};
+use crate::channels::settings::DingtalkConf;
 use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
 use crate::db::{Db, DbError};
@@ -91,13 +92,7 @@ impl DeliverySettings {
 
 /// The internal app of `send_dingtalk`'s comp_conf; the robot code defaults to the app key.
 pub fn app_from_channel(dingtalk: Option<&Channel>) -> Option<App> {
-    let conf = |k: &str| dingtalk.and_then(|c| c.conf(k)).map(str::to_owned);
-    let (key, secret) = (conf("ding_app_key")?, conf("ding_app_secret")?);
-    Some(App {
-        robot_code: conf("ding_robot_code").unwrap_or_else(|| key.clone()),
-        key,
-        secret,
-    })
+    DingtalkConf::from_channel(dingtalk).app
 }
 
 /// Everything a batch of deliveries needs besides the rows, loaded once.
