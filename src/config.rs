@@ -10,6 +10,16 @@ use std::time::Duration;
 
 const DEFAULT_FILE: &str = "ding-channel.toml";
 
+/// DingTalk calls one round may make: a token fetch and the call, and both again when DingTalk
+/// refuses the token.
+const CALLS_PER_ROUND: u32 = 4;
+
+/// The longest one round of DingTalk calls may take; a send starts only with this much lease
+/// left, and a stopping server waits this long for the calls in flight.
+pub fn call_round(dingtalk_timeout: Duration) -> Duration {
+    dingtalk_timeout * CALLS_PER_ROUND
+}
+
 /// Keys of DESIGN.md §2. The TOML file uses the same names in lower case.
 const KEYS: &[&str] = &[
     "DING_CHANNEL_BIND",
@@ -269,18 +279,18 @@ impl Settings {
         })?;
         let timeout_ms = parse("DINGTALK_TIMEOUT_MS", "10000", &|v| int_in(v, 100, 300_000))?;
         // A claim outlives the DingTalk calls made under it: a round of calls starts only with
-        // four call timeouts of lease left, and the lease is renewed before it gets that short.
+        // its budget of lease left, and the lease is renewed before it gets that short; the one
+        // call timeout more gives the renewal time to land before a send would be refused.
         let lease = parse("DING_CHANNEL_LEASE_S", "60", &|v| {
             int_in(v, 3, 3600)?;
-            let (lease_ms, timeout_ms) = (
-                v.parse::<u64>().unwrap_or(0) * 1000,
-                timeout_ms.parse::<u64>().unwrap_or(0),
-            );
-            if lease_ms < 5 * timeout_ms {
+            let timeout = Duration::from_millis(timeout_ms.parse().unwrap_or(0));
+            let least = call_round(timeout) + timeout;
+            if Duration::from_secs(v.parse().unwrap_or(0)) < least {
                 return Err(format!(
-                    "'{v}' is shorter than 5 × DINGTALK_TIMEOUT_MS ({} s): raise it to at least {} or lower DINGTALK_TIMEOUT_MS",
-                    (5 * timeout_ms) as f64 / 1000.0,
-                    (5 * timeout_ms).div_ceil(1000),
+                    "'{v}' is shorter than {} × DINGTALK_TIMEOUT_MS ({} s): raise it to at least {} or lower DINGTALK_TIMEOUT_MS",
+                    CALLS_PER_ROUND + 1,
+                    least.as_secs_f64(),
+                    least.as_millis().div_ceil(1000),
                 ));
             }
             Ok(())
@@ -337,6 +347,11 @@ impl Settings {
 }
 
 impl Settings {
+    /// [`call_round`] of this DingTalk timeout.
+    pub fn round_budget(&self) -> Duration {
+        call_round(self.dingtalk_timeout)
+    }
+
     pub fn dingtalk(&self) -> crate::dingtalk::ClientConfig {
         crate::dingtalk::ClientConfig {
             oapi_base: self.oapi_base.clone(),
@@ -465,6 +480,7 @@ mod tests {
         assert!(s.proxy.is_none());
         assert_eq!(s.lease, Duration::from_secs(60));
         assert_eq!(s.max_queue, 500_000);
+        assert_eq!(s.round_budget(), Duration::from_secs(40));
     }
 
     #[test]
@@ -480,6 +496,26 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.lease, Duration::from_secs(30));
+        assert_eq!(s.round_budget(), Duration::from_secs(20));
+        let s = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_LEASE_S", "3"),
+            ("DINGTALK_TIMEOUT_MS", "600"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.lease,
+            Duration::from_secs(3),
+            "exactly a round and one call"
+        );
+        let e = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_LEASE_S", "3"),
+            ("DINGTALK_TIMEOUT_MS", "601"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DING_CHANNEL_LEASE_S (environment): '3' is shorter than 5 × DINGTALK_TIMEOUT_MS (3.005 s): raise it to at least 4 or lower DINGTALK_TIMEOUT_MS"
+        );
     }
 
     #[test]
