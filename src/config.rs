@@ -44,6 +44,9 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_UTC_OFFSET",
     "DING_CHANNEL_APP_QPS",
     "DING_CHANNEL_APP_QPM",
+    "DING_CHANNEL_RETRY_BASE_MS",
+    "DING_CHANNEL_RETRY_CAP_S",
+    "DING_CHANNEL_IDEMPOTENCY_S",
 ];
 
 #[derive(Debug, Clone)]
@@ -78,6 +81,11 @@ pub struct Settings {
     /// Single-chat calls per second / per minute per DingTalk app key, in this process.
     pub app_qps: u32,
     pub app_qpm: u32,
+    /// The first retry's delay, doubled for each attempt after it up to `retry_cap`.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How long an idempotency key is honoured.
+    pub idempotency_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +320,23 @@ impl Settings {
         })?;
         let app_qps = parse("DING_CHANNEL_APP_QPS", "40", &|v| int_in(v, 1, 10_000))?;
         let app_qpm = parse("DING_CHANNEL_APP_QPM", "1500", &|v| int_in(v, 1, 600_000))?;
+        let retry_base_ms = parse("DING_CHANNEL_RETRY_BASE_MS", "2000", &|v| {
+            int_in(v, 100, 3_600_000)
+        })?;
+        let retry_cap = parse("DING_CHANNEL_RETRY_CAP_S", "300", &|v| {
+            int_in(v, 1, 86_400)?;
+            let base_ms: u64 = retry_base_ms.parse().unwrap_or(0);
+            if v.parse::<u64>().unwrap_or(0) * 1000 < base_ms {
+                return Err(format!(
+                    "'{v}' is shorter than DING_CHANNEL_RETRY_BASE_MS ({base_ms} ms): raise it to at least {} or lower DING_CHANNEL_RETRY_BASE_MS",
+                    base_ms.div_ceil(1000)
+                ));
+            }
+            Ok(())
+        })?;
+        let idempotency = parse("DING_CHANNEL_IDEMPOTENCY_S", "86400", &|v| {
+            int_in(v, 60, 30 * 86_400)
+        })?;
         let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
@@ -342,6 +367,9 @@ impl Settings {
             utc_offset_min: utc_offset_min(&utc_offset).expect("validated above"),
             app_qps: app_qps.parse().expect("validated above"),
             app_qpm: app_qpm.parse().expect("validated above"),
+            retry_base: millis(&retry_base_ms),
+            retry_cap: secs(&retry_cap),
+            idempotency_window: secs(&idempotency),
         })
     }
 }
@@ -481,6 +509,9 @@ mod tests {
         assert_eq!(s.lease, Duration::from_secs(60));
         assert_eq!(s.max_queue, 500_000);
         assert_eq!(s.round_budget(), Duration::from_secs(40));
+        assert_eq!(s.retry_base, Duration::from_secs(2));
+        assert_eq!(s.retry_cap, Duration::from_secs(300));
+        assert_eq!(s.idempotency_window, Duration::from_secs(86_400));
     }
 
     #[test]
@@ -515,6 +546,38 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "DING_CHANNEL_LEASE_S (environment): '3' is shorter than 5 × DINGTALK_TIMEOUT_MS (3.005 s): raise it to at least 4 or lower DINGTALK_TIMEOUT_MS"
+        );
+    }
+
+    #[test]
+    fn retry_and_idempotency_settings_parse_and_name_the_key_and_the_fix() {
+        let s = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_RETRY_BASE_MS", "500"),
+            ("DING_CHANNEL_RETRY_CAP_S", "60"),
+            ("DING_CHANNEL_IDEMPOTENCY_S", "3600"),
+        ]))
+        .unwrap();
+        assert_eq!(s.retry_base, Duration::from_millis(500));
+        assert_eq!(s.retry_cap, Duration::from_secs(60));
+        assert_eq!(s.idempotency_window, Duration::from_secs(3600));
+
+        let err =
+            |pairs: &[(&str, &str)]| Settings::from_env_map(env(pairs)).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("DING_CHANNEL_RETRY_BASE_MS", "2s")]),
+            "DING_CHANNEL_RETRY_BASE_MS (environment): '2s' is not a whole number from 100 to 3600000"
+        );
+        assert_eq!(
+            err(&[("DING_CHANNEL_RETRY_CAP_S", "0")]),
+            "DING_CHANNEL_RETRY_CAP_S (environment): '0' is not a whole number from 1 to 86400"
+        );
+        assert_eq!(
+            err(&[("DING_CHANNEL_RETRY_BASE_MS", "5500"), ("DING_CHANNEL_RETRY_CAP_S", "5")]),
+            "DING_CHANNEL_RETRY_CAP_S (environment): '5' is shorter than DING_CHANNEL_RETRY_BASE_MS (5500 ms): raise it to at least 6 or lower DING_CHANNEL_RETRY_BASE_MS"
+        );
+        assert_eq!(
+            err(&[("DING_CHANNEL_IDEMPOTENCY_S", "1d")]),
+            "DING_CHANNEL_IDEMPOTENCY_S (environment): '1d' is not a whole number from 60 to 2592000"
         );
     }
 

@@ -19,9 +19,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// An idempotency key is honoured for this long.
-const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
-
 /// What a component knows about the request besides its arguments.
 pub struct Context<'a> {
     pub state: &'a AppState,
@@ -111,7 +108,7 @@ pub async fn send(
     if let Some(key) = request.idempotency_key.clone() {
         let (app, since) = (
             app_code.to_owned(),
-            outbox.clock.now_ms() - IDEMPOTENCY_WINDOW_MS,
+            outbox.clock.now_ms() - outbox.idempotency_window.as_millis() as i64,
         );
         let seen = outbox
             .db
@@ -158,7 +155,7 @@ pub async fn send(
     let acceptance = store::Acceptance {
         now,
         give_up_at,
-        idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
+        idempotency_window_ms: outbox.idempotency_window.as_millis() as i64,
         claim,
     };
     let (accepted, mut rows) = outbox.accept(new, acceptance).await?;

@@ -128,6 +128,8 @@ pub struct Outbox {
     pub clock: SharedClock,
     pub policy: RetryPolicy,
     pub lease: Duration,
+    /// How long an idempotency key is honoured.
+    pub idempotency_window: Duration,
     /// The claims of the batches in flight, renewed by [`Outbox::keep_leases`].
     pub leases: Arc<Leases>,
     pub metrics: Arc<Metrics>,
@@ -168,10 +170,12 @@ impl Outbox {
             client: Arc::new(client),
             clock,
             policy: RetryPolicy {
+                base: settings.retry_base,
+                cap: settings.retry_cap,
                 max_age: settings.max_age,
-                ..RetryPolicy::default()
             },
             lease: settings.lease,
+            idempotency_window: settings.idempotency_window,
             leases,
             metrics,
             utc_offset_min: settings.utc_offset_min,
