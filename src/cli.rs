@@ -298,7 +298,7 @@ fn send(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         username: std::env::var("USER").ok(),
         request_id: crate::secret::random_hex(16),
     };
-    let service = SendService::new(outbox.clone(), std::time::Duration::from_secs(24 * 3600));
+    let service = SendService::new(outbox.clone(), settings.idempotency_window);
     let known = Known {
         settings: DeliverySettings::from_registry(&channels),
         directory: None,

@@ -10,6 +10,16 @@ use std::time::Duration;
 
 const DEFAULT_FILE: &str = "ding-channel.toml";
 
+/// DingTalk calls one round may make: a token fetch and the call, and both again when DingTalk
+/// refuses the token.
+const CALLS_PER_ROUND: u32 = 4;
+
+/// The longest one round of DingTalk calls may take; a send starts only with this much lease
+/// left, and a stopping server waits this long for the calls in flight.
+pub fn call_round(dingtalk_timeout: Duration) -> Duration {
+    dingtalk_timeout * CALLS_PER_ROUND
+}
+
 /// Keys of DESIGN.md §2. The TOML file uses the same names in lower case.
 const KEYS: &[&str] = &[
     "DING_CHANNEL_BIND",
@@ -34,6 +44,9 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_UTC_OFFSET",
     "DING_CHANNEL_APP_QPS",
     "DING_CHANNEL_APP_QPM",
+    "DING_CHANNEL_RETRY_BASE_MS",
+    "DING_CHANNEL_RETRY_CAP_S",
+    "DING_CHANNEL_IDEMPOTENCY_S",
 ];
 
 #[derive(Debug, Clone)]
@@ -68,6 +81,11 @@ pub struct Settings {
     /// Single-chat calls per second / per minute per DingTalk app key, in this process.
     pub app_qps: u32,
     pub app_qpm: u32,
+    /// The first retry's delay, doubled for each attempt after it up to `retry_cap`.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How long an idempotency key is honoured.
+    pub idempotency_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,18 +287,18 @@ impl Settings {
         })?;
         let timeout_ms = parse("DINGTALK_TIMEOUT_MS", "10000", &|v| int_in(v, 100, 300_000))?;
         // A claim outlives the DingTalk calls made under it: a round of calls starts only with
-        // four call timeouts of lease left, and the lease is renewed before it gets that short.
+        // its budget of lease left, and the lease is renewed before it gets that short; the one
+        // call timeout more gives the renewal time to land before a send would be refused.
         let lease = parse("DING_CHANNEL_LEASE_S", "60", &|v| {
             int_in(v, 3, 3600)?;
-            let (lease_ms, timeout_ms) = (
-                v.parse::<u64>().unwrap_or(0) * 1000,
-                timeout_ms.parse::<u64>().unwrap_or(0),
-            );
-            if lease_ms < 5 * timeout_ms {
+            let timeout = Duration::from_millis(timeout_ms.parse().unwrap_or(0));
+            let least = call_round(timeout) + timeout;
+            if Duration::from_secs(v.parse().unwrap_or(0)) < least {
                 return Err(format!(
-                    "'{v}' is shorter than 5 × DINGTALK_TIMEOUT_MS ({} s): raise it to at least {} or lower DINGTALK_TIMEOUT_MS",
-                    (5 * timeout_ms) as f64 / 1000.0,
-                    (5 * timeout_ms).div_ceil(1000),
+                    "'{v}' is shorter than {} × DINGTALK_TIMEOUT_MS ({} s): raise it to at least {} or lower DINGTALK_TIMEOUT_MS",
+                    CALLS_PER_ROUND + 1,
+                    least.as_secs_f64(),
+                    least.as_millis().div_ceil(1000),
                 ));
             }
             Ok(())
@@ -302,6 +320,23 @@ impl Settings {
         })?;
         let app_qps = parse("DING_CHANNEL_APP_QPS", "40", &|v| int_in(v, 1, 10_000))?;
         let app_qpm = parse("DING_CHANNEL_APP_QPM", "1500", &|v| int_in(v, 1, 600_000))?;
+        let retry_base_ms = parse("DING_CHANNEL_RETRY_BASE_MS", "2000", &|v| {
+            int_in(v, 100, 3_600_000)
+        })?;
+        let retry_cap = parse("DING_CHANNEL_RETRY_CAP_S", "300", &|v| {
+            int_in(v, 1, 86_400)?;
+            let base_ms: u64 = retry_base_ms.parse().unwrap_or(0);
+            if v.parse::<u64>().unwrap_or(0) * 1000 < base_ms {
+                return Err(format!(
+                    "'{v}' is shorter than DING_CHANNEL_RETRY_BASE_MS ({base_ms} ms): raise it to at least {} or lower DING_CHANNEL_RETRY_BASE_MS",
+                    base_ms.div_ceil(1000)
+                ));
+            }
+            Ok(())
+        })?;
+        let idempotency = parse("DING_CHANNEL_IDEMPOTENCY_S", "86400", &|v| {
+            int_in(v, 60, 30 * 86_400)
+        })?;
         let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
@@ -332,11 +367,19 @@ impl Settings {
             utc_offset_min: utc_offset_min(&utc_offset).expect("validated above"),
             app_qps: app_qps.parse().expect("validated above"),
             app_qpm: app_qpm.parse().expect("validated above"),
+            retry_base: millis(&retry_base_ms),
+            retry_cap: secs(&retry_cap),
+            idempotency_window: secs(&idempotency),
         })
     }
 }
 
 impl Settings {
+    /// [`call_round`] of this DingTalk timeout.
+    pub fn round_budget(&self) -> Duration {
+        call_round(self.dingtalk_timeout)
+    }
+
     pub fn dingtalk(&self) -> crate::dingtalk::ClientConfig {
         crate::dingtalk::ClientConfig {
             oapi_base: self.oapi_base.clone(),
@@ -465,6 +508,10 @@ mod tests {
         assert!(s.proxy.is_none());
         assert_eq!(s.lease, Duration::from_secs(60));
         assert_eq!(s.max_queue, 500_000);
+        assert_eq!(s.round_budget(), Duration::from_secs(40));
+        assert_eq!(s.retry_base, Duration::from_secs(2));
+        assert_eq!(s.retry_cap, Duration::from_secs(300));
+        assert_eq!(s.idempotency_window, Duration::from_secs(86_400));
     }
 
     #[test]
@@ -480,6 +527,58 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.lease, Duration::from_secs(30));
+        assert_eq!(s.round_budget(), Duration::from_secs(20));
+        let s = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_LEASE_S", "3"),
+            ("DINGTALK_TIMEOUT_MS", "600"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.lease,
+            Duration::from_secs(3),
+            "exactly a round and one call"
+        );
+        let e = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_LEASE_S", "3"),
+            ("DINGTALK_TIMEOUT_MS", "601"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DING_CHANNEL_LEASE_S (environment): '3' is shorter than 5 × DINGTALK_TIMEOUT_MS (3.005 s): raise it to at least 4 or lower DINGTALK_TIMEOUT_MS"
+        );
+    }
+
+    #[test]
+    fn retry_and_idempotency_settings_parse_and_name_the_key_and_the_fix() {
+        let s = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_RETRY_BASE_MS", "500"),
+            ("DING_CHANNEL_RETRY_CAP_S", "60"),
+            ("DING_CHANNEL_IDEMPOTENCY_S", "3600"),
+        ]))
+        .unwrap();
+        assert_eq!(s.retry_base, Duration::from_millis(500));
+        assert_eq!(s.retry_cap, Duration::from_secs(60));
+        assert_eq!(s.idempotency_window, Duration::from_secs(3600));
+
+        let err =
+            |pairs: &[(&str, &str)]| Settings::from_env_map(env(pairs)).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("DING_CHANNEL_RETRY_BASE_MS", "2s")]),
+            "DING_CHANNEL_RETRY_BASE_MS (environment): '2s' is not a whole number from 100 to 3600000"
+        );
+        assert_eq!(
+            err(&[("DING_CHANNEL_RETRY_CAP_S", "0")]),
+            "DING_CHANNEL_RETRY_CAP_S (environment): '0' is not a whole number from 1 to 86400"
+        );
+        assert_eq!(
+            err(&[("DING_CHANNEL_RETRY_BASE_MS", "5500"), ("DING_CHANNEL_RETRY_CAP_S", "5")]),
+            "DING_CHANNEL_RETRY_CAP_S (environment): '5' is shorter than DING_CHANNEL_RETRY_BASE_MS (5500 ms): raise it to at least 6 or lower DING_CHANNEL_RETRY_BASE_MS"
+        );
+        assert_eq!(
+            err(&[("DING_CHANNEL_IDEMPOTENCY_S", "1d")]),
+            "DING_CHANNEL_IDEMPOTENCY_S (environment): '1d' is not a whole number from 60 to 2592000"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::channels::registry;
 use crate::config::Settings;
-use crate::db::{Db, DbError};
+use crate::db::Db;
 use crate::directory::classify::RobotFields;
 use crate::directory::profile::{Profile, Username};
 use crate::directory::store as users;
@@ -30,7 +30,7 @@ pub fn start_simulator(settings: &mut Settings) -> std::io::Result<Simulator> {
 }
 
 /// Seeds the demo app, two people, a signed robot and the single-chat app, each only if absent.
-pub fn seed(db: &Db) -> Result<Vec<String>, DbError> {
+pub fn seed(db: &Db) -> anyhow::Result<Vec<String>> {
     let sim = demo_config();
     let mut conn = db.get()?;
     let mut seeded = vec![];

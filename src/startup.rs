@@ -91,7 +91,7 @@ impl Application {
         let http_workers = settings.http_workers;
         let service = web::Data::new(SendService::new(
             outbox.clone(),
-            std::time::Duration::from_secs(24 * 3600),
+            settings.idempotency_window,
         ));
         let esb = web::Data::new(Esb {
             db: db.clone(),

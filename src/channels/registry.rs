@@ -3,6 +3,7 @@
 //! admin changed; everything else follows the manifest.
 
 use super::manifest::{ChannelDecl, Component, Manifest, Methods};
+use super::settings::{self, ConfError};
 use crate::db::models::ChannelRow;
 use crate::db::schema::channels;
 use crate::db::{now_ms, write_tx, DbConn, DbError};
@@ -200,12 +201,28 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<Channel>, DbError> {
         .collect()
 }
 
-/// Sets comp_conf values as an admin; sync keeps them from then on.
+/// Why `set_conf` stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SetConfError {
+    #[error(transparent)]
+    Invalid(#[from] ConfError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for SetConfError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Db(e.into())
+    }
+}
+
+/// Sets comp_conf values as an admin; sync keeps them from then on. The channel's settings
+/// with the new values must parse, or nothing is stored.
 pub fn set_conf(
     conn: &mut DbConn,
     name: &str,
     values: &BTreeMap<String, String>,
-) -> Result<Option<Channel>, DbError> {
+) -> Result<Option<Channel>, SetConfError> {
     write_tx(conn, |conn| {
         let Some(mut ch) = find(conn, name)? else {
             return Ok(None);
@@ -214,6 +231,7 @@ pub fn set_conf(
             ch.comp_conf.insert(k.clone(), v.clone());
             ch.admin_set.insert(k.clone());
         }
+        settings::check(ch.component, &ch.comp_conf)?;
         save_admin(conn, &ch)?;
         Ok(Some(ch))
     })

@@ -4,6 +4,7 @@
 
 use super::profile::Profile;
 use crate::channels::registry::Channel;
+use crate::channels::settings::DingbotConf;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RobotFields {
@@ -23,15 +24,7 @@ impl Default for RobotFields {
 impl RobotFields {
     /// From `send_dingbot`'s comp_conf, where an admin configures them once.
     pub fn from_channel(dingbot: Option<&Channel>) -> Self {
-        let d = Self::default();
-        Self {
-            token_field: dingbot
-                .and_then(|c| c.conf("token_field"))
-                .map_or(d.token_field, str::to_owned),
-            sign_field: dingbot
-                .and_then(|c| c.conf("sign_field"))
-                .map_or(d.sign_field, str::to_owned),
-        }
+        DingbotConf::from_channel(dingbot).fields
     }
 }
 

@@ -102,9 +102,7 @@ impl Outbox {
         let metrics = Arc::new(Metrics::default());
         let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())?;
         let (handovers, rx) = mpsc::channel(1024);
-        // The longest one round of DingTalk calls may take: a token fetch and the call, and
-        // both again when DingTalk refuses the token. A send starts only with this much lease left.
-        let budget_ms = 4 * settings.dingtalk_timeout.as_millis() as i64;
+        let budget_ms = settings.round_budget().as_millis() as i64;
         let leases = Leases::new(db.clone(), settings.lease.as_millis() as i64, budget_ms);
         let client = Arc::new(client);
         let userids = UserIdCache::new(
@@ -125,8 +123,9 @@ impl Outbox {
             db,
             policy: Policy::new(
                 RetryPolicy {
+                    base: settings.retry_base,
+                    cap: settings.retry_cap,
                     max_age: settings.max_age,
-                    ..RetryPolicy::default()
                 },
                 clock.clone(),
             ),

@@ -10,16 +10,6 @@ pub struct RetryPolicy {
     pub max_age: Duration,
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_secs(2),
-            cap: Duration::from_secs(300),
-            max_age: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
 impl RetryPolicy {
     /// Delay before attempt `attempts + 1`: base·2^(attempts-1), capped, ±20 % jitter, and at
     /// least `at_least` (DingTalk's Retry-After or a throttle pause).
@@ -44,7 +34,11 @@ mod tests {
 
     #[test]
     fn grows_exponentially_with_bounded_jitter_and_respects_a_floor() {
-        let p = RetryPolicy::default();
+        let p = RetryPolicy {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(300),
+            max_age: Duration::from_secs(86_400),
+        };
         assert_eq!(p.delay(1, None, 0.5), Duration::from_secs(2));
         assert_eq!(p.delay(2, None, 0.5), Duration::from_secs(4));
         assert_eq!(p.delay(3, None, 0.0), Duration::from_millis(6400));

@@ -170,11 +170,5 @@ impl DeliverySettings {
 
 /// The internal app of `send_dingtalk`'s comp_conf; the robot code defaults to the app key.
 pub fn app_from_channel(dingtalk: Option<&crate::channels::registry::Channel>) -> Option<App> {
-    let conf = |k: &str| dingtalk.and_then(|c| c.conf(k)).map(str::to_owned);
-    let (key, secret) = (conf("ding_app_key")?, conf("ding_app_secret")?);
-    Some(App {
-        robot_code: conf("ding_robot_code").unwrap_or_else(|| key.clone()),
-        key,
-        secret,
-    })
+    crate::channels::settings::DingtalkConf::from_channel(dingtalk).app
 }

@@ -3,6 +3,7 @@
 use crate::helpers::*;
 use ding_channel::simulator::{Faults, SimUser};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn statuses(env: &Value) -> Vec<(String, String)> {
     env["data"]["deliveries"]
@@ -447,6 +448,32 @@ async fn the_same_idempotency_key_sends_once_even_when_requests_race() {
         .await
         .unwrap();
     assert_eq!(statuses(&later), pairs(&[("alice", "sent")]), "{later}");
+    assert_ne!(later["data"]["message_id"], first["data"]["message_id"]);
+    assert!(later["data"]["idempotent_replay"].is_null(), "{later}");
+}
+
+#[tokio::test]
+async fn the_retry_and_idempotency_settings_reach_the_outbox() {
+    let app = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[
+            ("DING_CHANNEL_RETRY_BASE_MS", "500"),
+            ("DING_CHANNEL_RETRY_CAP_S", "30"),
+            ("DING_CHANNEL_IDEMPOTENCY_S", "3600"),
+        ],
+    )
+    .await;
+    assert_eq!(app.outbox.policy.retry.base, Duration::from_millis(500));
+    assert_eq!(app.outbox.policy.retry.cap, Duration::from_secs(30));
+
+    let body = json!({"receiver__username": "alice", "content": "x", "idempotency_key": "k1"});
+    let first = app.post("send_ding", body.clone()).await;
+    app.clock.advance_ms(3_600_000 - 1_000);
+    let replay = app.post("send_ding", body.clone()).await;
+    assert_eq!(replay["data"]["idempotent_replay"], true, "{replay}");
+    app.clock.advance_ms(2_000);
+    let later = app.post("send_ding", body).await;
     assert_ne!(later["data"]["message_id"], first["data"]["message_id"]);
     assert!(later["data"]["idempotent_replay"].is_null(), "{later}");
 }

@@ -178,3 +178,66 @@ async fn conf_refuses_undeclared_keys_unless_forced_and_masks_secrets() {
         stderr(&o)
     );
 }
+
+#[tokio::test]
+async fn conf_refuses_a_bad_value_naming_the_key_and_the_fix_and_stores_nothing() {
+    let app = TestApp::spawn_plain().await;
+    let stored = |app: &TestApp| {
+        let mut conn = app.db.get().unwrap();
+        ding_channel::channels::registry::find(&mut conn, "send_dingbot")
+            .unwrap()
+            .unwrap()
+    };
+    let before = stored(&app);
+    for force in [false, true] {
+        let mut args = vec![
+            "channels",
+            "conf",
+            "send_dingbot",
+            "robot_rate_limit=10",
+            "robot_burst=x",
+        ];
+        if force {
+            args.push("--force");
+        }
+        let o = app.cli(&args);
+        assert_eq!(o.status.code(), Some(1), "force={force}");
+        assert_eq!(
+            stderr(&o).trim(),
+            "error: send_dingbot robot_burst: 'x' is not a positive whole number; set e.g. robot_burst=5",
+            "force={force}"
+        );
+        assert_eq!(stored(&app), before, "nothing stored (force={force})");
+    }
+
+    let o = app.cli(&["channels", "conf", "send_dingbot", "robot_burst=2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("robot_burst=2"), "{}", stdout(&o));
+    let after = stored(&app);
+    assert_eq!(after.comp_conf["robot_burst"], "2");
+    assert!(after.admin_set.contains("robot_burst"));
+}
+
+#[tokio::test]
+async fn conf_refuses_a_bad_secret_without_echoing_it() {
+    let app = TestApp::spawn_plain().await;
+    let o = app.cli(&[
+        "channels",
+        "conf",
+        "send_dingtalk",
+        "ding_app_key=dingk",
+        "ding_app_secret=pasted secret",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("send_dingtalk ding_app_secret: the value contains spaces")
+            && !err.contains("pasted secret"),
+        "{err}"
+    );
+    let mut conn = app.db.get().unwrap();
+    let ch = ding_channel::channels::registry::find(&mut conn, "send_dingtalk")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ch.conf("ding_app_key"), None, "nothing stored");
+}

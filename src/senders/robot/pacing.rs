@@ -4,6 +4,7 @@
 //! `robot_sends`). Slots are taken in one transaction, so two servers never overspend a robot.
 
 use crate::channels::registry::Channel;
+use crate::channels::settings::DingbotConf;
 use crate::db::schema::{robot_sends as rs, robot_state as st};
 use crate::db::{write_tx, DbConn, DbError};
 use diesel::prelude::*;
@@ -56,65 +57,17 @@ impl Default for RobotLimits {
 }
 
 impl RobotLimits {
-    pub fn from_channel(dingbot: Option<&Channel>) -> Self {
-        let conf = |k: &str| dingbot.and_then(|c| c.conf(k));
-        let num = |k: &str, default: i64| match conf(k).map(|v| v.trim().parse::<i64>()) {
-            Some(Ok(n)) if n > 0 => n,
-            Some(_) => {
-                tracing::warn!(
-                    key = k,
-                    "send_dingbot comp_conf value is not a positive number; using {default}"
-                );
-                default
-            }
-            None => default,
-        };
-        let default = RobotLimit {
-            limit: num("robot_rate_limit", DEFAULT.limit.into()) as u32,
-            window_ms: num("robot_rate_window_s", DEFAULT.window_ms / 1000) * 1000,
-            burst: num("robot_burst", DEFAULT.burst.into()) as u32,
-        };
-        let mut overrides = HashMap::new();
-        for item in conf("robot_limits")
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            match parse_override(item, default) {
-                Some((name, l)) => {
-                    overrides.insert(name, l);
-                }
-                None => tracing::warn!(
-                    item,
-                    "send_dingbot robot_limits entry is not name:limit/window_s[/burst]; ignored"
-                ),
-            }
-        }
+    pub fn new(default: RobotLimit, overrides: HashMap<String, RobotLimit>) -> Self {
         Self { default, overrides }
+    }
+
+    pub fn from_channel(dingbot: Option<&Channel>) -> Self {
+        DingbotConf::from_channel(dingbot).robot_limits
     }
 
     pub fn for_robot(&self, robot: &str) -> RobotLimit {
         self.overrides.get(robot).copied().unwrap_or(self.default)
     }
-}
-
-fn parse_override(item: &str, default: RobotLimit) -> Option<(String, RobotLimit)> {
-    let (name, spec) = item.split_once(':')?;
-    let mut nums = spec
-        .split('/')
-        .map(|n| n.trim().parse::<u32>().ok().filter(|n| *n > 0));
-    let limit = nums.next()??;
-    let window_s = nums.next()??;
-    let burst = nums.next().map_or(Some(default.burst), |b| b)?;
-    Some((
-        name.trim().to_owned(),
-        RobotLimit {
-            limit,
-            window_ms: i64::from(window_s) * 1000,
-            burst,
-        },
-    ))
 }
 
 /// What `take_slots` granted.
@@ -315,22 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn overrides_parse_and_fall_back() {
-        let d = DEFAULT;
-        assert_eq!(
-            parse_override("ops:10/30", d),
-            Some((
-                "ops".into(),
-                RobotLimit {
-                    limit: 10,
-                    window_ms: 30_000,
-                    burst: 5
-                }
-            ))
-        );
-        assert_eq!(parse_override("ops:10/30/2", d).unwrap().1.burst, 2);
-        assert_eq!(parse_override("ops:10", d), None);
-        assert_eq!(parse_override("ops:0/30", d), None);
+    fn the_default_is_one_send_every_three_seconds() {
         assert_eq!(DEFAULT.interval_ms(), 3000);
     }
 }

@@ -1,0 +1,534 @@
+//! The comp_conf of the channels that have settings, parsed into typed values. `channels conf`
+//! refuses a value these parsers refuse, so the stored settings are valid; the senders read them
+//! through [`DingtalkConf::from_channel`] and [`DingbotConf::from_channel`], which fall back to a
+//! key's default (and warn once) only for values stored before this validation existed.
+
+use super::manifest::{self, Component};
+use super::registry::Channel;
+use crate::dingtalk::App;
+use crate::directory::classify::RobotFields;
+use crate::senders::robot::pacing::{self, RobotLimit, RobotLimits};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+/// One bad comp_conf value: which channel and key, what is wrong with it, and how to fix it.
+/// The problem quotes the value only when the key is not a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{channel} {key}: {problem}; {fix}")]
+pub struct ConfError {
+    pub channel: &'static str,
+    pub key: &'static str,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// `send_dingtalk`'s comp_conf: the internal app whose robot sends single-chat messages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DingtalkConf {
+    /// `None` until both `ding_app_key` and `ding_app_secret` are set (an admin may set them
+    /// one command at a time); the robot code defaults to the app key.
+    pub app: Option<App>,
+}
+
+/// `send_dingbot`'s comp_conf: where robot users keep their credentials, and robot pacing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DingbotConf {
+    pub fields: RobotFields,
+    pub robot_limits: RobotLimits,
+}
+
+impl DingtalkConf {
+    const CHANNEL: &'static str = "send_dingtalk";
+
+    pub fn from_conf(conf: &BTreeMap<String, String>) -> Result<Self, ConfError> {
+        strict(|bad| Self::parse(conf, bad))
+    }
+
+    /// The settings of the stored channel; see the module doc for invalid stored values.
+    pub fn from_channel(dingtalk: Option<&Channel>) -> Self {
+        dingtalk.map_or_else(Self::default, |c| {
+            lenient(|bad| Self::parse(&c.comp_conf, bad))
+        })
+    }
+
+    fn parse(conf: &BTreeMap<String, String>, bad: &mut dyn FnMut(ConfError)) -> Self {
+        let mut credential = |key: &'static str, console_name: &str| {
+            let v = value(conf, key)?;
+            match credential_problem(key, v) {
+                None => Some(v.to_owned()),
+                Some(problem) => {
+                    bad(ConfError {
+                        channel: Self::CHANNEL,
+                        key,
+                        problem,
+                        fix: format!(
+                            "set it to the {console_name} exactly as the DingTalk developer console shows it"
+                        ),
+                    });
+                    None
+                }
+            }
+        };
+        let key = credential("ding_app_key", "AppKey");
+        let secret = credential("ding_app_secret", "AppSecret");
+        let robot_code = credential("ding_robot_code", "RobotCode");
+        let app = match (key, secret) {
+            (Some(key), Some(secret)) => Some(App {
+                robot_code: robot_code.unwrap_or_else(|| key.clone()),
+                key,
+                secret,
+            }),
+            _ => None,
+        };
+        Self { app }
+    }
+}
+
+impl DingbotConf {
+    const CHANNEL: &'static str = "send_dingbot";
+
+    pub fn from_conf(conf: &BTreeMap<String, String>) -> Result<Self, ConfError> {
+        strict(|bad| Self::parse(conf, bad))
+    }
+
+    /// The settings of the stored channel; see the module doc for invalid stored values.
+    pub fn from_channel(dingbot: Option<&Channel>) -> Self {
+        dingbot.map_or_else(Self::default, |c| {
+            lenient(|bad| Self::parse(&c.comp_conf, bad))
+        })
+    }
+
+    fn parse(conf: &BTreeMap<String, String>, bad: &mut dyn FnMut(ConfError)) -> Self {
+        let defaults = RobotFields::default();
+        let mut fields = RobotFields {
+            token_field: field_name(conf, "token_field", &defaults.token_field, bad),
+            sign_field: field_name(conf, "sign_field", &defaults.sign_field, bad),
+        };
+        if fields.sign_field == fields.token_field {
+            bad(ConfError {
+                channel: Self::CHANNEL,
+                key: "sign_field",
+                problem: format!("'{}' is token_field too", fields.sign_field),
+                fix: format!(
+                    "the signing secret needs a field of its own, e.g. token_field={} sign_field={}",
+                    defaults.token_field, defaults.sign_field
+                ),
+            });
+            fields = defaults;
+        }
+        let default = RobotLimit {
+            limit: positive(conf, "robot_rate_limit", pacing::DEFAULT.limit, bad),
+            window_ms: i64::from(positive(
+                conf,
+                "robot_rate_window_s",
+                (pacing::DEFAULT.window_ms / 1000) as u32,
+                bad,
+            )) * 1000,
+            burst: positive(conf, "robot_burst", pacing::DEFAULT.burst, bad),
+        };
+        let mut overrides = HashMap::new();
+        for item in value(conf, "robot_limits")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match parse_override(item, default) {
+                Some((name, limit)) => {
+                    overrides.insert(name, limit);
+                }
+                None => bad(ConfError {
+                    channel: Self::CHANNEL,
+                    key: "robot_limits",
+                    problem: format!(
+                        "'{item}' is not name:limit/window_s[/burst] with positive whole numbers"
+                    ),
+                    fix: "set e.g. robot_limits=ops-robot:10/60,noisy-bot:20/60/2".to_owned(),
+                }),
+            }
+        }
+        Self {
+            fields,
+            robot_limits: RobotLimits::new(default, overrides),
+        }
+    }
+}
+
+/// Checks `comp_conf` with the parser of `component`, for `channels conf`: components without
+/// settings accept anything (the manifest's key guard is the CLI's).
+pub fn check(component: Component, comp_conf: &BTreeMap<String, String>) -> Result<(), ConfError> {
+    match component {
+        Component::SendDingtalk => DingtalkConf::from_conf(comp_conf).map(drop),
+        Component::SendDingbot => DingbotConf::from_conf(comp_conf).map(drop),
+        Component::SendDing | Component::SendMsg | Component::GetMsgType => Ok(()),
+    }
+}
+
+/// Runs a parser and answers its first complaint.
+fn strict<T>(parse: impl FnOnce(&mut dyn FnMut(ConfError)) -> T) -> Result<T, ConfError> {
+    let mut first = None;
+    let parsed = parse(&mut |e| {
+        first.get_or_insert(e);
+    });
+    first.map_or(Ok(parsed), Err)
+}
+
+/// Runs a parser, keeping the defaults it put in place of bad values and warning about them,
+/// once per process each: the settings are read for every batch.
+fn lenient<T>(parse: impl FnOnce(&mut dyn FnMut(ConfError)) -> T) -> T {
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut problems = vec![];
+    let parsed = parse(&mut |e| problems.push(e.to_string()));
+    if !problems.is_empty() {
+        let all = problems.join("; ");
+        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.insert(all.clone()) {
+            tracing::warn!(
+                "stored comp_conf is invalid, using the defaults of these keys until fixed with `ding-channel channels conf`: {all}"
+            );
+        }
+    }
+    parsed
+}
+
+/// A set value; empty means unset, as the manifest declares keys with empty defaults.
+fn value<'a>(conf: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    conf.get(key).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+/// What is wrong with a DingTalk credential as pasted, in words that quote it only when it is
+/// not a secret.
+fn credential_problem(key: &str, v: &str) -> Option<String> {
+    if !v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let what = if manifest::is_secret_key(key) {
+        "the value".to_owned()
+    } else {
+        format!("'{v}'")
+    };
+    Some(format!(
+        "{what} contains spaces or control characters (a copy-paste slip?)"
+    ))
+}
+
+/// A profile field name: a profile column or an `extras` key.
+fn field_name(
+    conf: &BTreeMap<String, String>,
+    key: &'static str,
+    default: &str,
+    bad: &mut dyn FnMut(ConfError),
+) -> String {
+    let Some(v) = value(conf, key) else {
+        return default.to_owned();
+    };
+    if v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return v.to_owned();
+    }
+    bad(ConfError {
+        channel: DingbotConf::CHANNEL,
+        key,
+        problem: format!("'{v}' is not a profile field name (up to 64 letters, digits, _ and -)"),
+        fix: format!("name a profile field or extras key, e.g. {key}={default}"),
+    });
+    default.to_owned()
+}
+
+fn positive(
+    conf: &BTreeMap<String, String>,
+    key: &'static str,
+    default: u32,
+    bad: &mut dyn FnMut(ConfError),
+) -> u32 {
+    let Some(v) = value(conf, key) else {
+        return default;
+    };
+    match v.trim().parse::<u32>() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            bad(ConfError {
+                channel: DingbotConf::CHANNEL,
+                key,
+                problem: format!("'{v}' is not a positive whole number"),
+                fix: format!("set e.g. {key}={default}"),
+            });
+            default
+        }
+    }
+}
+
+/// One `robot_limits` entry, `name:limit/window_s[/burst]`; the burst defaults to the channel's.
+fn parse_override(item: &str, default: RobotLimit) -> Option<(String, RobotLimit)> {
+    let (name, spec) = item.split_once(':')?;
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    let mut nums = spec
+        .split('/')
+        .map(|n| n.trim().parse::<u32>().ok().filter(|n| *n > 0));
+    let limit = nums.next()??;
+    let window_s = nums.next()??;
+    let burst = nums.next().map_or(Some(default.burst), |b| b)?;
+    if nums.next().is_some() {
+        return None;
+    }
+    Some((
+        name.to_owned(),
+        RobotLimit {
+            limit,
+            window_ms: i64::from(window_s) * 1000,
+            burst,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn dingbot_err(pairs: &[(&str, &str)]) -> String {
+        DingbotConf::from_conf(&conf(pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn channel(component: Component, pairs: &[(&str, &str)]) -> Channel {
+        Channel {
+            name: component.name().into(),
+            path: format!("/cmsi/{}/", component.name()),
+            methods: Default::default(),
+            component,
+            label: String::new(),
+            label_en: String::new(),
+            timeout_s: 10,
+            is_active: true,
+            is_hidden: false,
+            comp_conf: conf(pairs),
+            admin_set: Default::default(),
+        }
+    }
+
+    #[test]
+    fn dingtalk_app_needs_key_and_secret_and_the_robot_code_defaults_to_the_key() {
+        let app = |pairs: &[(&str, &str)]| DingtalkConf::from_conf(&conf(pairs)).unwrap().app;
+        assert_eq!(
+            app(&[
+                ("ding_app_key", ""),
+                ("ding_app_secret", ""),
+                ("ding_robot_code", "")
+            ]),
+            None,
+            "the manifest's empty defaults"
+        );
+        assert_eq!(app(&[("ding_app_key", "dingk")]), None, "no secret yet");
+        assert_eq!(app(&[("ding_app_secret", "s3cret")]), None, "no key yet");
+        assert_eq!(
+            app(&[("ding_app_key", "dingk"), ("ding_app_secret", "s3cret")]),
+            Some(App {
+                key: "dingk".into(),
+                secret: "s3cret".into(),
+                robot_code: "dingk".into()
+            })
+        );
+        assert_eq!(
+            app(&[
+                ("ding_app_key", "dingk"),
+                ("ding_app_secret", "s3cret"),
+                ("ding_robot_code", "robot1")
+            ])
+            .unwrap()
+            .robot_code,
+            "robot1"
+        );
+    }
+
+    #[test]
+    fn dingtalk_credentials_with_spaces_are_refused_and_a_secret_is_never_quoted() {
+        let err = |pairs: &[(&str, &str)]| {
+            DingtalkConf::from_conf(&conf(pairs))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&[("ding_app_key", "ding k")]),
+            "send_dingtalk ding_app_key: 'ding k' contains spaces or control characters (a copy-paste slip?); set it to the AppKey exactly as the DingTalk developer console shows it"
+        );
+        let e = err(&[
+            ("ding_app_key", "dingk"),
+            ("ding_app_secret", "top-secret\n"),
+        ]);
+        assert_eq!(
+            e,
+            "send_dingtalk ding_app_secret: the value contains spaces or control characters (a copy-paste slip?); set it to the AppSecret exactly as the DingTalk developer console shows it"
+        );
+        assert!(!e.contains("top-secret"));
+        assert!(err(&[("ding_robot_code", "\trobot")])
+            .starts_with("send_dingtalk ding_robot_code: '\trobot' contains"));
+    }
+
+    #[test]
+    fn robot_fields_default_parse_and_refuse() {
+        let fields = |pairs: &[(&str, &str)]| DingbotConf::from_conf(&conf(pairs)).unwrap().fields;
+        assert_eq!(fields(&[]), RobotFields::default());
+        assert_eq!(
+            fields(&[("token_field", ""), ("sign_field", "")]),
+            RobotFields::default()
+        );
+        assert_eq!(
+            fields(&[("token_field", "robot_token"), ("sign_field", "robot-sign")]),
+            RobotFields {
+                token_field: "robot_token".into(),
+                sign_field: "robot-sign".into()
+            }
+        );
+        assert_eq!(
+            dingbot_err(&[("token_field", "robot token")]),
+            "send_dingbot token_field: 'robot token' is not a profile field name (up to 64 letters, digits, _ and -); name a profile field or extras key, e.g. token_field=qq"
+        );
+        assert_eq!(
+            dingbot_err(&[("sign_field", "sign.field")]),
+            "send_dingbot sign_field: 'sign.field' is not a profile field name (up to 64 letters, digits, _ and -); name a profile field or extras key, e.g. sign_field=wx_userid"
+        );
+        assert_eq!(
+            dingbot_err(&[("token_field", "email"), ("sign_field", "email")]),
+            "send_dingbot sign_field: 'email' is token_field too; the signing secret needs a field of its own, e.g. token_field=qq sign_field=wx_userid"
+        );
+        assert!(dingbot_err(&[("token_field", "wx_userid")]).contains("is token_field too"));
+    }
+
+    #[test]
+    fn robot_rates_default_parse_and_refuse() {
+        let limits =
+            |pairs: &[(&str, &str)]| DingbotConf::from_conf(&conf(pairs)).unwrap().robot_limits;
+        assert_eq!(limits(&[]).for_robot("any"), pacing::DEFAULT);
+        assert_eq!(
+            limits(&[
+                ("robot_rate_limit", "10"),
+                ("robot_rate_window_s", " 30 "),
+                ("robot_burst", "2")
+            ])
+            .for_robot("any"),
+            RobotLimit {
+                limit: 10,
+                window_ms: 30_000,
+                burst: 2
+            }
+        );
+        for key in ["robot_rate_limit", "robot_rate_window_s", "robot_burst"] {
+            for bad in ["x", "0", "-1", "1.5", "99999999999"] {
+                let e = dingbot_err(&[(key, bad)]);
+                assert!(
+                    e.starts_with(&format!(
+                        "send_dingbot {key}: '{bad}' is not a positive whole number; set e.g. {key}="
+                    )),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(
+            dingbot_err(&[("robot_burst", "x")]),
+            "send_dingbot robot_burst: 'x' is not a positive whole number; set e.g. robot_burst=5"
+        );
+        assert!(dingbot_err(&[("robot_rate_window_s", "x")]).ends_with("robot_rate_window_s=60"));
+        assert!(dingbot_err(&[("robot_rate_limit", "x")]).ends_with("robot_rate_limit=20"));
+    }
+
+    #[test]
+    fn robot_limits_per_robot_parse_and_refuse() {
+        let limits = DingbotConf::from_conf(&conf(&[
+            ("robot_burst", "3"),
+            ("robot_limits", "ops:10/30, noisy : 4/60/1,"),
+        ]))
+        .unwrap()
+        .robot_limits;
+        assert_eq!(
+            limits.for_robot("ops"),
+            RobotLimit {
+                limit: 10,
+                window_ms: 30_000,
+                burst: 3
+            },
+            "the burst defaults to the channel's"
+        );
+        assert_eq!(limits.for_robot("noisy").burst, 1);
+        assert_eq!(
+            limits.for_robot("other").limit,
+            20,
+            "others keep the default"
+        );
+        assert_eq!(
+            DingbotConf::from_conf(&conf(&[("robot_limits", "")])).unwrap(),
+            DingbotConf::default()
+        );
+        for bad in [
+            "ops:10",
+            "ops:0/30",
+            ":10/30",
+            "ops",
+            "ops:10/30/2/9",
+            "ops:x/30",
+        ] {
+            assert_eq!(
+                dingbot_err(&[("robot_limits", &format!("good:1/1,{bad}"))]),
+                format!("send_dingbot robot_limits: '{bad}' is not name:limit/window_s[/burst] with positive whole numbers; set e.g. robot_limits=ops-robot:10/60,noisy-bot:20/60/2")
+            );
+        }
+    }
+
+    #[test]
+    fn stored_bad_values_fall_back_to_their_keys_defaults_only() {
+        let bot = channel(
+            Component::SendDingbot,
+            &[
+                ("token_field", "robot_token"),
+                ("robot_burst", "x"),
+                ("robot_rate_limit", "10"),
+                ("robot_limits", "ops:oops,vip:40/60"),
+            ],
+        );
+        let c = DingbotConf::from_channel(Some(&bot));
+        assert_eq!(c.fields.token_field, "robot_token");
+        assert_eq!(c.robot_limits.for_robot("any").burst, pacing::DEFAULT.burst);
+        assert_eq!(c.robot_limits.for_robot("any").limit, 10);
+        assert_eq!(c.robot_limits.for_robot("vip").limit, 40);
+        assert_eq!(c.robot_limits.for_robot("ops").limit, 10);
+        assert_eq!(DingbotConf::from_channel(None), DingbotConf::default());
+
+        let app = channel(
+            Component::SendDingtalk,
+            &[("ding_app_key", "dingk"), ("ding_app_secret", "bad secret")],
+        );
+        assert_eq!(DingtalkConf::from_channel(Some(&app)).app, None);
+    }
+
+    #[test]
+    fn check_uses_the_components_parser() {
+        let bad = conf(&[("robot_burst", "x"), ("ding_app_key", "a b")]);
+        assert_eq!(
+            check(Component::SendDingbot, &bad).unwrap_err().key,
+            "robot_burst"
+        );
+        assert_eq!(
+            check(Component::SendDingtalk, &bad).unwrap_err().key,
+            "ding_app_key"
+        );
+        for c in [
+            Component::SendDing,
+            Component::SendMsg,
+            Component::GetMsgType,
+        ] {
+            assert_eq!(check(c, &bad), Ok(()));
+        }
+    }
+}
