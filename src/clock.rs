@@ -14,8 +14,15 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        crate::db::now_ms()
+        now_ms()
     }
+}
+
+/// The system's time, in Unix milliseconds (what every stored time is).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A clock that stands still until told to move.

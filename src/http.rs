@@ -1,5 +1,5 @@
 //! The HTTP server's own routes and the per-request context (request id, tracing span);
-//! the sources ([`crate::sources`]) add theirs.
+//! the sources ([`crate::sources`]) add theirs in [`crate::startup`].
 
 use crate::db::Db;
 use crate::metrics::Metrics;
@@ -18,12 +18,11 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Clone)]
 pub struct RequestId(pub String);
 
-/// Health, readiness and metrics, then every source's routes.
+/// Health, readiness and metrics (the sources add their own routes).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
-    crate::sources::esb::routes::configure(cfg);
 }
 
 /// Gives every request an id (the caller's `X-Request-Id` when it is sane), a tracing span

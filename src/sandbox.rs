@@ -99,7 +99,7 @@ fn profile(name: &str, display: &str) -> Profile {
 pub fn refuse_production(db: &Db) -> anyhow::Result<()> {
     let dingtalk = registry::find(&mut *db.get()?, "send_dingtalk")?;
     let demo = &demo_config().apps[0];
-    match crate::senders::app_from_channel(dingtalk.as_ref()) {
+    match crate::channels::settings::DingtalkConf::from_channel(dingtalk.as_ref()).app {
         Some(app) if app.key != demo.key => anyhow::bail!(
             "this database is set up for DingTalk app {}: --sandbox would add the demo app (whose \
              secret is public) to it and send its messages to the simulator. Run the sandbox on a \

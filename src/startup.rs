@@ -7,9 +7,9 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::core::SendService;
 use crate::db::Db;
-use crate::http;
 use crate::outbox::Outbox;
 use crate::sources::esb::Esb;
+use crate::{http, sources};
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -108,6 +108,7 @@ impl Application {
                 .app_data(metrics.clone())
                 .wrap(from_fn(http::request_context))
                 .configure(http::configure)
+                .configure(sources::configure)
         })
         .workers(http_workers)
         .listen(listener)?

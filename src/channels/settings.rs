@@ -7,7 +7,6 @@ use super::manifest::{self, Component};
 use super::registry::Channel;
 use crate::dingtalk::App;
 use crate::directory::classify::RobotFields;
-use crate::senders::robot::pacing::{self, RobotLimit, RobotLimits};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -117,14 +116,14 @@ impl DingbotConf {
             fields = defaults;
         }
         let default = RobotLimit {
-            limit: positive(conf, "robot_rate_limit", pacing::DEFAULT.limit, bad),
+            limit: positive(conf, "robot_rate_limit", DEFAULT.limit, bad),
             window_ms: i64::from(positive(
                 conf,
                 "robot_rate_window_s",
-                (pacing::DEFAULT.window_ms / 1000) as u32,
+                (DEFAULT.window_ms / 1000) as u32,
                 bad,
             )) * 1000,
-            burst: positive(conf, "robot_burst", pacing::DEFAULT.burst, bad),
+            burst: positive(conf, "robot_burst", DEFAULT.burst, bad),
         };
         let mut overrides = HashMap::new();
         for item in value(conf, "robot_limits")
@@ -286,6 +285,58 @@ fn parse_override(item: &str, default: RobotLimit) -> Option<(String, RobotLimit
     ))
 }
 
+/// DingTalk's own limit: 20 messages a minute per robot.
+pub const DEFAULT: RobotLimit = RobotLimit {
+    limit: 20,
+    window_ms: 60_000,
+    burst: 5,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RobotLimit {
+    pub limit: u32,
+    pub window_ms: i64,
+    pub burst: u32,
+}
+
+impl RobotLimit {
+    /// One send per this long, on average.
+    pub fn interval_ms(&self) -> i64 {
+        (self.window_ms / i64::from(self.limit.max(1))).max(1)
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} per {} s", self.limit, self.window_ms / 1000)
+    }
+}
+
+/// The limits of `send_dingbot`'s comp_conf: `robot_rate_limit`, `robot_rate_window_s`,
+/// `robot_burst`, and per robot `robot_limits` = `name:limit/window_s[/burst],…`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RobotLimits {
+    default: RobotLimit,
+    overrides: HashMap<String, RobotLimit>,
+}
+
+impl Default for RobotLimits {
+    fn default() -> Self {
+        Self {
+            default: DEFAULT,
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+impl RobotLimits {
+    pub fn new(default: RobotLimit, overrides: HashMap<String, RobotLimit>) -> Self {
+        Self { default, overrides }
+    }
+
+    pub fn for_robot(&self, robot: &str) -> RobotLimit {
+        self.overrides.get(robot).copied().unwrap_or(self.default)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +462,7 @@ mod tests {
     fn robot_rates_default_parse_and_refuse() {
         let limits =
             |pairs: &[(&str, &str)]| DingbotConf::from_conf(&conf(pairs)).unwrap().robot_limits;
-        assert_eq!(limits(&[]).for_robot("any"), pacing::DEFAULT);
+        assert_eq!(limits(&[]).for_robot("any"), DEFAULT);
         assert_eq!(
             limits(&[
                 ("robot_rate_limit", "10"),
@@ -499,7 +550,7 @@ mod tests {
         );
         let c = DingbotConf::from_channel(Some(&bot));
         assert_eq!(c.fields.token_field, "robot_token");
-        assert_eq!(c.robot_limits.for_robot("any").burst, pacing::DEFAULT.burst);
+        assert_eq!(c.robot_limits.for_robot("any").burst, DEFAULT.burst);
         assert_eq!(c.robot_limits.for_robot("any").limit, 10);
         assert_eq!(c.robot_limits.for_robot("vip").limit, 40);
         assert_eq!(c.robot_limits.for_robot("ops").limit, 10);

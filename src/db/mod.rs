@@ -443,11 +443,7 @@ fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>) -> bool {
 }
 
 /// Unix time in milliseconds; every timestamp column uses it.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -536,7 +536,7 @@ impl Outbox {
         let mut recorded = Vec::with_capacity(outcomes.len());
         for ((row, outcome), owned) in outcomes.iter().zip(owned) {
             if owned {
-                self.metrics.delivery(&row.kind, outcome);
+                self.metrics.delivery(&row.kind, outcome.name());
                 recorded.push((row.id, outcome.clone()));
             } else {
                 tracing::warn!(

@@ -412,6 +412,18 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How the delivery log and the metrics name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sent { .. } => "sent",
+            Self::Retry { .. } => "retry",
+            Self::Failed { .. } => "failed",
+            Self::Deferred { .. } => "deferred",
+        }
+    }
+}
+
 /// Records the attempts of a batch in one transaction; answers, per attempt, whether the
 /// claim it was made under (`claimed_by` of the row) still held (a lost claim means another
 /// worker has it now).

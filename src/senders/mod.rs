@@ -12,7 +12,10 @@ pub mod render;
 pub mod robot;
 pub mod split;
 
+use crate::channels::registry::{self, Channel};
+use crate::channels::settings::{DingbotConf, DingtalkConf, RobotLimits};
 use crate::db::models::DeliveryRow;
+use crate::db::{DbConn, DbError};
 use crate::dingtalk::App;
 use crate::directory::classify::RobotFields;
 use crate::directory::profile::Profile;
@@ -138,37 +141,34 @@ pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
 pub struct DeliverySettings {
     pub app: Result<App, String>,
     pub fields: RobotFields,
-    pub robot_limits: robot::pacing::RobotLimits,
+    pub robot_limits: RobotLimits,
 }
 
 impl DeliverySettings {
     /// From the registry as read for a request.
-    pub fn from_registry(channels: &[crate::channels::registry::Channel]) -> Self {
+    pub fn from_registry(channels: &[Channel]) -> Self {
         let named = |name: &str| channels.iter().find(|c| c.name == name);
         Self::from_channels(named("send_dingtalk"), named("send_dingbot"))
     }
 
-    pub fn from_channels(
-        dingtalk: Option<&crate::channels::registry::Channel>,
-        dingbot: Option<&crate::channels::registry::Channel>,
-    ) -> Self {
+    pub fn from_channels(dingtalk: Option<&Channel>, dingbot: Option<&Channel>) -> Self {
+        let DingbotConf {
+            fields,
+            robot_limits,
+        } = DingbotConf::from_channel(dingbot);
         Self {
-            app: app_from_channel(dingtalk).ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
-            fields: RobotFields::from_channel(dingbot),
-            robot_limits: robot::pacing::RobotLimits::from_channel(dingbot),
+            app: DingtalkConf::from_channel(dingtalk)
+                .app
+                .ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
+            fields,
+            robot_limits,
         }
     }
 
-    pub fn load(conn: &mut crate::db::DbConn) -> Result<Self, crate::db::DbError> {
-        use crate::channels::registry;
+    pub fn load(conn: &mut DbConn) -> Result<Self, DbError> {
         Ok(Self::from_channels(
             registry::find(conn, "send_dingtalk")?.as_ref(),
             registry::find(conn, "send_dingbot")?.as_ref(),
         ))
     }
-}
-
-/// The internal app of `send_dingtalk`'s comp_conf; the robot code defaults to the app key.
-pub fn app_from_channel(dingtalk: Option<&crate::channels::registry::Channel>) -> Option<App> {
-    crate::channels::settings::DingtalkConf::from_channel(dingtalk).app
 }

@@ -5,12 +5,17 @@
 //! components are the first source; the command line's `send` is another.
 //!
 //! To add one (Alertmanager, Grafana): a module here with its routes, implementing [`Source`]
-//! for its payload and answer, and its routes added in [`crate::http::configure`].
+//! for its payload and answer, and its routes added in [`configure`].
 
 pub mod esb;
 
 use crate::core::Receipt;
 use crate::domain::request::SendRequest;
+
+/// Every source's routes.
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    esb::routes::configure(cfg);
+}
 
 pub trait Source {
     /// What the caller sent, as the source reads it.

@@ -3,72 +3,15 @@
 //! in `robot_state`) and never more than `limit` sends in any `window` (counted in
 //! `robot_sends`). Slots are taken in one transaction, so two servers never overspend a robot.
 
-use crate::channels::registry::Channel;
-use crate::channels::settings::DingbotConf;
+pub use crate::channels::settings::{RobotLimit, RobotLimits, DEFAULT};
 use crate::db::schema::{robot_sends as rs, robot_state as st};
 use crate::db::{write_tx, DbConn, DbError};
 use diesel::prelude::*;
-use std::collections::HashMap;
 
 /// DingTalk counts a send when it arrives, we when we reserve it: the sends of one batch and
 /// network delays arrive later than reserved. Counting each send this much longer keeps us
 /// under DingTalk's count at the window's edge.
 const ARRIVAL_MARGIN_MS: i64 = 1_000;
-
-/// DingTalk's own limit: 20 messages a minute per robot.
-pub const DEFAULT: RobotLimit = RobotLimit {
-    limit: 20,
-    window_ms: 60_000,
-    burst: 5,
-};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RobotLimit {
-    pub limit: u32,
-    pub window_ms: i64,
-    pub burst: u32,
-}
-
-impl RobotLimit {
-    fn interval_ms(&self) -> i64 {
-        (self.window_ms / i64::from(self.limit.max(1))).max(1)
-    }
-
-    fn describe(&self) -> String {
-        format!("{} per {} s", self.limit, self.window_ms / 1000)
-    }
-}
-
-/// The limits of `send_dingbot`'s comp_conf: `robot_rate_limit`, `robot_rate_window_s`,
-/// `robot_burst`, and per robot `robot_limits` = `name:limit/window_s[/burst],…`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RobotLimits {
-    default: RobotLimit,
-    overrides: HashMap<String, RobotLimit>,
-}
-
-impl Default for RobotLimits {
-    fn default() -> Self {
-        Self {
-            default: DEFAULT,
-            overrides: HashMap::new(),
-        }
-    }
-}
-
-impl RobotLimits {
-    pub fn new(default: RobotLimit, overrides: HashMap<String, RobotLimit>) -> Self {
-        Self { default, overrides }
-    }
-
-    pub fn from_channel(dingbot: Option<&Channel>) -> Self {
-        DingbotConf::from_channel(dingbot).robot_limits
-    }
-
-    pub fn for_robot(&self, robot: &str) -> RobotLimit {
-        self.overrides.get(robot).copied().unwrap_or(self.default)
-    }
-}
 
 /// What `take_slots` granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
