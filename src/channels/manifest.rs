@@ -115,7 +115,6 @@ pub struct MsgTypeDecl {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub system: String,
-    pub system_label: String,
     pub channels: Vec<ChannelDecl>,
     pub msg_types: Vec<MsgTypeDecl>,
 }
@@ -211,8 +210,8 @@ fn parse_root(root: &Value) -> Result<Manifest, Problem> {
     let root = object(root, "$")?;
     let system = object(root.get("system").unwrap_or(&Value::Null), "$.system")?;
     let system_name = string(system, "$.system", "name")?;
-    let system_label =
-        opt_string(system, "$.system", "label")?.unwrap_or_else(|| system_name.clone());
+    // The label is the ESB's to show; checked for its type, not kept.
+    opt_string(system, "$.system", "label")?;
     let prefix = format!("/{}/", system_name.to_ascii_lowercase());
 
     let list = root
@@ -284,7 +283,6 @@ fn parse_root(root: &Value) -> Result<Manifest, Problem> {
 
     Ok(Manifest {
         system: system_name,
-        system_label,
         channels,
         msg_types,
     })

@@ -179,18 +179,6 @@ pub fn find(conn: &mut DbConn, name: &str) -> Result<Option<Channel>, DbError> {
         .transpose()
 }
 
-/// The channel served at `path` (e.g. `/cmsi/send_ding/`); hidden channels are not served.
-pub fn find_by_path(conn: &mut DbConn, path: &str) -> Result<Option<Channel>, DbError> {
-    channels::table
-        .filter(channels::path.eq(path))
-        .filter(channels::is_hidden.eq(false))
-        .select(ChannelRow::as_select())
-        .first(conn)
-        .optional()?
-        .map(Channel::try_from)
-        .transpose()
-}
-
 pub fn list(conn: &mut DbConn) -> Result<Vec<Channel>, DbError> {
     channels::table
         .order(channels::name)

@@ -116,7 +116,6 @@ diesel::table! {
         robot -> Text,
         sent_at -> BigInt,
         delivery_id -> Nullable<BigInt>,
-        parts -> Integer,
     }
 }
 

@@ -2,7 +2,7 @@
 //! app key, and the three calls ding-channel makes (getbymobile, batchSend, robot webhook).
 //! Base URLs come from config, so tests, the sandbox and benchmarks point it at the simulator.
 
-use super::error::{self, Api, Context, DingTalkError};
+use super::error::{self, Api, Context, DingTalkError, Kind};
 use super::message::{At, ConversionError, Message};
 use super::sign;
 use crate::clock::SharedClock;
@@ -328,9 +328,9 @@ impl DingTalk {
                     "no result.userid in the answer",
                 )),
             },
-            Err(e) if e.code == "60121" => MobileLookup::NotFound,
-            Err(e) if e.code == "60011" => MobileLookup::NoPermission(e),
-            Err(e) if e.code == "60020" => MobileLookup::IpNotWhitelisted(e),
+            Err(e) if e.kind == Kind::UnknownMobile => MobileLookup::NotFound,
+            Err(e) if e.kind == Kind::NoPermission => MobileLookup::NoPermission(e),
+            Err(e) if e.kind == Kind::IpNotWhitelisted => MobileLookup::IpNotWhitelisted(e),
             Err(e) if e.is_retryable() => MobileLookup::Transient(e),
             Err(e) => MobileLookup::Failed(e),
         }
@@ -423,7 +423,7 @@ impl DingTalk {
         let body = msg.to_webhook(at).map_err(|e| {
             DingTalkError::new(
                 Api::Webhook,
-                error::Class::Permanent,
+                (error::Class::Permanent, error::Kind::MessageRefused),
                 "conversion",
                 "",
                 e.to_string(),
@@ -433,7 +433,7 @@ impl DingTalk {
         if bytes.len() > WEBHOOK_MAX_BODY {
             return Err(DingTalkError::new(
                 Api::Webhook,
-                error::Class::Permanent,
+                (error::Class::Permanent, error::Kind::MessageRefused),
                 "body_too_large",
                 "",
                 format!(

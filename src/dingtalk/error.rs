@@ -31,10 +31,39 @@ pub enum Class {
     Retryable { after: Option<Duration> },
 }
 
+/// What kind of refusal an answer is, whatever DingTalk's code for it: what the callers
+/// decide from, never the code's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The app's key or secret, or its robot code.
+    AppCredentials,
+    /// The access token expired or is not valid (a new one is fetched).
+    InvalidToken,
+    /// No DingTalk user has the mobile.
+    UnknownMobile,
+    /// The app lacks a permission for the call.
+    NoPermission,
+    /// This server's IP is not in the app's whitelist.
+    IpNotWhitelisted,
+    /// The group robot itself: its security check, its token, or it is disabled.
+    RobotRefused,
+    /// The message: its type, body, content or size.
+    MessageRefused,
+    /// Too fast for a robot's or the app's limits.
+    Throttled,
+    /// DingTalk is busy or had a server error.
+    Busy,
+    /// The exchange failed on the way: connect, timeout, an answer that is not DingTalk's.
+    Transport,
+    /// Anything else DingTalk refused.
+    Other,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DingTalkError {
     pub api: Api,
     pub class: Class,
+    pub kind: Kind,
     /// DingTalk's own code (`errcode`, or the new API's `code` / HTTP status); ours for
     /// failures that never reached DingTalk (`timeout`, `network`, `bad_answer`, …).
     pub code: String,
@@ -66,20 +95,13 @@ impl DingTalkError {
     /// DingTalk said "too fast" (robot or app limits): pause that robot or app, don't count an
     /// attempt against the message.
     pub fn is_throttle(&self) -> bool {
-        matches!(
-            self.code.as_str(),
-            "410100" | "130101" | "660026" | "90018" | "90006" | "Throttling" | "http_429"
-        ) || self.code.contains("QpsLimit")
+        self.kind == Kind::Throttled
     }
 
     /// A refusal of the robot itself (signature, token, disabled): every message to it fails
     /// alike until an admin fixes the robot user.
     pub fn dooms_robot(&self) -> bool {
-        self.api == Api::Webhook
-            && matches!(
-                self.code.as_str(),
-                "310000" | "300001" | "300005" | "400101" | "400102"
-            )
+        self.api == Api::Webhook && self.kind == Kind::RobotRefused
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -91,7 +113,7 @@ impl DingTalkError {
 
     pub(crate) fn new(
         api: Api,
-        class: Class,
+        (class, kind): (Class, Kind),
         code: impl Into<String>,
         message: impl Into<String>,
         explanation: impl Into<String>,
@@ -99,6 +121,7 @@ impl DingTalkError {
         Self {
             api,
             class,
+            kind,
             code: code.into(),
             message: message.into(),
             explanation: explanation.into(),
@@ -126,16 +149,19 @@ impl DingTalkError {
             detail = format!("{detail}: {s}");
             source = s.source();
         }
-        Self::new(api, RETRY, code, detail, what)
+        Self::new(api, (RETRY, Kind::Transport), code, detail, what)
     }
 
     pub(crate) fn bad_answer(api: Api, status: u16, why: &str) -> Self {
-        let class = if status == 429 || status >= 500 {
-            RETRY
-        } else {
-            Class::Retryable {
-                after: Some(Duration::from_secs(30)),
-            }
+        let class = match status {
+            429 => (RETRY, Kind::Throttled),
+            s if s >= 500 => (RETRY, Kind::Busy),
+            _ => (
+                Class::Retryable {
+                    after: Some(Duration::from_secs(30)),
+                },
+                Kind::Transport,
+            ),
         };
         Self::new(api, class, format!("http_{status}"), why, "DingTalk gave an answer that is not the documented JSON (a proxy or gateway error page?)")
     }
@@ -181,26 +207,26 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         .map_or_else(String::new, |(user, _, _)| format!(" of user {user}"));
     let token_field = ctx.robot.map_or("the token field", |(_, t, _)| t);
     let sign_field = ctx.robot.map_or("the sign field", |(_, _, s)| s);
-    let (class, explanation) = match errcode {
-        40089 | 40096 => (PERMANENT, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
-        40014 | 88 => (RETRY, "the access token expired or is invalid; a new one is fetched".to_owned()),
-        60121 => (PERMANENT, format!("no DingTalk user has the mobile {}: the telephone in the profile must equal the phone registered in DingTalk", ctx.mobile.unwrap_or("given"))),
-        60011 => (PERMANENT, "the DingTalk app lacks the permission 根据手机号获取成员基本信息 (qyapi_get_member_by_mobile): grant it in the DingTalk developer console".to_owned()),
-        60020 => (PERMANENT, "this server's IP is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP".to_owned()),
-        310000 => (PERMANENT, format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings")),
-        300001 | 300005 | 400101 => (PERMANENT, format!("the robot's access_token is not valid: check field {token_field}{robot} (the access_token= value of the webhook URL)")),
-        400102 => (PERMANENT, format!("the group robot{robot} is disabled: re-enable it in the group's robot settings")),
-        400105 => (PERMANENT, "DingTalk does not support this message type for custom robots".to_owned()),
-        400106 | 400013 => (PERMANENT, "DingTalk refused the message body as malformed".to_owned()),
-        430101..=430104 => (PERMANENT, "DingTalk refused the content (not allowed in this group)".to_owned()),
-        460101 => (PERMANENT, "the message is larger than the 20000 bytes a robot takes".to_owned()),
-        410100 | 130101 | 660026 => (RETRY_10M, format!("DingTalk throttled the group robot{robot} (over 20 messages a minute); it stays silent for about 10 minutes, then sending resumes")),
-        90018 => (RETRY_1S, "the DingTalk app is over its calls-per-second limit; retried shortly".to_owned()),
-        90006 => (RETRY_1M, "the DingTalk app is over its calls-per-minute limit; retried after a minute".to_owned()),
-        -1 => (RETRY, "DingTalk is busy; retried".to_owned()),
-        _ => (PERMANENT, format!("DingTalk refused the {} call", api.name())),
+    let (class, kind, explanation) = match errcode {
+        40089 | 40096 => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
+        40014 | 88 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
+        60121 => (PERMANENT, Kind::UnknownMobile, format!("no DingTalk user has the mobile {}: the telephone in the profile must equal the phone registered in DingTalk", ctx.mobile.unwrap_or("given"))),
+        60011 => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission 根据手机号获取成员基本信息 (qyapi_get_member_by_mobile): grant it in the DingTalk developer console".to_owned()),
+        60020 => (PERMANENT, Kind::IpNotWhitelisted, "this server's IP is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP".to_owned()),
+        310000 => (PERMANENT, Kind::RobotRefused, format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings")),
+        300001 | 300005 | 400101 => (PERMANENT, Kind::RobotRefused, format!("the robot's access_token is not valid: check field {token_field}{robot} (the access_token= value of the webhook URL)")),
+        400102 => (PERMANENT, Kind::RobotRefused, format!("the group robot{robot} is disabled: re-enable it in the group's robot settings")),
+        400105 => (PERMANENT, Kind::MessageRefused, "DingTalk does not support this message type for custom robots".to_owned()),
+        400106 | 400013 => (PERMANENT, Kind::MessageRefused, "DingTalk refused the message body as malformed".to_owned()),
+        430101..=430104 => (PERMANENT, Kind::MessageRefused, "DingTalk refused the content (not allowed in this group)".to_owned()),
+        460101 => (PERMANENT, Kind::MessageRefused, "the message is larger than the 20000 bytes a robot takes".to_owned()),
+        410100 | 130101 | 660026 => (RETRY_10M, Kind::Throttled, format!("DingTalk throttled the group robot{robot} (over 20 messages a minute); it stays silent for about 10 minutes, then sending resumes")),
+        90018 => (RETRY_1S, Kind::Throttled, "the DingTalk app is over its calls-per-second limit; retried shortly".to_owned()),
+        90006 => (RETRY_1M, Kind::Throttled, "the DingTalk app is over its calls-per-minute limit; retried after a minute".to_owned()),
+        -1 => (RETRY, Kind::Busy, "DingTalk is busy; retried".to_owned()),
+        _ => (PERMANENT, Kind::Other, format!("DingTalk refused the {} call", api.name())),
     };
-    DingTalkError::new(api, class, errcode.to_string(), errmsg, explanation)
+    DingTalkError::new(api, (class, kind), errcode.to_string(), errmsg, explanation)
 }
 
 /// Classifies a new-API (api.dingtalk.com) failure: HTTP status plus `{code, message}`.
@@ -213,23 +239,26 @@ pub fn classify_api(
 ) -> DingTalkError {
     let qps =
         code.contains("QpsLimit") || code.contains("Throttling") || code.contains("FlowControl");
-    let (class, explanation) = match status {
-        401 => (RETRY, "the access token expired or is invalid; a new one is fetched".to_owned()),
-        400 if code == "invalidClientIdOrSecret" => (PERMANENT, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
-        400 if code.contains("robot") || code.contains("Robot") => (PERMANENT, "DingTalk refused the robot: check ding_robot_code in the send_dingtalk channel's comp_conf (usually the app key)".to_owned()),
-        400 => (PERMANENT, format!("DingTalk refused a parameter of the {} call", api.name())),
-        403 if qps => (Class::Retryable { after: retry_after.or(Some(Duration::from_secs(1))) }, "the DingTalk app is over its QPS limit; retried shortly".to_owned()),
-        403 => (PERMANENT, "the DingTalk app lacks a permission for this call (for single chat: qyapi_robot_sendmsg): grant it in the developer console".to_owned()),
-        429 => (Class::Retryable { after: retry_after.or(Some(Duration::from_secs(1))) }, "DingTalk asks to slow down; retried".to_owned()),
-        s if s >= 500 => (Class::Retryable { after: retry_after }, "DingTalk had a server error; retried".to_owned()),
-        _ => (PERMANENT, format!("DingTalk refused the {} call", api.name())),
+    let retry_soon = Class::Retryable {
+        after: retry_after.or(Some(Duration::from_secs(1))),
+    };
+    let (class, kind, explanation) = match status {
+        401 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
+        400 if code == "invalidClientIdOrSecret" => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
+        400 if code.contains("robot") || code.contains("Robot") => (PERMANENT, Kind::AppCredentials, "DingTalk refused the robot: check ding_robot_code in the send_dingtalk channel's comp_conf (usually the app key)".to_owned()),
+        400 => (PERMANENT, Kind::MessageRefused, format!("DingTalk refused a parameter of the {} call", api.name())),
+        403 if qps => (retry_soon, Kind::Throttled, "the DingTalk app is over its QPS limit; retried shortly".to_owned()),
+        403 => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks a permission for this call (for single chat: qyapi_robot_sendmsg): grant it in the developer console".to_owned()),
+        429 => (retry_soon, Kind::Throttled, "DingTalk asks to slow down; retried".to_owned()),
+        s if s >= 500 => (Class::Retryable { after: retry_after }, Kind::Busy, "DingTalk had a server error; retried".to_owned()),
+        _ => (PERMANENT, Kind::Other, format!("DingTalk refused the {} call", api.name())),
     };
     let code = if code.is_empty() {
         format!("http_{status}")
     } else {
         code.to_owned()
     };
-    DingTalkError::new(api, class, code, message, explanation)
+    DingTalkError::new(api, (class, kind), code, message, explanation)
 }
 
 #[cfg(test)]
@@ -259,6 +288,29 @@ mod tests {
             classify_oapi(Api::Webhook, 410100, "", Context::default()).retry_after(),
             Some(Duration::from_secs(600))
         );
+    }
+
+    #[test]
+    fn callers_decide_from_the_kind() {
+        let oapi = |code| classify_oapi(Api::Webhook, code, "m", Context::default());
+        for code in [410100, 130101, 660026, 90018, 90006] {
+            assert!(oapi(code).is_throttle(), "{code}");
+        }
+        for code in [310000, 300001, 300005, 400101, 400102] {
+            assert!(oapi(code).dooms_robot(), "{code}");
+        }
+        for code in [400105, 460101, -1, 60121] {
+            assert!(
+                !oapi(code).dooms_robot() && !oapi(code).is_throttle(),
+                "{code}"
+            );
+        }
+        assert!(!classify_oapi(Api::BatchSend, 310000, "m", Context::default()).dooms_robot());
+        let api = |status, code| classify_api(Api::BatchSend, status, code, "m", None);
+        assert!(api(403, "Forbidden.AccessDenied.QpsLimitForApi").is_throttle());
+        assert!(api(429, "Throttling").is_throttle());
+        assert!(!api(403, "Forbidden.AccessDenied.AccessTokenPermissionDenied").is_throttle());
+        assert_eq!(oapi(60121).kind, Kind::UnknownMobile);
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn take_slots(
         if slots.granted > 0 {
             for _ in 0..slots.granted {
                 diesel::insert_into(rs::table)
-                    .values((rs::robot.eq(robot), rs::sent_at.eq(now), rs::parts.eq(1)))
+                    .values((rs::robot.eq(robot), rs::sent_at.eq(now)))
                     .execute(conn)?;
             }
             diesel::update(st::table.find(robot))
