@@ -7,6 +7,7 @@ use super::manifest::{self, Component};
 use super::registry::Channel;
 use crate::dingtalk::App;
 use crate::directory::classify::RobotFields;
+use crate::domain::secrets::AppSecret;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -75,7 +76,7 @@ impl DingtalkConf {
             (Some(key), Some(secret)) => Some(App {
                 robot_code: robot_code.unwrap_or_else(|| key.clone()),
                 key,
-                secret,
+                secret: AppSecret::new(secret),
             }),
             _ => None,
         };
@@ -388,7 +389,7 @@ mod tests {
             app(&[("ding_app_key", "dingk"), ("ding_app_secret", "s3cret")]),
             Some(App {
                 key: "dingk".into(),
-                secret: "s3cret".into(),
+                secret: AppSecret::new("s3cret"),
                 robot_code: "dingk".into()
             })
         );

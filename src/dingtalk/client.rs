@@ -6,12 +6,12 @@ use super::error::{self, Api, Context, DingTalkError, Kind};
 use super::message::{At, ConversionError, Message};
 use super::sign;
 use crate::clock::SharedClock;
+use crate::domain::secrets::{AppSecret, RobotToken, SignSecret};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, Url};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,44 +32,24 @@ pub struct ClientConfig {
 }
 
 /// The internal app whose robot sends single-chat messages.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App {
     pub key: String,
-    pub secret: String,
+    pub secret: AppSecret,
     pub robot_code: String,
 }
 
-impl fmt::Debug for App {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("App")
-            .field("key", &self.key)
-            .field("secret", &crate::secret::mask(&self.secret))
-            .field("robot_code", &self.robot_code)
-            .finish()
-    }
-}
-
 /// A group custom robot, as stored on a robot user.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Robot {
     /// The robot user's username, for messages and logs.
     pub name: String,
-    pub token: String,
+    pub token: RobotToken,
     /// The `SEC…` signing secret; `None` for keyword/IP-secured robots.
-    pub secret: Option<String>,
+    pub secret: Option<SignSecret>,
     /// Profile fields the credentials came from, so errors say where to fix them.
     pub token_field: String,
     pub sign_field: String,
-}
-
-impl fmt::Debug for Robot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Robot")
-            .field("name", &self.name)
-            .field("token", &crate::secret::mask(&self.token))
-            .field("signed", &self.secret.is_some())
-            .finish()
-    }
 }
 
 /// What getbymobile said about one mobile.
@@ -205,7 +185,7 @@ impl DingTalk {
         let req = self
             .http
             .post(self.api("/v1.0/oauth2/accessToken"))
-            .json(&json!({"appKey": app.key, "appSecret": app.secret}));
+            .json(&json!({"appKey": app.key, "appSecret": app.secret.expose()}));
         let (status, headers, body) = self.exchange(Api::Token, req).await?;
         if status != 200 {
             return Err(api_error(Api::Token, status, &headers, &body));
@@ -445,11 +425,14 @@ impl DingTalk {
         let mut url = format!(
             "{}?access_token={}",
             self.oapi("/robot/send"),
-            sign::encode(&robot.token)
+            sign::encode(robot.token.expose())
         );
         if let Some(secret) = &robot.secret {
             let ts = self.clock.now_ms();
-            url.push_str(&format!("&timestamp={ts}&sign={}", sign::sign(secret, ts)));
+            url.push_str(&format!(
+                "&timestamp={ts}&sign={}",
+                sign::sign(secret.expose(), ts)
+            ));
         }
         let req = self
             .http

@@ -5,6 +5,7 @@
 use super::profile::Profile;
 use crate::channels::registry::Channel;
 use crate::channels::settings::DingbotConf;
+use crate::domain::secrets::{RobotToken, SignSecret};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RobotFields {
@@ -43,8 +44,8 @@ pub fn classify<'a>(p: &'a Profile, f: &RobotFields) -> Kind<'a> {
     let Some(token) = p.field(&f.token_field) else {
         return Kind::Normal;
     };
-    let secret = p.field(&f.sign_field).filter(|s| s.starts_with("SEC"));
-    if secret.is_some() || (token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit())) {
+    let secret = p.field(&f.sign_field).filter(|s| SignSecret::looks_like(s));
+    if secret.is_some() || RobotToken::is_bare_hex(token) {
         Kind::Robot { token, secret }
     } else {
         Kind::Normal
@@ -54,22 +55,31 @@ pub fn classify<'a>(p: &'a Profile, f: &RobotFields) -> Kind<'a> {
 /// What is wrong with a robot user's stored credentials, if anything, in words that name the
 /// field to fix. Checked before sending so a typo is reported, not retried.
 pub fn robot_problem(token: &str, secret: Option<&str>, f: &RobotFields) -> Option<String> {
-    let token_ok = (16..=128).contains(&token.len())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !token_ok {
-        return Some(format!(
-            "malformed robot token in field {} (expected the access_token= value of the webhook URL)",
+    robot_credentials(token, secret, f).err()
+}
+
+/// The credentials of a robot user, or what is wrong with them (naming the field to fix).
+pub fn robot_credentials(
+    token: &str,
+    secret: Option<&str>,
+    f: &RobotFields,
+) -> Result<(RobotToken, Option<SignSecret>), String> {
+    let token = RobotToken::parse(token).map_err(|expected| {
+        format!(
+            "malformed robot token in field {} ({expected})",
             f.token_field
-        ));
-    }
-    if let Some(s) = secret {
-        if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Some(format!("malformed signing secret in field {} (expected SEC followed by letters and digits)", f.sign_field));
-        }
-    }
-    None
+        )
+    })?;
+    let secret = secret
+        .map(SignSecret::parse)
+        .transpose()
+        .map_err(|expected| {
+            format!(
+                "malformed signing secret in field {} ({expected})",
+                f.sign_field
+            )
+        })?;
+    Ok((token, secret))
 }
 
 #[cfg(test)]

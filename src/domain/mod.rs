@@ -5,3 +5,4 @@ pub mod delivery;
 pub mod ids;
 pub mod message;
 pub mod request;
+pub mod secrets;

@@ -5,6 +5,7 @@ use ding_channel::dingtalk::message::{Button, Buttons, FeedLink};
 use ding_channel::dingtalk::{
     App, At, ClientConfig, DingTalk, Message, MobileLookup, Robot, UserOutcome,
 };
+use ding_channel::domain::secrets::{AppSecret, RobotToken, SignSecret};
 use ding_channel::simulator::{demo_config, Faults, SimConfig, SimRobot, SimUser, Simulator};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -43,7 +44,7 @@ async fn fixture_with(cfg: SimConfig) -> Fixture {
     let a = &sim.state.config().apps[0];
     let app = App {
         key: a.key.clone(),
-        secret: a.secret.clone(),
+        secret: AppSecret::new(a.secret.clone()),
         robot_code: a.robot_code.clone(),
     };
     Fixture {
@@ -79,8 +80,8 @@ fn robot(f: &Fixture, name: &str) -> Robot {
         .unwrap();
     Robot {
         name: r.name,
-        token: r.token,
-        secret: r.secret,
+        token: RobotToken::parse(&r.token).unwrap(),
+        secret: r.secret.map(|s| SignSecret::parse(&s).unwrap()),
         token_field: "qq".into(),
         sign_field: "wx_userid".into(),
     }
@@ -169,7 +170,7 @@ async fn tokens_are_refreshed_before_expiry_and_after_dingtalk_drops_them() {
 async fn bad_app_credentials_are_permanent_and_say_where_to_fix_them() {
     let f = fixture().await;
     let app = App {
-        secret: "wrong".into(),
+        secret: AppSecret::new("wrong"),
         ..f.app.clone()
     };
     let out = f
@@ -313,7 +314,7 @@ async fn every_webhook_type_is_accepted_by_the_strict_simulator() {
 async fn signing_and_token_problems_are_permanent_and_name_the_profile_field() {
     let f = fixture().await;
     let mut bad = robot(&f, "ops-robot");
-    bad.secret = Some("SECwrong".into());
+    bad.secret = Some(SignSecret::parse("SECwrongwrongwrong00").unwrap());
     let e = f
         .client
         .send_webhook(&bad, &text("x"), &At::default())
@@ -329,7 +330,7 @@ async fn signing_and_token_problems_are_permanent_and_name_the_profile_field() {
     assert!(!e.to_string().contains("SECwrong"));
 
     let mut unknown = robot(&f, "ops-robot");
-    unknown.token = "c".repeat(64);
+    unknown.token = RobotToken::parse(&"c".repeat(64)).unwrap();
     let e = f
         .client
         .send_webhook(&unknown, &text("x"), &At::default())
@@ -576,7 +577,9 @@ async fn the_simulator_is_observable_and_controllable_over_http() {
     assert_eq!(msgs[0]["body"]["text"]["content"], "hello");
     assert_eq!(msgs[0]["target"], "ops-robot");
     assert!(
-        !msgs.to_string().contains(&robot(&f, "ops-robot").token),
+        !msgs
+            .to_string()
+            .contains(robot(&f, "ops-robot").token.expose()),
         "robot token exposed"
     );
     let stats: serde_json::Value = http

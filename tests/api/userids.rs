@@ -34,7 +34,7 @@ async fn a_second_lookup_makes_no_call_even_after_a_restart() {
     let a = &demo_config().apps[0];
     let app = App {
         key: a.key.clone(),
-        secret: a.secret.clone(),
+        secret: ding_channel::domain::secrets::AppSecret::new(a.secret.clone()),
         robot_code: a.robot_code.clone(),
     };
     let hour = Duration::from_secs(3600);

@@ -11,7 +11,7 @@ use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
 use crate::db::Db;
 use crate::dingtalk::{DingTalk, Robot};
-use crate::directory::classify::{classify, robot_problem, Kind, RobotFields};
+use crate::directory::classify::{classify, robot_credentials, Kind, RobotFields};
 use crate::directory::profile::Profile;
 use crate::domain::message::Message;
 use futures_util::future::BoxFuture;
@@ -325,13 +325,12 @@ fn robot_of(name: &str, profile: Option<&Profile>, fields: &RobotFields) -> Resu
             fields.token_field
         ));
     };
-    if let Some(problem) = robot_problem(token, secret, fields) {
-        return Err(format!("{problem} of user {name}"));
-    }
+    let (token, secret) = robot_credentials(token, secret, fields)
+        .map_err(|problem| format!("{problem} of user {name}"))?;
     Ok(Robot {
         name: name.to_owned(),
-        token: token.to_owned(),
-        secret: secret.map(str::to_owned),
+        token,
+        secret,
         token_field: fields.token_field.clone(),
         sign_field: fields.sign_field.clone(),
     })
