@@ -1,0 +1,235 @@
+//! Recording outcomes: each delivery's new state and its attempt, under its claim only.
+
+use super::*;
+use crate::db::models::DeliveryRow;
+use crate::db::schema::{deliveries as d, delivery_attempts as a};
+use crate::db::{write_tx, DbConn, DbError};
+use diesel::prelude::*;
+use diesel::result::Error as DieselError;
+use std::collections::HashMap;
+
+/// Records the attempts of a batch in one transaction; answers, per attempt, whether the
+/// claim it was made under (`claimed_by` of the row) still held (a lost claim means another
+/// worker has it now).
+pub fn record_all(
+    conn: &mut DbConn,
+    attempts: &[(DeliveryRow, Outcome)],
+    now: i64,
+) -> Result<Vec<bool>, DbError> {
+    write_tx(conn, |conn| {
+        let mut owned = vec![false; attempts.len()];
+        // A digest's sends, and a robot's waiting backlog, come in hundreds with one outcome:
+        // one statement for each such group rather than one per row.
+        let mut groups: HashMap<&Outcome, Vec<usize>> = HashMap::new();
+        for (i, (row, outcome)) in attempts.iter().enumerate() {
+            match outcome {
+                Outcome::Sent { .. }
+                | Outcome::Deferred {
+                    parts_sent: None, ..
+                } => groups.entry(outcome).or_default().push(i),
+                _ => owned[i] = record_one(conn, row, claim_of(row), outcome, now)?,
+            }
+        }
+        for (outcome, members) in groups {
+            if let [i] = members[..] {
+                let row = &attempts[i].0;
+                owned[i] = record_one(conn, row, claim_of(row), outcome, now)?;
+                continue;
+            }
+            for chunk in members.chunks(RECORD_CHUNK) {
+                let rows: Vec<&DeliveryRow> = chunk.iter().map(|&i| &attempts[i].0).collect();
+                let mine = record_group(conn, &rows, outcome, now)?;
+                for &i in chunk {
+                    owned[i] = mine.contains(&attempts[i].0.id);
+                }
+            }
+        }
+        Ok::<_, DbError>(owned)
+    })
+}
+
+/// Records one outcome (sent, or deferred without parts) for many rows; answers the ids
+/// whose claim still held, the only ones written.
+fn record_group(
+    conn: &mut DbConn,
+    rows: &[&DeliveryRow],
+    outcome: &Outcome,
+    now: i64,
+) -> Result<std::collections::HashSet<i64>, DbError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    // By id only: with `status` in the query SQLite would walk every queued row by the
+    // status index instead.
+    let current =
+        d::table
+            .filter(d::id.eq_any(&ids))
+            .select((d::id, d::status, d::claimed_by, d::attempts));
+    let current: Vec<(i64, String, Option<String>, i32)> = match conn {
+        DbConn::Sqlite(c) => current.load(c)?,
+        #[cfg(feature = "postgres")]
+        DbConn::Pg(c) => current.for_update().load(c)?,
+    };
+    let claims: HashMap<i64, &str> = rows.iter().map(|r| (r.id, claim_of(r))).collect();
+    let mine: Vec<(i64, i32)> = current
+        .into_iter()
+        .filter(|(id, status, by, _)| status == QUEUED && by.as_deref() == claims.get(id).copied())
+        .map(|(id, _, _, attempts)| (id, attempts))
+        .collect();
+    let ids: Vec<i64> = mine.iter().map(|(id, _)| *id).collect();
+    let release = (
+        d::claimed_by.eq(None::<String>),
+        d::claimed_until.eq(None::<i64>),
+        d::updated_at.eq(now),
+    );
+    let target = d::table.filter(d::id.eq_any(&ids));
+    match outcome {
+        Outcome::Sent {
+            request_id,
+            digest_id,
+        } => {
+            diesel::update(target)
+                .set((
+                    d::status.eq(SENT),
+                    d::attempts.eq(d::attempts + 1),
+                    d::sent_at.eq(now),
+                    d::dingtalk_request_id.eq(request_id),
+                    d::digest_id.eq(digest_id),
+                    d::last_error.eq(None::<String>),
+                    release,
+                ))
+                .execute(conn)?;
+            let note = digest_id.as_ref().map(|g| format!("in digest {g}"));
+            let history: Vec<_> = mine
+                .iter()
+                .map(|(id, attempts)| {
+                    (
+                        a::delivery_id.eq(*id),
+                        a::attempt.eq(attempts + 1),
+                        a::at.eq(now),
+                        a::outcome.eq("sent"),
+                        a::code.eq(None::<String>),
+                        a::error.eq(note.clone()),
+                        a::dingtalk_request_id.eq(request_id.clone()),
+                    )
+                })
+                .collect();
+            crate::with_conn!(&mut *conn, |c| diesel::insert_into(a::table)
+                .values(&history)
+                .execute(c))?;
+        }
+        Outcome::Deferred { at, reason, .. } => {
+            diesel::update(target)
+                .set((d::next_attempt_at.eq(at), d::last_error.eq(reason), release))
+                .execute(conn)?;
+        }
+        Outcome::Retry { .. } | Outcome::Failed { .. } => {
+            unreachable!("recorded row by row")
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
+fn record_one(
+    conn: &mut DbConn,
+    delivery: &DeliveryRow,
+    claim: &str,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<bool, DieselError> {
+    let owned = d::table
+        .find(delivery.id)
+        .filter(d::claimed_by.eq(claim))
+        .filter(d::status.eq(QUEUED));
+    let release = (
+        d::claimed_by.eq(None::<String>),
+        d::claimed_until.eq(None::<i64>),
+        d::updated_at.eq(now),
+    );
+    let attempt = delivery.attempts + 1;
+    let parts = |p: &Option<i32>| p.unwrap_or(delivery.parts_sent);
+    let changed = match outcome {
+        Outcome::Sent {
+            request_id,
+            digest_id,
+        } => diesel::update(owned)
+            .set((
+                d::status.eq(SENT),
+                d::attempts.eq(attempt),
+                d::sent_at.eq(now),
+                d::dingtalk_request_id.eq(request_id),
+                d::digest_id.eq(digest_id),
+                d::last_error.eq(None::<String>),
+                release,
+            ))
+            .execute(conn)?,
+        Outcome::Retry {
+            at,
+            code,
+            error,
+            parts_sent,
+        } => diesel::update(owned)
+            .set((
+                d::attempts.eq(attempt),
+                d::next_attempt_at.eq(at),
+                d::last_error.eq(error),
+                d::dingtalk_code.eq(code),
+                d::parts_sent.eq(parts(parts_sent)),
+                release,
+            ))
+            .execute(conn)?,
+        Outcome::Failed { code, error } => diesel::update(owned)
+            .set((
+                d::status.eq(FAILED),
+                d::attempts.eq(attempt),
+                d::last_error.eq(error),
+                d::dingtalk_code.eq(code),
+                release,
+            ))
+            .execute(conn)?,
+        Outcome::Deferred {
+            at,
+            reason,
+            parts_sent,
+        } => {
+            return Ok(diesel::update(owned)
+                .set((
+                    d::next_attempt_at.eq(at),
+                    d::last_error.eq(reason),
+                    d::parts_sent.eq(parts(parts_sent)),
+                    release,
+                ))
+                .execute(conn)?
+                > 0);
+        }
+    };
+    if changed == 0 {
+        return Ok(false);
+    }
+    let (kind, code, error, rid) = match outcome {
+        Outcome::Sent {
+            request_id,
+            digest_id,
+        } => (
+            "sent",
+            None,
+            digest_id.as_ref().map(|g| format!("in digest {g}")),
+            request_id.clone(),
+        ),
+        Outcome::Retry { code, error, .. } => {
+            ("retry", Some(code.clone()), Some(error.clone()), None)
+        }
+        Outcome::Failed { code, error } => ("failed", code.clone(), Some(error.clone()), None),
+        Outcome::Deferred { .. } => unreachable!("returned above"),
+    };
+    diesel::insert_into(a::table)
+        .values((
+            a::delivery_id.eq(delivery.id),
+            a::attempt.eq(attempt),
+            a::at.eq(now),
+            a::outcome.eq(kind),
+            a::code.eq(code),
+            a::error.eq(error),
+            a::dingtalk_request_id.eq(rid),
+        ))
+        .execute(conn)?;
+    Ok(true)
+}
