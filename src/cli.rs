@@ -750,7 +750,7 @@ fn users(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
                         p.display_name.clone().unwrap_or_default(),
                         p.telephone
                             .as_ref()
-                            .map(|t| format!("+{} {t}", p.country_code))
+                            .map(|m| format!("+{} {}", m.country_code(), m.national()))
                             .unwrap_or_default(),
                         shown.get("qq").cloned().unwrap_or_default(),
                         shown.get("wx_userid").cloned().unwrap_or_default(),
@@ -819,9 +819,10 @@ fn display_profile(p: &Profile, fields: &RobotFields) -> (&'static str, BTreeMap
         }
     };
     let mut out = BTreeMap::new();
+    let telephone = p.telephone.as_ref().map(|m| m.national().to_owned());
     for (k, v) in [
         ("display_name", &p.display_name),
-        ("telephone", &p.telephone),
+        ("telephone", &telephone),
         ("email", &p.email),
         ("qq", &p.qq),
         ("wx_userid", &p.wx_userid),

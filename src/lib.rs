@@ -8,6 +8,7 @@ pub mod db;
 pub mod dingtalk;
 pub mod directory;
 pub mod dispatch;
+pub mod domain;
 pub mod esb;
 pub mod metrics;
 pub mod outbox;

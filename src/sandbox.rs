@@ -7,6 +7,7 @@ use crate::db::{Db, DbError};
 use crate::directory::classify::RobotFields;
 use crate::directory::profile::{Profile, Username};
 use crate::directory::store as users;
+use crate::domain::mobile::Mobile;
 use crate::esb::auth;
 use crate::simulator::{demo_config, Simulator};
 use std::collections::BTreeMap;
@@ -49,7 +50,7 @@ pub fn seed(db: &Db) -> Result<Vec<String>, DbError> {
     for (name, display, mobile) in people {
         if users::get(&mut conn, name)?.is_none() {
             let mut p = profile(name, display);
-            p.telephone = Some(mobile.clone());
+            p.telephone = Some(Mobile::parse(mobile).expect("demo mobiles are valid"));
             profiles.push(p);
         }
     }

@@ -8,6 +8,7 @@
 //! [`Profile::field`]), so no message here quotes their values.
 
 use super::profile::{Profile, Username};
+use crate::domain::mobile::{parse_country_code, Mobile, MobileError};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt;
@@ -336,12 +337,14 @@ fn validate(
     // An invalid country_code is reported once, then treated as absent.
     let explicit_cc = r
         .check("country_code", |v| {
-            text(v, true)?.map(|s| country_code(&s)).transpose()
+            text(v, true)?
+                .map(|s| parse_country_code(&s).map_err(|e| e.to_string()))
+                .transpose()
         })
         .flatten();
-    let phone = r.check("telephone", |v| {
+    let telephone = r.check("telephone", |v| {
         text(v, true)?
-            .map(|s| telephone(&s, explicit_cc.as_deref()))
+            .map(|s| Mobile::parse_in(&s, explicit_cc.as_deref()).map_err(telephone_problem))
             .transpose()
     });
     let email = r.check("email", |v| text(v, false)?.map(email).transpose());
@@ -351,30 +354,35 @@ fn validate(
     let qq = r.check("qq", |v| text(v, true)?.map(|s| max_len(s, 64)).transpose());
     let extras = r.check("extras", |v| extras(v, source));
 
-    match (username, display_name, phone, email, wx_userid, qq, extras) {
+    match (
+        username,
+        display_name,
+        telephone,
+        email,
+        wx_userid,
+        qq,
+        extras,
+    ) {
         (
             Some(username),
             Some(display_name),
-            Some(phone),
+            Some(telephone),
             Some(email),
             Some(wx_userid),
             Some(qq),
             Some(extras),
-        ) if r.errors.is_empty() => {
-            let (telephone, prefix_cc) = phone.unzip();
-            Ok(Profile {
-                username,
-                display_name,
-                telephone,
-                country_code: explicit_cc
-                    .or(prefix_cc.flatten())
-                    .unwrap_or_else(|| Profile::DEFAULT_COUNTRY_CODE.to_owned()),
-                email,
-                wx_userid,
-                qq,
-                extras,
-            })
-        }
+        ) if r.errors.is_empty() => Ok(Profile {
+            username,
+            display_name,
+            country_code: explicit_cc
+                .or_else(|| telephone.as_ref().map(|m| m.country_code().to_owned()))
+                .unwrap_or_else(|| Profile::DEFAULT_COUNTRY_CODE.to_owned()),
+            telephone,
+            email,
+            wx_userid,
+            qq,
+            extras,
+        }),
         _ => Err(r.errors),
     }
 }
@@ -443,69 +451,11 @@ fn display_name(s: String) -> Result<String, String> {
     }
 }
 
-fn country_code(s: &str) -> Result<String, String> {
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    if (1..=4).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(digits.to_owned())
-    } else {
-        Err(format!(
-            "'{s}' is not a country code (1 to 4 digits, e.g. 86)"
-        ))
-    }
-}
-
-/// The national number's digits, and the country code of a leading `+CC`, if any.
-fn telephone(raw: &str, explicit_cc: Option<&str>) -> Result<(String, Option<String>), String> {
-    // Parentheses only group ("(+86) 138…", "+1 (555) 123-4567"); as spaces they still
-    // mark where a country code ends.
-    let spaced: String = raw
-        .chars()
-        .map(|c| if matches!(c, '(' | ')') { ' ' } else { c })
-        .collect();
-    let spaced = spaced.trim_start();
-    let (prefix_cc, national) = match spaced.strip_prefix('+') {
-        None => (None, spaced),
-        Some(after) => {
-            let end = after
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(after.len());
-            let (cc, rest) = match (end == after.len(), explicit_cc) {
-                // "+8613800000001" does not say where the code ends, unless country_code does.
-                (true, Some(cc)) if after.starts_with(cc) => after.split_at(cc.len()),
-                (true, _) => {
-                    return Err(format!(
-                        "'{raw}' does not show where the country code ends; write \
-                         '+CC NUMBER' with a space after the code, or set country_code"
-                    ))
-                }
-                (false, _) => after.split_at(end),
-            };
-            let cc = country_code(cc).map_err(|_| {
-                format!("'{raw}' starts with '+' but '{cc}' is not a country code (1 to 4 digits)")
-            })?;
-            (Some(cc), rest)
-        }
-    };
-    let digits: String = national
-        .chars()
-        .filter(|&c| !(c.is_whitespace() || c == '-'))
-        .collect();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "'{raw}' is not a phone number (digits only, e.g. 13800000001)"
-        ));
-    }
-    if !(5..=20).contains(&digits.len()) {
-        return Err(format!(
-            "'{raw}' has {} digits; a phone number has 5 to 20",
-            digits.len()
-        ));
-    }
-    match (&prefix_cc, explicit_cc) {
-        (Some(prefix), Some(explicit)) if prefix != explicit => Err(format!(
-            "'{raw}' has country code +{prefix} but country_code is {explicit}"
-        )),
-        _ => Ok((digits, prefix_cc)),
+/// The row has a `country_code` column for this, so the hint names it.
+fn telephone_problem(e: MobileError) -> String {
+    match e {
+        MobileError::UnsplitCountryCode(_) => format!("{e}, or set country_code"),
+        e => e.to_string(),
     }
 }
 
@@ -571,7 +521,7 @@ mod tests {
         Profile {
             username: Username::parse("alice").unwrap(),
             display_name: Some("Alice Li".into()),
-            telephone: Some("13800000001".into()),
+            telephone: Some(Mobile::parse("13800000001").unwrap()),
             country_code: "86".into(),
             email: Some("alice@example.com".into()),
             wx_userid: Some("wx-alice".into()),
@@ -689,7 +639,10 @@ mod tests {
         let parsed = parse_ok(&content.to_string(), Format::Json);
         assert_eq!(parsed.errors, vec![]);
         let p = &parsed.profiles[0].1;
-        assert_eq!(p.telephone.as_deref(), Some("13800000001"));
+        assert_eq!(
+            p.telephone.as_ref().map(Mobile::national),
+            Some("13800000001")
+        );
         assert_eq!(p.qq.as_deref(), Some("10001"));
         assert_eq!(p.country_code, "852");
         assert_eq!(
@@ -719,7 +672,10 @@ mod tests {
         let row = json!({"username": "a", "telephone": telephone, "country_code": country_code});
         let parsed = parse_ok(&json!([row]).to_string(), Format::Json);
         match parsed.profiles.first() {
-            Some((_, p)) => Ok((p.country_code.clone(), p.telephone.clone().unwrap())),
+            Some((_, p)) => Ok((
+                p.country_code.clone(),
+                p.telephone.as_ref().unwrap().national().to_owned(),
+            )),
             None => Err(parsed.errors.iter().map(ToString::to_string).collect()),
         }
     }

@@ -1,5 +1,6 @@
 //! A platform user profile (bk-user shape) and the validated types it is built from.
 
+use crate::domain::mobile::{self, Mobile};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -60,9 +61,9 @@ impl fmt::Display for Username {
 pub struct Profile {
     pub username: Username,
     pub display_name: Option<String>,
-    /// Digits only, without the country code.
-    pub telephone: Option<String>,
-    /// Digits only, without `+`; `86` when the source leaves it out.
+    pub telephone: Option<Mobile>,
+    /// Digits only, without `+`; `86` when the source leaves it out. bk-user keeps it even
+    /// without a telephone; with one, it is the telephone's (an import refuses a mismatch).
     pub country_code: String,
     pub email: Option<String>,
     pub wx_userid: Option<String>,
@@ -72,24 +73,18 @@ pub struct Profile {
 }
 
 impl Profile {
-    pub const DEFAULT_COUNTRY_CODE: &'static str = "86";
+    pub const DEFAULT_COUNTRY_CODE: &'static str = mobile::DEFAULT_COUNTRY_CODE;
 
-    /// The mobile as DingTalk's getbymobile takes it: the bare number in mainland China,
-    /// `+CC-NUMBER` elsewhere.
+    /// The mobile as DingTalk's getbymobile takes it (see [`Mobile`]).
     pub fn dingtalk_mobile(&self) -> Option<String> {
-        let tel = self.telephone.as_deref().filter(|t| !t.is_empty())?;
-        Some(if self.country_code == Self::DEFAULT_COUNTRY_CODE {
-            tel.to_owned()
-        } else {
-            format!("+{}-{tel}", self.country_code)
-        })
+        self.telephone.as_ref().map(Mobile::to_string)
     }
 
-    /// Sets the field [`Profile::field`] reads.
+    /// Sets a text field [`Profile::field`] reads. `telephone` is a [`Mobile`], set directly,
+    /// so here that name lands in `extras` like any other unknown one.
     pub fn set_field(&mut self, name: &str, value: String) {
         match name {
             "display_name" => self.display_name = Some(value),
-            "telephone" => self.telephone = Some(value),
             "email" => self.email = Some(value),
             "wx_userid" => self.wx_userid = Some(value),
             "qq" => self.qq = Some(value),
@@ -104,7 +99,7 @@ impl Profile {
     pub fn field(&self, name: &str) -> Option<&str> {
         let v = match name {
             "display_name" => self.display_name.as_deref(),
-            "telephone" => self.telephone.as_deref(),
+            "telephone" => self.telephone.as_ref().map(Mobile::national),
             "email" => self.email.as_deref(),
             "wx_userid" => self.wx_userid.as_deref(),
             "qq" => self.qq.as_deref(),

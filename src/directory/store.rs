@@ -4,6 +4,7 @@ use super::profile::{Profile, Username};
 use crate::db::models::UserRow;
 use crate::db::schema::users;
 use crate::db::{now_ms, write_tx, DbConn, DbError, FEW_KEYS};
+use crate::domain::mobile::Mobile;
 use diesel::prelude::*;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -89,7 +90,7 @@ fn to_row(p: &Profile, now: i64) -> UserRow {
     UserRow {
         username: p.username.to_string(),
         display_name: p.display_name.clone(),
-        telephone: p.telephone.clone(),
+        telephone: p.telephone.as_ref().map(|m| m.national().to_owned()),
         country_code: p.country_code.clone(),
         email: p.email.clone(),
         wx_userid: p.wx_userid.clone(),
@@ -109,8 +110,12 @@ fn from_row(r: UserRow) -> Result<Profile, DbError> {
     Ok(Profile {
         username: Username::parse(&r.username).map_err(|_| corrupt("username"))?,
         extras: serde_json::from_str(&r.extras).map_err(|_| corrupt("extras"))?,
+        telephone: r
+            .telephone
+            .map(|t| Mobile::parse_in(&t, Some(&r.country_code)))
+            .transpose()
+            .map_err(|_| corrupt("telephone"))?,
         display_name: r.display_name,
-        telephone: r.telephone,
         country_code: r.country_code,
         email: r.email,
         wx_userid: r.wx_userid,
