@@ -6,8 +6,9 @@ use crate::channels::registry::{self, Channel};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::directory::classify::{classify, Kind, RobotFields};
-use crate::directory::import::{self, Format};
+use crate::directory::import::{FileImport, Format};
 use crate::directory::profile::Profile;
+use crate::directory::provider::Provider;
 use crate::directory::store;
 use crate::esb::auth;
 use crate::secret::mask;
@@ -709,23 +710,25 @@ fn users(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
                     &content,
                 ),
             };
-            let parsed = import::parse(&content, format)
+            let import = FileImport { content, format };
+            let batch = import
+                .read()
                 .with_context(|| format!("cannot import {}", file.display()))?;
-            for e in &parsed.errors {
+            for e in &batch.rejected {
                 eprintln!("{e}");
             }
-            if !parsed.errors.is_empty() && !skip_invalid {
+            if !batch.rejected.is_empty() && !skip_invalid {
                 bail!(
                     "{} error(s) in {}: nothing imported; fix the rows above or pass --skip-invalid to import the {} valid row(s)",
-                    parsed.errors.len(),
+                    batch.rejected.len(),
                     file.display(),
-                    parsed.profiles.len()
+                    batch.profiles.len()
                 );
             }
-            let profiles: Vec<Profile> = parsed.profiles.into_iter().map(|(_, p)| p).collect();
-            let r = store::upsert(&mut conn, &profiles)?;
-            let skipped = parsed
-                .errors
+            let profiles = batch.profiles;
+            let r = store::upsert(&mut conn, &profiles, FileImport::SOURCE)?;
+            let skipped = batch
+                .rejected
                 .iter()
                 .map(|e| e.row)
                 .collect::<std::collections::BTreeSet<_>>()
@@ -754,6 +757,7 @@ fn users(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
                             .unwrap_or_default(),
                         shown.get("qq").cloned().unwrap_or_default(),
                         shown.get("wx_userid").cloned().unwrap_or_default(),
+                        p.source.to_string(),
                     ]
                 })
                 .collect();
@@ -765,6 +769,7 @@ fn users(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
                     "TELEPHONE",
                     "QQ",
                     "WX_USERID",
+                    "SOURCE",
                 ],
                 &rows,
             );
@@ -793,6 +798,7 @@ fn users(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
                 "extras:       {}",
                 shown.get("extras").cloned().unwrap_or_default()
             );
+            println!("source:       {}", p.source);
         }
         UsersCmd::Remove { username } => {
             if !store::remove(&mut conn, &username)? {

@@ -5,7 +5,7 @@ use crate::channels::registry;
 use crate::config::Settings;
 use crate::db::{Db, DbError};
 use crate::directory::classify::RobotFields;
-use crate::directory::profile::{Profile, Username};
+use crate::directory::profile::{Profile, ProfileSource, Username};
 use crate::directory::store as users;
 use crate::domain::mobile::Mobile;
 use crate::esb::auth;
@@ -63,7 +63,7 @@ pub fn seed(db: &Db) -> Result<Vec<String>, DbError> {
         profiles.push(p);
     }
     seeded.extend(profiles.iter().map(|p| format!("user {}", p.username)));
-    users::upsert(&mut conn, &profiles)?;
+    users::upsert(&mut conn, &profiles, ProfileSource::Sandbox)?;
     let dingtalk = registry::find(&mut conn, "send_dingtalk")?;
     if dingtalk
         .as_ref()
@@ -92,6 +92,7 @@ fn profile(name: &str, display: &str) -> Profile {
         wx_userid: None,
         qq: None,
         extras: Default::default(),
+        source: ProfileSource::Sandbox,
     }
 }
 

@@ -95,6 +95,7 @@ mod tests {
             wx_userid: wx.map(str::to_owned),
             qq: qq.map(str::to_owned),
             extras: Default::default(),
+            source: crate::directory::profile::ProfileSource::File,
         }
     }
 

@@ -7,7 +7,7 @@ fn migrate_creates_every_table_once() {
     let first = cli(&db.url, &repo_manifest(), &["migrate"], &[]);
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
-        stdout(&first).contains("applied 1 migration(s)"),
+        stdout(&first).contains("applied 2 migration(s)"),
         "{}",
         stdout(&first)
     );
