@@ -5,8 +5,9 @@ use crate::channels::registry;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::directory::classify::RobotFields;
-use crate::directory::profile::{Profile, Username};
+use crate::directory::profile::{Profile, ProfileSource, Username};
 use crate::directory::store as users;
+use crate::domain::mobile::Mobile;
 use crate::simulator::{demo_config, Simulator};
 use crate::sources::esb::auth;
 use std::collections::BTreeMap;
@@ -49,7 +50,7 @@ pub fn seed(db: &Db) -> anyhow::Result<Vec<String>> {
     for (name, display, mobile) in people {
         if users::get(&mut conn, name)?.is_none() {
             let mut p = profile(name, display);
-            p.telephone = Some(mobile.clone());
+            p.telephone = Some(Mobile::parse(mobile).expect("demo mobiles are valid"));
             profiles.push(p);
         }
     }
@@ -62,7 +63,7 @@ pub fn seed(db: &Db) -> anyhow::Result<Vec<String>> {
         profiles.push(p);
     }
     seeded.extend(profiles.iter().map(|p| format!("user {}", p.username)));
-    users::upsert(&mut conn, &profiles)?;
+    users::upsert(&mut conn, &profiles, ProfileSource::Sandbox)?;
     let dingtalk = registry::find(&mut conn, "send_dingtalk")?;
     if dingtalk
         .as_ref()
@@ -91,6 +92,7 @@ fn profile(name: &str, display: &str) -> Profile {
         wx_userid: None,
         qq: None,
         extras: Default::default(),
+        source: ProfileSource::Sandbox,
     }
 }
 

@@ -44,6 +44,8 @@ pub struct UserRow {
     pub extras: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// A `ProfileSource`'s text.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

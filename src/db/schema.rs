@@ -39,6 +39,7 @@ diesel::table! {
         extras -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        source -> Text,
     }
 }
 

@@ -86,17 +86,19 @@ pub fn robot_credentials(
 mod tests {
     use super::*;
     use crate::directory::profile::Username;
+    use crate::domain::mobile::Mobile;
 
     fn profile(qq: Option<&str>, wx: Option<&str>) -> Profile {
         Profile {
             username: Username::parse("u").unwrap(),
             display_name: None,
-            telephone: Some("13800000001".into()),
+            telephone: Some(Mobile::parse("13800000001").unwrap()),
             country_code: "86".into(),
             email: None,
             wx_userid: wx.map(str::to_owned),
             qq: qq.map(str::to_owned),
             extras: Default::default(),
+            source: crate::directory::profile::ProfileSource::File,
         }
     }
 

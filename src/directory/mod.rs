@@ -1,7 +1,9 @@
-//! The user directory: stored profiles, their import, and robot classification.
+//! The user directory: stored profiles, the providers they come from (a file import today),
+//! and robot classification.
 
 pub mod classify;
 pub mod import;
 pub mod profile;
+pub mod provider;
 pub mod store;
 pub mod userids;

@@ -1,6 +1,7 @@
 //! A platform user profile (bk-user shape) and the validated types it is built from.
 
-use serde::{Deserialize, Serialize};
+use crate::domain::mobile::{self, Mobile};
+use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 
 /// A platform username: 1–64 characters of letters, digits and `_ . - @`.
@@ -54,42 +55,86 @@ impl fmt::Display for Username {
     }
 }
 
+/// Which directory provider last wrote a profile; stored as its text in `users.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProfileSource {
+    /// `ding-channel users import FILE`.
+    File,
+    /// The demo users `serve --sandbox` seeds.
+    Sandbox,
+}
+
+impl ProfileSource {
+    const ALL: [ProfileSource; 2] = [ProfileSource::File, ProfileSource::Sandbox];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileSource::File => "file",
+            ProfileSource::Sandbox => "sandbox",
+        }
+    }
+
+    /// The stored text back, exactly: anything else means the row was written by something
+    /// that is not a provider, which should be seen rather than guessed at.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|source| source.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "'{s}' is not a profile source (expected {})",
+                    known.join(" or ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for ProfileSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ProfileSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// A user as the platform's directory (bk-user) describes it. Optional text fields are
 /// `None` when absent or empty, so "empty" has one representation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Profile {
     pub username: Username,
     pub display_name: Option<String>,
-    /// Digits only, without the country code.
-    pub telephone: Option<String>,
-    /// Digits only, without `+`; `86` when the source leaves it out.
+    pub telephone: Option<Mobile>,
+    /// Digits only, without `+`; `86` when the source leaves it out. bk-user keeps it even
+    /// without a telephone; with one, it is the telephone's (an import refuses a mismatch).
     pub country_code: String,
     pub email: Option<String>,
     pub wx_userid: Option<String>,
     pub qq: Option<String>,
     /// A JSON object (`{}` when absent).
     pub extras: serde_json::Map<String, serde_json::Value>,
+    /// Where this profile came from; [`store::upsert`](super::store::upsert) records the
+    /// writer's source, whatever this says.
+    pub source: ProfileSource,
 }
 
 impl Profile {
-    pub const DEFAULT_COUNTRY_CODE: &'static str = "86";
+    pub const DEFAULT_COUNTRY_CODE: &'static str = mobile::DEFAULT_COUNTRY_CODE;
 
-    /// The mobile as DingTalk's getbymobile takes it: the bare number in mainland China,
-    /// `+CC-NUMBER` elsewhere.
+    /// The mobile as DingTalk's getbymobile takes it (see [`Mobile`]).
     pub fn dingtalk_mobile(&self) -> Option<String> {
-        let tel = self.telephone.as_deref().filter(|t| !t.is_empty())?;
-        Some(if self.country_code == Self::DEFAULT_COUNTRY_CODE {
-            tel.to_owned()
-        } else {
-            format!("+{}-{tel}", self.country_code)
-        })
+        self.telephone.as_ref().map(Mobile::to_string)
     }
 
-    /// Sets the field [`Profile::field`] reads.
+    /// Sets a text field [`Profile::field`] reads. `telephone` is a [`Mobile`], set directly,
+    /// so here that name lands in `extras` like any other unknown one.
     pub fn set_field(&mut self, name: &str, value: String) {
         match name {
             "display_name" => self.display_name = Some(value),
-            "telephone" => self.telephone = Some(value),
             "email" => self.email = Some(value),
             "wx_userid" => self.wx_userid = Some(value),
             "qq" => self.qq = Some(value),
@@ -104,12 +149,39 @@ impl Profile {
     pub fn field(&self, name: &str) -> Option<&str> {
         let v = match name {
             "display_name" => self.display_name.as_deref(),
-            "telephone" => self.telephone.as_deref(),
+            "telephone" => self.telephone.as_ref().map(Mobile::national),
             "email" => self.email.as_deref(),
             "wx_userid" => self.wx_userid.as_deref(),
             "qq" => self.qq.as_deref(),
             other => self.extras.get(other).and_then(|v| v.as_str()),
         };
         v.filter(|s| !s.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_source_text_round_trips_and_parses_strictly() {
+        for source in ProfileSource::ALL {
+            assert_eq!(ProfileSource::parse(source.as_str()), Ok(source));
+            assert_eq!(source.to_string(), source.as_str());
+        }
+        assert_eq!(ProfileSource::File.as_str(), "file");
+        assert_eq!(ProfileSource::Sandbox.as_str(), "sandbox");
+        for bad in ["File", " file", "file ", "", "bk_user"] {
+            assert_eq!(
+                ProfileSource::parse(bad),
+                Err(format!(
+                    "'{bad}' is not a profile source (expected file or sandbox)"
+                ))
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&ProfileSource::Sandbox).unwrap(),
+            r#""sandbox""#
+        );
     }
 }

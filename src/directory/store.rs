@@ -1,9 +1,10 @@
 //! Stored profiles (table `users`).
 
-use super::profile::{Profile, Username};
+use super::profile::{Profile, ProfileSource, Username};
 use crate::db::models::UserRow;
 use crate::db::schema::users;
 use crate::db::{now_ms, write_tx, DbConn, DbError, FEW_KEYS};
+use crate::domain::mobile::Mobile;
 use diesel::prelude::*;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -12,13 +13,20 @@ pub struct UpsertReport {
     pub updated: usize,
 }
 
-/// Inserts or replaces profiles by username, all in one transaction.
-pub fn upsert(conn: &mut DbConn, profiles: &[Profile]) -> Result<UpsertReport, DbError> {
+/// Inserts or replaces profiles by username, all in one transaction, recording `source` as
+/// where each came from. Every writer of `users` comes through here (see
+/// [`super::provider`]), so the source of a profile is always the last writer's: a user
+/// imported from a file and later synced from bk-user is bk-user's.
+pub fn upsert(
+    conn: &mut DbConn,
+    profiles: &[Profile],
+    source: ProfileSource,
+) -> Result<UpsertReport, DbError> {
     write_tx(conn, |conn| {
         let now = now_ms();
         let mut report = UpsertReport::default();
         for p in profiles {
-            let row = to_row(p, now);
+            let row = to_row(p, source, now);
             let changed = diesel::update(users::table.find(p.username.as_str()))
                 .set((
                     users::display_name.eq(&row.display_name),
@@ -28,6 +36,7 @@ pub fn upsert(conn: &mut DbConn, profiles: &[Profile]) -> Result<UpsertReport, D
                     users::wx_userid.eq(&row.wx_userid),
                     users::qq.eq(&row.qq),
                     users::extras.eq(&row.extras),
+                    users::source.eq(&row.source),
                     users::updated_at.eq(now),
                 ))
                 .execute(conn)?;
@@ -85,11 +94,11 @@ pub fn remove(conn: &mut DbConn, username: &str) -> Result<bool, DbError> {
     Ok(diesel::delete(users::table.find(username)).execute(conn)? > 0)
 }
 
-fn to_row(p: &Profile, now: i64) -> UserRow {
+fn to_row(p: &Profile, source: ProfileSource, now: i64) -> UserRow {
     UserRow {
         username: p.username.to_string(),
         display_name: p.display_name.clone(),
-        telephone: p.telephone.clone(),
+        telephone: p.telephone.as_ref().map(|m| m.national().to_owned()),
         country_code: p.country_code.clone(),
         email: p.email.clone(),
         wx_userid: p.wx_userid.clone(),
@@ -97,6 +106,7 @@ fn to_row(p: &Profile, now: i64) -> UserRow {
         extras: serde_json::Value::Object(p.extras.clone()).to_string(),
         created_at: now,
         updated_at: now,
+        source: source.as_str().to_owned(),
     }
 }
 
@@ -109,11 +119,93 @@ fn from_row(r: UserRow) -> Result<Profile, DbError> {
     Ok(Profile {
         username: Username::parse(&r.username).map_err(|_| corrupt("username"))?,
         extras: serde_json::from_str(&r.extras).map_err(|_| corrupt("extras"))?,
+        source: ProfileSource::parse(&r.source).map_err(|e| {
+            DbError::Query(diesel::result::Error::DeserializationError(
+                format!(
+                    "user {}: stored source {e}; import the user again to record where it comes from",
+                    r.username
+                )
+                .into(),
+            ))
+        })?,
+        telephone: r
+            .telephone
+            .map(|t| Mobile::parse_in(&t, Some(&r.country_code)))
+            .transpose()
+            .map_err(|_| corrupt("telephone"))?,
         display_name: r.display_name,
-        telephone: r.telephone,
         country_code: r.country_code,
         email: r.email,
         wx_userid: r.wx_userid,
         qq: r.qq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseUrl;
+    use crate::db::Db;
+
+    fn profile(name: &str) -> Profile {
+        Profile {
+            username: Username::parse(name).unwrap(),
+            display_name: None,
+            telephone: None,
+            country_code: Profile::DEFAULT_COUNTRY_CODE.into(),
+            email: None,
+            wx_userid: None,
+            qq: None,
+            extras: Default::default(),
+            source: ProfileSource::File,
+        }
+    }
+
+    #[test]
+    fn upsert_records_the_writers_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
+        db.migrate().unwrap();
+        let mut conn = db.get().unwrap();
+        let source = |conn: &mut DbConn, name| get(conn, name).unwrap().unwrap().source;
+
+        let r = upsert(
+            &mut conn,
+            &[profile("a"), profile("b")],
+            ProfileSource::Sandbox,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            UpsertReport {
+                inserted: 2,
+                updated: 0
+            }
+        );
+        // The writer's source wins over what the profile says.
+        assert_eq!(source(&mut conn, "a"), ProfileSource::Sandbox);
+
+        let r = upsert(&mut conn, &[profile("a")], ProfileSource::File).unwrap();
+        assert_eq!(
+            r,
+            UpsertReport {
+                inserted: 0,
+                updated: 1
+            }
+        );
+        assert_eq!(source(&mut conn, "a"), ProfileSource::File);
+        assert_eq!(source(&mut conn, "b"), ProfileSource::Sandbox);
+
+        diesel::update(users::table.find("b"))
+            .set(users::source.eq("ldap"))
+            .execute(&mut conn)
+            .unwrap();
+        let e = get(&mut conn, "b").unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "user b: stored source 'ldap' is not a profile source (expected file or sandbox)"
+            ),
+            "{e}"
+        );
+    }
 }

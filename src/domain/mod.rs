@@ -1,8 +1,10 @@
-//! The typed core: values valid by construction, no I/O. Sources parse requests into these
-//! types at the edge; the send service, the outbox and the senders trust them.
+//! The typed core: values valid by construction, no I/O. Parse at the edge (a request, an
+//! import row, a stored row) and pass the value on; the send service, the outbox and the
+//! senders trust it and never re-validate it.
 
 pub mod delivery;
 pub mod ids;
 pub mod message;
+pub mod mobile;
 pub mod request;
 pub mod secrets;

@@ -191,16 +191,22 @@ impl TestApp {
         self.outbox.run_due().await
     }
 
-    /// Imports profiles (JSON lines) straight into the directory.
+    /// Imports profiles (JSON lines) straight into the directory, as `users import` would.
     pub fn import_users(&self, jsonl: &str) {
-        let parsed = ding_channel::directory::import::parse(
-            jsonl,
-            ding_channel::directory::import::Format::JsonLines,
+        use ding_channel::directory::import::{FileImport, Format};
+        use ding_channel::directory::provider::Provider;
+        let import = FileImport {
+            content: jsonl.to_owned(),
+            format: Format::JsonLines,
+        };
+        let batch = import.read().unwrap();
+        assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+        ding_channel::directory::store::upsert(
+            &mut self.db.get().unwrap(),
+            &batch.profiles,
+            FileImport::SOURCE,
         )
         .unwrap();
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        let profiles: Vec<_> = parsed.profiles.into_iter().map(|(_, p)| p).collect();
-        ding_channel::directory::store::upsert(&mut self.db.get().unwrap(), &profiles).unwrap();
     }
 
     pub fn url(&self, channel: &str) -> String {

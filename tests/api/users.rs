@@ -123,3 +123,45 @@ async fn show_and_remove_report_unknown_users() {
     assert!(stderr(&o).contains("no user 'dave'"));
     assert!(stderr(&app.cli(&["users", "show", "dave"])).contains("no user 'dave'"));
 }
+
+#[tokio::test]
+async fn each_profile_records_the_provider_that_wrote_it() {
+    // The sandbox's seeding wrote alice, bob and ops-robot.
+    let app = TestApp::spawn().await;
+    let show = |name: &str| stdout(&app.cli(&["users", "show", name]));
+    assert!(
+        show("alice").contains("source:       sandbox"),
+        "{}",
+        show("alice")
+    );
+
+    let f = write(
+        &app,
+        "u.jsonl",
+        "{\"username\":\"alice\",\"telephone\":\"13800000001\"}\n{\"username\":\"erin\"}\n",
+    );
+    assert!(app.cli(&["users", "import", &f]).status.success());
+    assert!(
+        show("alice").contains("source:       file"),
+        "{}",
+        show("alice")
+    );
+    assert!(
+        show("erin").contains("source:       file"),
+        "{}",
+        show("erin")
+    );
+
+    let list = stdout(&app.cli(&["users", "list"]));
+    let source_of = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_else(|| panic!("{name} missing in {list}"))
+            .to_owned()
+    };
+    assert!(list.lines().next().unwrap().ends_with("SOURCE"), "{list}");
+    assert_eq!(source_of("alice"), "file");
+    assert_eq!(source_of("bob"), "sandbox");
+    assert_eq!(source_of("ops-robot"), "sandbox");
+}

@@ -154,16 +154,11 @@ fn userid(s: &str) -> Result<String, String> {
     }
 }
 
-/// A phone number: digits, optionally with a `+CC-` prefix as DingTalk writes it.
+/// A phone number, in the form getbymobile takes (see [`crate::domain::mobile::Mobile`]).
 fn mobile(s: &str) -> Result<String, String> {
-    let digits = s.strip_prefix('+').unwrap_or(s).replace(['-', ' '], "");
-    if (5..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "'{s}' is not a phone number (digits, e.g. 13800000001)"
-        ))
-    }
+    crate::domain::mobile::Mobile::parse(s)
+        .map(|m| m.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn http_url(field: &str, raw: &str) -> Result<String, EsbError> {

@@ -1,0 +1,211 @@
+//! `users import|list|show|remove`: the user directory.
+
+use super::{open, print_table};
+use crate::channels::registry;
+use crate::config::Settings;
+use crate::directory::classify::{classify, Kind, RobotFields};
+use crate::directory::import::{FileImport, Format};
+use crate::directory::profile::Profile;
+use crate::directory::provider::Provider;
+use crate::directory::store;
+use crate::secret::mask;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Import bk-user profiles from a JSON array, JSON lines or CSV file (`-` reads stdin).
+    Import {
+        file: PathBuf,
+        /// json | jsonl | csv (default: from the extension, else from the content).
+        #[arg(long)]
+        format: Option<String>,
+        /// Import the valid rows even when some rows are invalid.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    List,
+    Show {
+        username: String,
+    },
+    Remove {
+        username: String,
+    },
+}
+
+pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings)?;
+    let mut conn = db.get()?;
+    let fields = RobotFields::from_channel(registry::find(&mut conn, "send_dingbot")?.as_ref());
+    match cmd {
+        UsersCmd::Import {
+            file,
+            format,
+            skip_invalid,
+        } => {
+            let content = read_input(&file)?;
+            let format = match format {
+                Some(f) => Format::parse(&f).map_err(anyhow::Error::msg)?,
+                None => Format::detect(
+                    (file.as_os_str() != "-").then_some(file.as_path()),
+                    &content,
+                ),
+            };
+            let import = FileImport { content, format };
+            let batch = import
+                .read()
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            for e in &batch.rejected {
+                eprintln!("{e}");
+            }
+            if !batch.rejected.is_empty() && !skip_invalid {
+                bail!(
+                    "{} error(s) in {}: nothing imported; fix the rows above or pass --skip-invalid to import the {} valid row(s)",
+                    batch.rejected.len(),
+                    file.display(),
+                    batch.profiles.len()
+                );
+            }
+            let profiles = batch.profiles;
+            let r = store::upsert(&mut conn, &profiles, FileImport::SOURCE)?;
+            let skipped = batch
+                .rejected
+                .iter()
+                .map(|e| e.row)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            println!(
+                "imported {} user(s) from {}: {} new, {} updated, {} row(s) skipped",
+                profiles.len(),
+                file.display(),
+                r.inserted,
+                r.updated,
+                skipped
+            );
+        }
+        UsersCmd::List => {
+            let rows: Vec<Vec<String>> = store::list(&mut conn)?
+                .iter()
+                .map(|p| {
+                    let (kind, shown) = display_profile(p, &fields);
+                    vec![
+                        p.username.to_string(),
+                        kind.into(),
+                        p.display_name.clone().unwrap_or_default(),
+                        p.telephone
+                            .as_ref()
+                            .map(|m| format!("+{} {}", m.country_code(), m.national()))
+                            .unwrap_or_default(),
+                        shown.get("qq").cloned().unwrap_or_default(),
+                        shown.get("wx_userid").cloned().unwrap_or_default(),
+                        p.source.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "USERNAME",
+                    "KIND",
+                    "DISPLAY_NAME",
+                    "TELEPHONE",
+                    "QQ",
+                    "WX_USERID",
+                    "SOURCE",
+                ],
+                &rows,
+            );
+        }
+        UsersCmd::Show { username } => {
+            let p = store::get(&mut conn, &username)?
+                .with_context(|| format!("no user '{username}' (see `ding-channel users list`)"))?;
+            let (kind, shown) = display_profile(&p, &fields);
+            println!("username:     {}", p.username);
+            println!("kind:         {kind}");
+            for key in [
+                "display_name",
+                "telephone",
+                "country_code",
+                "email",
+                "qq",
+                "wx_userid",
+            ] {
+                println!(
+                    "{:<13} {}",
+                    format!("{key}:"),
+                    shown.get(key).cloned().unwrap_or_default()
+                );
+            }
+            println!(
+                "extras:       {}",
+                shown.get("extras").cloned().unwrap_or_default()
+            );
+            println!("source:       {}", p.source);
+        }
+        UsersCmd::Remove { username } => {
+            if !store::remove(&mut conn, &username)? {
+                bail!("no user '{username}' (see `ding-channel users list`)");
+            }
+            println!("user {username} removed");
+        }
+    }
+    Ok(())
+}
+
+/// A profile's fields for display, with robot credentials masked: the token and signing
+/// secret of a robot user, and anything that looks like a `SEC…` secret.
+fn display_profile(p: &Profile, fields: &RobotFields) -> (&'static str, BTreeMap<String, String>) {
+    let kind = classify(p, fields);
+    let robot = matches!(kind, Kind::Robot { .. });
+    let secret_field =
+        |name: &str| robot && (name == fields.token_field || name == fields.sign_field);
+    let shown = |name: &str, v: &str| {
+        if secret_field(name) || v.starts_with("SEC") {
+            mask(v)
+        } else {
+            v.to_owned()
+        }
+    };
+    let mut out = BTreeMap::new();
+    let telephone = p.telephone.as_ref().map(|m| m.national().to_owned());
+    for (k, v) in [
+        ("display_name", &p.display_name),
+        ("telephone", &telephone),
+        ("email", &p.email),
+        ("qq", &p.qq),
+        ("wx_userid", &p.wx_userid),
+    ] {
+        if let Some(v) = v {
+            out.insert(k.to_owned(), shown(k, v));
+        }
+    }
+    out.insert("country_code".into(), p.country_code.clone());
+    let extras: serde_json::Map<String, serde_json::Value> = p
+        .extras
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => (k.clone(), serde_json::Value::String(shown(k, s))),
+            None => (k.clone(), v.clone()),
+        })
+        .collect();
+    out.insert(
+        "extras".into(),
+        serde_json::Value::Object(extras).to_string(),
+    );
+    (if robot { "robot" } else { "user" }, out)
+}
+
+fn read_input(file: &PathBuf) -> anyhow::Result<String> {
+    let mut content = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut content)
+            .context("cannot read standard input")?;
+    } else {
+        content = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    Ok(content)
+}
