@@ -2,9 +2,9 @@
 //! pointed at it, and demo data seeded if absent, so a newcomer sees a delivery offline.
 
 use crate::channels::registry;
+use crate::channels::settings::DingbotConf;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::directory::classify::RobotFields;
 use crate::directory::profile::{Profile, ProfileSource, Username};
 use crate::directory::store as users;
 use crate::domain::mobile::Mobile;
@@ -41,7 +41,8 @@ pub fn seed(db: &Db) -> anyhow::Result<Vec<String>> {
     }
     let robot = &sim.robots[0];
     // The robot's credentials go where send_dingbot's comp_conf says robots keep them.
-    let fields = RobotFields::from_channel(registry::find(&mut conn, "send_dingbot")?.as_ref());
+    let fields =
+        DingbotConf::from_channel(registry::find(&mut conn, "send_dingbot")?.as_ref()).fields;
     let people = [
         ("alice", "Alice", &sim.users[0].mobile),
         ("bob", "Bob", &sim.users[1].mobile),

@@ -2,6 +2,7 @@
 
 use super::{open, print_table};
 use crate::channels::registry;
+use crate::channels::settings::DingbotConf;
 use crate::config::Settings;
 use crate::directory::classify::{classify, Kind, RobotFields};
 use crate::directory::import::{FileImport, Format};
@@ -39,7 +40,8 @@ pub enum UsersCmd {
 pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
     let db = open(settings)?;
     let mut conn = db.get()?;
-    let fields = RobotFields::from_channel(registry::find(&mut conn, "send_dingbot")?.as_ref());
+    let fields =
+        DingbotConf::from_channel(registry::find(&mut conn, "send_dingbot")?.as_ref()).fields;
     match cmd {
         UsersCmd::Import {
             file,

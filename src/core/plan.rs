@@ -10,6 +10,7 @@ use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids;
 use crate::domain::delivery::{DeliveryKind, Target};
+use crate::domain::ids::DingUserId;
 use crate::domain::request::{Reach, Receivers};
 use crate::outbox::store::NewDelivery;
 use crate::outbox::Outbox;
@@ -52,7 +53,7 @@ fn to(receiver: &str, target: Target) -> NewDelivery {
 }
 
 fn uid(receiver: &str, uid: &str) -> NewDelivery {
-    to(receiver, Target::UserId(uid.to_owned()))
+    to(receiver, Target::UserId(DingUserId::from_stored(uid)))
 }
 
 fn by_phone(receiver: &str, mobile: &str) -> NewDelivery {
@@ -223,7 +224,10 @@ async fn plan_targets(
                 }
             }
         }
-        Receivers::UserIds(ids) => plan.extend(ids.iter().map(|id| uid(id, id))),
+        Receivers::UserIds(ids) => plan.extend(
+            ids.iter()
+                .map(|id| to(id.as_str(), Target::UserId(id.clone()))),
+        ),
         Receivers::Mobiles(mobiles) => {
             for m in mobiles {
                 lookups.push((plan.len(), m.clone(), m.clone()));

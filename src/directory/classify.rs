@@ -3,8 +3,6 @@
 //! signing secret.
 
 use super::profile::Profile;
-use crate::channels::registry::Channel;
-use crate::channels::settings::DingbotConf;
 use crate::domain::secrets::{RobotToken, SignSecret};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,13 +17,6 @@ impl Default for RobotFields {
             token_field: "qq".into(),
             sign_field: "wx_userid".into(),
         }
-    }
-}
-
-impl RobotFields {
-    /// From `send_dingbot`'s comp_conf, where an admin configures them once.
-    pub fn from_channel(dingbot: Option<&Channel>) -> Self {
-        DingbotConf::from_channel(dingbot).fields
     }
 }
 

@@ -1,5 +1,6 @@
 //! A delivery: one message to one target, its kind and its status.
 
+use super::ids::DingUserId;
 use std::fmt;
 
 /// Which DingTalk path a delivery takes.
@@ -69,7 +70,7 @@ pub enum Target {
     /// so an admin's fix applies to queued messages too.
     Robot(String),
     /// A person whose DingTalk userid is known.
-    UserId(String),
+    UserId(DingUserId),
     /// A person whose userid is still to be looked up by phone.
     Mobile(String),
 }
@@ -102,7 +103,7 @@ impl Target {
             DeliveryKind::Robot => non_empty(s).map(Self::Robot),
             DeliveryKind::User => {
                 if let Some(id) = s.strip_prefix(USER_ID) {
-                    non_empty(id).map(Self::UserId)
+                    non_empty(id).map(|id| Self::UserId(DingUserId::from_stored(id)))
                 } else {
                     non_empty(s.strip_prefix(MOBILE)?).map(Self::Mobile)
                 }
@@ -119,7 +120,7 @@ mod tests {
     fn targets_read_back_what_is_stored() {
         for t in [
             Target::Robot("ops-robot".into()),
-            Target::UserId("alice-ding".into()),
+            Target::UserId(DingUserId::from_stored("alice-ding")),
             Target::Mobile("13800000001".into()),
         ] {
             assert_eq!(Target::from_stored(t.kind(), &t.stored()), Some(t));

@@ -8,3 +8,4 @@ pub mod message;
 pub mod mobile;
 pub mod request;
 pub mod secrets;
+pub mod username;

@@ -1,7 +1,8 @@
 //! What a source asks the send service to do, and who asks.
 
+use super::ids::DingUserId;
 use super::message::Message;
-use crate::directory::profile::Username;
+use super::username::Username;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 #[serde(tag = "by", content = "values", rename_all = "snake_case")]
 pub enum Receivers {
     Usernames(Vec<Username>),
-    UserIds(Vec<String>),
+    UserIds(Vec<DingUserId>),
     Mobiles(Vec<String>),
 }
 
@@ -18,7 +19,8 @@ impl Receivers {
     pub fn len(&self) -> usize {
         match self {
             Self::Usernames(v) => v.len(),
-            Self::UserIds(v) | Self::Mobiles(v) => v.len(),
+            Self::UserIds(v) => v.len(),
+            Self::Mobiles(v) => v.len(),
         }
     }
 

@@ -74,7 +74,7 @@ impl AppRobotSender {
         let mut phones: Vec<(String, DeliveryRow)> = vec![];
         for row in rows {
             match Target::from_stored(DeliveryKind::User, &row.target) {
-                Some(Target::UserId(uid)) => known.push((uid, row)),
+                Some(Target::UserId(uid)) => known.push((uid.to_string(), row)),
                 Some(Target::Mobile(mobile)) => phones.push((mobile, row)),
                 _ => out.push((
                     row,

@@ -3,9 +3,10 @@
 
 use super::error::EsbError;
 use super::params::Params;
-use crate::directory::profile::Username;
+use crate::domain::ids::DingUserId;
 use crate::domain::message::{Message, MsgKey};
 use crate::domain::request::{Reach, Receivers, Route, SendRequest};
+use crate::domain::username::Username;
 use base64::Engine;
 
 pub const MAX_RECEIVERS: usize = 1000;
@@ -24,7 +25,7 @@ pub fn parse(
     let people = route.reach == Reach::People;
     let receivers = match route.reach {
         Reach::People if params.contains("userid") => {
-            Receivers::UserIds(checked_list(params, "userid", userid)?)
+            Receivers::UserIds(checked_list(params, "userid", DingUserId::parse)?)
         }
         Reach::People if params.contains("mobile") => {
             Receivers::Mobiles(checked_list(params, "mobile", mobile)?)
@@ -142,16 +143,6 @@ fn checked_list<T>(
         .iter()
         .map(|s| check(s).map_err(|problem| EsbError::bad(field, problem)))
         .collect()
-}
-
-fn userid(s: &str) -> Result<String, String> {
-    if s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Err(format!(
-            "'{s}' is not a DingTalk userid (up to 64 characters, no spaces)"
-        ))
-    } else {
-        Ok(s.to_owned())
-    }
 }
 
 /// A phone number, in the form getbymobile takes (see [`crate::domain::mobile::Mobile`]).
@@ -347,7 +338,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.receivers,
-            Receivers::UserIds(vec!["u1".into(), "u2".into()])
+            Receivers::UserIds(vec![
+                DingUserId::parse("u1").unwrap(),
+                DingUserId::parse("u2").unwrap()
+            ])
         );
         let r = parse(
             route(Reach::People),
