@@ -2,11 +2,11 @@
 
 use super::{engine, no_channel};
 use crate::channels::registry;
+use crate::channels::settings::DeliverySettings;
 use crate::config::Settings;
 use crate::core::receipt::Verdict;
 use crate::core::service::{Known, SendService};
 use crate::domain::request::Caller;
-use crate::senders::DeliverySettings;
 use anyhow::{bail, Context};
 
 #[derive(Debug, clap::Args)]

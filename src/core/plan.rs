@@ -3,6 +3,7 @@
 //! receiver with the reason; a phone lookup that doesn't answer in time leaves the delivery
 //! queued for the outbox to resolve, so a slow DingTalk never fails a request.
 
+use crate::channels::settings::DeliverySettings;
 use crate::db::{DbConn, DbError};
 use crate::dingtalk::MobileLookup;
 use crate::directory::classify::{classify, robot_problem, Kind};
@@ -14,7 +15,7 @@ use crate::domain::ids::DingUserId;
 use crate::domain::request::{Reach, Receivers};
 use crate::outbox::store::NewDelivery;
 use crate::outbox::Outbox;
-use crate::senders::{DeliverySettings, NOT_CONFIGURED};
+use crate::senders::NOT_CONFIGURED;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use tokio::time::Instant;

@@ -2,6 +2,7 @@
 
 use super::plan::{self, Directory};
 use super::receipt::Receipt;
+use crate::channels::settings::DeliverySettings;
 use crate::db::models::DeliveryRow;
 use crate::db::DbError;
 use crate::domain::delivery::DeliveryStatus;
@@ -10,7 +11,6 @@ use crate::domain::request::{Caller, SendRequest};
 use crate::outbox::engine::Batch;
 use crate::outbox::store::{self, Accepted, NewMessage, Outcome};
 use crate::outbox::Outbox;
-use crate::senders::DeliverySettings;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

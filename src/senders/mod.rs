@@ -12,12 +12,8 @@ pub mod render;
 pub mod robot;
 pub mod split;
 
-use crate::channels::registry::{self, Channel};
-use crate::channels::settings::{DingbotConf, DingtalkConf, RobotLimits};
+use crate::channels::settings::DeliverySettings;
 use crate::db::models::DeliveryRow;
-use crate::db::{DbConn, DbError};
-use crate::dingtalk::App;
-use crate::directory::classify::RobotFields;
 use crate::directory::profile::Profile;
 use crate::domain::message::Message;
 use futures_util::future::BoxFuture;
@@ -131,44 +127,3 @@ pub struct Work {
 /// The error code of a delivery this server is not set up to make (kept with the delivery
 /// where DingTalk's own codes are).
 pub const NOT_CONFIGURED: &str = "not_configured";
-
-pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
-    "single chat is not configured: set it with `ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=… ding_robot_code=…`";
-
-/// The DingTalk settings a delivery needs, read from the registry per batch so an admin's
-/// `channels conf` applies to the next attempt, even for queued messages.
-#[derive(Clone)]
-pub struct DeliverySettings {
-    pub app: Result<App, String>,
-    pub fields: RobotFields,
-    pub robot_limits: RobotLimits,
-}
-
-impl DeliverySettings {
-    /// From the registry as read for a request.
-    pub fn from_registry(channels: &[Channel]) -> Self {
-        let named = |name: &str| channels.iter().find(|c| c.name == name);
-        Self::from_channels(named("send_dingtalk"), named("send_dingbot"))
-    }
-
-    pub fn from_channels(dingtalk: Option<&Channel>, dingbot: Option<&Channel>) -> Self {
-        let DingbotConf {
-            fields,
-            robot_limits,
-        } = DingbotConf::from_channel(dingbot);
-        Self {
-            app: DingtalkConf::from_channel(dingtalk)
-                .app
-                .ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
-            fields,
-            robot_limits,
-        }
-    }
-
-    pub fn load(conn: &mut DbConn) -> Result<Self, DbError> {
-        Ok(Self::from_channels(
-            registry::find(conn, "send_dingtalk")?.as_ref(),
-            registry::find(conn, "send_dingbot")?.as_ref(),
-        ))
-    }
-}

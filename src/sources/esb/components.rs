@@ -7,12 +7,12 @@ use super::params::Params;
 use super::Cmsi;
 use crate::channels::manifest::{Component, Manifest};
 use crate::channels::registry::Channel;
+use crate::channels::settings::DeliverySettings;
 use crate::core::plan::Directory;
 use crate::core::receipt::{Cause, Verdict};
 use crate::core::service::{Known, SendService};
 use crate::core::{Receipt, SendError};
 use crate::domain::request::Caller;
-use crate::senders::DeliverySettings;
 use crate::sources::Source;
 use serde_json::{json, Value};
 
