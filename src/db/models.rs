@@ -85,10 +85,13 @@ pub struct DeliveryRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+/// Also how the delivery log shows an attempt.
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = delivery_attempts)]
 pub struct AttemptRow {
+    #[serde(skip)]
     pub id: i64,
+    #[serde(skip)]
     pub delivery_id: i64,
     pub attempt: i32,
     pub at: i64,

@@ -149,3 +149,118 @@ fn human_ms(ms: i64) -> String {
         format!("{} h", s / 3600)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn row(id: i64, attempts: i32, give_up_in_ms: i64) -> DeliveryRow {
+        DeliveryRow {
+            id,
+            message_id: "m".into(),
+            receiver: "r".into(),
+            kind: "robot".into(),
+            target: "ops-robot".into(),
+            status: "queued".into(),
+            attempts,
+            next_attempt_at: NOW,
+            give_up_at: NOW + give_up_in_ms,
+            sent_at: None,
+            parts_sent: 0,
+            claimed_until: None,
+            claimed_by: None,
+            last_error: None,
+            dingtalk_code: None,
+            dingtalk_request_id: None,
+            digest_id: None,
+            created_at: NOW - 60_000,
+            updated_at: NOW,
+        }
+    }
+
+    fn policy() -> Policy {
+        let retry = RetryPolicy {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(300),
+            max_age: Duration::from_secs(86_400),
+        };
+        Policy::new(retry, ManualClock::new(NOW))
+    }
+
+    fn retry(at_least: Option<Duration>) -> Verdict {
+        Verdict::Retry {
+            code: "-1".into(),
+            error: "busy".into(),
+            at_least,
+            parts_sent: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_retry_waits_at_least_what_dingtalk_asks_and_gives_up_past_the_maximum_age() {
+        let day = 86_400_000;
+        let out = policy().outcomes(vec![(row(1, 0, day), retry(Some(Duration::from_secs(60))))]);
+        match &out[0].1 {
+            Outcome::Retry { at, parts_sent, .. } => {
+                assert!(*at >= NOW + 60_000, "{at}");
+                assert_eq!(*parts_sent, Some(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        let out = policy().outcomes(vec![(row(1, 4, 1_000), retry(None))]);
+        match &out[0].1 {
+            Outcome::Failed { code, error } => {
+                assert_eq!(code.as_deref(), Some("-1"));
+                assert!(
+                    error.starts_with("gave up after 5 attempt(s) over 60 s"),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wait_is_not_an_attempt_and_fails_only_past_the_maximum_age() {
+        let out = policy().outcomes(vec![
+            (row(1, 0, 10_000), Verdict::wait(NOW + 5_000, "slot", None)),
+            (row(2, 0, 10_000), Verdict::wait(NOW + 20_000, "slot", None)),
+            (
+                row(3, 0, 10_000),
+                Verdict::wait(NOW - 5_000, "stopping", None),
+            ),
+        ]);
+        assert!(matches!(&out[0].1, Outcome::Deferred { at, .. } if *at == NOW + 5_000));
+        assert!(
+            matches!(&out[1].1, Outcome::Failed { error, .. } if error == "gave up after waiting 60 s: slot")
+        );
+        assert!(
+            matches!(&out[2].1, Outcome::Deferred { at, .. } if *at == NOW),
+            "a wait never lies in the past"
+        );
+    }
+
+    #[test]
+    fn waiting_for_the_retry_ends_with_the_latest_retry_of_the_task() {
+        let day = 86_400_000;
+        let with_retry = |until| Verdict::Wait {
+            until,
+            reason: "retrying".into(),
+            parts_sent: None,
+        };
+        let out = policy().outcomes(vec![
+            (row(1, 0, day), with_retry(Until::TheRetry)),
+            (row(2, 0, day), retry(Some(Duration::from_secs(90)))),
+        ]);
+        let retry_at = match &out[1].1 {
+            Outcome::Retry { at, .. } => *at,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(&out[0].1, Outcome::Deferred { at, .. } if *at == retry_at));
+        let alone = policy().outcomes(vec![(row(1, 0, day), with_retry(Until::TheRetry))]);
+        assert!(matches!(&alone[0].1, Outcome::Deferred { at, .. } if *at == NOW));
+    }
+}

@@ -2,6 +2,7 @@
 //! state and its attempt history (`deliveries show`, `GET /api/v1/messages/{id}`).
 
 use super::store;
+use crate::db::models::AttemptRow;
 use crate::db::{DbConn, DbError};
 use serde::Serialize;
 
@@ -32,17 +33,7 @@ pub struct DeliveryView {
     pub dingtalk_code: Option<String>,
     pub dingtalk_request_id: Option<String>,
     pub digest_id: Option<String>,
-    pub history: Vec<AttemptView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct AttemptView {
-    pub attempt: i32,
-    pub at: i64,
-    pub outcome: String,
-    pub code: Option<String>,
-    pub error: Option<String>,
-    pub dingtalk_request_id: Option<String>,
+    pub history: Vec<AttemptRow>,
 }
 
 pub fn message_view(conn: &mut DbConn, id: &str) -> Result<Option<MessageView>, DbError> {
@@ -67,14 +58,7 @@ pub fn message_view(conn: &mut DbConn, id: &str) -> Result<Option<MessageView>, 
                 history: attempts
                     .iter()
                     .filter(|a| a.delivery_id == r.id)
-                    .map(|a| AttemptView {
-                        attempt: a.attempt,
-                        at: a.at,
-                        outcome: a.outcome.clone(),
-                        code: a.code.clone(),
-                        error: a.error.clone(),
-                        dingtalk_request_id: a.dingtalk_request_id.clone(),
-                    })
+                    .cloned()
                     .collect(),
                 id: r.id,
                 receiver: r.receiver,

@@ -88,6 +88,21 @@ pub enum Until {
 /// A sender's outcome for each delivery it was given.
 pub type Verdicts = Vec<(DeliveryRow, Verdict)>;
 
+/// The sends of a batch, as independent tasks.
+pub type Tasks<'a> = Vec<BoxFuture<'a, Verdicts>>;
+
+/// `rows` grouped by `key` (a robot, a message), in key order.
+pub fn group_by(
+    rows: Vec<DeliveryRow>,
+    key: impl Fn(&DeliveryRow) -> &str,
+) -> std::collections::BTreeMap<String, Vec<DeliveryRow>> {
+    let mut groups = std::collections::BTreeMap::<String, Vec<DeliveryRow>>::new();
+    for row in rows {
+        groups.entry(key(&row).to_owned()).or_default().push(row);
+    }
+    groups
+}
+
 /// What a sender may ask of the batch it works for.
 pub trait Gate: Send + Sync {
     /// Why no new DingTalk call may start now, if it may not (the process is stopping, or
@@ -106,12 +121,7 @@ pub trait Gate: Send + Sync {
 pub trait Sender: Send + Sync {
     /// The sends that deliver `rows` (all of this sender's kind, their messages in `work`),
     /// as tasks the engine runs together, recording each task's verdicts as it finishes.
-    fn tasks<'a>(
-        &'a self,
-        rows: Vec<DeliveryRow>,
-        work: &Work,
-        gate: &'a dyn Gate,
-    ) -> Vec<BoxFuture<'a, Verdicts>>;
+    fn tasks<'a>(&'a self, rows: Vec<DeliveryRow>, work: &Work, gate: &'a dyn Gate) -> Tasks<'a>;
 }
 
 /// What the deliveries of a batch need besides their rows, loaded once.

@@ -4,7 +4,7 @@
 
 pub mod budget;
 
-use super::{digest, Gate, Sender, Verdict, Verdicts, Work, NOT_CONFIGURED};
+use super::{digest, group_by, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED};
 use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
 use crate::dingtalk::client::{BATCH_CONCURRENCY, BATCH_MAX_IDS};
@@ -13,7 +13,6 @@ use crate::directory::userids::UserIdCache;
 use crate::domain::delivery::{DeliveryKind, Target};
 use crate::domain::message::Message;
 use budget::AppBudgets;
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -250,21 +249,9 @@ impl AppRobotSender {
 }
 
 impl Sender for AppRobotSender {
-    fn tasks<'a>(
-        &'a self,
-        rows: Vec<DeliveryRow>,
-        work: &Work,
-        gate: &'a dyn Gate,
-    ) -> Vec<BoxFuture<'a, Verdicts>> {
+    fn tasks<'a>(&'a self, rows: Vec<DeliveryRow>, work: &Work, gate: &'a dyn Gate) -> Tasks<'a> {
         // One batchSend per message: its people get the same content.
-        let mut by_message: BTreeMap<String, Vec<DeliveryRow>> = BTreeMap::new();
-        for row in rows {
-            by_message
-                .entry(row.message_id.clone())
-                .or_default()
-                .push(row);
-        }
-        by_message
+        group_by(rows, |r| &r.message_id)
             .into_iter()
             .filter_map(|(id, rows)| {
                 let msg = work.messages.get(&id)?.clone();

@@ -6,7 +6,7 @@
 pub mod pacing;
 pub mod plan;
 
-use super::{Gate, Sender, Until, Verdict, Verdicts, Work};
+use super::{group_by, Gate, Sender, Tasks, Until, Verdict, Verdicts, Work};
 use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
 use crate::db::Db;
@@ -14,10 +14,9 @@ use crate::dingtalk::{DingTalk, Robot};
 use crate::directory::classify::{classify, robot_credentials, Kind, RobotFields};
 use crate::directory::profile::Profile;
 use crate::domain::message::Message;
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use pacing::{RobotLimit, Slots};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -209,17 +208,8 @@ impl RobotSender {
 }
 
 impl Sender for RobotSender {
-    fn tasks<'a>(
-        &'a self,
-        rows: Vec<DeliveryRow>,
-        work: &Work,
-        gate: &'a dyn Gate,
-    ) -> Vec<BoxFuture<'a, Verdicts>> {
-        let mut by_robot: BTreeMap<String, Vec<DeliveryRow>> = BTreeMap::new();
-        for row in rows {
-            by_robot.entry(row.target.clone()).or_default().push(row);
-        }
-        by_robot
+    fn tasks<'a>(&'a self, rows: Vec<DeliveryRow>, work: &Work, gate: &'a dyn Gate) -> Tasks<'a> {
+        group_by(rows, |r| &r.target)
             .into_iter()
             .map(|(name, rows)| {
                 let messages: HashMap<String, Message> = rows
