@@ -49,43 +49,71 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_IDEMPOTENCY_S",
 ];
 
+/// The settings, by the part of the server they concern. Each is read from one flat key (the
+/// environment variable, or the same name in lower case in the TOML file).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    /// How to reach DingTalk: base URLs, proxy, timeouts.
+    pub dingtalk: crate::dingtalk::ClientConfig,
+    pub outbox: OutboxSettings,
+    pub directory: DirectorySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
     pub bind: SocketAddr,
-    pub database: DatabaseUrl,
-    pub manifest: PathBuf,
-    pub oapi_base: Url,
-    pub api_base: Url,
-    pub proxy: Option<Url>,
-    pub workers: usize,
     /// Threads serving HTTP. The handlers do little on them (database work and deliveries
     /// run elsewhere), so more threads than needed only compete with those.
     pub http_workers: usize,
-    pub log_filter: String,
-    pub log_format: LogFormat,
     pub max_body: usize,
+    /// `channel_manifest.json`, synced at start.
+    pub manifest: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub database: DatabaseUrl,
+    /// Connections per process.
+    pub pool: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// Batches delivered at once.
+    pub workers: usize,
+    /// How long a claim holds unless renewed; at least [`Settings::round_budget`] and a call.
     pub lease: Duration,
-    pub db_pool: u32,
-    pub dingtalk_connect_timeout: Duration,
-    pub dingtalk_timeout: Duration,
-    /// How long a phone → userid answer is trusted.
-    pub userid_ttl: Duration,
-    /// How long "no DingTalk user has this phone" is trusted.
-    pub userid_miss_ttl: Duration,
     /// A delivery still failing this long after acceptance is failed for good.
     pub max_age: Duration,
     /// Deliveries waiting at most; a send that would queue more is refused (`1306429`).
     pub max_queue: i64,
-    /// Offset from UTC, in minutes, for times shown in messages (digests).
-    pub utc_offset_min: i32,
-    /// Single-chat calls per second / per minute per DingTalk app key, in this process.
-    pub app_qps: u32,
-    pub app_qpm: u32,
     /// The first retry's delay, doubled for each attempt after it up to `retry_cap`.
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Single-chat calls per second / per minute per DingTalk app key, in this process.
+    pub app_qps: u32,
+    pub app_qpm: u32,
+    /// Offset from UTC, in minutes, for times shown in messages (digests).
+    pub utc_offset_min: i32,
     /// How long an idempotency key is honoured.
     pub idempotency_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectorySettings {
+    /// How long a phone → userid answer is trusted.
+    pub userid_ttl: Duration,
+    /// How long "no DingTalk user has this phone" is trusted.
+    pub userid_miss_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub filter: String,
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,35 +369,47 @@ impl Settings {
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
         Ok(Self {
-            bind: bind.parse().expect("validated above"),
-            database: DatabaseUrl::parse(&database).expect("validated above"),
-            manifest: PathBuf::from(manifest),
-            oapi_base: http_url(&oapi).expect("validated above"),
-            api_base: http_url(&api).expect("validated above"),
-            proxy: (!proxy.is_empty()).then(|| http_url(&proxy).expect("validated above")),
-            workers: workers.parse().expect("validated above"),
-            http_workers: http_workers.parse().expect("validated above"),
-            log_filter,
-            log_format: if log_format == "json" {
-                LogFormat::Json
-            } else {
-                LogFormat::Text
+            server: ServerSettings {
+                bind: bind.parse().expect("validated above"),
+                http_workers: http_workers.parse().expect("validated above"),
+                max_body: max_body.parse().expect("validated above"),
+                manifest: PathBuf::from(manifest),
             },
-            max_body: max_body.parse().expect("validated above"),
-            lease: secs(&lease),
-            db_pool: db_pool.parse().expect("validated above"),
-            dingtalk_connect_timeout: millis(&connect_ms),
-            dingtalk_timeout: millis(&timeout_ms),
-            userid_ttl: secs(&userid_ttl),
-            userid_miss_ttl: secs(&userid_miss_ttl),
-            max_age: secs(&max_age),
-            max_queue: max_queue.parse().expect("validated above"),
-            utc_offset_min: utc_offset_min(&utc_offset).expect("validated above"),
-            app_qps: app_qps.parse().expect("validated above"),
-            app_qpm: app_qpm.parse().expect("validated above"),
-            retry_base: millis(&retry_base_ms),
-            retry_cap: secs(&retry_cap),
-            idempotency_window: secs(&idempotency),
+            storage: StorageSettings {
+                database: DatabaseUrl::parse(&database).expect("validated above"),
+                pool: db_pool.parse().expect("validated above"),
+            },
+            dingtalk: crate::dingtalk::ClientConfig {
+                oapi_base: http_url(&oapi).expect("validated above"),
+                api_base: http_url(&api).expect("validated above"),
+                proxy: (!proxy.is_empty()).then(|| http_url(&proxy).expect("validated above")),
+                connect_timeout: millis(&connect_ms),
+                timeout: millis(&timeout_ms),
+            },
+            outbox: OutboxSettings {
+                workers: workers.parse().expect("validated above"),
+                lease: secs(&lease),
+                max_age: secs(&max_age),
+                max_queue: max_queue.parse().expect("validated above"),
+                retry_base: millis(&retry_base_ms),
+                retry_cap: secs(&retry_cap),
+                app_qps: app_qps.parse().expect("validated above"),
+                app_qpm: app_qpm.parse().expect("validated above"),
+                utc_offset_min: utc_offset_min(&utc_offset).expect("validated above"),
+                idempotency_window: secs(&idempotency),
+            },
+            directory: DirectorySettings {
+                userid_ttl: secs(&userid_ttl),
+                userid_miss_ttl: secs(&userid_miss_ttl),
+            },
+            log: LogSettings {
+                filter: log_filter,
+                format: if log_format == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
+            },
         })
     }
 }
@@ -377,17 +417,7 @@ impl Settings {
 impl Settings {
     /// [`call_round`] of this DingTalk timeout.
     pub fn round_budget(&self) -> Duration {
-        call_round(self.dingtalk_timeout)
-    }
-
-    pub fn dingtalk(&self) -> crate::dingtalk::ClientConfig {
-        crate::dingtalk::ClientConfig {
-            oapi_base: self.oapi_base.clone(),
-            api_base: self.api_base.clone(),
-            proxy: self.proxy.clone(),
-            connect_timeout: self.dingtalk_connect_timeout,
-            timeout: self.dingtalk_timeout,
-        }
+        call_round(self.dingtalk.timeout)
     }
 }
 
@@ -498,20 +528,23 @@ mod tests {
     #[test]
     fn defaults_apply_without_file_or_env() {
         let s = Settings::from_env_map(env(&[])).unwrap();
-        assert_eq!(s.bind, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(s.database, DatabaseUrl::Sqlite("ding-channel.db".into()));
-        assert_eq!(s.workers, 4);
+        assert_eq!(s.server.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            s.storage.database,
+            DatabaseUrl::Sqlite("ding-channel.db".into())
+        );
+        assert_eq!(s.outbox.workers, 4);
         let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(s.http_workers, (cores / 2).max(1));
-        assert_eq!(s.max_body, 1 << 20);
-        assert_eq!(s.log_format, LogFormat::Text);
-        assert!(s.proxy.is_none());
-        assert_eq!(s.lease, Duration::from_secs(60));
-        assert_eq!(s.max_queue, 500_000);
+        assert_eq!(s.server.http_workers, (cores / 2).max(1));
+        assert_eq!(s.server.max_body, 1 << 20);
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert!(s.dingtalk.proxy.is_none());
+        assert_eq!(s.outbox.lease, Duration::from_secs(60));
+        assert_eq!(s.outbox.max_queue, 500_000);
         assert_eq!(s.round_budget(), Duration::from_secs(40));
-        assert_eq!(s.retry_base, Duration::from_secs(2));
-        assert_eq!(s.retry_cap, Duration::from_secs(300));
-        assert_eq!(s.idempotency_window, Duration::from_secs(86_400));
+        assert_eq!(s.outbox.retry_base, Duration::from_secs(2));
+        assert_eq!(s.outbox.retry_cap, Duration::from_secs(300));
+        assert_eq!(s.outbox.idempotency_window, Duration::from_secs(86_400));
     }
 
     #[test]
@@ -526,7 +559,7 @@ mod tests {
             ("DINGTALK_TIMEOUT_MS", "5000"),
         ]))
         .unwrap();
-        assert_eq!(s.lease, Duration::from_secs(30));
+        assert_eq!(s.outbox.lease, Duration::from_secs(30));
         assert_eq!(s.round_budget(), Duration::from_secs(20));
         let s = Settings::from_env_map(env(&[
             ("DING_CHANNEL_LEASE_S", "3"),
@@ -534,7 +567,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            s.lease,
+            s.outbox.lease,
             Duration::from_secs(3),
             "exactly a round and one call"
         );
@@ -557,9 +590,9 @@ mod tests {
             ("DING_CHANNEL_IDEMPOTENCY_S", "3600"),
         ]))
         .unwrap();
-        assert_eq!(s.retry_base, Duration::from_millis(500));
-        assert_eq!(s.retry_cap, Duration::from_secs(60));
-        assert_eq!(s.idempotency_window, Duration::from_secs(3600));
+        assert_eq!(s.outbox.retry_base, Duration::from_millis(500));
+        assert_eq!(s.outbox.retry_cap, Duration::from_secs(60));
+        assert_eq!(s.outbox.idempotency_window, Duration::from_secs(3600));
 
         let err =
             |pairs: &[(&str, &str)]| Settings::from_env_map(env(pairs)).unwrap_err().to_string();
@@ -596,9 +629,9 @@ mod tests {
             ("DING_CHANNEL_HTTP_WORKERS", "3"),
         ]))
         .unwrap();
-        assert_eq!(s.bind, "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(s.workers, 2);
-        assert_eq!(s.http_workers, 3);
+        assert_eq!(s.server.bind, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.outbox.workers, 2);
+        assert_eq!(s.server.http_workers, 3);
     }
 
     #[test]

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log_filter, settings.log_format);
+    telemetry::init(&settings.log.filter, settings.log.format);
     match cli::run(args, settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,9 +24,9 @@ pub fn start_simulator(settings: &mut Settings) -> std::io::Result<Simulator> {
         crate::clock::system(),
     )?;
     let base: crate::config::Url = sim.base_url().parse().expect("a loopback URL parses");
-    settings.oapi_base = base.clone();
-    settings.api_base = base;
-    settings.proxy = None;
+    settings.dingtalk.oapi_base = base.clone();
+    settings.dingtalk.api_base = base;
+    settings.dingtalk.proxy = None;
     Ok(sim)
 }
 

@@ -25,12 +25,12 @@ pub fn outbox(db: &Db, settings: &Settings, clock: SharedClock) -> anyhow::Resul
 /// Opens the database, applies migrations and syncs the manifest: what `serve` needs before
 /// it accepts a request.
 pub fn prepare(settings: &Settings) -> anyhow::Result<(Db, Manifest)> {
-    let db = Db::connect(&settings.database, settings.db_pool)?;
+    let db = Db::connect(&settings.storage.database, settings.storage.pool)?;
     let applied = db.migrate()?;
     if !applied.is_empty() {
         tracing::info!(versions = ?applied, "migrations applied");
     }
-    let manifest = Manifest::load(&settings.manifest)?;
+    let manifest = Manifest::load(&settings.server.manifest)?;
     let report = registry::sync(&mut *db.get()?, &manifest)?;
     tracing::info!(
         inserted = report.inserted.len(),
@@ -81,22 +81,26 @@ impl Application {
             }
         }
         let outbox = outbox(&db, &settings, clock)?;
-        outbox.start(settings.workers, poll);
+        outbox.start(settings.outbox.workers, poll);
         if poll {
             outbox.keep_leases();
         }
-        let listener = TcpListener::bind(settings.bind)
-            .with_context(|| format!("cannot listen on {} (DING_CHANNEL_BIND)", settings.bind))?;
+        let listener = TcpListener::bind(settings.server.bind).with_context(|| {
+            format!(
+                "cannot listen on {} (DING_CHANNEL_BIND)",
+                settings.server.bind
+            )
+        })?;
         let port = listener.local_addr()?.port();
-        let http_workers = settings.http_workers;
+        let http_workers = settings.server.http_workers;
         let service = web::Data::new(SendService::new(
             outbox.clone(),
-            settings.idempotency_window,
+            settings.outbox.idempotency_window,
         ));
         let esb = web::Data::new(Esb {
             db: db.clone(),
             manifest: Arc::new(manifest),
-            max_body: settings.max_body,
+            max_body: settings.server.max_body,
             clock: outbox.clock.clone(),
         });
         let (db, metrics) = (web::Data::new(db), web::Data::new(outbox.metrics.clone()));

@@ -41,7 +41,7 @@ pub(super) fn run(cmd: ChannelsCmd, settings: &Settings) -> anyhow::Result<()> {
     let mut conn = db.get()?;
     match cmd {
         ChannelsCmd::Sync { manifest } => {
-            let path = manifest.unwrap_or_else(|| settings.manifest.clone());
+            let path = manifest.unwrap_or_else(|| settings.server.manifest.clone());
             let m = Manifest::load(&path)?;
             let r = registry::sync(&mut conn, &m)?;
             println!(
@@ -100,9 +100,12 @@ pub(super) fn run(cmd: ChannelsCmd, settings: &Settings) -> anyhow::Result<()> {
                 values.insert(k.trim().to_owned(), v.to_owned());
             }
             if !force {
-                let m = Manifest::load(&settings.manifest)?;
+                let m = Manifest::load(&settings.server.manifest)?;
                 let decl = m.channel(&name).with_context(|| {
-                    format!("channel '{name}' is not in {}", settings.manifest.display())
+                    format!(
+                        "channel '{name}' is not in {}",
+                        settings.server.manifest.display()
+                    )
                 })?;
                 let declared = manifest::declared_keys(decl);
                 if let Some(k) = values.keys().find(|k| !declared.contains(k.as_str())) {

@@ -78,15 +78,15 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { sandbox } => serve::run(settings, sandbox),
         Command::Migrate => {
-            let db = Db::connect(&settings.database, 1)?;
+            let db = Db::connect(&settings.storage.database, 1)?;
             let applied = db.migrate()?;
             if applied.is_empty() {
-                println!("database {} is up to date", settings.database);
+                println!("database {} is up to date", settings.storage.database);
             } else {
                 println!(
                     "applied {} migration(s) to {}: {}",
                     applied.len(),
-                    settings.database,
+                    settings.storage.database,
                     applied.join(", ")
                 );
             }
@@ -146,7 +146,7 @@ pub(super) fn engine(
 
 /// The database, migrated, for commands that read or write it.
 pub(super) fn open(settings: &Settings) -> anyhow::Result<Db> {
-    let db = Db::connect(&settings.database, 2)?;
+    let db = Db::connect(&settings.storage.database, 2)?;
     db.migrate()?;
     Ok(db)
 }

@@ -85,7 +85,7 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         username: std::env::var("USER").ok(),
         request_id: crate::secret::random_hex(16),
     };
-    let service = SendService::new(outbox.clone(), settings.idempotency_window);
+    let service = SendService::new(outbox.clone(), settings.outbox.idempotency_window);
     let known = Known {
         settings: DeliverySettings::from_registry(&channels),
         directory: None,

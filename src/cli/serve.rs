@@ -15,7 +15,7 @@ pub(super) fn run(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
         } else {
             None
         };
-        let (database, bind) = (settings.database.clone(), settings.bind);
+        let (database, bind) = (settings.storage.database.clone(), settings.server.bind);
         // Seeded and set up before the workers start, so none of them meets DingTalk unprepared.
         if sim.is_some() {
             let (db, _) = crate::startup::prepare(&settings)?;

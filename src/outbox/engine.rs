@@ -101,41 +101,46 @@ impl Outbox {
         clock: SharedClock,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let metrics = Arc::new(Metrics::default());
-        let client = DingTalk::with_metrics(settings.dingtalk(), clock.clone(), metrics.clone())?;
+        let client =
+            DingTalk::with_metrics(settings.dingtalk.clone(), clock.clone(), metrics.clone())?;
         let (handovers, rx) = mpsc::channel(1024);
         let budget_ms = settings.round_budget().as_millis() as i64;
-        let leases = Leases::new(db.clone(), settings.lease.as_millis() as i64, budget_ms);
+        let leases = Leases::new(
+            db.clone(),
+            settings.outbox.lease.as_millis() as i64,
+            budget_ms,
+        );
         let client = Arc::new(client);
         let userids = UserIdCache::new(
             db.clone(),
             clock.clone(),
-            settings.userid_ttl,
-            settings.userid_miss_ttl,
+            settings.directory.userid_ttl,
+            settings.directory.userid_miss_ttl,
         );
-        let budgets = AppBudgets::new(settings.app_qps, settings.app_qpm);
+        let budgets = AppBudgets::new(settings.outbox.app_qps, settings.outbox.app_qpm);
         Ok(Arc::new(Self {
             robots: Arc::new(RobotSender::new(
                 db.clone(),
                 client.clone(),
                 clock.clone(),
-                settings.utc_offset_min,
+                settings.outbox.utc_offset_min,
             )),
             people: Arc::new(AppRobotSender::new(client, userids, budgets, clock.clone())),
             db,
             policy: Policy::new(
                 RetryPolicy {
-                    base: settings.retry_base,
-                    cap: settings.retry_cap,
-                    max_age: settings.max_age,
+                    base: settings.outbox.retry_base,
+                    cap: settings.outbox.retry_cap,
+                    max_age: settings.outbox.max_age,
                 },
                 clock.clone(),
             ),
             clock,
-            lease: settings.lease,
+            lease: settings.outbox.lease,
             leases,
             metrics,
             queue: QueueBound {
-                max: settings.max_queue,
+                max: settings.outbox.max_queue,
                 depth: AtomicI64::new(0),
                 counted_at: AtomicI64::new(i64::MIN),
             },

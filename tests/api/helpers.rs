@@ -161,7 +161,7 @@ impl TestApp {
         let address = format!("http://127.0.0.1:{}", app.port());
         let outbox = app.outbox();
         tokio::spawn(app.run_until_stopped());
-        let db = Db::connect(&settings.database, 2).unwrap();
+        let db = Db::connect(&settings.storage.database, 2).unwrap();
         if seed {
             ding_channel::sandbox::seed(&db).unwrap();
         } else {
@@ -303,7 +303,11 @@ pub fn real_time_simulator() -> Simulator {
 /// `db` with the sandbox's demo data (app demo, alice, bob, ops-robot), once a server created
 /// its tables.
 pub fn seeded(db: &TestDb) -> Db {
-    let store = Db::connect(&settings(&db.url, &repo_manifest(), &[]).database, 1).unwrap();
+    let store = Db::connect(
+        &settings(&db.url, &repo_manifest(), &[]).storage.database,
+        1,
+    )
+    .unwrap();
     ding_channel::sandbox::seed(&store).unwrap();
     store
 }

@@ -27,7 +27,7 @@ fn migrate_creates_every_table_once() {
     );
 
     let settings = settings(&db.url, &repo_manifest(), &[]);
-    let pool = ding_channel::db::Db::connect(&settings.database, 1).unwrap();
+    let pool = ding_channel::db::Db::connect(&settings.storage.database, 1).unwrap();
     let mut conn = pool.get().unwrap();
     for table in [
         "apps",
@@ -50,7 +50,7 @@ fn idempotency_keys_are_unique_per_app() {
         .status
         .success());
     let settings = settings(&db.url, &repo_manifest(), &[]);
-    let pool = ding_channel::db::Db::connect(&settings.database, 1).unwrap();
+    let pool = ding_channel::db::Db::connect(&settings.storage.database, 1).unwrap();
     let mut conn = pool.get().unwrap();
     let insert = |id: &str, app: &str, key: &str| {
         format!("INSERT INTO messages (id, app_code, idempotency_key, channel, request_id, body, created_at) VALUES ('{id}', '{app}', {key}, 'send_ding', 'r', '{{}}', 0)")

@@ -12,7 +12,7 @@ use std::time::Duration;
 async fn a_second_lookup_makes_no_call_even_after_a_restart() {
     let test_db = TestDb::new();
     let settings = settings(&test_db.url, &repo_manifest(), &[]);
-    let db = ding_channel::db::Db::connect(&settings.database, 2).unwrap();
+    let db = ding_channel::db::Db::connect(&settings.storage.database, 2).unwrap();
     db.migrate().unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
     let shared: SharedClock = clock.clone();
