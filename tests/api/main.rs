@@ -8,6 +8,7 @@ mod delivery;
 mod dingtalk;
 mod envelope;
 mod helpers;
+mod layering;
 mod limits;
 mod logging;
 mod msg_type;
