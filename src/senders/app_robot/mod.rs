@@ -52,6 +52,7 @@ impl AppRobotSender {
     /// Sends one message to its people: those whose userid is known (given, or cached) go
     /// first in one batchSend, then phones are looked up as the app's call budget allows and
     /// the newly found get a second batchSend. What the budget doesn't cover waits.
+    #[tracing::instrument(skip_all, fields(message_id = %rows[0].message_id, people = rows.len()))]
     async fn send_message(
         &self,
         msg: Message,

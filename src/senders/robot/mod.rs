@@ -53,6 +53,7 @@ impl RobotSender {
 
     /// Sends what waits for one robot: as many sends as its pacing allows now. The rest waits
     /// for the next free slot, never dropped.
+    #[tracing::instrument(skip_all, fields(robot = %group.name, deliveries = group.rows.len()))]
     async fn send_group(&self, group: Group, gate: &dyn Gate) -> Verdicts {
         let Group {
             name,
