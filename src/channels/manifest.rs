@@ -2,6 +2,7 @@
 //! types `get_msg_type` lists. Parsed by hand over `serde_json::Value` so every problem is
 //! reported with its JSON path (`channels[2].timeout: …`) before anything is written.
 
+use super::registry::Channel;
 use crate::domain::request::Reach;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,20 +91,6 @@ impl std::fmt::Display for Methods {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChannelDecl {
-    pub name: String,
-    pub path: String,
-    pub methods: Methods,
-    pub component: Component,
-    pub label: String,
-    pub label_en: String,
-    pub timeout_s: i32,
-    pub is_active: bool,
-    pub is_hidden: bool,
-    pub comp_conf: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct MsgTypeDecl {
     pub kind: String,
     pub channel: String,
@@ -115,7 +102,7 @@ pub struct MsgTypeDecl {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub system: String,
-    pub channels: Vec<ChannelDecl>,
+    pub channels: Vec<Channel>,
     pub msg_types: Vec<MsgTypeDecl>,
 }
 
@@ -166,7 +153,7 @@ impl Manifest {
         })
     }
 
-    pub fn channel(&self, name: &str) -> Option<&ChannelDecl> {
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
     }
 }
@@ -221,7 +208,7 @@ fn parse_root(root: &Value) -> Result<Manifest, Problem> {
     if list.is_empty() {
         return Err(problem("$.channels", "declares no channel"));
     }
-    let mut channels: Vec<ChannelDecl> = Vec::with_capacity(list.len());
+    let mut channels: Vec<Channel> = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
         let at = format!("$.channels[{i}]");
         let c = parse_channel(v, &at, &prefix)?;
@@ -288,7 +275,7 @@ fn parse_root(root: &Value) -> Result<Manifest, Problem> {
     })
 }
 
-fn parse_channel(v: &Value, at: &str, prefix: &str) -> Result<ChannelDecl, Problem> {
+fn parse_channel(v: &Value, at: &str, prefix: &str) -> Result<Channel, Problem> {
     let obj = object(v, at)?;
     let name = string(obj, at, "name")?;
     if !name
@@ -359,7 +346,7 @@ fn parse_channel(v: &Value, at: &str, prefix: &str) -> Result<ChannelDecl, Probl
         }
         Some(_) => return Err(problem(&format!("{at}.comp_conf"), "must be an object")),
     }
-    Ok(ChannelDecl {
+    Ok(Channel {
         name,
         path,
         methods,
@@ -370,6 +357,7 @@ fn parse_channel(v: &Value, at: &str, prefix: &str) -> Result<ChannelDecl, Probl
         is_active: boolean(obj, at, "is_active", true)?,
         is_hidden: boolean(obj, at, "is_hidden", false)?,
         comp_conf,
+        admin_set: BTreeSet::new(),
     })
 }
 
@@ -386,7 +374,7 @@ pub fn is_secret_key(key: &str) -> bool {
 }
 
 /// Declared comp_conf keys of a channel, for the `channels conf` typo guard.
-pub fn declared_keys(decl: &ChannelDecl) -> BTreeSet<&str> {
+pub fn declared_keys(decl: &Channel) -> BTreeSet<&str> {
     decl.comp_conf.keys().map(String::as_str).collect()
 }
 

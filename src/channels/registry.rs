@@ -2,7 +2,7 @@
 //! `sync` loads the manifest without overwriting comp_conf values (or the active switch) an
 //! admin changed; everything else follows the manifest.
 
-use super::manifest::{ChannelDecl, Component, Manifest, Methods};
+use super::manifest::{Component, Manifest, Methods};
 use super::settings::{self, ConfError};
 use crate::db::models::ChannelRow;
 use crate::db::schema::channels;
@@ -11,7 +11,7 @@ use crate::domain::request::Route;
 use diesel::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A channel as served.
+/// A channel as served; as the manifest declares it, `admin_set` is empty.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Channel {
     pub name: String,
@@ -120,7 +120,7 @@ pub fn sync(conn: &mut DbConn, manifest: &Manifest) -> Result<SyncReport, DbErro
     })
 }
 
-fn merge(decl: &ChannelDecl, existing: Option<&Channel>, report: &mut SyncReport) -> Channel {
+fn merge(decl: &Channel, existing: Option<&Channel>, report: &mut SyncReport) -> Channel {
     let admin_set = existing.map(|c| c.admin_set.clone()).unwrap_or_default();
     let mut comp_conf = decl.comp_conf.clone();
     if let Some(old) = existing {
@@ -134,20 +134,13 @@ fn merge(decl: &ChannelDecl, existing: Option<&Channel>, report: &mut SyncReport
         }
     }
     Channel {
-        name: decl.name.clone(),
-        path: decl.path.clone(),
-        methods: decl.methods,
-        component: decl.component,
-        label: decl.label.clone(),
-        label_en: decl.label_en.clone(),
-        timeout_s: decl.timeout_s,
         is_active: match existing {
             Some(old) if admin_set.contains(ADMIN_ACTIVE) => old.is_active,
             _ => decl.is_active,
         },
-        is_hidden: decl.is_hidden,
         comp_conf,
         admin_set,
+        ..decl.clone()
     }
 }
 

@@ -116,11 +116,10 @@ impl SendService {
         let message = request.message;
         let waiting = plan.deliveries.iter().filter(|d| d.wait.is_some()).count();
         let new = NewMessage {
-            app_code: caller.app_code.clone(),
+            caller: caller.clone(),
             idempotency_key: request.idempotency_key,
             channel: request.route.channel.clone(),
             sender: request.sender.or_else(|| caller.username.clone()),
-            request_id: caller.request_id.clone(),
             body: serde_json::to_string(&message).expect("a message serializes"),
             deliveries: plan.deliveries,
         };

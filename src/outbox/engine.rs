@@ -276,7 +276,7 @@ impl Outbox {
         acceptance: store::Acceptance,
     ) -> Result<store::AcceptedMessage, DbError> {
         let (app, key, a) = (
-            msg.app_code.clone(),
+            msg.caller.app_code.clone(),
             msg.idempotency_key.clone(),
             acceptance.clone(),
         );

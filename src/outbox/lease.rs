@@ -267,11 +267,14 @@ mod tests {
             wait: None,
         };
         let msg = NewMessage {
-            app_code: "demo".into(),
+            caller: crate::domain::request::Caller {
+                app_code: "demo".into(),
+                username: None,
+                request_id: "r".into(),
+            },
             idempotency_key: None,
             channel: "send_ding".into(),
             sender: None,
-            request_id: "r".into(),
             body: "{}".into(),
             deliveries: vec![delivery("a"), delivery("b")],
         };

@@ -51,13 +51,14 @@ fn accept_in_tx(
         // A key older than the window is free again.
         diesel::update(
             m::table
-                .filter(m::app_code.eq(&msg.app_code))
+                .filter(m::app_code.eq(&msg.caller.app_code))
                 .filter(m::idempotency_key.eq(key))
                 .filter(m::created_at.le(now - idempotency_window_ms)),
         )
         .set(m::idempotency_key.eq(None::<String>))
         .execute(conn)?;
-        if let Some(id) = find_by_key(conn, &msg.app_code, key, now - idempotency_window_ms)? {
+        if let Some(id) = find_by_key(conn, &msg.caller.app_code, key, now - idempotency_window_ms)?
+        {
             return Ok(Accepted::Replay(id));
         }
     }
@@ -65,11 +66,11 @@ fn accept_in_tx(
     diesel::insert_into(m::table)
         .values((
             m::id.eq(&id),
-            m::app_code.eq(&msg.app_code),
+            m::app_code.eq(&msg.caller.app_code),
             m::idempotency_key.eq(&msg.idempotency_key),
             m::channel.eq(&msg.channel),
             m::sender.eq(&msg.sender),
-            m::request_id.eq(&msg.request_id),
+            m::request_id.eq(&msg.caller.request_id),
             m::body.eq(&msg.body),
             m::created_at.eq(now),
         ))

@@ -21,8 +21,34 @@ pub fn claim(
 ) -> Result<Vec<DeliveryRow>, DbError> {
     let until = now + lease_ms;
     write_tx(conn, |conn| {
-        let ids = claim_statement(conn, claim, now, until, limit, message_id)?;
-        claimed(conn, &ids)
+        let ids: Vec<Claimed> = match conn {
+            DbConn::Sqlite(c) => diesel::sql_query(
+                "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
+                 WHERE status = 'queued' AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) \
+                 AND (? IS NULL OR message_id = ?) ORDER BY next_attempt_at, id LIMIT ?) RETURNING id",
+            )
+            .bind::<Text, _>(claim)
+            .bind::<BigInt, _>(until)
+            .bind::<BigInt, _>(now)
+            .bind::<BigInt, _>(now)
+            .bind::<Nullable<Text>, _>(message_id)
+            .bind::<Nullable<Text>, _>(message_id)
+            .bind::<BigInt, _>(limit)
+            .load(c)?,
+            #[cfg(feature = "postgres")]
+            DbConn::Pg(c) => diesel::sql_query(
+                "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
+                 WHERE status = 'queued' AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until < $3) \
+                 AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
+            )
+            .bind::<Text, _>(claim)
+            .bind::<BigInt, _>(until)
+            .bind::<BigInt, _>(now)
+            .bind::<Nullable<Text>, _>(message_id)
+            .bind::<BigInt, _>(limit)
+            .load(c)?,
+        };
+        claimed(conn, &ids.into_iter().map(|c| c.id).collect::<Vec<_>>())
     })
 }
 
@@ -48,44 +74,6 @@ struct Claimed {
     id: i64,
 }
 
-fn claim_statement(
-    conn: &mut DbConn,
-    claim: &str,
-    now: i64,
-    until: i64,
-    limit: i64,
-    message_id: Option<&str>,
-) -> Result<Vec<i64>, DbError> {
-    let ids: Vec<Claimed> = match conn {
-        DbConn::Sqlite(c) => diesel::sql_query(
-            "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
-             WHERE status = 'queued' AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) \
-             AND (? IS NULL OR message_id = ?) ORDER BY next_attempt_at, id LIMIT ?) RETURNING id",
-        )
-        .bind::<Text, _>(claim)
-        .bind::<BigInt, _>(until)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(now)
-        .bind::<Nullable<Text>, _>(message_id)
-        .bind::<Nullable<Text>, _>(message_id)
-        .bind::<BigInt, _>(limit)
-        .load(c)?,
-        #[cfg(feature = "postgres")]
-        DbConn::Pg(c) => diesel::sql_query(
-            "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
-             WHERE status = 'queued' AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until < $3) \
-             AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
-        )
-        .bind::<Text, _>(claim)
-        .bind::<BigInt, _>(until)
-        .bind::<BigInt, _>(now)
-        .bind::<Nullable<Text>, _>(message_id)
-        .bind::<BigInt, _>(limit)
-        .load(c)?,
-    };
-    Ok(ids.into_iter().map(|c| c.id).collect())
-}
-
 /// Claims the deliveries waiting for a robot (due or not, oldest first), so a send that is
 /// happening anyway carries them too; answers them with their message bodies.
 pub fn claim_robot_backlog(
@@ -98,30 +86,29 @@ pub fn claim_robot_backlog(
 ) -> Result<Vec<(DeliveryRow, String)>, DbError> {
     let until = now + lease_ms;
     let rows = write_tx(conn, |conn| {
-        let ids: Vec<Claimed> = match conn {
-            DbConn::Sqlite(c) => diesel::sql_query(
+        let sql = match conn {
+            DbConn::Sqlite(_) => {
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
                  WHERE target = ? AND status = 'queued' AND kind = 'robot' \
-                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_at, id LIMIT ?) RETURNING id",
-            )
-            .bind::<Text, _>(claim)
-            .bind::<BigInt, _>(until)
-            .bind::<Text, _>(robot)
-            .bind::<BigInt, _>(now)
-            .bind::<BigInt, _>(limit)
-            .load(c)?,
+                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_at, id LIMIT ?) RETURNING id"
+            }
             #[cfg(feature = "postgres")]
-            DbConn::Pg(c) => diesel::sql_query(
+            DbConn::Pg(_) => {
                 "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
                  WHERE target = $3 AND status = 'queued' AND kind = 'robot' \
-                 AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
-            )
+                 AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id"
+            }
+        };
+        let query = diesel::sql_query(sql)
             .bind::<Text, _>(claim)
             .bind::<BigInt, _>(until)
             .bind::<Text, _>(robot)
             .bind::<BigInt, _>(now)
-            .bind::<BigInt, _>(limit)
-            .load(c)?,
+            .bind::<BigInt, _>(limit);
+        let ids: Vec<Claimed> = match conn {
+            DbConn::Sqlite(c) => query.load(c)?,
+            #[cfg(feature = "postgres")]
+            DbConn::Pg(c) => query.load(c)?,
         };
         claimed(conn, &ids.into_iter().map(|c| c.id).collect::<Vec<_>>())
     })?;

@@ -13,6 +13,7 @@ pub use record::*;
 
 use crate::db::models::DeliveryRow;
 use crate::domain::delivery::{DeliveryKind, Target};
+use crate::domain::request::Caller;
 
 pub const QUEUED: &str = "queued";
 pub const SENT: &str = "sent";
@@ -39,11 +40,11 @@ impl NewDelivery {
 }
 
 pub struct NewMessage {
-    pub app_code: String,
+    /// The app that sent it and the request that carried it.
+    pub caller: Caller,
     pub idempotency_key: Option<String>,
     pub channel: String,
     pub sender: Option<String>,
-    pub request_id: String,
     /// The validated message, as JSON.
     pub body: String,
     pub deliveries: Vec<NewDelivery>,
