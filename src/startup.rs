@@ -72,7 +72,10 @@ impl Application {
     pub fn build_with(settings: Settings, options: Options) -> anyhow::Result<Self> {
         let Options { clock, poll } = options;
         let (db, manifest) = prepare(&settings)?;
-        if db.backend() == "sqlite" {
+        if matches!(
+            settings.storage.database,
+            crate::config::DatabaseUrl::Sqlite(_)
+        ) {
             // One process owns a SQLite database: claims left by a killed process are ours now.
             let released =
                 crate::outbox::store::release_orphaned_claims(&mut *db.get()?, process_alive)?;

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A channel as served; as the manifest declares it, `admin_set` is empty.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Channel {
     pub name: String,
     pub path: String,
@@ -25,6 +25,35 @@ pub struct Channel {
     pub is_hidden: bool,
     pub comp_conf: BTreeMap<String, String>,
     pub admin_set: BTreeSet<String>,
+}
+
+/// comp_conf holds secrets (`ding_app_secret`): shown masked.
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let conf: BTreeMap<&str, String> = self
+            .comp_conf
+            .iter()
+            .map(|(k, v)| {
+                let shown = if super::manifest::is_secret_key(k) && !v.is_empty() {
+                    crate::secret::mask(v)
+                } else {
+                    v.clone()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("Channel")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("methods", &self.methods)
+            .field("component", &self.component)
+            .field("timeout_s", &self.timeout_s)
+            .field("is_active", &self.is_active)
+            .field("is_hidden", &self.is_hidden)
+            .field("comp_conf", &conf)
+            .field("admin_set", &self.admin_set)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Channel {

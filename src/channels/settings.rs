@@ -53,22 +53,21 @@ impl DingtalkConf {
     }
 
     fn parse(conf: &BTreeMap<String, String>, bad: &mut dyn FnMut(ConfError)) -> Self {
+        // A refused value is still used when stored: DingTalk's refusal then names the
+        // credentials, where dropping it would claim single chat is not configured.
         let mut credential = |key: &'static str, console_name: &str| {
             let v = value(conf, key)?;
-            match credential_problem(key, v) {
-                None => Some(v.to_owned()),
-                Some(problem) => {
-                    bad(ConfError {
-                        channel: Self::CHANNEL,
-                        key,
-                        problem,
-                        fix: format!(
-                            "set it to the {console_name} exactly as the DingTalk developer console shows it"
-                        ),
-                    });
-                    None
-                }
+            if let Some(problem) = credential_problem(key, v) {
+                bad(ConfError {
+                    channel: Self::CHANNEL,
+                    key,
+                    problem,
+                    fix: format!(
+                        "set it to the {console_name} exactly as the DingTalk developer console shows it"
+                    ),
+                });
             }
+            Some(v.to_owned())
         };
         let key = credential("ding_app_key", "AppKey");
         let secret = credential("ding_app_secret", "AppSecret");
@@ -174,8 +173,10 @@ fn strict<T>(parse: impl FnOnce(&mut dyn FnMut(ConfError)) -> T) -> Result<T, Co
     first.map_or(Ok(parsed), Err)
 }
 
-/// Runs a parser, keeping the defaults it put in place of bad values and warning about them,
-/// once per process each: the settings are read for every batch.
+/// Runs a parser on stored settings and warns about what it complains of, once per process
+/// each (the settings are read for every batch). Stored values that can be used as they are
+/// (field names, credentials) are kept as they were stored before validation existed;
+/// numbers that cannot be read fall back to their defaults.
 fn lenient<T>(parse: impl FnOnce(&mut dyn FnMut(ConfError)) -> T) -> T {
     static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let mut problems = vec![];
@@ -213,7 +214,9 @@ fn credential_problem(key: &str, v: &str) -> Option<String> {
     ))
 }
 
-/// A profile field name: a profile column or an `extras` key.
+/// A profile field name: a profile column or an `extras` key (any JSON key, so only blanks
+/// and control characters are refused). A stored value refused here is still used, as it
+/// was before this check existed.
 fn field_name(
     conf: &BTreeMap<String, String>,
     key: &'static str,
@@ -223,19 +226,17 @@ fn field_name(
     let Some(v) = value(conf, key) else {
         return default.to_owned();
     };
-    if v.len() <= 64
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return v.to_owned();
+    if v.chars().count() > 64 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bad(ConfError {
+            channel: DingbotConf::CHANNEL,
+            key,
+            problem: format!(
+                "'{v}' is not a profile field name (up to 64 characters, no spaces or control characters)"
+            ),
+            fix: format!("name a profile field or extras key, e.g. {key}={default}"),
+        });
     }
-    bad(ConfError {
-        channel: DingbotConf::CHANNEL,
-        key,
-        problem: format!("'{v}' is not a profile field name (up to 64 letters, digits, _ and -)"),
-        fix: format!("name a profile field or extras key, e.g. {key}={default}"),
-    });
-    default.to_owned()
+    v.to_owned()
 }
 
 fn positive(
@@ -488,11 +489,18 @@ mod tests {
         );
         assert_eq!(
             dingbot_err(&[("token_field", "robot token")]),
-            "send_dingbot token_field: 'robot token' is not a profile field name (up to 64 letters, digits, _ and -); name a profile field or extras key, e.g. token_field=qq"
+            "send_dingbot token_field: 'robot token' is not a profile field name (up to 64 characters, no spaces or control characters); name a profile field or extras key, e.g. token_field=qq"
         );
         assert_eq!(
-            dingbot_err(&[("sign_field", "sign.field")]),
-            "send_dingbot sign_field: 'sign.field' is not a profile field name (up to 64 letters, digits, _ and -); name a profile field or extras key, e.g. sign_field=wx_userid"
+            fields(&[
+                ("token_field", "机器人.token"),
+                ("sign_field", "sign.field")
+            ]),
+            RobotFields {
+                token_field: "机器人.token".into(),
+                sign_field: "sign.field".into()
+            },
+            "any extras key names a field"
         );
         assert_eq!(
             dingbot_err(&[("token_field", "email"), ("sign_field", "email")]),
@@ -581,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_bad_values_fall_back_to_their_keys_defaults_only() {
+    fn stored_values_are_kept_and_unreadable_numbers_fall_back_to_their_defaults() {
         let bot = channel(
             Component::SendDingbot,
             &[
@@ -599,11 +607,27 @@ mod tests {
         assert_eq!(c.robot_limits.for_robot("ops").limit, 10);
         assert_eq!(DingbotConf::from_channel(None), DingbotConf::default());
 
+        let spaced = channel(Component::SendDingbot, &[("token_field", "robot token")]);
+        assert_eq!(
+            DingbotConf::from_channel(Some(&spaced)).fields.token_field,
+            "robot token",
+            "a stored field name is used as it was before validation existed"
+        );
         let app = channel(
             Component::SendDingtalk,
             &[("ding_app_key", "dingk"), ("ding_app_secret", "bad secret")],
         );
-        assert_eq!(DingtalkConf::from_channel(Some(&app)).app, None);
+        let shown = format!("{app:?}");
+        assert!(
+            !shown.contains("bad secret") && shown.contains("ding_app_secret"),
+            "{shown}"
+        );
+        let app = DingtalkConf::from_channel(Some(&app)).app.unwrap();
+        assert_eq!(
+            app.secret.expose(),
+            "bad secret",
+            "kept, so DingTalk's refusal names the credentials"
+        );
     }
 
     #[test]

@@ -2,10 +2,9 @@
 
 use super::{engine, no_channel};
 use crate::channels::registry;
-use crate::channels::settings::DeliverySettings;
 use crate::config::Settings;
 use crate::core::receipt::Verdict;
-use crate::core::service::{Known, SendService};
+use crate::core::service::SendService;
 use crate::domain::request::Caller;
 use anyhow::{bail, Context};
 
@@ -86,11 +85,7 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         request_id: crate::secret::random_hex(16),
     };
     let service = SendService::new(outbox.clone(), settings.outbox.idempotency_window);
-    let known = Known {
-        settings: DeliverySettings::from_registry(&channels),
-        directory: None,
-    };
-    let receipt = runtime.block_on(service.submit_with(request, &caller, known))?;
+    let receipt = runtime.block_on(service.submit(request, &caller))?;
     for r in &receipt.receivers {
         let error = r
             .error

@@ -9,6 +9,7 @@ use crate::directory::import::{FileImport, Format};
 use crate::directory::profile::Profile;
 use crate::directory::provider::Provider;
 use crate::directory::store;
+use crate::domain::secrets::SignSecret;
 use crate::secret::mask;
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -164,7 +165,7 @@ fn display_profile(p: &Profile, fields: &RobotFields) -> (&'static str, BTreeMap
     let secret_field =
         |name: &str| robot && (name == fields.token_field || name == fields.sign_field);
     let shown = |name: &str, v: &str| {
-        if secret_field(name) || v.starts_with("SEC") {
+        if secret_field(name) || SignSecret::looks_like(v) {
             mask(v)
         } else {
             v.to_owned()

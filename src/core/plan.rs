@@ -236,7 +236,7 @@ async fn plan_targets(
             }
         }
     }
-    // Only robots are needed past this point; the hand-over carries them to the worker.
+    // Only robots are needed past this point; the hand-over carries them to the senders.
     profiles.retain(|name, p| {
         matches!(classify(p, &fields), Kind::Robot { .. })
             && plan
@@ -247,7 +247,7 @@ async fn plan_targets(
 }
 
 /// Looks the phones up (cache first) until `deadline`; a person DingTalk doesn't know fails
-/// now, one whose lookup didn't answer stays queued by phone for the worker.
+/// now, one whose lookup didn't answer stays queued by phone for the outbox.
 async fn resolve_phones(
     outbox: &Outbox,
     plan: &mut [NewDelivery],
@@ -289,7 +289,7 @@ async fn resolve_phones(
                     .take(&app.key, 1, outbox.clock.now_ms())
                     .is_err()
                 {
-                    // Out of call budget: the worker looks it up when there is some.
+                    // Out of call budget: the outbox looks it up when there is some.
                     return (i, by_phone(&receiver, &mobile));
                 }
                 let answer = tokio::time::timeout_at(
@@ -308,7 +308,7 @@ async fn resolve_phones(
                         | MobileLookup::IpNotWhitelisted(e)
                         | MobileLookup::Failed(e),
                     )) => refused(&receiver, &e),
-                    // Not an answer about the person: the worker looks again.
+                    // Not an answer about the person: the outbox looks again.
                     Ok(Ok(MobileLookup::Transient(_))) | Ok(Err(_)) | Err(_) => {
                         by_phone(&receiver, &mobile)
                     }

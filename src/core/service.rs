@@ -47,10 +47,6 @@ impl SendService {
         }
     }
 
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
     /// [`Self::submit_with`], reading the delivery settings first.
     pub async fn submit(
         &self,

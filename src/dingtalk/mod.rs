@@ -7,5 +7,5 @@ pub mod message;
 pub mod sign;
 
 pub use client::{App, ClientConfig, DingTalk, MobileLookup, Robot, UserOutcome};
-pub use error::{Class, DingTalkError, Kind as ErrorKind};
+pub use error::{Class, DingTalkError};
 pub use message::{At, Message};

@@ -128,11 +128,13 @@ fn from_row(r: UserRow) -> Result<Profile, DbError> {
                 .into(),
             ))
         })?,
-        telephone: r
-            .telephone
-            .map(|t| Mobile::parse_in(&t, Some(&r.country_code)))
-            .transpose()
-            .map_err(|_| corrupt("telephone"))?,
+        // A telephone stored before numbers were validated must not make the whole read fail
+        // (a robot user in a batch would stop the batch): the person has no usable phone.
+        telephone: r.telephone.and_then(|t| {
+            Mobile::parse_in(&t, Some(&r.country_code))
+                .inspect_err(|e| tracing::warn!(user = %r.username, error = %e, "stored telephone is invalid; fix it with `ding-channel users import`"))
+                .ok()
+        }),
         display_name: r.display_name,
         country_code: r.country_code,
         email: r.email,

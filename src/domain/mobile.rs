@@ -6,7 +6,8 @@
 //! - an optional leading `+CC`, a country code of 1 to 4 digits ended by a space or `-`
 //!   (`+86 138…`, `+852-9123-4567`). Written without a separator (`+8613800000001`) the
 //!   code's end is unknown (codes are 1 to 4 digits long), so it is accepted only when the
-//!   record names its country code and the digits begin with it;
+//!   record names its country code and the digits begin with it, or for `+86` and a
+//!   mainland mobile (11 digits from 1);
 //! - then the national number: 5 to 20 digits, spaces and `-` allowed between groups;
 //! - without `+CC` the country code is the record's, else `86`, DingTalk's home;
 //! - its text is what getbymobile matches: the bare national number in mainland China
@@ -41,6 +42,14 @@ pub enum MobileError {
     },
     #[error("'{0}' is not a country code (1 to 4 digits, e.g. 86)")]
     CountryCode(String),
+}
+
+/// `86` and a mainland mobile (11 digits from 1): the one unsplit `+CC…` form whose code's end
+/// is known, and what callers who copy a number from DingTalk often send.
+fn is_mainland(digits: &str) -> bool {
+    digits
+        .strip_prefix(DEFAULT_COUNTRY_CODE)
+        .is_some_and(|n| n.len() == 11 && n.starts_with('1'))
 }
 
 /// A country code's digits, without `+`: 1 to 4 of them.
@@ -85,6 +94,9 @@ impl Mobile {
                     .unwrap_or(after.len());
                 let (code, rest) = match (end == after.len(), &given) {
                     (true, Some(cc)) if after.starts_with(cc.as_str()) => after.split_at(cc.len()),
+                    (true, None) if is_mainland(after) => {
+                        after.split_at(DEFAULT_COUNTRY_CODE.len())
+                    }
                     (true, _) => return Err(MobileError::UnsplitCountryCode(raw.to_owned())),
                     (false, _) => after.split_at(end),
                 };
@@ -191,6 +203,7 @@ mod tests {
             ("+1 (555) 123-4567", None, "+1-5551234567"),
             ("91234567", Some("852"), "+852-91234567"),
             ("+8613800000001", Some("86"), "13800000001"),
+            ("+8613800000001", None, "13800000001"),
             ("13800000001", Some("1"), "+1-13800000001"),
         ] {
             assert_eq!(text(raw, cc), Ok(want.to_owned()), "{raw} {cc:?}");
@@ -211,7 +224,7 @@ mod tests {
             ("1234", None, "'1234' has 4 digits; a phone number has 5 to 20"),
             ("+1 2345", None, "'+1 2345' has 4 digits; a phone number has 5 to 20"),
             ("1".repeat(21).as_str(), None, "'111111111111111111111' has 21 digits; a phone number has 5 to 20"),
-            ("+8613800000001", None, "'+8613800000001' does not show where the country code ends; write '+CC NUMBER' with a space after the code"),
+            ("+85291234567", None, "'+85291234567' does not show where the country code ends; write '+CC NUMBER' with a space after the code"),
             ("+86138 0000 0001", None, "'+86138 0000 0001' starts with '+' but '86138' is not a country code (1 to 4 digits)"),
             ("+1 5551234567", Some("86"), "'+1 5551234567' has country code +1 but country_code is 86"),
             ("13800000001", Some("x1"), "'x1' is not a country code (1 to 4 digits, e.g. 86)"),

@@ -1,8 +1,8 @@
-//! The delivery engine: workers send deliveries through the right DingTalk path and record
-//! each outcome. A send's handler accepts its message with the deliveries already claimed by
-//! this process, hands them over with `submit`, and waits (bounded) for the first attempt;
-//! retries and anything a dead process left are found by polling, so nothing accepted depends
-//! on a request staying alive.
+//! The delivery engine: claims deliveries under leases, hands each to the sender of its kind
+//! ([`crate::senders`]) and records each outcome. The send service accepts a message with its
+//! deliveries already claimed by this process, hands them over with `submit`, and waits
+//! (bounded) for the first attempt; retries and anything a dead process left are found by
+//! polling, so nothing accepted depends on a request staying alive.
 
 use super::lease::{Held, Lease, Leases};
 use super::policy::Policy;

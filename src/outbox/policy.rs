@@ -19,7 +19,7 @@ impl Policy {
     }
 
     /// The outcome to record for each verdict of one sender task. A wait "until the retry"
-    /// ends with the latest retry of the same task (or now, if there is none).
+    /// ends with the latest retry of the same task (or at its fallback, if there is none).
     pub fn outcomes(&self, verdicts: Verdicts) -> Vec<(DeliveryRow, Outcome)> {
         let now = self.clock.now_ms();
         let mut outcomes: Vec<(DeliveryRow, Option<Outcome>, Verdict)> = verdicts
@@ -27,10 +27,10 @@ impl Policy {
             .map(|(row, v)| {
                 let o = match &v {
                     Verdict::Wait {
-                        until: Until::TheRetry,
+                        until: Until::TheRetry { .. },
                         ..
                     } => None,
-                    other => Some(self.outcome(&row, other.clone(), now, now)),
+                    other => Some(self.outcome(&row, other.clone(), None, now)),
                 };
                 (row, o, v)
             })
@@ -41,8 +41,7 @@ impl Policy {
                 Some(Outcome::Retry { at, .. }) => Some(*at),
                 _ => None,
             })
-            .max()
-            .unwrap_or(now);
+            .max();
         outcomes
             .drain(..)
             .map(|(row, o, v)| {
@@ -52,8 +51,8 @@ impl Policy {
             .collect()
     }
 
-    /// `retry_at`: when a wait for the task's retry ends.
-    fn outcome(&self, row: &DeliveryRow, v: Verdict, retry_at: i64, now: i64) -> Outcome {
+    /// `retry_at`: the task's latest retry, if any.
+    fn outcome(&self, row: &DeliveryRow, v: Verdict, retry_at: Option<i64>, now: i64) -> Outcome {
         match v {
             Verdict::Sent {
                 request_id,
@@ -76,7 +75,7 @@ impl Policy {
             } => {
                 let at = match until {
                     Until::At(at) => at,
-                    Until::TheRetry => retry_at,
+                    Until::TheRetry { or } => retry_at.unwrap_or(or),
                 };
                 self.defer(row, at.max(now), reason, parts_sent, now)
             }
@@ -252,7 +251,10 @@ mod tests {
             parts_sent: None,
         };
         let out = policy().outcomes(vec![
-            (row(1, 0, day), with_retry(Until::TheRetry)),
+            (
+                row(1, 0, day),
+                with_retry(Until::TheRetry { or: NOW + 3_000 }),
+            ),
             (row(2, 0, day), retry(Some(Duration::from_secs(90)))),
         ]);
         let retry_at = match &out[1].1 {
@@ -260,7 +262,13 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(matches!(&out[0].1, Outcome::Deferred { at, .. } if *at == retry_at));
-        let alone = policy().outcomes(vec![(row(1, 0, day), with_retry(Until::TheRetry))]);
-        assert!(matches!(&alone[0].1, Outcome::Deferred { at, .. } if *at == NOW));
+        let alone = policy().outcomes(vec![(
+            row(1, 0, day),
+            with_retry(Until::TheRetry { or: NOW + 3_000 }),
+        )]);
+        assert!(
+            matches!(&alone[0].1, Outcome::Deferred { at, .. } if *at == NOW + 3_000),
+            "no retry: the fallback"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! group, pace, render and call DingTalk, and what each answer means for a delivery.
 //!
 //! To add a path (work notifications, an upstream CMSI): implement [`Sender`] in a file of its
-//! own and register it in [`crate::outbox::Outbox::from_settings`] for its [`DeliveryKind`].
+//! own and map its `DeliveryKind` to it in `Outbox::sender` (src/outbox/engine.rs), built in `Outbox::from_settings`.
 
 pub mod app_robot;
 pub mod digest;
@@ -80,9 +80,11 @@ impl Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
     At(i64),
-    /// With the retry of the deliveries of the same task that failed: what waits for one
-    /// robot goes out together.
-    TheRetry,
+    /// With the retry of the deliveries of the same task that failed (what waits for one
+    /// robot goes out together), or at `or` when none of them is retried (all gave up).
+    TheRetry {
+        or: i64,
+    },
 }
 
 /// A sender's outcome for each delivery it was given.

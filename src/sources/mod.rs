@@ -2,7 +2,8 @@
 //! [`SendRequest`](crate::domain::request::SendRequest), submits it to the
 //! [`SendService`](crate::core::SendService) and turns the
 //! [`Receipt`](crate::core::Receipt) into its own answer ([`Source`]). The ESB/CMSI
-//! components are the first source; the command line's `send` is another.
+//! components are the first source (the command line's `send` reuses its argument parser and
+//! the same service).
 //!
 //! To add one (Alertmanager, Grafana): a module here with its routes, implementing [`Source`]
 //! for its payload and answer, and its routes added in [`configure`].

@@ -307,6 +307,7 @@ mod tests {
         assert_eq!(phone("+852-9123-4567", Some("+852")), ok("852", "91234567"));
         assert_eq!(phone("+8613800000001", Some("86")), ok("86", "13800000001"));
         assert_eq!(phone("13800000001", Some("1")), ok("1", "13800000001"));
+        assert_eq!(phone("+8613800000001", None), ok("86", "13800000001"));
         assert_eq!(
             phone("+1 5551234567", Some("86")),
             Err(vec![
@@ -315,9 +316,9 @@ mod tests {
             ])
         );
         assert_eq!(
-            phone("+8613800000001", None),
+            phone("+85291234567", None),
             Err(vec![
-                "row 1: telephone: '+8613800000001' does not show where the country code ends; \
+                "row 1: telephone: '+85291234567' does not show where the country code ends; \
                 write '+CC NUMBER' with a space after the code, or set country_code"
                     .into()
             ])

@@ -175,7 +175,8 @@ impl RobotSender {
                         };
                         out.push((take(&mut rows, *id), retry));
                     }
-                    (resume, reason) = (Until::TheRetry, format!("retrying after: {e}"));
+                    resume = Until::TheRetry { or: slots.next_at };
+                    reason = format!("retrying after: {e}");
                     break;
                 }
                 Err(e) => {

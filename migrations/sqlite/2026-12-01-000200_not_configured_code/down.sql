@@ -1,0 +1,1 @@
+-- The codes up.sql set only name what the text said; they stay.
