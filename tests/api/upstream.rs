@@ -208,6 +208,7 @@ async fn send_msg_of_a_type_not_served_here_goes_upstream_unchanged_and_comes_ba
     assert_eq!(got.header("blueking-language"), Some("en"));
     assert_eq!(got.header("x-bk-tenant-id"), Some("tenant-a"));
     assert_eq!(got.header("x-request-id"), Some("rid-up-1"));
+    assert_eq!(got.header("x-ding-channel-passed"), Some("1"));
     for absent in ["cookie", "x-unrelated"] {
         assert_eq!(got.header(absent), None, "{absent} was passed on");
     }
@@ -456,6 +457,42 @@ async fn an_upstream_answering_something_that_is_not_json_fails_honestly() {
         ),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn a_request_that_comes_back_from_the_upstream_is_not_passed_on_again() {
+    let fake = FakeCmsi::start(false);
+    let app = app_before(&fake.base, &[]).await;
+    // What an upstream address routed back to ding-channel would deliver.
+    let res = app
+        .client
+        .post(app.url("send_mail"))
+        .header("X-Ding-Channel-Passed", "1")
+        .json(
+            &json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver": "a@example.com"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let env: Value = res.json().await.unwrap();
+    assert_refused(
+        &env,
+        1306000,
+        &format!("send_mail came back from the upstream CMSI at {} (DING_CHANNEL_UPSTREAM_CMSI): it must be the ESB's own address", fake.base),
+    );
+    let types = app
+        .client
+        .post(app.url("get_msg_type"))
+        .header("X-Ding-Channel-Passed", "1")
+        .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(types["message"], "ok", "{types}");
+    assert!(fake.received().is_empty(), "{:?}", fake.received());
 }
 
 #[tokio::test]

@@ -32,6 +32,10 @@ pub const FORWARDED_HEADERS: &[&str] = &[
     "traceparent",
 ];
 
+/// Marks what ding-channel passed on. A request that carries it came back: the upstream is
+/// an address routed to ding-channel, and passing it on again would loop until the timeout.
+pub const LOOP_HEADER: &str = "x-ding-channel-passed";
+
 /// The CMSI components of the ESB; any other name is counted as `other`, so a caller cannot
 /// grow the metric's series.
 const COMPONENTS: &[&str] = &[
@@ -190,6 +194,19 @@ impl Call<'_> {
     /// is not JSON: the envelope `1306201` naming the upstream and what went wrong, as the ESB
     /// answers a third-party system that fails.
     pub async fn pass(&self, component: &str) -> HttpResponse {
+        if self.came_back() {
+            let up = self.upstream;
+            tracing::error!(upstream = %up.base, "a request passed upstream came back: DING_CHANNEL_UPSTREAM_CMSI must be the ESB's own address, not one routed to ding-channel");
+            return HttpResponse::Ok().json(Envelope::err(
+                Code::Generic,
+                format!(
+                    "{component} came back from the upstream CMSI at {} (DING_CHANNEL_UPSTREAM_CMSI): it must be the ESB's own address, not one whose cmsi/ paths are routed to ding-channel",
+                    up.base
+                ),
+                Value::Null,
+                self.request_id,
+            ));
+        }
         let json = |answer: Answer| {
             if serde_json::from_slice::<serde::de::IgnoredAny>(&answer.body).is_ok() {
                 Ok(answer)
@@ -239,6 +256,9 @@ impl Call<'_> {
         let Value::Array(ours) = &mut reply.data else {
             return reply;
         };
+        if self.came_back() {
+            return reply;
+        }
         match self.send("get_msg_type", |a| msg_types(&a)).await {
             Ok(theirs) => *ours = merge(std::mem::take(ours), theirs),
             Err(failure) => {
@@ -251,6 +271,10 @@ impl Call<'_> {
             }
         }
         reply
+    }
+
+    fn came_back(&self) -> bool {
+        self.req.headers().contains_key(LOOP_HEADER)
     }
 
     /// One call upstream, its answer judged by `check`; counted and logged once (never its
@@ -317,7 +341,8 @@ impl Call<'_> {
         let mut out = up
             .http
             .request(method, url)
-            .header("x-request-id", self.request_id);
+            .header("x-request-id", self.request_id)
+            .header(LOOP_HEADER, "1");
         for name in FORWARDED_HEADERS {
             for value in req.headers().get_all(*name) {
                 out = out.header(*name, value.as_bytes());
