@@ -47,6 +47,8 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_RETRY_BASE_MS",
     "DING_CHANNEL_RETRY_CAP_S",
     "DING_CHANNEL_IDEMPOTENCY_S",
+    "DING_CHANNEL_UPSTREAM_CMSI",
+    "DING_CHANNEL_UPSTREAM_TIMEOUT_MS",
 ];
 
 /// The settings, by the part of the server they concern. Each is read from one flat key (the
@@ -60,6 +62,8 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub directory: DirectorySettings,
     pub log: LogSettings,
+    /// The platform's own CMSI, for what ding-channel does not serve; `None`: not passed on.
+    pub upstream: Option<UpstreamSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +118,15 @@ pub struct DirectorySettings {
 pub struct LogSettings {
     pub filter: String,
     pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// The ESB's base URL without `/api/c/compapi` (as platforms' `BK_COMPONENT_API_URL`);
+    /// it carries no credentials, so it may be shown in logs and answers.
+    pub cmsi: Url,
+    /// The longest a call to it may take, connecting included.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,6 +378,16 @@ impl Settings {
         let idempotency = parse("DING_CHANNEL_IDEMPOTENCY_S", "86400", &|v| {
             int_in(v, 60, 30 * 86_400)
         })?;
+        let upstream = parse("DING_CHANNEL_UPSTREAM_CMSI", "", &|v| {
+            if v.is_empty() {
+                Ok(())
+            } else {
+                upstream_url(v).map(drop)
+            }
+        })?;
+        let upstream_timeout = parse("DING_CHANNEL_UPSTREAM_TIMEOUT_MS", "5000", &|v| {
+            int_in(v, 100, 60_000)
+        })?;
         let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
@@ -410,6 +433,10 @@ impl Settings {
                     LogFormat::Text
                 },
             },
+            upstream: (!upstream.is_empty()).then(|| UpstreamSettings {
+                cmsi: upstream_url(&upstream).expect("validated above"),
+                timeout: millis(&upstream_timeout),
+            }),
         })
     }
 }
@@ -502,6 +529,35 @@ fn http_url(v: &str) -> Result<Url, String> {
         "http" | "https" => Ok(url),
         s => Err(format!("'{v}' has scheme '{s}' (use http:// or https://)")),
     }
+}
+
+/// The ESB's base URL: http(s), no credentials (the caller's own are forwarded, and the URL is
+/// shown in answers), no query, and not ending in `/api/c/compapi`, which is added per request.
+fn upstream_url(v: &str) -> Result<Url, String> {
+    // Checked before anything that would echo the value.
+    if Url::parse(v).is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) {
+        return Err(
+            "carries credentials; drop them: each caller's own authentication is forwarded"
+                .to_owned(),
+        );
+    }
+    let url = http_url(v)?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "'{v}' names no host (use e.g. http://paas.example.com)"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "'{v}' has a query or fragment; give the ESB's base URL only (e.g. http://paas.example.com)"
+        ));
+    }
+    if url.path().trim_end_matches('/').ends_with("/api/c/compapi") {
+        return Err(format!(
+            "'{v}' ends in /api/c/compapi; drop it (ding-channel adds /api/c/compapi/… to the base URL)"
+        ));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -649,6 +705,45 @@ mod tests {
         );
         let e = Settings::from_env_map(env(&[("DINGTALK_PROXY", "socks9://p:1")])).unwrap_err();
         assert!(e.to_string().contains("scheme 'socks9'"), "{e}");
+    }
+
+    #[test]
+    fn the_upstream_cmsi_is_a_base_url_without_credentials() {
+        let s = Settings::from_env_map(env(&[])).unwrap();
+        assert!(s.upstream.is_none());
+        let s = Settings::from_env_map(env(&[
+            ("DING_CHANNEL_UPSTREAM_CMSI", "http://10.0.0.5:8000/"),
+            ("DING_CHANNEL_UPSTREAM_TIMEOUT_MS", "800"),
+        ]))
+        .unwrap();
+        let up = s.upstream.unwrap();
+        assert_eq!(up.cmsi.as_str(), "http://10.0.0.5:8000/");
+        assert_eq!(up.timeout, Duration::from_millis(800));
+        let s =
+            Settings::from_env_map(env(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://esb")])).unwrap();
+        assert_eq!(s.upstream.unwrap().timeout, Duration::from_secs(5));
+
+        let err =
+            |pairs: &[(&str, &str)]| Settings::from_env_map(env(pairs)).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://paas.example.com/api/c/compapi/")]),
+            "DING_CHANNEL_UPSTREAM_CMSI (environment): 'http://paas.example.com/api/c/compapi/' ends in /api/c/compapi; drop it (ding-channel adds /api/c/compapi/… to the base URL)"
+        );
+        let with_password = err(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://u:hunter2@esb:80")]);
+        assert_eq!(
+            with_password,
+            "DING_CHANNEL_UPSTREAM_CMSI (environment): carries credentials; drop them: each caller's own authentication is forwarded"
+        );
+        assert!(!err(&[("DING_CHANNEL_UPSTREAM_CMSI", "ftp://u:hunter2@esb")]).contains("hunter2"));
+        assert!(err(&[("DING_CHANNEL_UPSTREAM_CMSI", "ftp://esb")]).contains("scheme 'ftp'"));
+        assert!(err(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://esb/?a=1")]).contains("query"));
+        assert_eq!(
+            err(&[
+                ("DING_CHANNEL_UPSTREAM_CMSI", "http://esb"),
+                ("DING_CHANNEL_UPSTREAM_TIMEOUT_MS", "0")
+            ]),
+            "DING_CHANNEL_UPSTREAM_TIMEOUT_MS (environment): '0' is not a whole number from 100 to 60000"
+        );
     }
 
     #[test]

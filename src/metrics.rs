@@ -1,5 +1,6 @@
 //! Prometheus counters (`GET /metrics`): deliveries by kind and status, DingTalk calls by API
-//! and outcome; the queue depth is read from the database at scrape time.
+//! and outcome, calls to the upstream CMSI by component and outcome; the queue depth is read
+//! from the database at scrape time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -11,6 +12,7 @@ const DEFERRED: &str = "deferred";
 pub struct Metrics {
     deliveries: Mutex<BTreeMap<(String, &'static str), u64>>,
     dingtalk: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    upstream: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -44,6 +46,16 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// One call to the upstream CMSI; `component` comes from a fixed list, so the series stay few.
+    pub fn upstream(&self, component: &'static str, outcome: &'static str) {
+        *self
+            .upstream
+            .lock()
+            .expect("metrics lock")
+            .entry((component, outcome))
+            .or_default() += 1;
+    }
+
     pub fn render(&self, queue_depth: Option<i64>) -> String {
         let mut out = String::new();
         out.push_str("# HELP ding_channel_deliveries_total Delivery attempts by receiver kind and outcome.\n# TYPE ding_channel_deliveries_total counter\n");
@@ -58,6 +70,13 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "ding_channel_dingtalk_requests_total{{api=\"{api}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP ding_channel_upstream_requests_total Requests passed to the upstream CMSI by component and outcome.\n# TYPE ding_channel_upstream_requests_total counter\n");
+        for ((component, outcome), n) in self.upstream.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "ding_channel_upstream_requests_total{{component=\"{component}\",outcome=\"{outcome}\"}} {n}"
             );
         }
         if let Some(depth) = queue_depth {

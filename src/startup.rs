@@ -8,6 +8,7 @@ use crate::config::Settings;
 use crate::core::SendService;
 use crate::db::Db;
 use crate::outbox::Outbox;
+use crate::sources::esb::upstream::Upstream;
 use crate::sources::esb::Esb;
 use crate::{http, sources};
 use actix_web::dev::Server;
@@ -106,10 +107,22 @@ impl Application {
             max_body: settings.server.max_body,
             clock: outbox.clock.clone(),
         });
+        let upstream = match &settings.upstream {
+            Some(up) => Some(web::Data::new(
+                Upstream::new(up, settings.server.max_body, outbox.metrics.clone())
+                    .context("cannot set up the client of the upstream CMSI")?,
+            )),
+            None => None,
+        };
         let (db, metrics) = (web::Data::new(db), web::Data::new(outbox.metrics.clone()));
         let server = HttpServer::new(move || {
-            App::new()
-                .app_data(service.clone())
+            let app = App::new();
+            // Absent when DING_CHANNEL_UPSTREAM_CMSI is not set: nothing is passed on.
+            let app = match &upstream {
+                Some(up) => app.app_data(up.clone()),
+                None => app,
+            };
+            app.app_data(service.clone())
                 .app_data(esb.clone())
                 .app_data(db.clone())
                 .app_data(metrics.clone())

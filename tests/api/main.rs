@@ -16,5 +16,6 @@ mod registry;
 #[cfg(feature = "postgres")]
 mod scale_out;
 mod storage;
+mod upstream;
 mod userids;
 mod users;

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod params;
 pub mod routes;
+pub mod upstream;
 
 use crate::channels::manifest::Manifest;
 use crate::clock::SharedClock;

@@ -6,7 +6,9 @@ use super::auth::{self, Credentials};
 use super::envelope::{Envelope, Reply};
 use super::error::{EsbError, Surface};
 use super::params::Params;
+use super::upstream::{self, Upstream};
 use super::{args::MAX_RECEIVERS, components, Esb};
+use crate::channels::manifest::Component;
 use crate::channels::registry;
 use crate::channels::settings::DeliverySettings;
 use crate::core::plan::Directory;
@@ -59,15 +61,32 @@ async fn message(req: HttpRequest, esb: web::Data<Esb>, path: web::Path<String>)
     }
 }
 
+/// What a component path answers: our envelope, or the upstream CMSI's answer as it came.
+enum Answer {
+    Reply(Reply),
+    Upstream(HttpResponse),
+}
+
 async fn esb(
     req: HttpRequest,
     payload: web::Payload,
     esb: web::Data<Esb>,
     service: web::Data<SendService>,
+    upstream: Option<web::Data<Upstream>>,
 ) -> HttpResponse {
     let rid = request_id(&req);
-    match serve_esb(&req, payload, &esb, &service, &rid).await {
-        Ok(reply) => HttpResponse::Ok().json(reply.into_envelope(&rid)),
+    match serve_esb(
+        &req,
+        payload,
+        &esb,
+        &service,
+        upstream.as_ref().map(|u| u.get_ref()),
+        &rid,
+    )
+    .await
+    {
+        Ok(Answer::Reply(reply)) => HttpResponse::Ok().json(reply.into_envelope(&rid)),
+        Ok(Answer::Upstream(res)) => res,
         Err(e) => e.respond(&rid, Surface::Esb),
     }
 }
@@ -84,19 +103,33 @@ async fn serve_esb(
     payload: web::Payload,
     esb: &Esb,
     service: &SendService,
+    upstream: Option<&Upstream>,
     rid: &str,
-) -> Result<Reply, EsbError> {
-    let body = read_body(req, payload, esb.max_body).await?;
+) -> Result<Answer, EsbError> {
+    // Kept as received: what is not ours is passed on byte for byte.
+    let body = web::Bytes::from(read_body(req, payload, esb.max_body).await?);
+    let path = channel_path(req.match_info().query("tail"));
+    let call = upstream.map(|up| up.call(req, &body, rid));
+    if let Some(call) = &call {
+        // Decided before the body is parsed or the caller authenticated: the upstream does both.
+        if let Some(component) = upstream::foreign_path(&esb.manifest, &path) {
+            return Ok(Answer::Upstream(call.pass(component).await));
+        }
+    }
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let params = Params::from_request(req.query_string(), content_type, &body)?;
+    if let Some(call) = &call {
+        if upstream::foreign_msg_type(&esb.manifest, &path, &params) {
+            return Ok(Answer::Upstream(call.pass("send_msg").await));
+        }
+    }
     let creds = Credentials::from_request(
         req.headers().get(auth::HEADER).map(HeaderValue::as_bytes),
         &params,
     )?;
-    let path = channel_path(req.match_info().query("tail"));
     // One read serves the request: the app, the registry (a handful of rows: the path,
     // send_msg's routing, the delivery settings) and the directory entries of the usernames
     // named. Those are taken as given here; the component validates them.
@@ -161,7 +194,13 @@ async fn serve_esb(
         channels: &channels,
         directory,
     };
-    components::handle(ctx, &channel, &params).await
+    let reply = components::handle(ctx, &channel, &params).await?;
+    Ok(Answer::Reply(match &call {
+        Some(call) if channel.component == Component::GetMsgType => {
+            call.with_msg_types(reply).await
+        }
+        _ => reply,
+    }))
 }
 
 async fn read_body(
