@@ -61,7 +61,9 @@ impl From<SendError> for EsbError {
 }
 
 /// The CMSI answer for a send: `data.deliveries` per receiver, the failed ones also in
-/// `username_check.invalid` (what bk-monitor reads).
+/// `username_check.invalid`. Some receivers failed → `result: false` with the real CMSI's
+/// code and message prefix: bk-monitor reads the invalid list only when `result` is false,
+/// and ITSM accepts a false result whose message starts with `Some users failed`.
 pub fn answer(receipt: &Receipt) -> Reply {
     let invalid: Vec<&str> = receipt.failed().map(|r| r.receiver.as_str()).collect();
     let mut data = json!({
@@ -77,18 +79,35 @@ pub fn answer(receipt: &Receipt) -> Reply {
     if receipt.replay {
         data["idempotent_replay"] = Value::Bool(true);
     }
-    let code = match receipt.verdict() {
-        Verdict::Accepted | Verdict::Partial => Code::Ok,
-        Verdict::Refused(Cause::NotConfigured) => Code::Generic,
-        Verdict::Refused(Cause::DingTalk) => Code::ThirdParty,
-        Verdict::Refused(Cause::Directory | Cause::NotInDingTalk) => Code::UnknownReceivers,
+    let (code, message) = match receipt.verdict() {
+        Verdict::Accepted => (Code::Ok, receipt.summary()),
+        // The ESB gives a component's `result: false` without a code 1306000.
+        Verdict::Partial => (Code::Generic, partial_message(receipt)),
+        Verdict::Refused(Cause::NotConfigured) => (Code::Generic, receipt.summary()),
+        Verdict::Refused(Cause::DingTalk) => (Code::ThirdParty, receipt.summary()),
+        Verdict::Refused(Cause::Directory | Cause::NotInDingTalk) => {
+            (Code::UnknownReceivers, receipt.summary())
+        }
     };
     Reply {
         code,
-        message: receipt.summary(),
+        message,
         data,
     }
 }
+
+/// "Some users failed to send (2 of 5): ghost (unknown user), carol (no telephone …)".
+fn partial_message(receipt: &Receipt) -> String {
+    format!(
+        "{PARTIAL_PREFIX} ({} of {}): {}",
+        receipt.failed().count(),
+        receipt.receivers.len(),
+        receipt.reasons()
+    )
+}
+
+/// What CMSI callers test a partial failure by.
+const PARTIAL_PREFIX: &str = "Some users failed to send";
 
 /// `send_msg` routes by `msg_type` through the manifest's message types to an active channel.
 fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel, EsbError> {
