@@ -505,7 +505,11 @@ async fn single_chat_by_userid_or_mobile_and_group_mentions() {
         env["data"]["username_check"]["invalid"],
         json!(["13700000000"])
     );
-    assert_refused(&env, 1306000, "Some users failed to send (1 of 2): 13700000000");
+    assert_refused(
+        &env,
+        1306000,
+        "Some users failed to send (1 of 2): 13700000000",
+    );
 
     let env = app
         .post("send_dingbot", json!({"receiver__username": "ops-robot", "msg_key": "markdown", "title": "Oncall", "content": "## page", "at_mobiles": "13800000001", "at_all": "0"}))

@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod dingtalk;
 mod envelope;
+mod esb_compat;
 mod helpers;
 mod layering;
 mod limits;
