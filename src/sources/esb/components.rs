@@ -26,6 +26,19 @@ pub struct Context<'a> {
     pub channels: &'a [Channel],
     /// The directory entries of the usernames named, read with the registry.
     pub directory: Option<Directory>,
+    /// The `Blueking-Language` header, when sent.
+    pub language: Option<&'a str>,
+}
+
+/// The ESB answers English labels when `Blueking-Language` is `en` or absent, and Chinese
+/// for any other language (the platforms send `zh-cn`, `zh-hans`, …).
+fn english(language: Option<&str>) -> bool {
+    language.map(str::trim).is_none_or(|l| {
+        l.is_empty()
+            || l.split(['-', '_'])
+                .next()
+                .is_some_and(|primary| primary.eq_ignore_ascii_case("en"))
+    })
 }
 
 /// Runs the channel's component.
@@ -158,6 +171,7 @@ fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel, EsbEr
 
 fn get_msg_type(ctx: &Context<'_>) -> Result<Reply, EsbError> {
     let channels = ctx.channels;
+    let english = english(ctx.language);
     let data: Vec<Value> = ctx
         .manifest
         .msg_types
@@ -166,14 +180,32 @@ fn get_msg_type(ctx: &Context<'_>) -> Result<Reply, EsbError> {
             let active = channels
                 .iter()
                 .any(|c| c.name == t.channel && c.is_active && !c.is_hidden);
+            let label = if english { &t.label_en } else { &t.label };
+            // `name` and `enabled` are the bk-cmsi gateway's `v1/channels` names for the
+            // label and the state; bk-monitor reads either.
             json!({
                 "type": t.kind,
-                "label": t.label,
+                "label": label,
+                "name": label,
                 "label_en": t.label_en,
                 "icon": t.icon,
                 "is_active": active,
+                "enabled": active,
             })
         })
         .collect();
     Ok(Reply::ok(Value::Array(data), "ok"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels_are_english_for_en_or_no_language_and_chinese_otherwise() {
+        for en in [None, Some("en"), Some("EN"), Some("en-US"), Some(" ")] {
+            assert!(super::english(en), "{en:?}");
+        }
+        for zh in [Some("zh-cn"), Some("zh-hans"), Some("zh"), Some("ja")] {
+            assert!(!super::english(zh), "{zh:?}");
+        }
+    }
 }

@@ -160,6 +160,10 @@ async fn serve_esb(
             .and_then(|v| v.to_str().ok()),
         channels: &channels,
         directory,
+        language: req
+            .headers()
+            .get("blueking-language")
+            .and_then(|v| v.to_str().ok()),
     };
     components::handle(ctx, &channel, &params).await
 }
