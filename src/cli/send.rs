@@ -84,6 +84,7 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         app_code: "cli".into(),
         username: std::env::var("USER").ok(),
         request_id: crate::secret::random_hex(16),
+        tenant_id: None,
     };
     let service = SendService::new(outbox.clone(), settings.outbox.idempotency_window);
     let known = Known {

@@ -165,3 +165,51 @@ async fn the_header_takes_the_short_names_of_the_vendored_sdks() {
     );
     assert!(!env.to_string().contains("wrong-secret"), "{env}");
 }
+
+#[tokio::test]
+async fn the_tenant_header_is_recorded_and_shown_in_the_delivery_log() {
+    let app = TestApp::spawn().await;
+    let send_for = |tenant: Option<String>| {
+        let mut req = app
+            .client
+            .post(app.url("send_msg"))
+            .header("X-Bkapi-Authorization", auth_header())
+            .json(&json!({"msg_type": "ding", "receiver__username": "alice", "title": "t", "content": "x"}));
+        if let Some(t) = tenant {
+            req = req.header("X-Bk-Tenant-Id", t);
+        }
+        send(req)
+    };
+    let log =
+        |id: &str| format!("/api/v1/messages/{id}?bk_app_code={APP}&bk_app_secret={APP_SECRET}");
+
+    let env = send_for(Some("tenant-a".into())).await;
+    assert_eq!(env["code"], 0, "{env}");
+    let id = env["data"]["message_id"].as_str().unwrap().to_owned();
+    let (status, view) = app.get(&log(&id)).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["data"]["tenant_id"], "tenant-a", "{view}");
+    let shown = app.cli(&["deliveries", "show", &id]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert!(
+        stdout(&shown).contains("tenant tenant-a"),
+        "{}",
+        stdout(&shown)
+    );
+
+    let env = send_for(None).await;
+    let (_, view) = app
+        .get(&log(env["data"]["message_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(view["data"]["tenant_id"], Value::Null, "{view}");
+
+    for bad in ["two words", &"t".repeat(65)] {
+        let env = send_for(Some(bad.to_owned())).await;
+        assert_refused(&env, 1306406, "X-Bk-Tenant-Id: must be");
+    }
+    assert_eq!(
+        app.sim.state.messages().len(),
+        2,
+        "refused sends reach nobody"
+    );
+}
