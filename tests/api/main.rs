@@ -17,5 +17,6 @@ mod registry;
 #[cfg(feature = "postgres")]
 mod scale_out;
 mod storage;
+mod text_markdown;
 mod userids;
 mod users;
