@@ -78,8 +78,12 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
                 v.sender.as_deref().unwrap_or("-")
             );
             println!(
-                "request_id {}{}",
+                "request_id {}{}{}",
                 v.request_id,
+                v.tenant_id
+                    .as_deref()
+                    .map(|t| format!("  tenant {t}"))
+                    .unwrap_or_default(),
                 v.idempotency_key
                     .as_deref()
                     .map(|k| format!("  idempotency_key {k}"))

@@ -83,6 +83,7 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         app_code: "cli".into(),
         username: std::env::var("USER").ok(),
         request_id: crate::secret::random_hex(16),
+        tenant_id: None,
     };
     let service = SendService::new(outbox.clone(), settings.outbox.idempotency_window);
     let receipt = runtime.block_on(service.submit(request, &caller))?;
@@ -97,8 +98,16 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
     println!("message {}: {}", receipt.message_id, receipt.summary());
     // A send still in flight finishes and is recorded before the process exits.
     runtime.block_on(outbox.stop());
-    if matches!(receipt.verdict(), Verdict::Refused(_)) {
-        bail!("nothing could be delivered");
+    // A script must notice a receiver that was not reached, as a CMSI caller does by
+    // `result: false`; the receivers that were reached are not sent again by a retry that
+    // names only the failed ones, which the table above lists.
+    match receipt.verdict() {
+        Verdict::Refused(_) => bail!("nothing could be delivered"),
+        Verdict::Partial => bail!(
+            "{} of {} receivers failed; the others are sent or queued",
+            receipt.failed().count(),
+            receipt.receivers.len()
+        ),
+        Verdict::Accepted => Ok(()),
     }
-    Ok(())
 }

@@ -59,6 +59,7 @@ pub struct MessageRow {
     pub request_id: String,
     pub body: String,
     pub created_at: i64,
+    pub tenant_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -63,6 +63,7 @@ diesel::table! {
         request_id -> Text,
         body -> Text,
         created_at -> BigInt,
+        tenant_id -> Nullable<Text>,
     }
 }
 

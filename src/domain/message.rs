@@ -63,15 +63,6 @@ impl Message {
             .then_some(self.url.as_deref())
             .flatten()
     }
-
-    /// The content followed by the link it opens, for forms that have no button of their own
-    /// (digests, numbered parts).
-    pub fn content_with_link(&self) -> String {
-        match self.details_url() {
-            Some(url) => format!("{}\n\n[{DETAILS}]({url})", self.content),
-            None => self.content.clone(),
-        }
-    }
 }
 
 /// The label of a message's link ("view details").

@@ -8,4 +8,5 @@ pub mod message;
 pub mod mobile;
 pub mod request;
 pub mod secrets;
+pub mod tenant;
 pub mod username;

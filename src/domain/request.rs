@@ -2,6 +2,7 @@
 
 use super::ids::DingUserId;
 use super::message::Message;
+use super::tenant::TenantId;
 use super::username::Username;
 use serde::Serialize;
 use std::time::Duration;
@@ -67,4 +68,6 @@ pub struct Caller {
     pub username: Option<String>,
     /// Ties the log lines of the request together.
     pub request_id: String,
+    /// The BlueKing tenant it sends for (`X-Bk-Tenant-Id`), on multi-tenant platforms.
+    pub tenant_id: Option<TenantId>,
 }

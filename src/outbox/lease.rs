@@ -271,6 +271,7 @@ mod tests {
                 app_code: "demo".into(),
                 username: None,
                 request_id: "r".into(),
+                tenant_id: None,
             },
             idempotency_key: None,
             channel: "send_ding".into(),

@@ -2,6 +2,7 @@
 //! waiting messages (newest last, mentions united), or one part of a message too large for a
 //! robot, numbered. Every body built here fits DingTalk's 20000-byte limit.
 
+use super::markdown;
 use super::render::{titled_text, to_dingtalk};
 use super::split::{split_markdown, split_text};
 use crate::dingtalk::client::WEBHOOK_MAX_BODY;
@@ -73,10 +74,10 @@ fn render_item(item: &Item<'_>, utc_offset_min: i32) -> String {
     let when = hh_mm(item.accepted_at_ms, utc_offset_min, true);
     let mut text = String::from("\n---\n\n");
     match &m.title {
-        Some(t) => text.push_str(&format!("**{t}** · {when}\n\n")),
+        Some(t) => text.push_str(&format!("**{}** · {when}\n\n", markdown::inline(t))),
         None => text.push_str(&format!("{when}\n\n")),
     }
-    text.push_str(&m.content_with_link());
+    text.push_str(&markdown::content_of(m));
     text.push('\n');
     text
 }
@@ -117,7 +118,11 @@ fn parts_within(
 ) -> Vec<Message> {
     let title = m.title.clone().unwrap_or_default();
     let is_text = m.msg_key == MsgKey::Text;
-    let content = titled_text(m, &m.content_with_link());
+    let content = if is_text {
+        titled_text(m, &m.content)
+    } else {
+        markdown::content_of(m)
+    };
     // Escaping in JSON can grow the text (quotes, newlines, control characters): shrink the
     // budget until every part's real size fits.
     let mut budget = max.saturating_sub(600 + title.len()).max(1024);
@@ -210,6 +215,59 @@ mod tests {
     }
 
     #[test]
+    fn text_in_a_digest_keeps_its_lines_and_the_estimate_counts_what_that_adds() {
+        let alert = msg(
+            MsgKey::Text,
+            Some("CPU *high*"),
+            "主机: host-1\n- 当前值: 97%",
+        );
+        let item = Item {
+            message: &alert,
+            accepted_at_ms: 0,
+        };
+        let (m, at) = digest(&[item], 0);
+        let Message::Markdown { text, .. } = &m else {
+            panic!()
+        };
+        assert!(
+            text.contains("**CPU \\*high\\*** · 00:00:00\n\n主机: host-1  \n  \\- 当前值: 97%\n"),
+            "{text}"
+        );
+        // Short lines grow most: the estimate must see the breaks and escapes, or a digest
+        // planned by it would not fit.
+        let lines = msg(MsgKey::Text, None, &"- x\n".repeat(1500));
+        let item = Item {
+            message: &lines,
+            accepted_at_ms: 0,
+        };
+        let (m, at2) = digest(&[item], 0);
+        let empty = msg(MsgKey::Text, None, "");
+        let framing = body_len(
+            &digest(
+                &[Item {
+                    message: &empty,
+                    accepted_at_ms: 0,
+                }],
+                0,
+            )
+            .0,
+            &at,
+        );
+        let estimate = item_len(
+            &Item {
+                message: &lines,
+                accepted_at_ms: 0,
+            },
+            0,
+        );
+        assert!(
+            estimate + framing >= body_len(&m, &at2),
+            "{estimate} + {framing}"
+        );
+        assert!(estimate > 2 * lines.content.len(), "{estimate}");
+    }
+
+    #[test]
     fn a_60_kb_markdown_goes_out_in_numbered_parts_that_fit_and_reassemble() {
         let mut content = String::new();
         let mut i = 0;
@@ -263,6 +321,36 @@ mod tests {
             texts.push(text.clone());
         }
         assert_eq!(super::super::split::join_markdown(&texts), long.content);
+    }
+
+    #[test]
+    fn a_long_link_text_goes_out_in_markdown_parts_that_keep_its_lines_and_fit() {
+        let mut m = msg(
+            MsgKey::Link,
+            Some("Report"),
+            &"- 第一行 \"x\"\n".repeat(4000),
+        );
+        m.url = Some("https://example.com/r/1".into());
+        let parts = parts(&m);
+        assert!(parts.len() >= 2, "{}", parts.len());
+        for (k, (p, at)) in parts.iter().enumerate() {
+            assert!(
+                body_len(p, at) <= WEBHOOK_MAX_BODY,
+                "part {k}: {}",
+                body_len(p, at)
+            );
+            let Message::Markdown { text, .. } = p else {
+                panic!()
+            };
+            assert!(text.contains("\\- 第一行 \"x\"  \n  "), "part {k}");
+        }
+        let Message::Markdown { text, .. } = &parts.last().unwrap().0 else {
+            panic!()
+        };
+        assert!(
+            text.ends_with("[查看详情](https://example.com/r/1)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod app_robot;
 pub mod digest;
+pub mod markdown;
 pub mod render;
 pub mod robot;
 pub mod split;

@@ -75,8 +75,8 @@ async fn send_arguments_are_validated_naming_the_field() {
         ),
         (
             "send_ding",
-            with(json!({"is_content_base64": "maybe"})),
-            "is_content_base64: must be a boolean",
+            with(json!({"at_all": "maybe"})),
+            "at_all: must be a boolean",
         ),
         (
             "send_ding",
@@ -95,8 +95,8 @@ async fn send_arguments_are_validated_naming_the_field() {
         ),
         (
             "send_dingbot",
-            with(json!({"receiver__username": "a;b c"})),
-            "receiver__username: 'b c' contains ' '",
+            with(json!({"receiver__username": "a;b/c"})),
+            "receiver__username: 'b/c' contains '/'",
         ),
         (
             "send_dingtalk",
@@ -105,8 +105,8 @@ async fn send_arguments_are_validated_naming_the_field() {
         ),
         (
             "send_dingtalk",
-            with(json!({"userid": "has space"})),
-            "userid: 'has space' is not a DingTalk userid",
+            with(json!({"userid": "u".repeat(65)})),
+            "is not a DingTalk userid (up to 64 characters",
         ),
     ];
     for (channel, body, needle) in cases {

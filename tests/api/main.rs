@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod dingtalk;
 mod envelope;
+mod esb_compat;
 mod helpers;
 mod layering;
 mod limits;
@@ -16,6 +17,7 @@ mod registry;
 #[cfg(feature = "postgres")]
 mod scale_out;
 mod storage;
+mod text_markdown;
 mod upstream;
 mod userids;
 mod users;

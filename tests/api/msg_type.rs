@@ -9,8 +9,12 @@ async fn get_msg_type_lists_ding_with_its_icon() {
     let types = env["data"].as_array().unwrap();
     assert_eq!(types.len(), 1);
     assert_eq!(types[0]["type"], "ding");
-    assert_eq!(types[0]["label"], "钉钉");
+    // No Blueking-Language: the ESB's default, English.
+    assert_eq!(types[0]["label"], "DingTalk");
+    assert_eq!(types[0]["name"], "DingTalk");
+    assert_eq!(types[0]["label_en"], "DingTalk");
     assert_eq!(types[0]["is_active"], true);
+    assert_eq!(types[0]["enabled"], true);
     use base64::Engine;
     let png = base64::engine::general_purpose::STANDARD
         .decode(types[0]["icon"].as_str().unwrap())
@@ -27,6 +31,7 @@ async fn is_active_follows_the_registry() {
         .success());
     let env = app.post("get_msg_type", json!({})).await;
     assert_eq!(env["data"][0]["is_active"], false, "{env}");
+    assert_eq!(env["data"][0]["enabled"], false, "{env}");
     let send = app
         .post(
             "send_msg",
@@ -69,4 +74,29 @@ async fn send_msg_routes_ding_and_refuses_other_types() {
         .post("send_msg", json!({"msg_type": "ding", "msg_key": "markdown", "receiver__username": "a", "content": "c"}))
         .await;
     assert_refused(&md, 1306406, "title: is required for msg_key=markdown");
+}
+
+#[tokio::test]
+async fn labels_follow_blueking_language_as_the_esb_answers() {
+    let app = TestApp::spawn().await;
+    for (language, label) in [("zh-cn", "钉钉"), ("zh-hans", "钉钉"), ("en", "DingTalk")] {
+        let env: serde_json::Value = app
+            .client
+            .get(app.url("get_msg_type"))
+            .query(&[("bk_app_code", APP), ("bk_app_secret", APP_SECRET)])
+            .header("Blueking-Language", language)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let t = &env["data"][0];
+        assert_eq!(
+            (&t["label"], &t["name"]),
+            (&json!(label), &json!(label)),
+            "{language}: {env}"
+        );
+        assert_eq!(t["label_en"], "DingTalk");
+    }
 }

@@ -73,6 +73,7 @@ fn accept_in_tx(
             m::request_id.eq(&msg.caller.request_id),
             m::body.eq(&msg.body),
             m::created_at.eq(now),
+            m::tenant_id.eq(msg.caller.tenant_id.as_ref().map(|t| t.as_str())),
         ))
         .execute(conn)?;
     for nd in &msg.deliveries {

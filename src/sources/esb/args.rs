@@ -66,7 +66,7 @@ pub fn parse(
     }
 
     let raw = params.str("content")?.unwrap_or_default();
-    let content = if params.bool("is_content_base64")?.unwrap_or(false) {
+    let content = if params.flag("is_content_base64") {
         decode_base64(&raw)?
     } else {
         raw
@@ -253,8 +253,8 @@ mod tests {
         assert!(err(c, r#"{"content":"x"}"#).starts_with("receiver__username: no receiver given"));
         assert!(err(c, r#"{"receiver__username":" , ","content":"x"}"#)
             .starts_with("receiver__username: no receiver"));
-        assert!(err(c, r#"{"receiver__username":"a b","content":"x"}"#)
-            .starts_with("receiver__username: 'a b' contains ' '"));
+        assert!(err(c, r#"{"receiver__username":"a/b","content":"x"}"#)
+            .starts_with("receiver__username: 'a/b' contains '/'"));
         assert_eq!(
             err(
                 c,

@@ -29,7 +29,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 const MISSING: &str =
-    "send bk_app_code and bk_app_secret as arguments or in the X-Bkapi-Authorization header";
+    "send bk_app_code and bk_app_secret as arguments or in the X-Bkapi-Authorization header (which also takes app_code and app_secret)";
 const REJECTED: &str = "bk_app_code or bk_app_secret is not accepted";
 
 impl Credentials {
@@ -39,17 +39,24 @@ impl Credentials {
             let v: serde_json::Value = serde_json::from_slice(raw).map_err(|_| {
                 EsbError::AppAuth("X-Bkapi-Authorization must be a JSON object with bk_app_code and bk_app_secret")
             })?;
-            let field = |k: &str| {
-                v.get(k)
-                    .and_then(|x| x.as_str())
-                    .map(str::to_owned)
-                    .filter(|s| !s.is_empty())
+            // The SDKs that bk-sops and ITSM vendor write the short names.
+            let field = |names: [&str; 2]| {
+                names.iter().find_map(|k| {
+                    v.get(*k)
+                        .and_then(|x| x.as_str())
+                        .map(str::to_owned)
+                        .filter(|s| !s.is_empty())
+                })
             };
-            return match (field("bk_app_code"), field("bk_app_secret")) {
+            return match (
+                field(["bk_app_code", "app_code"]),
+                field(["bk_app_secret", "app_secret"]),
+            ) {
                 (Some(app_code), Some(app_secret)) => Ok(Self {
                     app_code,
                     app_secret,
-                    username: field("bk_username").or(params.str("bk_username").ok().flatten()),
+                    username: field(["bk_username", "username"])
+                        .or(params.str("bk_username").ok().flatten()),
                 }),
                 _ => Err(EsbError::AppAuth(MISSING)),
             };

@@ -26,6 +26,19 @@ pub struct Context<'a> {
     pub channels: &'a [Channel],
     /// The directory entries of the usernames named, read with the registry.
     pub directory: Option<Directory>,
+    /// The `Blueking-Language` header, when sent.
+    pub language: Option<&'a str>,
+}
+
+/// The ESB answers English labels when `Blueking-Language` is `en` or absent, and Chinese
+/// for any other language (the platforms send `zh-cn`, `zh-hans`, …).
+fn english(language: Option<&str>) -> bool {
+    language.map(str::trim).is_none_or(|l| {
+        l.is_empty()
+            || l.split(['-', '_'])
+                .next()
+                .is_some_and(|primary| primary.eq_ignore_ascii_case("en"))
+    })
 }
 
 /// Runs the channel's component.
@@ -61,7 +74,9 @@ impl From<SendError> for EsbError {
 }
 
 /// The CMSI answer for a send: `data.deliveries` per receiver, the failed ones also in
-/// `username_check.invalid` (what bk-monitor reads).
+/// `username_check.invalid`. Some receivers failed → `result: false` with the real CMSI's
+/// code and message prefix: bk-monitor reads the invalid list only when `result` is false,
+/// and ITSM accepts a false result whose message starts with `Some users failed`.
 pub fn answer(receipt: &Receipt) -> Reply {
     let invalid: Vec<&str> = receipt.failed().map(|r| r.receiver.as_str()).collect();
     let mut data = json!({
@@ -77,18 +92,35 @@ pub fn answer(receipt: &Receipt) -> Reply {
     if receipt.replay {
         data["idempotent_replay"] = Value::Bool(true);
     }
-    let code = match receipt.verdict() {
-        Verdict::Accepted | Verdict::Partial => Code::Ok,
-        Verdict::Refused(Cause::NotConfigured) => Code::Generic,
-        Verdict::Refused(Cause::DingTalk) => Code::ThirdParty,
-        Verdict::Refused(Cause::Directory | Cause::NotInDingTalk) => Code::UnknownReceivers,
+    let (code, message) = match receipt.verdict() {
+        Verdict::Accepted => (Code::Ok, receipt.summary()),
+        // The ESB gives a component's `result: false` without a code 1306000.
+        Verdict::Partial => (Code::Generic, partial_message(receipt)),
+        Verdict::Refused(Cause::NotConfigured) => (Code::Generic, receipt.summary()),
+        Verdict::Refused(Cause::DingTalk) => (Code::ThirdParty, receipt.summary()),
+        Verdict::Refused(Cause::Directory | Cause::NotInDingTalk) => {
+            (Code::UnknownReceivers, receipt.summary())
+        }
     };
     Reply {
         code,
-        message: receipt.summary(),
+        message,
         data,
     }
 }
+
+/// "Some users failed to send (2 of 5): ghost (unknown user), carol (no telephone …)".
+fn partial_message(receipt: &Receipt) -> String {
+    format!(
+        "{PARTIAL_PREFIX} ({} of {}): {}",
+        receipt.failed().count(),
+        receipt.receivers.len(),
+        receipt.reasons()
+    )
+}
+
+/// What CMSI callers test a partial failure by.
+const PARTIAL_PREFIX: &str = "Some users failed to send";
 
 /// `send_msg` routes by `msg_type` through the manifest's message types to an active channel.
 fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel, EsbError> {
@@ -139,6 +171,7 @@ fn msg_type_channel(ctx: &Context<'_>, params: &Params) -> Result<Channel, EsbEr
 
 fn get_msg_type(ctx: &Context<'_>) -> Result<Reply, EsbError> {
     let channels = ctx.channels;
+    let english = english(ctx.language);
     let data: Vec<Value> = ctx
         .manifest
         .msg_types
@@ -147,14 +180,32 @@ fn get_msg_type(ctx: &Context<'_>) -> Result<Reply, EsbError> {
             let active = channels
                 .iter()
                 .any(|c| c.name == t.channel && c.is_active && !c.is_hidden);
+            let label = if english { &t.label_en } else { &t.label };
+            // `name` and `enabled` are the bk-cmsi gateway's `v1/channels` names for the
+            // label and the state; bk-monitor reads either.
             json!({
                 "type": t.kind,
-                "label": t.label,
+                "label": label,
+                "name": label,
                 "label_en": t.label_en,
                 "icon": t.icon,
                 "is_active": active,
+                "enabled": active,
             })
         })
         .collect();
     Ok(Reply::ok(Value::Array(data), "ok"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels_are_english_for_en_or_no_language_and_chinese_otherwise() {
+        for en in [None, Some("en"), Some("EN"), Some("en-US"), Some(" ")] {
+            assert!(super::english(en), "{en:?}");
+        }
+        for zh in [Some("zh-cn"), Some("zh-hans"), Some("zh"), Some("ja")] {
+            assert!(!super::english(zh), "{zh:?}");
+        }
+    }
 }

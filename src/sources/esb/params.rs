@@ -21,18 +21,26 @@ impl Params {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(params);
         }
+        let trimmed = body.trim_ascii();
+        // A GET from some SDKs carries the JSON `null` for "no arguments".
+        if trimmed == b"null" {
+            return Ok(params);
+        }
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        let is_json = if ct.starts_with("application/json") || ct.contains("+json") {
+        // As the ESB reads a body: one that starts with `{` is JSON whatever the Content-Type
+        // says (SDKs send none, or a form type, with a JSON body).
+        let is_json = if trimmed.starts_with(b"{")
+            || ct.starts_with("application/json")
+            || ct.contains("+json")
+        {
             true
-        } else if ct.starts_with("application/x-www-form-urlencoded") {
-            false
         } else if ct.starts_with("multipart/") {
             return Err(EsbError::bad(
                 "body",
                 "multipart bodies are not accepted; send JSON (application/json) or a form (application/x-www-form-urlencoded)",
             ));
         } else {
-            body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+            false
         };
         if is_json {
             let value: Value = serde_json::from_slice(body)
@@ -104,26 +112,34 @@ impl Params {
         }
     }
 
-    /// A list given as a comma-separated string or a JSON list of strings; items trimmed,
-    /// empty items dropped, duplicates removed (first occurrence kept).
+    /// The ESB's reading of a flag (`str_bool`): false when absent, `false`, `0` or empty
+    /// (any case, trimmed), true for any other value.
+    pub fn flag(&self, key: &str) -> bool {
+        match self.map.get(key) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(Value::String(s)) => {
+                let s = s.trim().to_ascii_lowercase();
+                !(s.is_empty() || s == "0" || s == "false")
+            }
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+        }
+    }
+
+    /// A list as the ESB's list fields take it: a JSON list, a string holding a JSON list, or
+    /// a string of items separated by `,` `;` spaces, tabs or newlines. Items trimmed, empty
+    /// items dropped, duplicates merged (first occurrence kept).
     pub fn list(&self, key: &str) -> Result<Vec<String>, EsbError> {
         let items: Vec<String> = match self.map.get(key) {
             None | Some(Value::Null) => vec![],
-            Some(Value::String(s)) => s.split([',', ';']).map(str::to_owned).collect(),
+            Some(Value::String(s)) => match json_list(s) {
+                Some(list) => list_items(key, &list)?,
+                None => split_items(s),
+            },
             Some(Value::Number(n)) => vec![n.to_string()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => {
-                        Ok(s.split([',', ';']).map(str::to_owned).collect::<Vec<_>>())
-                    }
-                    Value::Number(n) => Ok(vec![n.to_string()]),
-                    _ => Err(EsbError::bad(key, "must be a list of strings")),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect(),
+            Some(Value::Array(a)) => list_items(key, a)?,
             Some(_) => {
                 return Err(EsbError::bad(
                     key,
@@ -133,13 +149,43 @@ impl Params {
         };
         let mut out: Vec<String> = Vec::with_capacity(items.len());
         for item in items {
-            let item = item.trim();
-            if !item.is_empty() && !out.iter().any(|o| o == item) {
-                out.push(item.to_owned());
+            if !out.contains(&item) {
+                out.push(item);
             }
         }
         Ok(out)
     }
+}
+
+/// `'["a","b"]'`, as the newer bk-cmsi gateway sends a list inside a string.
+fn json_list(s: &str) -> Option<Vec<Value>> {
+    if !s.trim_start().starts_with('[') {
+        return None;
+    }
+    match serde_json::from_str(s) {
+        Ok(Value::Array(a)) => Some(a),
+        _ => None,
+    }
+}
+
+fn list_items(key: &str, list: &[Value]) -> Result<Vec<String>, EsbError> {
+    let mut out = Vec::new();
+    for v in list {
+        match v {
+            Value::String(s) => out.extend(split_items(s)),
+            Value::Number(n) => out.push(n.to_string()),
+            Value::Null => {}
+            _ => return Err(EsbError::bad(key, "must be a list of strings")),
+        }
+    }
+    Ok(out)
+}
+
+fn split_items(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn is_empty(v: &Value) -> bool {
@@ -222,5 +268,77 @@ mod tests {
         assert_eq!(p.list("r").unwrap(), ["a", "b", "c"]);
         assert!(p.list("bad").is_err());
         assert!(p.list("missing").unwrap().is_empty());
+    }
+
+    #[test]
+    fn lists_split_as_the_esb_splits_them() {
+        let list = |json: &str| {
+            Params::from_request("", None, format!(r#"{{"r":{json}}}"#).as_bytes())
+                .unwrap()
+                .list("r")
+                .unwrap()
+        };
+        assert_eq!(
+            list(r#""a;b c\td\ne\r\nf""#),
+            ["a", "b", "c", "d", "e", "f"]
+        );
+        assert_eq!(list(r#"" a ,, ;b;a ""#), ["a", "b"]);
+        // A string holding a JSON list, as the bk-cmsi gateway sends it.
+        assert_eq!(list(r#""[\"a\",\"b\",\"a\"]""#), ["a", "b"]);
+        assert_eq!(list(r#"["b","a","b",""]"#), ["b", "a"]);
+        // Not a JSON list after all: split like any string.
+        assert_eq!(list(r#""[a,b""#), ["[a", "b"]);
+        let p = Params::from_request("r=%5B%22x%22%2C%22y%22%5D", None, b"").unwrap();
+        assert_eq!(p.list("r").unwrap(), ["x", "y"]);
+        let p = Params::from_request("", None, br#"{"r":"[1,{}]"}"#).unwrap();
+        assert_eq!(
+            p.list("r").unwrap_err().to_string(),
+            "r: must be a list of strings"
+        );
+    }
+
+    #[test]
+    fn a_body_starting_with_a_brace_is_json_whatever_its_type() {
+        for ct in [
+            None,
+            Some("application/x-www-form-urlencoded"),
+            Some("text/plain"),
+        ] {
+            let p = Params::from_request("", ct, b"\n  {\"k\":\"v\"}").unwrap();
+            assert_eq!(p.str("k").unwrap().as_deref(), Some("v"), "{ct:?}");
+        }
+        // A form stays a form.
+        let p =
+            Params::from_request("", Some("application/x-www-form-urlencoded"), b"k=v").unwrap();
+        assert_eq!(p.str("k").unwrap().as_deref(), Some("v"));
+        // GET bodies of `null` or nothing: no arguments beyond the query.
+        for body in [&b"null"[..], b" null\n", b"", b"  "] {
+            let p = Params::from_request("q=1", Some("application/json"), body).unwrap();
+            assert_eq!(p.str("q").unwrap().as_deref(), Some("1"));
+        }
+    }
+
+    #[test]
+    fn flags_are_false_only_for_false_zero_and_empty() {
+        let flag = |json: &str| {
+            Params::from_request("", None, format!(r#"{{"f":{json}}}"#).as_bytes())
+                .unwrap()
+                .flag("f")
+        };
+        for falsy in [r#"false"#, "0", r#""0""#, r#"" FALSE ""#, r#""""#, "null"] {
+            assert!(!flag(falsy), "{falsy}");
+        }
+        for truthy in [
+            r#"true"#,
+            "1",
+            "2",
+            r#""1""#,
+            r#""yes""#,
+            r#""True""#,
+            r#""no""#,
+        ] {
+            assert!(flag(truthy), "{truthy}");
+        }
+        assert!(!Params::default().flag("f"));
     }
 }

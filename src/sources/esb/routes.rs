@@ -16,6 +16,7 @@ use crate::core::SendService;
 use crate::db::read_tx;
 use crate::directory::profile::Username;
 use crate::domain::request::Caller;
+use crate::domain::tenant::TenantId;
 use crate::http::request_id;
 use actix_web::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -126,6 +127,7 @@ async fn serve_esb(
             return Ok(Answer::Upstream(call.pass("send_msg").await));
         }
     }
+    let tenant_id = tenant(req)?;
     let creds = Credentials::from_request(
         req.headers().get(auth::HEADER).map(HeaderValue::as_bytes),
         &params,
@@ -186,6 +188,7 @@ async fn serve_esb(
             app_code: creds.app_code,
             username: creds.username,
             request_id: rid.to_owned(),
+            tenant_id,
         },
         idempotency_header: req
             .headers()
@@ -193,6 +196,10 @@ async fn serve_esb(
             .and_then(|v| v.to_str().ok()),
         channels: &channels,
         directory,
+        language: req
+            .headers()
+            .get("blueking-language")
+            .and_then(|v| v.to_str().ok()),
     };
     let reply = components::handle(ctx, &channel, &params).await?;
     Ok(Answer::Reply(match &call {
@@ -202,6 +209,27 @@ async fn serve_esb(
         _ => reply,
     }))
 }
+
+/// `X-Bk-Tenant-Id`, when a multi-tenant platform sends it.
+fn tenant(req: &HttpRequest) -> Result<Option<TenantId>, EsbError> {
+    let Some(raw) = req.headers().get(TENANT_HEADER) else {
+        return Ok(None);
+    };
+    let raw = raw.to_str().map_err(|_| {
+        EsbError::bad(
+            TENANT_HEADER,
+            "must be printable ASCII without spaces (a tenant id such as `default`)",
+        )
+    })?;
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    TenantId::parse(raw)
+        .map(Some)
+        .map_err(|problem| EsbError::bad(TENANT_HEADER, problem))
+}
+
+const TENANT_HEADER: &str = "X-Bk-Tenant-Id";
 
 async fn read_body(
     req: &HttpRequest,
