@@ -3,7 +3,7 @@
 use super::{engine, no_channel};
 use crate::channels::registry;
 use crate::config::Settings;
-use crate::core::receipt::Verdict;
+use crate::core::receipt::Overall;
 use crate::core::service::SendService;
 use crate::domain::request::Caller;
 use anyhow::{bail, Context};
@@ -101,13 +101,13 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
     // A script must notice a receiver that was not reached, as a CMSI caller does by
     // `result: false`; the receivers that were reached are not sent again by a retry that
     // names only the failed ones, which the table above lists.
-    match receipt.verdict() {
-        Verdict::Refused(_) => bail!("nothing could be delivered"),
-        Verdict::Partial => bail!(
+    match receipt.overall() {
+        Overall::Refused(_) => bail!("nothing could be delivered"),
+        Overall::Partial => bail!(
             "{} of {} receivers failed; the others are sent or queued",
             receipt.failed().count(),
             receipt.receivers.len()
         ),
-        Verdict::Accepted => Ok(()),
+        Overall::Accepted => Ok(()),
     }
 }

@@ -56,7 +56,7 @@ impl Cause {
 
 /// The whole send in one word, for sources that answer with one code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Overall {
     /// Every receiver is sent or durably queued.
     Accepted,
     /// Some receivers failed, the others are sent or queued.
@@ -97,13 +97,13 @@ impl Receipt {
             .filter(|r| r.status == DeliveryStatus::Failed)
     }
 
-    pub fn verdict(&self) -> Verdict {
+    pub fn overall(&self) -> Overall {
         let failed = self.count(DeliveryStatus::Failed);
         if failed == 0 {
-            return Verdict::Accepted;
+            return Overall::Accepted;
         }
         if failed < self.receivers.len() {
-            return Verdict::Partial;
+            return Overall::Partial;
         }
         // Not set up here, then DingTalk's refusal, then the directory's: the first one an
         // admin must fix before anything can go.
@@ -112,7 +112,7 @@ impl Receipt {
             .into_iter()
             .find(|c| causes.contains(c))
             .unwrap_or(Cause::Directory);
-        Verdict::Refused(cause)
+        Overall::Refused(cause)
     }
 
     /// "ghost (unknown user), carol (no telephone in the profile)".
@@ -137,11 +137,11 @@ impl Receipt {
             self.count(DeliveryStatus::Sent),
             self.count(DeliveryStatus::Queued),
         );
-        match self.verdict() {
-            Verdict::Refused(_) => format!("all {total} receiver(s) failed: {}", self.reasons()),
-            Verdict::Partial => format!("{failed} of {total} receivers failed: {}", self.reasons()),
-            Verdict::Accepted if queued > 0 => format!("{sent} sent, {queued} queued for delivery"),
-            Verdict::Accepted => format!("sent to {sent} receiver(s)"),
+        match self.overall() {
+            Overall::Refused(_) => format!("all {total} receiver(s) failed: {}", self.reasons()),
+            Overall::Partial => format!("{failed} of {total} receivers failed: {}", self.reasons()),
+            Overall::Accepted if queued > 0 => format!("{sent} sent, {queued} queued for delivery"),
+            Overall::Accepted => format!("sent to {sent} receiver(s)"),
         }
     }
 }
@@ -169,30 +169,30 @@ mod tests {
     }
 
     #[test]
-    fn the_verdict_names_what_stands_in_the_way_first() {
+    fn the_overall_answer_names_what_stands_in_the_way_first() {
         use DeliveryStatus::*;
         assert_eq!(
-            receipt(vec![r(Sent, None), r(Queued, None)]).verdict(),
-            Verdict::Accepted
+            receipt(vec![r(Sent, None), r(Queued, None)]).overall(),
+            Overall::Accepted
         );
         assert_eq!(
-            receipt(vec![r(Sent, None), r(Failed, Some(Cause::Directory))]).verdict(),
-            Verdict::Partial
+            receipt(vec![r(Sent, None), r(Failed, Some(Cause::Directory))]).overall(),
+            Overall::Partial
         );
         let all = |causes: &[Cause]| {
-            receipt(causes.iter().map(|c| r(Failed, Some(*c))).collect()).verdict()
+            receipt(causes.iter().map(|c| r(Failed, Some(*c))).collect()).overall()
         };
         assert_eq!(
             all(&[Cause::Directory, Cause::NotInDingTalk]),
-            Verdict::Refused(Cause::Directory)
+            Overall::Refused(Cause::Directory)
         );
         assert_eq!(
             all(&[Cause::Directory, Cause::DingTalk]),
-            Verdict::Refused(Cause::DingTalk)
+            Overall::Refused(Cause::DingTalk)
         );
         assert_eq!(
             all(&[Cause::DingTalk, Cause::NotConfigured]),
-            Verdict::Refused(Cause::NotConfigured)
+            Overall::Refused(Cause::NotConfigured)
         );
     }
 

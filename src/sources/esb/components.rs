@@ -9,7 +9,7 @@ use crate::channels::manifest::{Component, Manifest};
 use crate::channels::registry::Channel;
 use crate::channels::settings::DeliverySettings;
 use crate::core::plan::Directory;
-use crate::core::receipt::{Cause, Verdict};
+use crate::core::receipt::{Cause, Overall};
 use crate::core::service::{Known, SendService};
 use crate::core::{Receipt, SendError};
 use crate::domain::request::Caller;
@@ -92,13 +92,13 @@ pub fn answer(receipt: &Receipt) -> Reply {
     if receipt.replay {
         data["idempotent_replay"] = Value::Bool(true);
     }
-    let (code, message) = match receipt.verdict() {
-        Verdict::Accepted => (Code::Ok, receipt.summary()),
+    let (code, message) = match receipt.overall() {
+        Overall::Accepted => (Code::Ok, receipt.summary()),
         // The ESB gives a component's `result: false` without a code 1306000.
-        Verdict::Partial => (Code::Generic, partial_message(receipt)),
-        Verdict::Refused(Cause::NotConfigured) => (Code::Generic, receipt.summary()),
-        Verdict::Refused(Cause::DingTalk) => (Code::ThirdParty, receipt.summary()),
-        Verdict::Refused(Cause::Directory | Cause::NotInDingTalk) => {
+        Overall::Partial => (Code::Generic, partial_message(receipt)),
+        Overall::Refused(Cause::NotConfigured) => (Code::Generic, receipt.summary()),
+        Overall::Refused(Cause::DingTalk) => (Code::ThirdParty, receipt.summary()),
+        Overall::Refused(Cause::Directory | Cause::NotInDingTalk) => {
             (Code::UnknownReceivers, receipt.summary())
         }
     };
