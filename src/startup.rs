@@ -102,6 +102,7 @@ impl Application {
             manifest: Arc::new(manifest),
             max_body: settings.server.max_body,
             clock: outbox.clock.clone(),
+            gateway: settings.gateway.clone(),
         });
         let (db, metrics) = (web::Data::new(db), web::Data::new(outbox.metrics.clone()));
         let server = HttpServer::new(move || {

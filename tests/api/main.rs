@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod dingtalk;
 mod envelope;
+mod gateway_jwt;
 mod helpers;
 mod layering;
 mod limits;
