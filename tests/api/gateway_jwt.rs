@@ -275,6 +275,13 @@ async fn a_malformed_token_is_refused_naming_the_header() {
             reason,
         );
     }
+    let good = sign(Key::Current, &gateway_claims(&app, "bk_job", "admin"));
+    let (head, _) = good.rsplit_once('.').unwrap();
+    assert_refused(
+        &post_jwt(&app, "get_msg_type", &format!("{head}.@@@"), &json!({})).await,
+        1306401,
+        "X-Bkapi-JWT is not a JWT: its parts do not decode",
+    );
     // Any algorithm but the gateway's is refused before a key is tried.
     let hs = encode(
         &Header::new(Algorithm::HS256),

@@ -9,6 +9,7 @@ use super::params::Params;
 use crate::config::GatewaySettings;
 use crate::db::DbConn;
 use actix_web::http::header::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
@@ -126,8 +127,13 @@ pub fn verify(gateway: &GatewaySettings, token: &[u8], now_ms: i64) -> Result<Id
                 claims = Some(data.claims);
                 break;
             }
-            Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => {}
-            Err(_) => return Err(refused("is not a JWT: its claims are not a JSON object")),
+            Err(e) => match e.kind() {
+                ErrorKind::InvalidSignature => {}
+                ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                    return Err(refused("is signed, but its claims are not a JSON object"))
+                }
+                _ => return Err(refused("is not a JWT: its parts do not decode")),
+            },
         }
     }
     let claims = claims.ok_or_else(|| {
