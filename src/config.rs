@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod gateway;
+pub use gateway::{GatewaySettings, PublicKey};
+
 const DEFAULT_FILE: &str = "ding-channel.toml";
 
 /// DingTalk calls one round may make: a token fetch and the call, and both again when DingTalk
@@ -49,6 +52,9 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_IDEMPOTENCY_S",
     "DING_CHANNEL_UPSTREAM_CMSI",
     "DING_CHANNEL_UPSTREAM_TIMEOUT_MS",
+    "DING_CHANNEL_APIGW_PUBLIC_KEY",
+    "DING_CHANNEL_APIGW_ISSUER",
+    "DING_CHANNEL_APIGW_APPS",
 ];
 
 /// The settings, by the part of the server they concern. Each is read from one flat key (the
@@ -64,6 +70,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The platform's own CMSI, for what ding-channel does not serve; `None`: not passed on.
     pub upstream: Option<UpstreamSettings>,
+    /// The BlueKing API gateway whose `X-Bkapi-JWT` authenticates callers.
+    pub gateway: GatewaySettings,
 }
 
 #[derive(Debug, Clone)]
@@ -388,6 +396,30 @@ impl Settings {
         let upstream_timeout = parse("DING_CHANNEL_UPSTREAM_TIMEOUT_MS", "5000", &|v| {
             int_in(v, 100, 60_000)
         })?;
+        // The key files are read once, while they are validated.
+        let gateway_keys = std::cell::OnceCell::new();
+        let public_key = parse("DING_CHANNEL_APIGW_PUBLIC_KEY", "", &|v| {
+            gateway_keys
+                .get_or_init(|| gateway::public_keys(v))
+                .clone()
+                .map(drop)
+        })?;
+        let needs_key = |v: &str| {
+            if public_key.is_empty() && !v.is_empty() {
+                Err("is set, but DING_CHANNEL_APIGW_PUBLIC_KEY is not: set it to the API gateway's public key file, or unset this".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let issuer = parse("DING_CHANNEL_APIGW_ISSUER", "", &needs_key)?;
+        let gateway_apps = parse("DING_CHANNEL_APIGW_APPS", "", &|v| {
+            needs_key(v)?;
+            if v.is_empty() {
+                Ok(())
+            } else {
+                gateway::apps(v).map(drop)
+            }
+        })?;
         let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
@@ -437,6 +469,15 @@ impl Settings {
                 cmsi: upstream_url(&upstream).expect("validated above"),
                 timeout: millis(&upstream_timeout),
             }),
+            gateway: GatewaySettings {
+                public_keys: gateway_keys
+                    .into_inner()
+                    .unwrap_or(Ok(vec![]))
+                    .expect("validated above"),
+                issuer: (!issuer.is_empty()).then_some(issuer),
+                apps: (!gateway_apps.is_empty())
+                    .then(|| gateway::apps(&gateway_apps).expect("validated above")),
+            },
         })
     }
 }

@@ -106,6 +106,7 @@ impl Application {
             manifest: Arc::new(manifest),
             max_body: settings.server.max_body,
             clock: outbox.clock.clone(),
+            gateway: settings.gateway.clone(),
         });
         let upstream = match &settings.upstream {
             Some(up) => Some(web::Data::new(

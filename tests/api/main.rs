@@ -8,6 +8,7 @@ mod delivery;
 mod dingtalk;
 mod envelope;
 mod esb_compat;
+mod gateway_jwt;
 mod helpers;
 mod layering;
 mod limits;

@@ -21,6 +21,9 @@ pub enum EsbError {
     BadArgument { field: String, problem: String },
     #[error("app authentication failed: {0}")]
     AppAuth(&'static str),
+    /// Why the API gateway's token is refused (never the token itself).
+    #[error("app authentication failed: X-Bkapi-JWT {0}")]
+    GatewayJwt(String),
     #[error("{0}")]
     Inactive(String),
     #[error("{0}")]
@@ -47,7 +50,7 @@ impl EsbError {
     pub fn code(&self) -> Code {
         match self {
             Self::BadArgument { .. } => Code::BadArgument,
-            Self::AppAuth(_) => Code::AppAuth,
+            Self::AppAuth(_) | Self::GatewayJwt(_) => Code::AppAuth,
             Self::Inactive(_) | Self::NoChannel(_) => Code::Inactive,
             Self::Throttled(_) => Code::Throttled,
             Self::NotAvailable(_) | Self::NotFound(_) | Self::Internal(_) => Code::Generic,
@@ -60,7 +63,7 @@ impl EsbError {
         match (surface, self) {
             (_, Self::NoChannel(_)) => StatusCode::NOT_FOUND,
             (Surface::Esb, _) => StatusCode::OK,
-            (Surface::Rest, Self::AppAuth(_)) => StatusCode::UNAUTHORIZED,
+            (Surface::Rest, Self::AppAuth(_) | Self::GatewayJwt(_)) => StatusCode::UNAUTHORIZED,
             (Surface::Rest, Self::NotFound(_)) => StatusCode::NOT_FOUND,
             (Surface::Rest, Self::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             (Surface::Rest, _) => StatusCode::BAD_REQUEST,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod components;
 pub mod envelope;
 pub mod error;
+pub mod gateway;
 pub mod params;
 pub mod routes;
 pub mod upstream;
@@ -24,6 +25,8 @@ pub struct Esb {
     /// Largest request body accepted (`DING_CHANNEL_MAX_BODY`).
     pub max_body: usize,
     pub clock: SharedClock,
+    /// Whose `X-Bkapi-JWT` is accepted (`DING_CHANNEL_APIGW_*`).
+    pub gateway: crate::config::GatewaySettings,
 }
 
 /// The CMSI component arguments of a send, and its CMSI answer.

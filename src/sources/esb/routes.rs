@@ -2,9 +2,9 @@
 //! of one message for the app that sent it. Handlers only read, parse and authenticate;
 //! components do the work.
 
-use super::auth::{self, Credentials};
 use super::envelope::{Envelope, Reply};
 use super::error::{EsbError, Surface};
+use super::gateway::Authenticated;
 use super::params::Params;
 use super::upstream::{self, Upstream};
 use super::{args::MAX_RECEIVERS, components, Esb};
@@ -18,7 +18,7 @@ use crate::directory::profile::Username;
 use crate::domain::request::Caller;
 use crate::domain::tenant::TenantId;
 use crate::http::request_id;
-use actix_web::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -39,15 +39,13 @@ async fn message(req: HttpRequest, esb: web::Data<Esb>, path: web::Path<String>)
     let id = path.into_inner();
     let answer = async {
         let params = Params::from_request(req.query_string(), None, b"")?;
-        let creds = Credentials::from_request(
-            req.headers().get(auth::HEADER).map(HeaderValue::as_bytes),
-            &params,
-        )?;
+        let creds =
+            Authenticated::from_request(req.headers(), &params, &esb.gateway, esb.clock.now_ms())?;
         esb.db
             .run(move |conn| {
                 creds.verify(conn)?;
                 let view = crate::outbox::view::message_view(conn, &id)?;
-                Ok::<_, EsbError>(view.filter(|v| v.app_code == creds.app_code))
+                Ok::<_, EsbError>(view.filter(|v| v.app_code == creds.app_code()))
             })
             .await
     };
@@ -128,10 +126,8 @@ async fn serve_esb(
         }
     }
     let tenant_id = tenant(req)?;
-    let creds = Credentials::from_request(
-        req.headers().get(auth::HEADER).map(HeaderValue::as_bytes),
-        &params,
-    )?;
+    let creds =
+        Authenticated::from_request(req.headers(), &params, &esb.gateway, esb.clock.now_ms())?;
     // One read serves the request: the app, the registry (a handful of rows: the path,
     // send_msg's routing, the delivery settings) and the directory entries of the usernames
     // named. Those are taken as given here; the component validates them.
@@ -181,12 +177,13 @@ async fn serve_esb(
             ),
         ));
     }
+    let (app_code, username) = creds.into_parts();
     let ctx = components::Context {
         service,
         manifest: &esb.manifest,
         caller: Caller {
-            app_code: creds.app_code,
-            username: creds.username,
+            app_code,
+            username,
             request_id: rid.to_owned(),
             tenant_id,
         },
