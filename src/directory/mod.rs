@@ -1,4 +1,4 @@
-//! The user directory: stored profiles, the providers they come from (a file import today),
+//! The user directory: stored profiles, the providers they come from (a file import, bk-user),
 //! and robot classification.
 
 pub mod bkuser;
