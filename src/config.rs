@@ -55,6 +55,10 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_APIGW_PUBLIC_KEY",
     "DING_CHANNEL_APIGW_ISSUER",
     "DING_CHANNEL_APIGW_APPS",
+    "DING_CHANNEL_BKUSER_URL",
+    "DING_CHANNEL_BKUSER_APP_CODE",
+    "DING_CHANNEL_BKUSER_APP_SECRET",
+    "DING_CHANNEL_BKUSER_SYNC_S",
 ];
 
 /// The settings, by the part of the server they concern. Each is read from one flat key (the
@@ -67,11 +71,26 @@ pub struct Settings {
     pub dingtalk: crate::dingtalk::ClientConfig,
     pub outbox: OutboxSettings,
     pub directory: DirectorySettings,
+    /// Where profiles are synced from and unknown usernames looked up; `None` without
+    /// `DING_CHANNEL_BKUSER_URL`.
+    pub bkuser: Option<BkUserSettings>,
     pub log: LogSettings,
     /// The platform's own CMSI, for what ding-channel does not serve; `None`: not passed on.
     pub upstream: Option<UpstreamSettings>,
     /// The BlueKing API gateway whose `X-Bkapi-JWT` authenticates callers.
     pub gateway: GatewaySettings,
+}
+
+/// bk-user through the ESB's usermanage components (docs/blueking.md, "bk-user").
+#[derive(Debug, Clone)]
+pub struct BkUserSettings {
+    /// The ESB's base URL; the usermanage paths are added to it.
+    pub url: Url,
+    /// The app ding-channel calls bk-user as.
+    pub app_code: String,
+    pub app_secret: crate::domain::secrets::AppSecret,
+    /// How often `serve` syncs every profile.
+    pub sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +439,40 @@ impl Settings {
                 gateway::apps(v).map(drop)
             }
         })?;
+        let bkuser_url = parse("DING_CHANNEL_BKUSER_URL", "", &|v| {
+            if v.is_empty() {
+                Ok(())
+            } else {
+                http_url(v).map(drop)
+            }
+        })?;
+        // Required with a URL, and only then: without one they are not used.
+        let url_set = !bkuser_url.is_empty();
+        let bkuser_needs = |what: &'static str| {
+            move |v: &str| {
+                if v.is_empty() && url_set {
+                    Err(format!(
+                        "is empty, but DING_CHANNEL_BKUSER_URL is set: set it to the {what}, or unset DING_CHANNEL_BKUSER_URL"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let bkuser_code = parse(
+            "DING_CHANNEL_BKUSER_APP_CODE",
+            "",
+            &bkuser_needs("bk_app_code of the app ding-channel calls bk-user as"),
+        )?;
+        // Never quoted in an error: only its presence is checked.
+        let bkuser_secret = parse(
+            "DING_CHANNEL_BKUSER_APP_SECRET",
+            "",
+            &bkuser_needs("bk_app_secret of that app"),
+        )?;
+        let bkuser_sync = parse("DING_CHANNEL_BKUSER_SYNC_S", "600", &|v| {
+            int_in(v, 10, 7 * 86_400)
+        })?;
         let secs = |v: &str| Duration::from_secs(v.parse().expect("validated above"));
         let millis = |v: &str| Duration::from_millis(v.parse().expect("validated above"));
 
@@ -457,6 +510,12 @@ impl Settings {
                 userid_ttl: secs(&userid_ttl),
                 userid_miss_ttl: secs(&userid_miss_ttl),
             },
+            bkuser: (!bkuser_url.is_empty()).then(|| BkUserSettings {
+                url: http_url(&bkuser_url).expect("validated above"),
+                app_code: bkuser_code,
+                app_secret: crate::domain::secrets::AppSecret::new(bkuser_secret),
+                sync_interval: secs(&bkuser_sync),
+            }),
             log: LogSettings {
                 filter: log_filter,
                 format: if log_format == "json" {
@@ -797,6 +856,41 @@ mod tests {
         assert!(
             e.to_string().contains("unknown key 'ding_chanel_bind'"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn bkuser_settings_need_the_app_only_with_a_url_and_never_show_the_secret() {
+        let s = Settings::from_env_map(env(&[])).unwrap();
+        assert!(s.bkuser.is_none());
+        let err =
+            |pairs: &[(&str, &str)]| Settings::from_env_map(env(pairs)).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("DING_CHANNEL_BKUSER_URL", "http://esb.example.com")]),
+            "DING_CHANNEL_BKUSER_APP_CODE (default): is empty, but DING_CHANNEL_BKUSER_URL is set: set it to the bk_app_code of the app ding-channel calls bk-user as, or unset DING_CHANNEL_BKUSER_URL"
+        );
+        assert_eq!(
+            err(&[("DING_CHANNEL_BKUSER_URL", "esb.example.com")]),
+            "DING_CHANNEL_BKUSER_URL (environment): 'esb.example.com' is not a URL (relative URL without a base)"
+        );
+        let full = [
+            ("DING_CHANNEL_BKUSER_URL", "http://esb.example.com"),
+            ("DING_CHANNEL_BKUSER_APP_CODE", "ding-channel"),
+            ("DING_CHANNEL_BKUSER_APP_SECRET", "s3cret-value"),
+        ];
+        let s = Settings::from_env_map(env(&full)).unwrap();
+        let b = s.bkuser.as_ref().unwrap();
+        assert_eq!(
+            (b.app_code.as_str(), b.sync_interval),
+            ("ding-channel", Duration::from_secs(600))
+        );
+        assert_eq!(b.app_secret.expose(), "s3cret-value");
+        assert!(!format!("{s:?}").contains("s3cret-value"));
+        let mut short = full.to_vec();
+        short.push(("DING_CHANNEL_BKUSER_SYNC_S", "5"));
+        assert_eq!(
+            err(&short),
+            "DING_CHANNEL_BKUSER_SYNC_S (environment): '5' is not a whole number from 10 to 604800"
         );
     }
 

@@ -94,6 +94,7 @@ fn profile(name: &str, display: &str) -> Profile {
         qq: None,
         extras: Default::default(),
         source: ProfileSource::Sandbox,
+        standing: Default::default(),
     }
 }
 

@@ -7,6 +7,10 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::core::SendService;
 use crate::db::Db;
+use crate::directory::bkuser::client::BkUserClient;
+use crate::directory::bkuser::lookup::BkUserLookup;
+use crate::directory::bkuser::sync::Schedule;
+use crate::directory::lookup::UserLookup;
 use crate::outbox::Outbox;
 use crate::sources::esb::upstream::Upstream;
 use crate::sources::esb::Esb;
@@ -62,6 +66,27 @@ pub struct Application {
     port: u16,
     server: Server,
     outbox: Arc<Outbox>,
+    bkuser: Option<Arc<Schedule>>,
+}
+
+/// What bk-user gives `serve`: the periodic sync, and the lookup of unknown usernames.
+type BkUser = (Arc<Schedule>, Arc<dyn UserLookup>);
+
+/// With `DING_CHANNEL_BKUSER_URL`: the periodic sync, and the lookup of unknown usernames.
+fn bkuser(db: &Db, settings: &Settings, clock: SharedClock) -> anyhow::Result<Option<BkUser>> {
+    let Some(bk) = &settings.bkuser else {
+        return Ok(None);
+    };
+    let client = BkUserClient::new(bk).context("cannot set up the bk-user client")?;
+    let lookup: Arc<dyn UserLookup> =
+        Arc::new(BkUserLookup::new(client.clone(), db.clone(), clock.clone()));
+    let schedule = Arc::new(Schedule {
+        db: db.clone(),
+        client,
+        interval: bk.sync_interval,
+        clock,
+    });
+    Ok(Some((schedule, lookup)))
 }
 
 impl Application {
@@ -97,10 +122,15 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let http_workers = settings.server.http_workers;
-        let service = web::Data::new(SendService::new(
-            outbox.clone(),
-            settings.outbox.idempotency_window,
-        ));
+        let bkuser = bkuser(&db, &settings, outbox.clock.clone())?;
+        if let (true, Some((schedule, _))) = (poll, &bkuser) {
+            tokio::spawn(schedule.clone().run());
+        }
+        let (bkuser, lookup) = bkuser.unzip();
+        let service = web::Data::new(
+            SendService::new(outbox.clone(), settings.outbox.idempotency_window)
+                .with_lookup(lookup),
+        );
         let esb = web::Data::new(Esb {
             db: db.clone(),
             manifest: Arc::new(manifest),
@@ -138,12 +168,18 @@ impl Application {
             port,
             server,
             outbox,
+            bkuser,
         })
     }
 
     /// The delivery engine (tests drain it).
     pub fn outbox(&self) -> Arc<Outbox> {
         self.outbox.clone()
+    }
+
+    /// The periodic bk-user sync, when `DING_CHANNEL_BKUSER_URL` is set (tests run it).
+    pub fn bkuser_sync(&self) -> Option<Arc<Schedule>> {
+        self.bkuser.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -4,6 +4,8 @@ use super::{open, print_table};
 use crate::channels::registry;
 use crate::channels::settings::DingbotConf;
 use crate::config::Settings;
+use crate::directory::bkuser::client::BkUserClient;
+use crate::directory::bkuser::sync;
 use crate::directory::classify::{classify, Kind, RobotFields};
 use crate::directory::import::{FileImport, Format};
 use crate::directory::profile::Profile;
@@ -29,6 +31,12 @@ pub enum UsersCmd {
         #[arg(long)]
         skip_invalid: bool,
     },
+    /// Sync every profile from a directory service (today: bk-user, through the ESB).
+    Sync {
+        /// Where from: bk-user (DING_CHANNEL_BKUSER_URL, _APP_CODE, _APP_SECRET).
+        #[arg(long)]
+        from: String,
+    },
     List,
     Show {
         username: String,
@@ -39,6 +47,9 @@ pub enum UsersCmd {
 }
 
 pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
+    if let UsersCmd::Sync { from } = &cmd {
+        return sync(from, settings);
+    }
     let db = open(settings)?;
     let mut conn = db.get()?;
     let fields =
@@ -89,6 +100,7 @@ pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
                 skipped
             );
         }
+        UsersCmd::Sync { .. } => unreachable!("handled above"),
         UsersCmd::List => {
             let rows: Vec<Vec<String>> = store::list(&mut conn)?
                 .iter()
@@ -146,6 +158,16 @@ pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
                 shown.get("extras").cloned().unwrap_or_default()
             );
             println!("source:       {}", p.source);
+            let standing = &p.standing;
+            if let Some(status) = &standing.status {
+                println!("status:       {status}");
+            }
+            if let Some(staff) = &standing.staff_status {
+                println!("staff_status: {staff}");
+            }
+            if let Some(why) = standing.refusal() {
+                println!("refused:      {why}");
+            }
         }
         UsersCmd::Remove { username } => {
             if !store::remove(&mut conn, &username)? {
@@ -154,6 +176,30 @@ pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
             println!("user {username} removed");
         }
     }
+    Ok(())
+}
+
+/// `users sync --from bk-user`: every page first, then one transaction; the skipped profiles
+/// on stderr, the report on stdout.
+fn sync(from: &str, settings: &Settings) -> anyhow::Result<()> {
+    if from != "bk-user" {
+        bail!("--from: '{from}' is not a directory ding-channel syncs from (use --from bk-user)");
+    }
+    let bk = settings.bkuser.as_ref().context(
+        "DING_CHANNEL_BKUSER_URL is not set: set it to the ESB's base URL (e.g. http://paas.example.com), \
+         with DING_CHANNEL_BKUSER_APP_CODE and DING_CHANNEL_BKUSER_APP_SECRET",
+    )?;
+    let db = open(settings)?;
+    let client = BkUserClient::new(bk).context("cannot set up the bk-user client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(sync::sync(&db, &client, crate::clock::now_ms()))?;
+    for r in &report.rejected {
+        eprintln!("skipped {r}");
+    }
+    println!("{report}");
     Ok(())
 }
 

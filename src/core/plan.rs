@@ -7,6 +7,7 @@ use crate::channels::settings::DeliverySettings;
 use crate::db::{DbConn, DbError};
 use crate::dingtalk::MobileLookup;
 use crate::directory::classify::{classify, robot_problem, Kind};
+use crate::directory::lookup::UserLookup;
 use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids;
@@ -122,16 +123,20 @@ impl Directory {
 
 /// One delivery per receiver, in the order named, each with a target or the reason it has none.
 /// `directory`: read already for these receivers (with the request's other reads), or `None`.
+/// `lookup`: where usernames the directory does not know are asked for, once, within the wait.
 pub async fn plan(
     outbox: &Outbox,
     reach: Reach,
     receivers: &Receivers,
     settings: DeliverySettings,
     directory: Option<Directory>,
+    lookup: Option<&dyn UserLookup>,
     deadline: Instant,
 ) -> Result<Plan, DbError> {
-    let (mut plan, robots, lookups, cached) =
-        plan_targets(outbox, reach, receivers, &settings, directory).await?;
+    let (mut plan, robots, lookups, cached) = plan_targets(
+        outbox, reach, receivers, &settings, directory, lookup, deadline,
+    )
+    .await?;
     resolve_phones(outbox, &mut plan, &settings, lookups, &cached, deadline).await;
     // A robot known to be saturated takes its delivery at its next slot (with what else waits
     // for it, as a digest): queued for then, there is nothing to attempt now.
@@ -159,6 +164,8 @@ async fn plan_targets(
     receivers: &Receivers,
     settings: &DeliverySettings,
     directory: Option<Directory>,
+    lookup: Option<&dyn UserLookup>,
+    deadline: Instant,
 ) -> Result<
     (
         Vec<NewDelivery>,
@@ -191,6 +198,20 @@ async fn plan_targets(
         cached,
         ..
     } = directory;
+    if let (Some(lookup), Receivers::Usernames(names)) = (lookup, receivers) {
+        let mut asked = HashSet::new();
+        let unknown: Vec<String> = names
+            .iter()
+            .map(|n| n.to_string())
+            .filter(|n| !profiles.contains_key(n) && asked.insert(n.clone()))
+            .collect();
+        if !unknown.is_empty() {
+            // Not answered in time: they are unknown users for this send.
+            if let Ok(found) = tokio::time::timeout_at(deadline, lookup.find(&unknown)).await {
+                profiles.extend(found.into_iter().map(|p| (p.username.to_string(), p)));
+            }
+        }
+    }
     let fields = settings.fields.clone();
     let mut lookups: Vec<Lookup> = vec![];
     let mut plan: Vec<NewDelivery> = vec![];
@@ -201,6 +222,11 @@ async fn plan_targets(
                     plan.push(failed(name, DeliveryKind::User, "unknown user"));
                     continue;
                 };
+                // Disabled, deleted, left or gone in bk-user: refused as CMSI refuses them.
+                if let Some(why) = p.standing.refusal() {
+                    plan.push(failed(name, DeliveryKind::User, why));
+                    continue;
+                }
                 let robot = DeliveryKind::Robot;
                 let person = DeliveryKind::User;
                 match classify(p, &fields) {

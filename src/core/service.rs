@@ -5,6 +5,7 @@ use super::receipt::Receipt;
 use crate::channels::settings::DeliverySettings;
 use crate::db::models::DeliveryRow;
 use crate::db::DbError;
+use crate::directory::lookup::UserLookup;
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::ids::{ClaimToken, MessageId};
 use crate::domain::request::{Caller, SendRequest};
@@ -37,6 +38,8 @@ pub struct SendService {
     outbox: Arc<Outbox>,
     /// An idempotency key is honoured for this long.
     idempotency_window: Duration,
+    /// Where usernames the directory does not know are looked up (bk-user), if anywhere.
+    lookup: Option<Arc<dyn UserLookup>>,
 }
 
 impl SendService {
@@ -44,7 +47,13 @@ impl SendService {
         Self {
             outbox,
             idempotency_window,
+            lookup: None,
         }
+    }
+
+    /// Looks usernames the directory does not know up in `lookup` before refusing them.
+    pub fn with_lookup(self, lookup: Option<Arc<dyn UserLookup>>) -> Self {
+        Self { lookup, ..self }
     }
 
     /// [`Self::submit_with`], reading the delivery settings first.
@@ -91,6 +100,7 @@ impl SendService {
             &request.receivers,
             known.settings,
             known.directory,
+            self.lookup.as_deref(),
             deadline,
         )
         .await?;

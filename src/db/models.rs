@@ -46,6 +46,10 @@ pub struct UserRow {
     pub updated_at: i64,
     /// A `ProfileSource`'s text.
     pub source: String,
+    /// bk-user's `status` / `staff_status`; NULL for other sources.
+    pub bk_status: Option<String>,
+    pub bk_staff_status: Option<String>,
+    pub gone_since: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

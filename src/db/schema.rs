@@ -40,6 +40,16 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         source -> Text,
+        bk_status -> Nullable<Text>,
+        bk_staff_status -> Nullable<Text>,
+        gone_since -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    directory_syncs (provider) {
+        provider -> Text,
+        next_sync_at -> BigInt,
     }
 }
 
@@ -133,4 +143,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     delivery_attempts,
     robot_state,
     robot_sends,
+    directory_syncs,
 );

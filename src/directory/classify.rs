@@ -90,6 +90,7 @@ mod tests {
             qq: qq.map(str::to_owned),
             extras: Default::default(),
             source: crate::directory::profile::ProfileSource::File,
+            standing: Default::default(),
         }
     }
 

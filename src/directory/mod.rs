@@ -1,8 +1,10 @@
-//! The user directory: stored profiles, the providers they come from (a file import today),
+//! The user directory: stored profiles, the providers they come from (a file import, bk-user),
 //! and robot classification.
 
+pub mod bkuser;
 pub mod classify;
 pub mod import;
+pub mod lookup;
 pub mod profile;
 pub mod provider;
 pub mod store;

@@ -13,15 +13,23 @@ pub enum ProfileSource {
     File,
     /// The demo users `serve --sandbox` seeds.
     Sandbox,
+    /// `ding-channel users sync --from bk-user`, the periodic sync, and a username looked up
+    /// in bk-user at send time.
+    BkUser,
 }
 
 impl ProfileSource {
-    const ALL: [ProfileSource; 2] = [ProfileSource::File, ProfileSource::Sandbox];
+    const ALL: [ProfileSource; 3] = [
+        ProfileSource::File,
+        ProfileSource::Sandbox,
+        ProfileSource::BkUser,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ProfileSource::File => "file",
             ProfileSource::Sandbox => "sandbox",
+            ProfileSource::BkUser => "bk-user",
         }
     }
 
@@ -71,6 +79,39 @@ pub struct Profile {
     /// Where this profile came from; [`store::upsert`](super::store::upsert) records the
     /// writer's source, whatever this says.
     pub source: ProfileSource,
+    /// What bk-user says of the account (empty for other sources).
+    pub standing: Standing,
+}
+
+/// What bk-user says of an account, and whether it still lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Standing {
+    /// bk-user's `status`: `NORMAL`, `LOCKED`, `DISABLED`, `DELETED` (newer versions add more).
+    pub status: Option<String>,
+    /// bk-user's `staff_status`: `IN` (employed) or `OUT` (left).
+    pub staff_status: Option<String>,
+    /// When a sync first found that bk-user no longer lists the user (Unix ms).
+    pub gone_since: Option<i64>,
+}
+
+impl Standing {
+    /// Why a send must not reach this user. As CMSI decides (docs/blueking.md, "bk-user"):
+    /// only a `NORMAL` or `LOCKED` account of someone still employed is notified, so an
+    /// unknown status is refused too.
+    pub fn refusal(&self) -> Option<String> {
+        if self.gone_since.is_some() {
+            return Some("no longer in bk-user (removed there since the last sync)".into());
+        }
+        if let Some(status) = self.status.as_deref() {
+            if !matches!(status, "NORMAL" | "LOCKED") {
+                return Some(format!("disabled in bk-user (status {status})"));
+            }
+        }
+        match self.staff_status.as_deref() {
+            None | Some("IN") => None,
+            Some(other) => Some(format!("has left (bk-user staff_status {other})")),
+        }
+    }
 }
 
 impl Profile {
@@ -122,17 +163,49 @@ mod tests {
         }
         assert_eq!(ProfileSource::File.as_str(), "file");
         assert_eq!(ProfileSource::Sandbox.as_str(), "sandbox");
+        assert_eq!(ProfileSource::BkUser.as_str(), "bk-user");
         for bad in ["File", " file", "file ", "", "bk_user"] {
             assert_eq!(
                 ProfileSource::parse(bad),
                 Err(format!(
-                    "'{bad}' is not a profile source (expected file or sandbox)"
+                    "'{bad}' is not a profile source (expected file or sandbox or bk-user)"
                 ))
             );
         }
         assert_eq!(
             serde_json::to_string(&ProfileSource::Sandbox).unwrap(),
             r#""sandbox""#
+        );
+    }
+
+    #[test]
+    fn only_normal_or_locked_accounts_of_staff_still_in_are_notified() {
+        let standing = |status: Option<&str>, staff: Option<&str>, gone: Option<i64>| {
+            Standing {
+                status: status.map(Into::into),
+                staff_status: staff.map(Into::into),
+                gone_since: gone,
+            }
+            .refusal()
+        };
+        assert_eq!(standing(None, None, None), None);
+        assert_eq!(standing(Some("NORMAL"), Some("IN"), None), None);
+        assert_eq!(standing(Some("LOCKED"), Some("IN"), None), None);
+        assert_eq!(
+            standing(Some("DISABLED"), Some("IN"), None).as_deref(),
+            Some("disabled in bk-user (status DISABLED)")
+        );
+        assert_eq!(
+            standing(Some("EXPIRED"), None, None).as_deref(),
+            Some("disabled in bk-user (status EXPIRED)")
+        );
+        assert_eq!(
+            standing(Some("NORMAL"), Some("OUT"), None).as_deref(),
+            Some("has left (bk-user staff_status OUT)")
+        );
+        assert_eq!(
+            standing(Some("NORMAL"), Some("IN"), Some(1)).as_deref(),
+            Some("no longer in bk-user (removed there since the last sync)")
         );
     }
 }

@@ -1,11 +1,12 @@
 //! Stored profiles (table `users`).
 
-use super::profile::{Profile, ProfileSource, Username};
+use super::profile::{Profile, ProfileSource, Standing, Username};
 use crate::db::models::UserRow;
 use crate::db::schema::users;
 use crate::db::{now_ms, write_tx, DbConn, DbError, FEW_KEYS};
 use crate::domain::mobile::Mobile;
 use diesel::prelude::*;
+use std::collections::HashSet;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct UpsertReport {
@@ -37,6 +38,9 @@ pub fn upsert(
                     users::qq.eq(&row.qq),
                     users::extras.eq(&row.extras),
                     users::source.eq(&row.source),
+                    users::bk_status.eq(&row.bk_status),
+                    users::bk_staff_status.eq(&row.bk_staff_status),
+                    users::gone_since.eq(row.gone_since),
                     users::updated_at.eq(now),
                 ))
                 .execute(conn)?;
@@ -90,6 +94,32 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<Profile>, DbError> {
         .collect()
 }
 
+/// Marks the profiles of `source` that `listed` leaves out as gone since `now` (those marked
+/// already keep their time); answers how many were newly marked. They stay, so that a send
+/// to one says why it is refused rather than "unknown user".
+pub fn mark_gone(
+    conn: &mut DbConn,
+    source: ProfileSource,
+    listed: &HashSet<String>,
+    now: i64,
+) -> Result<usize, DbError> {
+    let present: Vec<String> = users::table
+        .filter(users::source.eq(source.as_str()))
+        .filter(users::gone_since.is_null())
+        .select(users::username)
+        .load(conn)?;
+    let gone: Vec<String> = present
+        .into_iter()
+        .filter(|u| !listed.contains(u))
+        .collect();
+    for chunk in gone.chunks(500) {
+        diesel::update(users::table.filter(users::username.eq_any(chunk)))
+            .set((users::gone_since.eq(now), users::updated_at.eq(now)))
+            .execute(conn)?;
+    }
+    Ok(gone.len())
+}
+
 pub fn remove(conn: &mut DbConn, username: &str) -> Result<bool, DbError> {
     Ok(diesel::delete(users::table.find(username)).execute(conn)? > 0)
 }
@@ -107,6 +137,9 @@ fn to_row(p: &Profile, source: ProfileSource, now: i64) -> UserRow {
         created_at: now,
         updated_at: now,
         source: source.as_str().to_owned(),
+        bk_status: p.standing.status.clone(),
+        bk_staff_status: p.standing.staff_status.clone(),
+        gone_since: p.standing.gone_since,
     }
 }
 
@@ -135,6 +168,11 @@ fn from_row(r: UserRow) -> Result<Profile, DbError> {
                 .inspect_err(|e| tracing::warn!(user = %r.username, error = %e, "stored telephone is invalid; fix it with `ding-channel users import`"))
                 .ok()
         }),
+        standing: Standing {
+            status: r.bk_status,
+            staff_status: r.bk_staff_status,
+            gone_since: r.gone_since,
+        },
         display_name: r.display_name,
         country_code: r.country_code,
         email: r.email,
@@ -160,6 +198,7 @@ mod tests {
             qq: None,
             extras: Default::default(),
             source: ProfileSource::File,
+            standing: Default::default(),
         }
     }
 
@@ -205,7 +244,7 @@ mod tests {
         let e = get(&mut conn, "b").unwrap_err().to_string();
         assert!(
             e.contains(
-                "user b: stored source 'ldap' is not a profile source (expected file or sandbox)"
+                "user b: stored source 'ldap' is not a profile source (expected file or sandbox or bk-user)"
             ),
             "{e}"
         );

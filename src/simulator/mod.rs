@@ -3,6 +3,7 @@
 //! 20-per-minute robot throttle), records every accepted message, and injects faults on demand.
 //! Nothing in the client knows it is not DingTalk.
 
+pub mod bkuser;
 mod routes;
 
 use crate::clock::SharedClock;

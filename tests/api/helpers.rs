@@ -84,6 +84,8 @@ pub struct TestApp {
     pub sim: Simulator,
     /// Shared by the app and the simulator.
     pub clock: Arc<ManualClock>,
+    /// The periodic bk-user sync, with `DING_CHANNEL_BKUSER_URL` in the settings.
+    pub bkuser: Option<Arc<ding_channel::directory::bkuser::sync::Schedule>>,
 }
 
 /// Settings of a test: no config file from the working directory, a free port.
@@ -116,13 +118,18 @@ impl TestApp {
 
     /// A second process on an existing database (a restart), with a healthy simulator.
     pub async fn spawn_on(url: &str) -> Self {
+        Self::spawn_on_with(url, &[]).await
+    }
+
+    /// [`Self::spawn_on`] with settings of its own.
+    pub async fn spawn_on_with(url: &str, extra: &[(&str, &str)]) -> Self {
         // The database belongs to the first app's TestDb; this one only borrows it.
         let test_db = TestDb {
             url: url.to_owned(),
             dir: tempfile::tempdir().unwrap(),
             pg: None,
         };
-        Self::spawn_full(test_db, repo_manifest(), &[], demo_config(), true).await
+        Self::spawn_full(test_db, repo_manifest(), extra, demo_config(), true).await
     }
 
     /// Only the demo app: an empty directory and the manifest's comp_conf.
@@ -160,6 +167,7 @@ impl TestApp {
         .expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let outbox = app.outbox();
+        let bkuser = app.bkuser_sync();
         tokio::spawn(app.run_until_stopped());
         let db = Db::connect(&settings.storage.database, 2).unwrap();
         if seed {
@@ -183,6 +191,7 @@ impl TestApp {
             outbox,
             sim,
             clock,
+            bkuser,
         }
     }
 

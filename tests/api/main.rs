@@ -2,6 +2,7 @@
 //! PostgreSQL when `TEST_DATABASE_URL` is set (with `--features postgres`).
 
 mod auth;
+mod bkuser;
 mod cli_config;
 mod crash;
 mod delivery;

@@ -61,6 +61,7 @@ mod tests {
             qq: None,
             extras: Map::new(),
             source: ProfileSource::File,
+            standing: Default::default(),
         };
         assert_eq!(parsed.profiles, vec![(1, full_profile()), (2, bob)]);
     }

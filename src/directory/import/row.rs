@@ -158,6 +158,7 @@ fn validate(
             qq,
             extras,
             source: FileImport::SOURCE,
+            standing: Default::default(),
         }),
         _ => Err(r.errors),
     }

@@ -1,0 +1,140 @@
+//! bk-user's list_users through the ESB: every page of a sync, or a few usernames at once.
+//! The app's secret goes in `X-Bkapi-Authorization`, never in the URL, so neither an access log
+//! nor an error here can show it.
+
+use super::FIELDS;
+use crate::config::{BkUserSettings, Url};
+use crate::domain::secrets::AppSecret;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const LIST_USERS: &str = "api/c/compapi/v2/usermanage/list_users/";
+/// Asked for; bk-user lowers it to its `MAX_PAGE_SIZE`, so paging follows `count`, not this.
+const PAGE_SIZE: usize = 500;
+/// One bk-user call at most; a sync is many.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// More pages than any directory has: a bk-user that keeps answering is stopped here.
+const MAX_PAGES: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BkUserError {
+    #[error("bk-user list_users page {page}: {error}")]
+    Http { page: u64, error: String },
+    #[error("bk-user list_users page {page} refused (code {code}): {message}")]
+    Refused {
+        page: u64,
+        code: String,
+        message: String,
+    },
+    #[error("bk-user list_users page {page}: {problem}")]
+    Shape { page: u64, problem: String },
+}
+
+#[derive(Clone)]
+pub struct BkUserClient {
+    http: reqwest::Client,
+    list_users: Url,
+    app_code: String,
+    app_secret: AppSecret,
+}
+
+impl BkUserClient {
+    pub fn new(settings: &BkUserSettings) -> Result<Self, reqwest::Error> {
+        let mut base = settings.url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(TIMEOUT).build()?,
+            list_users: base.join(LIST_USERS).expect("a relative path joins"),
+            app_code: settings.app_code.clone(),
+            app_secret: settings.app_secret.clone(),
+        })
+    }
+
+    /// Every profile bk-user lists, page after page until `count` are in hand; any page that
+    /// fails fails the whole list.
+    pub async fn list_all(&self) -> Result<Vec<Value>, BkUserError> {
+        let mut records = vec![];
+        let mut page = 1;
+        loop {
+            let (count, results) = self
+                .page(page, &[("page_size", PAGE_SIZE.to_string())])
+                .await?;
+            if results.is_empty() && records.len() < count {
+                return Err(BkUserError::Shape {
+                    page,
+                    problem: format!(
+                        "no profiles, but count says {count} and {} came before",
+                        records.len()
+                    ),
+                });
+            }
+            records.extend(results);
+            if records.len() >= count {
+                return Ok(records);
+            }
+            if page >= MAX_PAGES {
+                return Err(BkUserError::Shape {
+                    page,
+                    problem: format!("still short of count ({count}) after {MAX_PAGES} pages"),
+                });
+            }
+            page += 1;
+        }
+    }
+
+    /// The profiles of `usernames` that bk-user lists, in one request (as CMSI asks).
+    pub async fn find(&self, usernames: &[String]) -> Result<Vec<Value>, BkUserError> {
+        let query = [
+            ("lookup_field", "username".to_owned()),
+            ("exact_lookups", usernames.join(",")),
+            ("page_size", usernames.len().max(1).to_string()),
+        ];
+        Ok(self.page(1, &query).await?.1)
+    }
+
+    async fn page(
+        &self,
+        page: u64,
+        query: &[(&str, String)],
+    ) -> Result<(usize, Vec<Value>), BkUserError> {
+        let http = |error: String| BkUserError::Http { page, error };
+        let shape = |problem: &str| BkUserError::Shape {
+            page,
+            problem: problem.to_owned(),
+        };
+        let auth = json!({"bk_app_code": self.app_code, "bk_app_secret": self.app_secret.expose()});
+        let response = self
+            .http
+            .get(self.list_users.clone())
+            .header("X-Bkapi-Authorization", auth.to_string())
+            .query(&[("fields", FIELDS), ("page", &page.to_string())])
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| http(e.without_url().to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(http(format!("HTTP {status}")));
+        }
+        let mut body: Value = response
+            .json()
+            .await
+            .map_err(|_| shape("the answer is not JSON"))?;
+        if body["result"] != Value::Bool(true) {
+            return Err(BkUserError::Refused {
+                page,
+                code: body["code"].to_string(),
+                message: body["message"].as_str().unwrap_or("no message").to_owned(),
+            });
+        }
+        let count = body["data"]["count"]
+            .as_u64()
+            .ok_or_else(|| shape("data.count is not a whole number"))?;
+        let Value::Array(results) = body["data"]["results"].take() else {
+            return Err(shape("data.results is not a list"));
+        };
+        Ok((count as usize, results))
+    }
+}

@@ -1,0 +1,184 @@
+//! A whole sync from bk-user, and the schedule that runs it once per interval however many
+//! processes share the database.
+//!
+//! Every page is fetched before anything is written, and everything is written in one
+//! transaction, so a page that fails changes nothing. bk-user is the authority for the
+//! usernames it lists: their profiles become bk-user's, whoever wrote them before (a file
+//! import of the same username is overwritten). Profiles of other sources that bk-user does
+//! not list are left alone; bk-user's own that it no longer lists are marked gone, not
+//! deleted, so a send to one says why it is refused.
+
+use super::client::{BkUserClient, BkUserError};
+use super::{BkUserPages, Rejection};
+use crate::db::schema::directory_syncs as ds;
+use crate::db::{write_tx, Db, DbConn, DbError};
+use crate::directory::profile::{Profile, ProfileSource};
+use crate::directory::provider::Provider;
+use crate::directory::store;
+use diesel::prelude::*;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+/// The `directory_syncs` row of the periodic bk-user sync.
+const SCHEDULE: &str = "bk-user";
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: usize,
+    pub updated: usize,
+    /// Listed by an earlier sync, not by this one: marked gone now.
+    pub gone: usize,
+    pub unchanged: usize,
+    /// Records skipped, each naming the user and the field.
+    pub rejected: Vec<Rejection>,
+}
+
+impl fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "synced from bk-user: {} added, {} updated, {} no longer in bk-user, {} unchanged, {} skipped as invalid",
+            self.added,
+            self.updated,
+            self.gone,
+            self.unchanged,
+            self.rejected.len()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    // Not a `#[source]`: the message includes it, and chained reports would print it twice.
+    #[error("{0}; nothing was changed")]
+    BkUser(BkUserError),
+    #[error("storage: {0}")]
+    Storage(#[from] DbError),
+}
+
+impl From<BkUserError> for SyncError {
+    fn from(e: BkUserError) -> Self {
+        Self::BkUser(e)
+    }
+}
+
+/// Fetches every profile, then writes the changes in one transaction.
+pub async fn sync(db: &Db, client: &BkUserClient, now: i64) -> Result<SyncReport, SyncError> {
+    let records = client.list_all().await?;
+    // Every username bk-user lists, valid or not: an invalid record is skipped, but its user
+    // is still there and must not be marked gone.
+    let listed: HashSet<String> = records
+        .iter()
+        .filter_map(|r| r.get("username").and_then(Value::as_str))
+        .map(|u| u.trim().to_owned())
+        .collect();
+    let batch = match (BkUserPages { records }).read() {
+        Ok(batch) => batch,
+        Err(never) => match never {},
+    };
+    let profiles = batch.profiles;
+    let mut report = db
+        .run(move |conn| write_tx(conn, |conn| apply(conn, &profiles, &listed, now)))
+        .await?;
+    report.rejected = batch.rejected;
+    Ok(report)
+}
+
+fn apply(
+    conn: &mut DbConn,
+    profiles: &[Profile],
+    listed: &HashSet<String>,
+    now: i64,
+) -> Result<SyncReport, DbError> {
+    let names: Vec<String> = profiles.iter().map(|p| p.username.to_string()).collect();
+    let stored: HashMap<String, Profile> = store::get_many(conn, &names)?
+        .into_iter()
+        .map(|p| (p.username.to_string(), p))
+        .collect();
+    let mut report = SyncReport::default();
+    let mut changed = vec![];
+    for p in profiles {
+        match stored.get(p.username.as_str()) {
+            None => report.added += 1,
+            Some(old) if old == p => {
+                report.unchanged += 1;
+                continue;
+            }
+            Some(_) => report.updated += 1,
+        }
+        changed.push(p.clone());
+    }
+    store::upsert(conn, &changed, ProfileSource::BkUser)?;
+    report.gone = store::mark_gone(conn, ProfileSource::BkUser, listed, now)?;
+    Ok(report)
+}
+
+/// Claims the periodic sync if it is due at `now`, moving the next one `interval` on; only
+/// the caller that moves it runs the sync, so processes sharing the database sync once per
+/// interval between them.
+pub fn claim(conn: &mut DbConn, now: i64, interval: Duration) -> Result<bool, DbError> {
+    write_tx(conn, |conn| {
+        crate::with_conn!(&mut *conn, |c| diesel::insert_into(ds::table)
+            .values((ds::provider.eq(SCHEDULE), ds::next_sync_at.eq(now)))
+            .on_conflict_do_nothing()
+            .execute(c))?;
+        let claimed = diesel::update(ds::table.find(SCHEDULE).filter(ds::next_sync_at.le(now)))
+            .set(ds::next_sync_at.eq(now + interval.as_millis() as i64))
+            .execute(conn)?;
+        Ok(claimed == 1)
+    })
+}
+
+/// The periodic sync of `serve`.
+pub struct Schedule {
+    pub db: Db,
+    pub client: BkUserClient,
+    pub interval: Duration,
+    pub clock: crate::clock::SharedClock,
+}
+
+impl Schedule {
+    /// Runs the sync if it is due and no other process claimed it; `None` when not due. A
+    /// failure is logged and answered, never fatal: the next interval tries again.
+    pub async fn run_if_due(&self) -> Option<Result<SyncReport, SyncError>> {
+        let (now, interval) = (self.clock.now_ms(), self.interval);
+        let claimed = self.db.run(move |conn| claim(conn, now, interval)).await;
+        match claimed {
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "bk-user sync: cannot claim the schedule");
+                return Some(Err(e.into()));
+            }
+        }
+        let outcome = sync(&self.db, &self.client, now).await;
+        match &outcome {
+            Ok(report) => {
+                for r in &report.rejected {
+                    tracing::warn!(profile = %r, "bk-user sync skipped an invalid profile");
+                }
+                tracing::info!(
+                    added = report.added,
+                    updated = report.updated,
+                    gone = report.gone,
+                    unchanged = report.unchanged,
+                    skipped = report.rejected.len(),
+                    "{report}"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "bk-user sync failed"),
+        }
+        Some(outcome)
+    }
+
+    /// Checks for a due sync every so often until the runtime stops.
+    pub async fn run(self: std::sync::Arc<Self>) {
+        let tick = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            self.run_if_due().await;
+            tokio::time::sleep(tick).await;
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Users from bk-user: the simulator's contract, `users sync --from bk-user`, the status of a
+//! profile at send time, the periodic sync shared by several processes, and the lookup of an
+//! unknown username at send time.
+
+use ding_channel::simulator::bkuser::{BkUserConfig, BkUserSimulator, LIST_USERS, RETRIEVE_USER};
+use serde_json::{json, Map, Value};
+
+pub const BK_APP: &str = "ding-channel";
+pub const BK_SECRET: &str = "bk-user-app-secret-0123456789";
+
+pub fn bk_profile(id: u64, username: &str, telephone: &str) -> Map<String, Value> {
+    json!({
+        "id": id, "username": username, "display_name": username.to_uppercase(),
+        "telephone": telephone, "country_code": "86", "email": format!("{username}@example.com"),
+        "wx_userid": "", "qq": "", "extras": {}, "status": "NORMAL", "staff_status": "IN",
+        "enabled": true, "departments": [], "iso_code": "CN"
+    })
+    .as_object()
+    .unwrap()
+    .clone()
+}
+
+pub fn bk_user(users: Vec<Map<String, Value>>, max_page_size: usize) -> BkUserSimulator {
+    BkUserSimulator::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        BkUserConfig {
+            app_code: BK_APP.into(),
+            app_secret: BK_SECRET.into(),
+            max_page_size,
+            users,
+        },
+    )
+    .unwrap()
+}
+
+async fn get(sim: &BkUserSimulator, path: &str, query: &str, auth: Option<Value>) -> Value {
+    let mut req = reqwest::Client::new().get(format!("{}{path}?{query}", sim.base_url()));
+    if let Some(auth) = auth {
+        req = req.header("X-Bkapi-Authorization", auth.to_string());
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_simulator_pages_caps_checks_the_app_and_the_fields() {
+    let users = (1..=5)
+        .map(|i| bk_profile(i, &format!("u{i}"), &format!("1380000000{i}")))
+        .collect();
+    let sim = bk_user(users, 2);
+    let app = json!({"bk_app_code": BK_APP, "bk_app_secret": BK_SECRET});
+
+    // page_size above the cap is lowered to it; count covers every page.
+    let page = get(
+        &sim,
+        LIST_USERS,
+        "fields=username,status&page=3&page_size=100",
+        Some(app.clone()),
+    )
+    .await;
+    assert_eq!(page["result"], true, "{page}");
+    assert_eq!(page["data"]["count"], 5);
+    assert_eq!(
+        page["data"]["results"],
+        json!([{"username": "u5", "status": "NORMAL"}])
+    );
+    let past = get(&sim, LIST_USERS, "page=4&page_size=2", Some(app.clone())).await;
+    assert_eq!(past["result"], false, "{past}");
+
+    let one = get(
+        &sim,
+        LIST_USERS,
+        "fields=username&lookup_field=username&exact_lookups=u2,nobody",
+        Some(app.clone()),
+    )
+    .await;
+    assert_eq!(
+        one["data"],
+        json!({"count": 1, "results": [{"username": "u2"}]})
+    );
+    let bad = get(
+        &sim,
+        LIST_USERS,
+        "fields=username,shoe_size",
+        Some(app.clone()),
+    )
+    .await;
+    assert_eq!(bad["message"], "fields not supported yet: shoe_size");
+
+    // The app in the query works as well; a wrong secret does not.
+    let q =
+        format!("bk_app_code={BK_APP}&bk_app_secret={BK_SECRET}&id=u4&fields=username,telephone");
+    let got = get(&sim, RETRIEVE_USER, &q, None).await;
+    assert_eq!(
+        got["data"],
+        json!({"username": "u4", "telephone": "13800000004"})
+    );
+    let wrong = get(
+        &sim,
+        LIST_USERS,
+        "",
+        Some(json!({"bk_app_code": BK_APP, "bk_app_secret": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (wrong["result"].clone(), wrong["code"].clone()),
+        (json!(false), json!(1306401))
+    );
+
+    // Recorded, never with the secret.
+    let requests = sim.state.requests();
+    assert_eq!(requests.len(), 6);
+    assert!(requests
+        .iter()
+        .all(|r| !r.query.contains_key("bk_app_secret")));
+    assert_eq!(requests[4].api, "retrieve_user");
+}
+
+use crate::helpers::*;
+
+fn bk_env(sim: &BkUserSimulator) -> Vec<(&'static str, String)> {
+    vec![
+        ("DING_CHANNEL_BKUSER_URL", sim.base_url()),
+        ("DING_CHANNEL_BKUSER_APP_CODE", BK_APP.into()),
+        ("DING_CHANNEL_BKUSER_APP_SECRET", BK_SECRET.into()),
+    ]
+}
+
+fn sync_cli(app: &TestApp, sim: &BkUserSimulator) -> std::process::Output {
+    let env = bk_env(sim);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    cli(
+        &app.test_db.url,
+        &app.manifest,
+        &["users", "sync", "--from", "bk-user"],
+        &env,
+    )
+}
+
+fn errors(env: &Value) -> Vec<(String, String)> {
+    env["data"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["receiver"].as_str().unwrap().to_owned(),
+                d["error"]
+                    .as_str()
+                    .unwrap_or(d["status"].as_str().unwrap())
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn owned(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// alice (also a sandbox user), carol, dave (disabled), erin (has left), frank (bad phone).
+fn directory() -> Vec<Map<String, Value>> {
+    let mut dave = bk_profile(4, "dave", "13800000004");
+    dave["status"] = "DISABLED".into();
+    let mut erin = bk_profile(5, "erin", "13800000005");
+    erin["staff_status"] = "OUT".into();
+    vec![
+        bk_profile(1, "alice", "13800000001"),
+        bk_profile(3, "carol", "13800000002"),
+        dave,
+        erin,
+        bk_profile(6, "frank", "12ab"),
+    ]
+}
+
+// The CLI blocks this thread while the simulator serves it from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_sync_pages_reports_refuses_the_disabled_and_marks_the_vanished() {
+    let app = TestApp::spawn().await;
+    let sim = bk_user(directory(), 2);
+
+    let out = sync_cli(&app, &sim);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "synced from bk-user: 3 added, 1 updated, 0 no longer in bk-user, 0 unchanged, 1 skipped as invalid"
+    );
+    assert!(
+        stderr(&out).contains("skipped user frank: telephone: '12ab' is not a phone number"),
+        "{}",
+        stderr(&out)
+    );
+    // Three pages of the server's cap, whatever page size was asked; only the app's header.
+    let pages: Vec<String> = sim
+        .state
+        .requests()
+        .iter()
+        .map(|r| r.query["page"].clone())
+        .collect();
+    assert_eq!(pages, ["1", "2", "3"]);
+    let fields = &sim.state.requests()[0].query["fields"];
+    assert!(
+        fields.contains("status") && fields.contains("staff_status"),
+        "{fields}"
+    );
+    assert!(!sim.state.requests()[0].query.contains_key("bk_app_code"));
+    // bk-user now owns alice; the sandbox's bob is left alone.
+    let show = stdout(&app.cli(&["users", "show", "alice"]));
+    assert!(show.contains("source:       bk-user"), "{show}");
+    let list = stdout(&app.cli(&["users", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("bob ") && l.ends_with("sandbox")),
+        "{list}"
+    );
+
+    // Disabled and left users are refused with the reason, without a DingTalk call for them.
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "carol,dave,erin", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(
+        errors(&env),
+        owned(&[
+            ("carol", "sent"),
+            ("dave", "disabled in bk-user (status DISABLED)"),
+            ("erin", "has left (bk-user staff_status OUT)"),
+        ]),
+        "{env}"
+    );
+    assert_eq!(app.sim.state.messages().len(), 1);
+    assert_eq!(app.sim.state.messages()[0].user_ids, ["bob-ding"]);
+
+    // Nothing changed in bk-user: nothing written.
+    let out = sync_cli(&app, &sim);
+    assert_eq!(
+        stdout(&out).trim(),
+        "synced from bk-user: 0 added, 0 updated, 0 no longer in bk-user, 4 unchanged, 1 skipped as invalid"
+    );
+
+    // erin leaves bk-user's list, carol's phone changes; a failing page changes nothing.
+    sim.state.configure(|c| {
+        c.users.retain(|u| u["username"] != "erin");
+        c.users[1]["telephone"] = "13800000001".into();
+    });
+    sim.state.fail_page(2);
+    let out = sync_cli(&app, &sim);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "bk-user list_users page 2: HTTP 503 Service Unavailable; nothing was changed"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let show = stdout(&app.cli(&["users", "show", "carol"]));
+    assert!(show.contains("telephone:    13800000002"), "{show}");
+    sim.state.heal();
+    let out = sync_cli(&app, &sim);
+    assert_eq!(
+        stdout(&out).trim(),
+        "synced from bk-user: 0 added, 1 updated, 1 no longer in bk-user, 2 unchanged, 1 skipped as invalid"
+    );
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "erin", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(
+        errors(&env),
+        owned(&[(
+            "erin",
+            "no longer in bk-user (removed there since the last sync)"
+        )])
+    );
+    assert_eq!(env["data"]["username_check"]["invalid"], json!(["erin"]));
+
+    // The secret is never printed.
+    for o in [&out, &sync_cli(&app, &sim)] {
+        assert!(!stdout(o).contains(BK_SECRET) && !stderr(o).contains(BK_SECRET));
+    }
+}
+
+// The CLI blocks this thread while the simulator serves it from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_sync_needs_the_bkuser_settings_and_a_known_source() {
+    let app = TestApp::spawn().await;
+    let out = app.cli(&["users", "sync", "--from", "bk-user"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("DING_CHANNEL_BKUSER_URL is not set"),
+        "{}",
+        stderr(&out)
+    );
+    let out = app.cli(&["users", "sync", "--from", "ldap"]);
+    assert!(
+        stderr(&out).contains(
+            "--from: 'ldap' is not a directory ding-channel syncs from (use --from bk-user)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // A wrong app secret: bk-user's refusal, with the secret nowhere in it.
+    let sim = bk_user(directory(), 50);
+    sim.state.configure(|c| c.app_secret = "another".into());
+    let out = sync_cli(&app, &sim);
+    assert!(
+        stderr(&out).contains("bk-user list_users page 1 refused (code 1306401)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(BK_SECRET));
+}
+
+#[tokio::test]
+async fn the_periodic_sync_runs_once_per_interval_across_processes() {
+    let sim = bk_user(directory(), 50);
+    let env = bk_env(&sim);
+    let mut extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    extra.push(("DING_CHANNEL_BKUSER_SYNC_S", "600"));
+    let a = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+    let b = TestApp::spawn_on_with(&a.test_db.url, &extra).await;
+    // One clock for both, as one wall clock is shared by two hosts.
+    let (sa, sb) = (a.bkuser.clone().unwrap(), b.bkuser.clone().unwrap());
+    let sb = ding_channel::directory::bkuser::sync::Schedule {
+        db: sb.db.clone(),
+        client: sb.client.clone(),
+        interval: sb.interval,
+        clock: a.clock.clone(),
+    };
+
+    let (ra, rb) = tokio::join!(sa.run_if_due(), sb.run_if_due());
+    let ran: Vec<_> = [ra, rb].into_iter().flatten().collect();
+    assert_eq!(ran.len(), 1, "one of the two ran it");
+    assert_eq!(ran[0].as_ref().unwrap().added, 3);
+    assert_eq!(sim.state.requests().len(), 1);
+
+    a.clock.advance_ms(599000);
+    assert!(sa.run_if_due().await.is_none() && sb.run_if_due().await.is_none());
+    a.clock.advance_ms(1000);
+    assert!(sb.run_if_due().await.is_some());
+    assert!(sa.run_if_due().await.is_none());
+    assert_eq!(sim.state.requests().len(), 2);
+
+    // A failure is answered, not fatal; the next interval tries again.
+    sim.state.fail_page(1);
+    a.clock.advance_ms(600000);
+    assert!(matches!(sa.run_if_due().await, Some(Err(_))));
+    sim.state.heal();
+    a.clock.advance_ms(600000);
+    assert!(matches!(sa.run_if_due().await, Some(Ok(_))));
+}
+
+#[tokio::test]
+async fn an_unknown_username_is_looked_up_in_bkuser_once_and_remembered() {
+    let mut grace = bk_profile(7, "grace", "13800000002");
+    grace["display_name"] = "Grace".into();
+    let mut henry = bk_profile(8, "henry", "13800000001");
+    henry["staff_status"] = "OUT".into();
+    let sim = bk_user(vec![grace, henry], 50);
+    let env = bk_env(&sim);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+
+    // alice is known: not asked. grace, henry and a typo: one request for the three.
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "alice,grace,henry,grce", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(
+        errors(&env),
+        owned(&[
+            ("alice", "sent"),
+            ("grace", "sent"),
+            ("henry", "has left (bk-user staff_status OUT)"),
+            ("grce", "unknown user"),
+        ]),
+        "{env}"
+    );
+    let asked: Vec<String> = sim
+        .state
+        .requests()
+        .iter()
+        .map(|r| r.query["exact_lookups"].clone())
+        .collect();
+    assert_eq!(asked, ["grace,henry,grce"]);
+    let show = stdout(&app.cli(&["users", "show", "grace"]));
+    assert!(show.contains("source:       bk-user"), "{show}");
+
+    // Remembered: grace from the directory, the typo from the short miss cache.
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "grace,grce", "content": "again"}),
+        )
+        .await;
+    assert_eq!(
+        errors(&env),
+        owned(&[("grace", "sent"), ("grce", "unknown user")])
+    );
+    assert_eq!(sim.state.requests().len(), 1);
+    // Past the miss cache, the typo is asked again.
+    app.clock
+        .advance_ms(ding_channel::directory::bkuser::lookup::MISS_TTL.as_millis() as i64 + 1000);
+    app.post(
+        "send_ding",
+        json!({"receiver__username": "grce", "content": "x"}),
+    )
+    .await;
+    assert_eq!(sim.state.requests().len(), 2);
+}
