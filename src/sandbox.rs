@@ -3,11 +3,14 @@
 
 use crate::channels::registry;
 use crate::channels::settings::DingbotConf;
+use crate::config::BkUserSettings;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::directory::profile::{Profile, ProfileSource, Username};
 use crate::directory::store as users;
 use crate::domain::mobile::Mobile;
+use crate::domain::secrets::AppSecret;
+use crate::simulator::bkuser::{demo_bkuser, BkUserSimulator, DEMO_APP, DEMO_SECRET};
 use crate::simulator::{demo_config, Simulator};
 use crate::sources::esb::auth;
 use std::collections::BTreeMap;
@@ -27,6 +30,19 @@ pub fn start_simulator(settings: &mut Settings) -> std::io::Result<Simulator> {
     settings.dingtalk.oapi_base = base.clone();
     settings.dingtalk.api_base = base;
     settings.dingtalk.proxy = None;
+    Ok(sim)
+}
+
+/// Starts the sandbox's bk-user ([`demo_bkuser`]) on its own loopback port and points
+/// `settings` at it, in place of any `DING_CHANNEL_BKUSER_*`.
+pub fn start_bkuser(settings: &mut Settings) -> std::io::Result<BkUserSimulator> {
+    let sim = BkUserSimulator::start(std::net::TcpListener::bind("127.0.0.1:0")?, demo_bkuser())?;
+    settings.bkuser = Some(BkUserSettings {
+        url: sim.base_url().parse().expect("a loopback URL parses"),
+        app_code: DEMO_APP.into(),
+        app_secret: AppSecret::new(DEMO_SECRET),
+        sync_interval: std::time::Duration::from_secs(600),
+    });
     Ok(sim)
 }
 
@@ -115,7 +131,7 @@ pub fn refuse_production(db: &Db) -> anyhow::Result<()> {
 }
 
 /// Copy-paste examples against the real bound address.
-pub fn banner(addr: SocketAddr, sim_url: &str) -> String {
+pub fn banner(addr: SocketAddr, sim_url: &str, bkuser_url: &str) -> String {
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -128,6 +144,9 @@ pub fn banner(addr: SocketAddr, sim_url: &str) -> String {
          curl '{base}/get_msg_type/?bk_app_code={APP}&bk_app_secret={APP_SECRET}'\n\n\
          # alert two people and the ops group robot\n\
          curl -X POST '{base}/send_msg/' -H 'Content-Type: application/json' \\\n  \
-         -d '{{\"bk_app_code\": \"{APP}\", \"bk_app_secret\": \"{APP_SECRET}\", \"msg_type\": \"ding\", \"receiver__username\": \"alice,bob,ops-robot\", \"title\": \"Disk full\", \"content\": \"host-1 /data at 95%\"}}'\n"
+         -d '{{\"bk_app_code\": \"{APP}\", \"bk_app_secret\": \"{APP_SECRET}\", \"msg_type\": \"ding\", \"receiver__username\": \"alice,bob,ops-robot\", \"title\": \"Disk full\", \"content\": \"host-1 /data at 95%\"}}'\n\n\
+         # carol and dave are only in the simulated bk-user ({bkuser_url}): carol is found there, dave has left\n\
+         curl -X POST '{base}/send_msg/' -H 'Content-Type: application/json' \\\n  \
+         -d '{{\"bk_app_code\": \"{APP}\", \"bk_app_secret\": \"{APP_SECRET}\", \"msg_type\": \"ding\", \"receiver__username\": \"carol,dave\", \"title\": \"Disk full\", \"content\": \"host-1 /data at 95%\"}}'\n"
     )
 }

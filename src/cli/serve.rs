@@ -11,7 +11,10 @@ pub(super) fn run(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let sim = if sandbox {
-            Some(crate::sandbox::start_simulator(&mut settings)?)
+            Some((
+                crate::sandbox::start_simulator(&mut settings)?,
+                crate::sandbox::start_bkuser(&mut settings)?,
+            ))
         } else {
             None
         };
@@ -26,12 +29,13 @@ pub(super) fn run(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
             }
         }
         let app = Application::build(settings)?;
-        if let Some(sim) = &sim {
+        if let Some((sim, bkuser)) = &sim {
             println!(
                 "{}",
                 crate::sandbox::banner(
                     std::net::SocketAddr::new(bind.ip(), app.port()),
-                    &sim.base_url()
+                    &sim.base_url(),
+                    &bkuser.base_url()
                 )
             );
         }

@@ -99,6 +99,34 @@ impl BkUserState {
     }
 }
 
+/// The sandbox's bk-user: people the sandbox does not seed, so a send to them shows the lookup
+/// at send time, and one who has left, so it shows the refusal. Their phones are in the
+/// DingTalk simulator's demo set.
+pub fn demo_bkuser() -> BkUserConfig {
+    let person = |id: u64, username: &str, telephone: &str, staff_status: &str| {
+        let p = serde_json::json!({
+            "id": id, "username": username, "display_name": username, "telephone": telephone,
+            "country_code": "86", "email": format!("{username}@example.com"), "wx_userid": "",
+            "qq": "", "extras": {}, "status": "NORMAL", "staff_status": staff_status,
+            "enabled": true, "departments": [], "iso_code": "CN"
+        });
+        p.as_object().expect("an object").clone()
+    };
+    BkUserConfig {
+        app_code: DEMO_APP.into(),
+        app_secret: DEMO_SECRET.into(),
+        max_page_size: 100,
+        users: vec![
+            person(1, "carol", "13800000003", "IN"),
+            person(2, "dave", "13800000004", "OUT"),
+        ],
+    }
+}
+
+/// The app the sandbox calls its bk-user as (public: a demo's, like `demo`/`demo-secret`).
+pub const DEMO_APP: &str = "ding-channel-sandbox";
+pub const DEMO_SECRET: &str = "sandbox-bkuser-secret-0123456789";
+
 pub struct BkUserSimulator {
     pub state: Arc<BkUserState>,
     pub port: u16,

@@ -321,6 +321,14 @@ pub fn demo_config() -> SimConfig {
                 mobile: "13800000002".into(),
                 userid: "bob-ding".into(),
             },
+            SimUser {
+                mobile: "13800000003".into(),
+                userid: "carol-ding".into(),
+            },
+            SimUser {
+                mobile: "13800000004".into(),
+                userid: "dave-ding".into(),
+            },
         ],
         robots: vec![SimRobot {
             name: "ops-robot".into(),

@@ -966,13 +966,11 @@ async fn sandbox_delivers_the_printed_example(db: &TestDb) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut banner = vec![];
-    while banner.len() < 12 {
+    let mut sends = 0;
+    while banner.len() < 16 && sends < 2 {
         let line = lines.next().expect("banner").unwrap();
-        let done = line.starts_with("  -d ");
+        sends += usize::from(line.starts_with("  -d "));
         banner.push(line);
-        if done {
-            break;
-        }
     }
     let text = banner.join("\n");
     let url = |prefix: &str| {
@@ -985,26 +983,29 @@ async fn sandbox_delivers_the_printed_example(db: &TestDb) {
             .to_owned()
     };
     let send_url = url("curl -X POST '");
-    let body = text
-        .split("-d '")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('\'')
-        .to_owned();
+    let body = |k: usize| {
+        text.split("-d '")
+            .nth(k)
+            .unwrap()
+            .split('\n')
+            .next()
+            .unwrap()
+            .trim_end_matches('\'')
+            .to_owned()
+    };
     let sim = url("what it received: curl ");
 
     let http = reqwest::Client::new();
-    let answer: Value = http
-        .post(&send_url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let send = |body: String| {
+        let request = http
+            .post(&send_url)
+            .header("content-type", "application/json")
+            .body(body);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let answer = send(body(1)).await;
     let received: Value = http.get(&sim).send().await.unwrap().json().await.unwrap();
+    let from_bkuser = send(body(2)).await;
     let types: Value = http
         .get(url("curl '"))
         .send()
@@ -1020,6 +1021,22 @@ async fn sandbox_delivers_the_printed_example(db: &TestDb) {
     assert_eq!(received.as_array().unwrap().len(), 2, "{received}");
     assert_eq!(types["data"][0]["type"], "ding", "{types}");
     assert!(sim.starts_with("http://127.0.0.1:"), "{text}");
+    // carol is looked up in the sandbox's bk-user at send time; dave has left.
+    let deliveries = &from_bkuser["data"]["deliveries"];
+    assert_eq!(deliveries[0]["receiver"], "carol", "{from_bkuser}");
+    assert_eq!(deliveries[0]["status"], "sent", "{from_bkuser}");
+    assert_eq!(deliveries[1]["status"], "failed", "{from_bkuser}");
+    assert!(
+        deliveries[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("has left"),
+        "{from_bkuser}"
+    );
+    assert_eq!(
+        from_bkuser["data"]["username_check"]["invalid"],
+        json!(["dave"])
+    );
 }
 
 fn api_calls(app: &TestApp, api: &str) -> usize {
