@@ -117,8 +117,8 @@ pub fn demo_bkuser() -> BkUserConfig {
         app_secret: DEMO_SECRET.into(),
         max_page_size: 100,
         users: vec![
-            person(1, "carol", "13800000003", "IN"),
-            person(2, "dave", "13800000004", "OUT"),
+            person(1, "carol", "13800000031", "IN"),
+            person(2, "dave", "13800000041", "OUT"),
         ],
     }
 }

@@ -322,11 +322,11 @@ pub fn demo_config() -> SimConfig {
                 userid: "bob-ding".into(),
             },
             SimUser {
-                mobile: "13800000003".into(),
+                mobile: "13800000031".into(),
                 userid: "carol-ding".into(),
             },
             SimUser {
-                mobile: "13800000004".into(),
+                mobile: "13800000041".into(),
                 userid: "dave-ding".into(),
             },
         ],
