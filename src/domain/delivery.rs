@@ -44,7 +44,7 @@ pub enum DeliveryStatus {
 impl DeliveryStatus {
     pub const ALL: [Self; 3] = [Self::Queued, Self::Sent, Self::Failed];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
             Self::Sent => "sent",

@@ -1,7 +1,8 @@
 //! Accepting a message: it and its deliveries in one transaction, or the earlier message an
 //! idempotency key names.
 
-use super::*;
+use super::log::deliveries_of;
+use super::{Acceptance, Accepted, AcceptedMessage, NewMessage, FAILED, QUEUED};
 use crate::db::schema::{deliveries as d, messages as m};
 use crate::db::{DbConn, DbError};
 use crate::domain::delivery::Target;

@@ -1,6 +1,6 @@
 //! Claims: due deliveries taken under a lease, renewed, released.
 
-use super::*;
+use super::RECORD_CHUNK;
 use crate::db::models::DeliveryRow;
 use crate::db::schema::{deliveries as d, messages as m};
 use crate::db::{write_tx, DbConn, DbError};

@@ -1,6 +1,6 @@
 //! The delivery log as read back: messages, deliveries, attempts, the queue.
 
-use super::*;
+use super::{FAILED, QUEUED};
 use crate::db::models::{AttemptRow, DeliveryRow, MessageRow};
 use crate::db::schema::{deliveries as d, delivery_attempts as a, messages as m};
 use crate::db::{DbConn, DbError};

@@ -12,12 +12,13 @@ pub use log::*;
 pub use record::*;
 
 use crate::db::models::DeliveryRow;
-use crate::domain::delivery::{DeliveryKind, Target};
+use crate::domain::delivery::{DeliveryKind, DeliveryStatus, Target};
 use crate::domain::request::Caller;
 
-pub const QUEUED: &str = "queued";
-pub const SENT: &str = "sent";
-pub const FAILED: &str = "failed";
+// The stored forms, for the queries (the status column is text).
+pub const QUEUED: &str = DeliveryStatus::Queued.as_str();
+pub const SENT: &str = DeliveryStatus::Sent.as_str();
+pub const FAILED: &str = DeliveryStatus::Failed.as_str();
 
 pub struct NewDelivery {
     pub receiver: String,

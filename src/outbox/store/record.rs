@@ -1,6 +1,6 @@
 //! Recording outcomes: each delivery's new state and its attempt, under its claim only.
 
-use super::*;
+use super::{claim_of, Outcome, FAILED, QUEUED, RECORD_CHUNK, SENT};
 use crate::db::models::DeliveryRow;
 use crate::db::schema::{deliveries as d, delivery_attempts as a};
 use crate::db::{write_tx, DbConn, DbError};
