@@ -13,7 +13,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn public_key() -> String {
+pub(crate) fn public_key() -> String {
     fixture("apigw-test-only-public.pem").display().to_string()
 }
 
@@ -25,13 +25,13 @@ fn rotated_public_key() -> String {
 
 /// Which test key signs.
 #[derive(Clone, Copy)]
-enum Key {
+pub(crate) enum Key {
     Current,
     Rotated,
 }
 
 /// Signs `claims` as the gateway does: RS512, `kid` = the gateway's name.
-fn sign(key: Key, claims: &Value) -> String {
+pub(crate) fn sign(key: Key, claims: &Value) -> String {
     let file = match key {
         Key::Current => "apigw-test-only-private.pem",
         Key::Rotated => "apigw-test-only-rotated-private.pem",
@@ -48,7 +48,7 @@ fn now_s(app: &TestApp) -> i64 {
 }
 
 /// The API gateway's claim shape, valid for 15 minutes from the app's clock.
-fn gateway_claims(app: &TestApp, app_code: &str, username: &str) -> Value {
+pub(crate) fn gateway_claims(app: &TestApp, app_code: &str, username: &str) -> Value {
     let now = now_s(app);
     json!({
         "iss": "APIGW",
