@@ -211,6 +211,29 @@ async fn a_token_of_another_key_is_refused_and_a_rotated_key_is_accepted() {
 }
 
 #[tokio::test]
+async fn an_unverified_kid_is_shortened_and_escaped_in_the_reason() {
+    let app = spawn().await;
+    let pem = std::fs::read(fixture("apigw-test-only-rotated-private.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS512);
+    let forged = "INFO request accepted app_code=admin";
+    header.kid = Some(format!("gw\n{forged}\r\u{1b}[2J{}", "k".repeat(500)));
+    let claims = gateway_claims(&app, "bk_job", "admin");
+    let token = encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
+    let refused = post_jwt(&app, "get_msg_type", &token, &json!({})).await;
+    let shown = format!(
+        "gw\\n{forged}\\r\\u{{1b}}[2J{}…",
+        "k".repeat(64 - "gw\n\r\u{1b}[2J".chars().count() - forged.len())
+    );
+    assert_refused(
+        &refused,
+        1306401,
+        &format!("(signed by gateway '{shown}'): configure that gateway's public key"),
+    );
+    let message = refused["message"].as_str().unwrap();
+    assert!(!message.contains(['\n', '\r', '\u{1b}']), "{message}");
+}
+
+#[tokio::test]
 async fn issuer_verified_app_and_allowed_apps_are_checked() {
     let key = public_key();
     let app = spawn_with_keys(&[
