@@ -715,6 +715,19 @@ async fn the_real_binary_logs_what_it_passed_on_under_the_request_id_and_no_secr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
         .collect();
+    // Their debug lines name the URLs called, whose query may hold a caller's secret: at
+    // debug, the HTTP client's crates stay at info unless named in DING_CHANNEL_LOG.
+    let client_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            let target = l["target"].as_str().unwrap_or("");
+            ["reqwest", "hyper", "hyper_util"]
+                .iter()
+                .any(|c| target == *c || target.starts_with(&format!("{c}::")))
+                && matches!(l["level"].as_str(), Some("DEBUG" | "TRACE"))
+        })
+        .collect();
+    assert!(client_lines.is_empty(), "{client_lines:?}");
     let with = |message: &str, rid: &str| {
         lines
             .iter()
