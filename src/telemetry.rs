@@ -4,9 +4,10 @@ use crate::config::LogFormat;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
-/// The HTTP client's crates. Their debug lines name what is called, and on the pass-through
-/// that is a caller's URL, whose query may hold its `bk_app_secret`: `debug` for ding-channel
-/// keeps them at `info`, unless the filter names them.
+/// The HTTP client's crates. Their debug and trace lines describe the calls made (hosts,
+/// connections, and in some versions the request URL, whose query on the pass-through holds a
+/// GET caller's `bk_app_secret`): `debug` meant for ding-channel keeps them at `info`, unless
+/// the filter names them.
 const CLIENT_CRATES: &[&str] = &["reqwest", "hyper", "hyper_util"];
 
 /// Installs the global subscriber once; later calls are no-ops.
