@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod gateway;
+mod upstream;
 pub use gateway::{GatewaySettings, PublicKey};
+pub use upstream::UpstreamSettings;
 
 const DEFAULT_FILE: &str = "ding-channel.toml";
 
@@ -147,15 +149,6 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    /// The ESB's base URL without `/api/c/compapi` (as platforms' `BK_COMPONENT_API_URL`);
-    /// it carries no credentials, so it may be shown in logs and answers.
-    pub cmsi: Url,
-    /// The longest a call to it may take, connecting included.
-    pub timeout: Duration,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -240,6 +233,10 @@ pub struct ConfigError {
     source_desc: String,
     problem: String,
 }
+
+/// Reads one key: its value (trimmed, or the default), once `check` accepts it.
+type Parse<'a> = dyn Fn(&'static str, &str, &dyn Fn(&str) -> Result<(), String>) -> Result<String, ConfigError>
+    + 'a;
 
 /// Where a raw value came from, for error messages.
 #[derive(Debug, Clone)]
@@ -405,40 +402,8 @@ impl Settings {
         let idempotency = parse("DING_CHANNEL_IDEMPOTENCY_S", "86400", &|v| {
             int_in(v, 60, 30 * 86_400)
         })?;
-        let upstream = parse("DING_CHANNEL_UPSTREAM_CMSI", "", &|v| {
-            if v.is_empty() {
-                Ok(())
-            } else {
-                upstream_url(v).map(drop)
-            }
-        })?;
-        let upstream_timeout = parse("DING_CHANNEL_UPSTREAM_TIMEOUT_MS", "5000", &|v| {
-            int_in(v, 100, 60_000)
-        })?;
-        // The key files are read once, while they are validated.
-        let gateway_keys = std::cell::OnceCell::new();
-        let public_key = parse("DING_CHANNEL_APIGW_PUBLIC_KEY", "", &|v| {
-            gateway_keys
-                .get_or_init(|| gateway::public_keys(v))
-                .clone()
-                .map(drop)
-        })?;
-        let needs_key = |v: &str| {
-            if public_key.is_empty() && !v.is_empty() {
-                Err("is set, but DING_CHANNEL_APIGW_PUBLIC_KEY is not: set it to the API gateway's public key file, or unset this".to_owned())
-            } else {
-                Ok(())
-            }
-        };
-        let issuer = parse("DING_CHANNEL_APIGW_ISSUER", "", &needs_key)?;
-        let gateway_apps = parse("DING_CHANNEL_APIGW_APPS", "", &|v| {
-            needs_key(v)?;
-            if v.is_empty() {
-                Ok(())
-            } else {
-                gateway::apps(v).map(drop)
-            }
-        })?;
+        let upstream = upstream::read(&parse)?;
+        let gateway = gateway::read(&parse)?;
         let bkuser_url = parse("DING_CHANNEL_BKUSER_URL", "", &|v| {
             if v.is_empty() {
                 Ok(())
@@ -524,19 +489,8 @@ impl Settings {
                     LogFormat::Text
                 },
             },
-            upstream: (!upstream.is_empty()).then(|| UpstreamSettings {
-                cmsi: upstream_url(&upstream).expect("validated above"),
-                timeout: millis(&upstream_timeout),
-            }),
-            gateway: GatewaySettings {
-                public_keys: gateway_keys
-                    .into_inner()
-                    .unwrap_or(Ok(vec![]))
-                    .expect("validated above"),
-                issuer: (!issuer.is_empty()).then_some(issuer),
-                apps: (!gateway_apps.is_empty())
-                    .then(|| gateway::apps(&gateway_apps).expect("validated above")),
-            },
+            upstream,
+            gateway,
         })
     }
 }
@@ -624,40 +578,24 @@ fn int_in(v: &str, min: u64, max: u64) -> Result<(), String> {
 }
 
 fn http_url(v: &str) -> Result<Url, String> {
-    let url = Url::parse(v).map_err(|e| format!("'{v}' is not a URL ({e})"))?;
+    let url = Url::parse(v).map_err(|e| format!("{} is not a URL ({e})", quoted(v)))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
-        s => Err(format!("'{v}' has scheme '{s}' (use http:// or https://)")),
+        s => Err(format!(
+            "{} has scheme '{s}' (use http:// or https://)",
+            quoted(v)
+        )),
     }
 }
 
-/// The ESB's base URL: http(s), no credentials (the caller's own are forwarded, and the URL is
-/// shown in answers), no query, and not ending in `/api/c/compapi`, which is added per request.
-fn upstream_url(v: &str) -> Result<Url, String> {
-    // Checked before anything that would echo the value.
-    if Url::parse(v).is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) {
-        return Err(
-            "carries credentials; drop them: each caller's own authentication is forwarded"
-                .to_owned(),
-        );
+/// A URL value for an error: quoted, unless it holds `@`, which may be `user:password@`
+/// (whether or not the rest parses).
+fn quoted(v: &str) -> String {
+    if v.contains('@') {
+        "the value (not shown: it holds '@', perhaps user:password@; give the URL without credentials)".to_owned()
+    } else {
+        format!("'{v}'")
     }
-    let url = http_url(v)?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!(
-            "'{v}' names no host (use e.g. http://paas.example.com)"
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "'{v}' has a query or fragment; give the ESB's base URL only (e.g. http://paas.example.com)"
-        ));
-    }
-    if url.path().trim_end_matches('/').ends_with("/api/c/compapi") {
-        return Err(format!(
-            "'{v}' ends in /api/c/compapi; drop it (ding-channel adds /api/c/compapi/… to the base URL)"
-        ));
-    }
-    Ok(url)
 }
 
 #[cfg(test)]
@@ -805,45 +743,6 @@ mod tests {
         );
         let e = Settings::from_env_map(env(&[("DINGTALK_PROXY", "socks9://p:1")])).unwrap_err();
         assert!(e.to_string().contains("scheme 'socks9'"), "{e}");
-    }
-
-    #[test]
-    fn the_upstream_cmsi_is_a_base_url_without_credentials() {
-        let s = Settings::from_env_map(env(&[])).unwrap();
-        assert!(s.upstream.is_none());
-        let s = Settings::from_env_map(env(&[
-            ("DING_CHANNEL_UPSTREAM_CMSI", "http://10.0.0.5:8000/"),
-            ("DING_CHANNEL_UPSTREAM_TIMEOUT_MS", "800"),
-        ]))
-        .unwrap();
-        let up = s.upstream.unwrap();
-        assert_eq!(up.cmsi.as_str(), "http://10.0.0.5:8000/");
-        assert_eq!(up.timeout, Duration::from_millis(800));
-        let s =
-            Settings::from_env_map(env(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://esb")])).unwrap();
-        assert_eq!(s.upstream.unwrap().timeout, Duration::from_secs(5));
-
-        let err =
-            |pairs: &[(&str, &str)]| Settings::from_env_map(env(pairs)).unwrap_err().to_string();
-        assert_eq!(
-            err(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://paas.example.com/api/c/compapi/")]),
-            "DING_CHANNEL_UPSTREAM_CMSI (environment): 'http://paas.example.com/api/c/compapi/' ends in /api/c/compapi; drop it (ding-channel adds /api/c/compapi/… to the base URL)"
-        );
-        let with_password = err(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://u:hunter2@esb:80")]);
-        assert_eq!(
-            with_password,
-            "DING_CHANNEL_UPSTREAM_CMSI (environment): carries credentials; drop them: each caller's own authentication is forwarded"
-        );
-        assert!(!err(&[("DING_CHANNEL_UPSTREAM_CMSI", "ftp://u:hunter2@esb")]).contains("hunter2"));
-        assert!(err(&[("DING_CHANNEL_UPSTREAM_CMSI", "ftp://esb")]).contains("scheme 'ftp'"));
-        assert!(err(&[("DING_CHANNEL_UPSTREAM_CMSI", "http://esb/?a=1")]).contains("query"));
-        assert_eq!(
-            err(&[
-                ("DING_CHANNEL_UPSTREAM_CMSI", "http://esb"),
-                ("DING_CHANNEL_UPSTREAM_TIMEOUT_MS", "0")
-            ]),
-            "DING_CHANNEL_UPSTREAM_TIMEOUT_MS (environment): '0' is not a whole number from 100 to 60000"
-        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! at start-up, so a wrong path or a key of the wrong kind stops the server with the key's name
 //! and the file instead of refusing every call later.
 
+use super::{ConfigError, Parse};
 use jsonwebtoken::DecodingKey;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -40,8 +41,42 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// The `DING_CHANNEL_APIGW_*` keys; without a public key, JWTs are not accepted and the other
+/// two must be unset.
+pub(super) fn read(parse: &Parse<'_>) -> Result<GatewaySettings, ConfigError> {
+    // The key files are read once, while they are validated.
+    let keys = std::cell::OnceCell::new();
+    let public_key = parse("DING_CHANNEL_APIGW_PUBLIC_KEY", "", &|v| {
+        keys.get_or_init(|| public_keys(v)).clone().map(drop)
+    })?;
+    let needs_key = |v: &str| {
+        if public_key.is_empty() && !v.is_empty() {
+            Err("is set, but DING_CHANNEL_APIGW_PUBLIC_KEY is not: set it to the API gateway's public key file, or unset this".to_owned())
+        } else {
+            Ok(())
+        }
+    };
+    let issuer = parse("DING_CHANNEL_APIGW_ISSUER", "", &needs_key)?;
+    let gateway_apps = parse("DING_CHANNEL_APIGW_APPS", "", &|v| {
+        needs_key(v)?;
+        if v.is_empty() {
+            Ok(())
+        } else {
+            apps(v).map(drop)
+        }
+    })?;
+    Ok(GatewaySettings {
+        public_keys: keys
+            .into_inner()
+            .unwrap_or(Ok(vec![]))
+            .expect("validated above"),
+        issuer: (!issuer.is_empty()).then_some(issuer),
+        apps: (!gateway_apps.is_empty()).then(|| apps(&gateway_apps).expect("validated above")),
+    })
+}
+
 /// `a.pem,b.pem` → the RSA public keys in those files, in that order.
-pub(super) fn public_keys(v: &str) -> Result<Vec<PublicKey>, String> {
+fn public_keys(v: &str) -> Result<Vec<PublicKey>, String> {
     v.split(',')
         .map(str::trim)
         .filter(|f| !f.is_empty())
@@ -66,7 +101,7 @@ pub(super) fn public_keys(v: &str) -> Result<Vec<PublicKey>, String> {
 }
 
 /// `app-a, app-b` → the app codes, each as BlueKing spells them.
-pub(super) fn apps(v: &str) -> Result<BTreeSet<String>, String> {
+fn apps(v: &str) -> Result<BTreeSet<String>, String> {
     let apps: BTreeSet<String> = v
         .split(',')
         .map(str::trim)

@@ -13,7 +13,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn public_key() -> String {
+pub(crate) fn public_key() -> String {
     fixture("apigw-test-only-public.pem").display().to_string()
 }
 
@@ -25,13 +25,13 @@ fn rotated_public_key() -> String {
 
 /// Which test key signs.
 #[derive(Clone, Copy)]
-enum Key {
+pub(crate) enum Key {
     Current,
     Rotated,
 }
 
 /// Signs `claims` as the gateway does: RS512, `kid` = the gateway's name.
-fn sign(key: Key, claims: &Value) -> String {
+pub(crate) fn sign(key: Key, claims: &Value) -> String {
     let file = match key {
         Key::Current => "apigw-test-only-private.pem",
         Key::Rotated => "apigw-test-only-rotated-private.pem",
@@ -48,7 +48,7 @@ fn now_s(app: &TestApp) -> i64 {
 }
 
 /// The API gateway's claim shape, valid for 15 minutes from the app's clock.
-fn gateway_claims(app: &TestApp, app_code: &str, username: &str) -> Value {
+pub(crate) fn gateway_claims(app: &TestApp, app_code: &str, username: &str) -> Value {
     let now = now_s(app);
     json!({
         "iss": "APIGW",
@@ -208,6 +208,29 @@ async fn a_token_of_another_key_is_refused_and_a_rotated_key_is_accepted() {
         let ok = post_jwt(&rotating, "get_msg_type", &token, &json!({})).await;
         assert_eq!(ok["code"], 0, "{ok}");
     }
+}
+
+#[tokio::test]
+async fn an_unverified_kid_is_shortened_and_escaped_in_the_reason() {
+    let app = spawn().await;
+    let pem = std::fs::read(fixture("apigw-test-only-rotated-private.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS512);
+    let forged = "INFO request accepted app_code=admin";
+    header.kid = Some(format!("gw\n{forged}\r\u{1b}[2J{}", "k".repeat(500)));
+    let claims = gateway_claims(&app, "bk_job", "admin");
+    let token = encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
+    let refused = post_jwt(&app, "get_msg_type", &token, &json!({})).await;
+    let shown = format!(
+        "gw\\n{forged}\\r\\u{{1b}}[2J{}…",
+        "k".repeat(64 - "gw\n\r\u{1b}[2J".chars().count() - forged.len())
+    );
+    assert_refused(
+        &refused,
+        1306401,
+        &format!("(signed by gateway '{shown}'): configure that gateway's public key"),
+    );
+    let message = refused["message"].as_str().unwrap();
+    assert!(!message.contains(['\n', '\r', '\u{1b}']), "{message}");
 }
 
 #[tokio::test]

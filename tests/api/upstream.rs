@@ -519,6 +519,131 @@ async fn without_an_upstream_nothing_is_passed_on() {
     assert_refused(&sms, 1306405, "msg_type 'sms' is not served here");
 }
 
+/// Sends `path` exactly as written: an HTTP client would resolve its dot segments first.
+async fn get_raw_path(app: &TestApp, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = app.address.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("{answer}")),
+    )
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_one_plain_component_name_is_not_passed_on() {
+    let fake = FakeCmsi::start(false);
+    let app = app_before(&fake.base, &[]).await;
+    let auth = format!("bk_app_code={APP}&bk_app_secret={APP_SECRET}");
+    for tail in [
+        // The HTTP client reads `\` as `/` and resolves `..`: these would reach /admin/.
+        "cmsi/x/..%5C..%5C..%5C..%5Cadmin/",
+        "v2/cmsi/x/../../../../admin/",
+        "cmsi/%2E%2E/%2E%2E/%2E%2E/admin/",
+        "cmsi/x%2F..%2F..%2F..%2Fadmin/",
+        "cmsi/send_mail%5C..%5C..%5Cadmin/",
+        "cmsi//send_mail/",
+        "v2//cmsi/send_mail/",
+        "cmsi/send_mail//",
+        "cmsi/Send_Mail/",
+    ] {
+        let (status, env) = get_raw_path(&app, &format!("/api/c/compapi/{tail}?{auth}")).await;
+        assert_eq!(status, 404, "{tail}: {env}");
+        assert_refused(&env, 1306405, "no channel is served at /cmsi/");
+    }
+    assert!(fake.received().is_empty(), "{:?}", fake.received());
+
+    // The checked parts, and the caller's own slash, are what goes upstream.
+    let (status, _) = get_raw_path(&app, &format!("/api/c/compapi/v2/cmsi/send_sms?{auth}")).await;
+    assert_eq!(status, 200);
+    let got = fake.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].path, "/api/c/compapi/v2/cmsi/send_sms");
+    assert_eq!(got[0].query, auth);
+}
+
+#[tokio::test]
+async fn a_caller_with_the_gateways_token_alone_is_told_why_nothing_is_passed_on() {
+    use crate::gateway_jwt::{gateway_claims, public_key, sign, Key};
+    let fake = FakeCmsi::start(false);
+    let key = public_key();
+    let app = app_before(&fake.base, &[("DING_CHANNEL_APIGW_PUBLIC_KEY", &key)]).await;
+    let token = sign(Key::Current, &gateway_claims(&app, "bk_monitorv3", "admin"));
+    let with_token = |channel: &str, body: Value| {
+        app.client
+            .post(app.url(channel))
+            .header("X-Bkapi-JWT", &token)
+            .json(&body)
+    };
+
+    for (channel, body) in [
+        (
+            "send_mail",
+            json!({"receiver__username": "alice", "title": "t", "content": "c"}),
+        ),
+        (
+            "send_msg",
+            json!({"msg_type": "mail", "receiver__username": "alice", "title": "t", "content": "c"}),
+        ),
+    ] {
+        let env: Value = with_token(channel, body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_refused(
+            &env,
+            1306401,
+            &format!("X-Bkapi-JWT authenticates calls to ding-channel only, and {channel} is passed to the upstream CMSI at {}", fake.base),
+        );
+        assert_refused(&env, 1306401, "the pass-through needs the caller's bk_app_code and bk_app_secret: route the components ding-channel does not serve through the API gateway to the ESB directly");
+    }
+    // Our own types alone, as if no upstream were set: it would refuse this caller every time.
+    let types: Value = with_token("get_msg_type", json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(types["message"], "ok", "{types}");
+    assert_eq!(types["data"].as_array().unwrap().len(), 1, "{types}");
+    assert!(fake.received().is_empty(), "{:?}", fake.received());
+    assert!(!metrics(&app)
+        .await
+        .contains("ding_channel_upstream_requests_total{"));
+
+    // A secret beside the token is the caller's own authentication, and is passed on.
+    let env: Value = with_token(
+        "send_mail",
+        json!({"receiver__username": "alice", "content": "c"}),
+    )
+    .header("X-Bkapi-Authorization", AUTH)
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(env["result"], true, "{env}");
+    let got = fake.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].header("x-bkapi-authorization"), Some(AUTH));
+    assert_eq!(
+        got[0].header("x-bkapi-jwt"),
+        None,
+        "the token is for ding-channel"
+    );
+}
+
 const SECRET: &str = "passthrough-secret-never-logged";
 
 #[tokio::test]
@@ -590,6 +715,19 @@ async fn the_real_binary_logs_what_it_passed_on_under_the_request_id_and_no_secr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
         .collect();
+    // Their debug lines name the URLs called, whose query may hold a caller's secret: at
+    // debug, the HTTP client's crates stay at info unless named in DING_CHANNEL_LOG.
+    let client_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            let target = l["target"].as_str().unwrap_or("");
+            ["reqwest", "hyper", "hyper_util"]
+                .iter()
+                .any(|c| target == *c || target.starts_with(&format!("{c}::")))
+                && matches!(l["level"].as_str(), Some("DEBUG" | "TRACE"))
+        })
+        .collect();
+    assert!(client_lines.is_empty(), "{client_lines:?}");
     let with = |message: &str, rid: &str| {
         lines
             .iter()

@@ -95,7 +95,8 @@ fn refused(reason: impl Into<String>) -> EsbError {
 
 /// Verifies `token` as the gateway signs it: RS512 under one of the configured keys, with a
 /// `kid`; within `exp` and `nbf` on this server's clock; the configured issuer; a verified app
-/// that may call. No part of the token goes into a reason.
+/// that may call. A reason names the `kid` (shortened and escaped: anyone can write it, and it
+/// is read before the signature is checked), and claims only once the signature verified.
 pub fn verify(gateway: &GatewaySettings, token: &[u8], now_ms: i64) -> Result<Identity, EsbError> {
     let token = std::str::from_utf8(token)
         .ok()
@@ -138,7 +139,8 @@ pub fn verify(gateway: &GatewaySettings, token: &[u8], now_ms: i64) -> Result<Id
     }
     let claims = claims.ok_or_else(|| {
         refused(format!(
-            "does not verify with any key of DING_CHANNEL_APIGW_PUBLIC_KEY (signed by gateway '{kid}'): configure that gateway's public key"
+            "does not verify with any key of DING_CHANNEL_APIGW_PUBLIC_KEY (signed by gateway '{}'): configure that gateway's public key",
+            shown(&kid)
         ))
     })?;
 
@@ -218,6 +220,16 @@ pub fn verify(gateway: &GatewaySettings, token: &[u8], now_ms: i64) -> Result<Id
         username,
         gateway: kid,
     })
+}
+
+/// Gateway names are short: a longer `kid` is cut, and control characters are escaped, so
+/// an unverified token cannot fill or forge lines of the log the reason goes to.
+const KID_SHOWN: usize = 64;
+
+fn shown(kid: &str) -> String {
+    let cut: String = kid.chars().take(KID_SHOWN).collect();
+    let more = if cut.len() < kid.len() { "…" } else { "" };
+    format!("{}{more}", cut.escape_debug())
 }
 
 /// The first of `keys` that holds a non-empty string.

@@ -1,6 +1,6 @@
 //! The ESB routes: every channel at `/api/c/compapi/(v2/)cmsi/<name>/`, and the delivery log
-//! of one message for the app that sent it. Handlers only read, parse and authenticate;
-//! components do the work.
+//! of one message for the app that sent it. Handlers read, parse and authenticate, and pass
+//! what ding-channel does not serve to the upstream CMSI; components do the work.
 
 use super::envelope::{Envelope, Reply};
 use super::error::{EsbError, Surface};
@@ -107,12 +107,15 @@ async fn serve_esb(
 ) -> Result<Answer, EsbError> {
     // Kept as received: what is not ours is passed on byte for byte.
     let body = web::Bytes::from(read_body(req, payload, esb.max_body).await?);
-    let path = channel_path(req.match_info().query("tail"));
+    let tail = req.match_info().query("tail");
+    let path = channel_path(tail);
     let call = upstream.map(|up| up.call(req, &body, rid));
     if let Some(call) = &call {
-        // Decided before the body is parsed or the caller authenticated: the upstream does both.
-        if let Some(component) = upstream::foreign_path(&esb.manifest, &path) {
-            return Ok(Answer::Upstream(call.pass(component).await));
+        // Decided before the body is parsed or the caller authenticated: the upstream does both
+        // (only a request carrying the gateway's token is read, for a secret beside it).
+        if let Some(target) = upstream::foreign_path(&esb.manifest, tail) {
+            call.passable(target, None)?;
+            return Ok(Answer::Upstream(call.pass(target).await));
         }
     }
     let content_type = req
@@ -121,8 +124,9 @@ async fn serve_esb(
         .and_then(|v| v.to_str().ok());
     let params = Params::from_request(req.query_string(), content_type, &body)?;
     if let Some(call) = &call {
-        if upstream::foreign_msg_type(&esb.manifest, &path, &params) {
-            return Ok(Answer::Upstream(call.pass("send_msg").await));
+        if let Some(target) = upstream::foreign_msg_type(&esb.manifest, tail, &params) {
+            call.passable(target, Some(&params))?;
+            return Ok(Answer::Upstream(call.pass(target).await));
         }
     }
     let tenant_id = tenant(req)?;
@@ -201,7 +205,7 @@ async fn serve_esb(
     let reply = components::handle(ctx, &channel, &params).await?;
     Ok(Answer::Reply(match &call {
         Some(call) if channel.component == Component::GetMsgType => {
-            call.with_msg_types(reply).await
+            call.with_msg_types(reply, tail, &params).await
         }
         _ => reply,
     }))

@@ -4,7 +4,10 @@
 //! answered, and `get_msg_type` lists the upstream's types beside ours. The upstream
 //! authenticates what it is passed: the caller's credentials go with the request, unread here.
 
+use super::auth::{self, Credentials};
 use super::envelope::{Code, Envelope, Reply};
+use super::error::EsbError;
+use super::gateway;
 use super::params::Params;
 use crate::channels::manifest::{Component, Manifest};
 use crate::config::UpstreamSettings;
@@ -49,23 +52,82 @@ const COMPONENTS: &[&str] = &[
     "send_weixin",
 ];
 
-/// The component `/cmsi/<name>/` goes to upstream, when the manifest declares no channel there.
-pub fn foreign_path<'p>(manifest: &Manifest, path: &'p str) -> Option<&'p str> {
-    let name = path.strip_prefix("/cmsi/")?.strip_suffix('/')?;
-    let ours = manifest.channels.iter().any(|c| c.path == path);
-    (!name.is_empty() && !ours).then_some(name)
+/// A CMSI component path as platforms call it: `cmsi/<name>` or `v2/cmsi/<name>`, with or
+/// without the trailing slash. The upstream URL is built from these checked parts alone, never
+/// from the caller's path: the HTTP client reads `\` as `/` and resolves `..`, so a raw tail
+/// such as `cmsi/x/..\..\admin/` would reach any path of the ESB's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    v2: bool,
+    slash: bool,
+}
+
+impl<'a> Target<'a> {
+    /// `tail` is the path after `/api/c/compapi/`, as decoded. Only one segment of
+    /// `[a-z][a-z0-9_]*` after `cmsi/` is a component: nothing else is passed on.
+    pub fn parse(tail: &'a str) -> Option<Self> {
+        let (v2, rest) = match tail.strip_prefix("v2/") {
+            Some(rest) => (true, rest),
+            None => (false, tail),
+        };
+        let rest = rest.strip_prefix("cmsi/")?;
+        let (name, slash) = match rest.strip_suffix('/') {
+            Some(name) => (name, true),
+            None => (rest, false),
+        };
+        let mut chars = name.chars();
+        let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        valid.then_some(Self { name, v2, slash })
+    }
+
+    /// The same version and slash as the caller's path, for another component.
+    pub fn with_name(self, name: &'a str) -> Self {
+        Self { name, ..self }
+    }
+
+    /// Where the manifest would declare a channel for this component.
+    fn channel_path(&self) -> String {
+        format!("/cmsi/{}/", self.name)
+    }
+
+    /// The path on the upstream, from `/api/c/compapi/` on.
+    fn upstream_path(&self) -> String {
+        format!(
+            "/api/c/compapi/{}cmsi/{}{}",
+            if self.v2 { "v2/" } else { "" },
+            self.name,
+            if self.slash { "/" } else { "" }
+        )
+    }
+}
+
+/// The component a path names, to go upstream when the manifest declares no channel there.
+pub fn foreign_path<'t>(manifest: &Manifest, tail: &'t str) -> Option<Target<'t>> {
+    Target::parse(tail).filter(|t| {
+        let path = t.channel_path();
+        !manifest.channels.iter().any(|c| c.path == path)
+    })
 }
 
 /// Whether a `send_msg` names a `msg_type` the manifest does not declare. A missing one is
 /// still ours to refuse (the upstream would refuse it too, less clearly).
-pub fn foreign_msg_type(manifest: &Manifest, path: &str, params: &Params) -> bool {
+pub fn foreign_msg_type<'t>(
+    manifest: &Manifest,
+    tail: &'t str,
+    params: &Params,
+) -> Option<Target<'t>> {
+    let target = Target::parse(tail)?;
+    let path = target.channel_path();
     let send_msg = manifest
         .channels
         .iter()
         .any(|c| c.path == path && c.component == Component::SendMsg);
-    send_msg
+    let foreign = send_msg
         && matches!(params.str("msg_type"), Ok(Some(kind))
-            if !manifest.msg_types.iter().any(|t| t.kind == kind.trim()))
+            if !manifest.msg_types.iter().any(|t| t.kind == kind.trim()));
+    foreign.then_some(target)
 }
 
 pub struct Upstream {
@@ -193,7 +255,8 @@ impl Call<'_> {
     /// body); a JSON answer of any status is the upstream's to give. No answer, or one that
     /// is not JSON: the envelope `1306201` naming the upstream and what went wrong, as the ESB
     /// answers a third-party system that fails.
-    pub async fn pass(&self, component: &str) -> HttpResponse {
+    pub async fn pass(&self, target: Target<'_>) -> HttpResponse {
+        let component = target.name;
         if self.came_back() {
             let up = self.upstream;
             tracing::error!(upstream = %up.base, "a request passed upstream came back: DING_CHANNEL_UPSTREAM_CMSI must be the ESB's own address, not one routed to ding-channel");
@@ -216,7 +279,7 @@ impl Call<'_> {
                 })
             }
         };
-        match self.send(component, json).await {
+        match self.send(target, json).await {
             Ok(answer) => {
                 let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let mut res = HttpResponse::build(status);
@@ -249,8 +312,10 @@ impl Call<'_> {
     /// Our `get_msg_type` answer with the upstream's types added (ours win on a `type` both
     /// list). Upstream down, slow or answering anything but a list of types: ours alone, and
     /// the message says why.
-    pub async fn with_msg_types(&self, mut reply: Reply) -> Reply {
-        if reply.code != Code::Ok {
+    /// A caller the API gateway vouched for gets ours alone, without a word: the upstream
+    /// would refuse it every time (see [`Call::passable`]).
+    pub async fn with_msg_types(&self, mut reply: Reply, tail: &str, params: &Params) -> Reply {
+        if reply.code != Code::Ok || self.vouched_only(Some(params)) {
             return reply;
         }
         let Value::Array(ours) = &mut reply.data else {
@@ -259,7 +324,15 @@ impl Call<'_> {
         if self.came_back() {
             return reply;
         }
-        match self.send("get_msg_type", |a| msg_types(&a)).await {
+        let target = match Target::parse(tail) {
+            Some(t) => t.with_name("get_msg_type"),
+            None => Target {
+                name: "get_msg_type",
+                v2: false,
+                slash: true,
+            },
+        };
+        match self.send(target, |a| msg_types(&a)).await {
             Ok(theirs) => *ours = merge(std::mem::take(ours), theirs),
             Err(failure) => {
                 reply.message = format!(
@@ -277,16 +350,55 @@ impl Call<'_> {
         self.req.headers().contains_key(LOOP_HEADER)
     }
 
+    /// Refuses to pass on a call whose only credential is the API gateway's `X-Bkapi-JWT`:
+    /// the gateway removed `bk_app_secret`, and the ESB cannot verify a token the gateway signed
+    /// for ding-channel, so the upstream could only answer its own unexplained `1306401`.
+    /// `params` are the request's when they were parsed; a call without the token is not
+    /// parsed here (the upstream reads it).
+    pub fn passable(&self, target: Target<'_>, params: Option<&Params>) -> Result<(), EsbError> {
+        if !self.vouched_only(params) {
+            return Ok(());
+        }
+        Err(EsbError::GatewayJwt(format!(
+            "authenticates calls to ding-channel only, and {} is passed to the upstream CMSI at {} (DING_CHANNEL_UPSTREAM_CMSI), which cannot verify it; the pass-through needs the caller's bk_app_code and bk_app_secret: route the components ding-channel does not serve through the API gateway to the ESB directly",
+            target.name, self.upstream.base
+        )))
+    }
+
+    /// Whether the request carries `X-Bkapi-JWT` and no app secret of its own.
+    fn vouched_only(&self, params: Option<&Params>) -> bool {
+        let headers = self.req.headers();
+        if !headers.contains_key(gateway::HEADER) {
+            return false;
+        }
+        let parsed;
+        let params = match params {
+            Some(p) => p,
+            None => {
+                let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                match Params::from_request(self.req.query_string(), content_type, self.body) {
+                    Ok(p) => {
+                        parsed = p;
+                        &parsed
+                    }
+                    // No secret can be read from it, and the token cannot stand in for one.
+                    Err(_) => return true,
+                }
+            }
+        };
+        Credentials::from_request(headers.get(auth::HEADER).map(|v| v.as_bytes()), params).is_err()
+    }
+
     /// One call upstream, its answer judged by `check`; counted and logged once (never its
     /// headers or body).
     async fn send<T>(
         &self,
-        component: &str,
+        target: Target<'_>,
         check: impl FnOnce(Answer) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let started = Instant::now();
         let mut status = None;
-        let result = match self.exchange().await {
+        let result = match self.exchange(target).await {
             Ok(answer) => {
                 status = Some(answer.status);
                 check(answer)
@@ -295,7 +407,7 @@ impl Call<'_> {
         };
         let label = COMPONENTS
             .iter()
-            .find(|c| **c == component)
+            .find(|c| **c == target.name)
             .copied()
             .unwrap_or("other");
         let up = self.upstream;
@@ -324,14 +436,10 @@ impl Call<'_> {
         result
     }
 
-    async fn exchange(&self) -> Result<Answer, Failure> {
+    async fn exchange(&self, target: Target<'_>) -> Result<Answer, Failure> {
         let up = self.upstream;
         let req = self.req;
-        let mut url = format!(
-            "{}/api/c/compapi/{}",
-            up.base,
-            req.match_info().query("tail")
-        );
+        let mut url = format!("{}{}", up.base, target.upstream_path());
         if !req.query_string().is_empty() {
             url.push('?');
             url.push_str(req.query_string());
@@ -470,40 +578,67 @@ mod tests {
     }
 
     #[test]
+    fn only_one_plain_segment_after_cmsi_is_a_component() {
+        let target = |tail| Target::parse(tail).map(|t| t.upstream_path());
+        assert_eq!(
+            target("cmsi/send_mail/").as_deref(),
+            Some("/api/c/compapi/cmsi/send_mail/")
+        );
+        assert_eq!(
+            target("v2/cmsi/send_voice_msg").as_deref(),
+            Some("/api/c/compapi/v2/cmsi/send_voice_msg")
+        );
+        for tail in [
+            "cmsi/",
+            "cmsi//",
+            "cmsi//send_mail/",
+            "cmsi/send_mail//",
+            "v2//cmsi/send_mail/",
+            "/cmsi/send_mail/",
+            "cmsi/x/../../admin/",
+            "cmsi/x/..\\..\\..\\admin/",
+            "cmsi/..",
+            "cmsi/x%2F..%2Fadmin/",
+            "cmsi/Send_Mail/",
+            "cmsi/1mail/",
+            "cmsi/send-mail/",
+            "cmsi/send_mail?x/",
+            "cmsi/send_mail\n/",
+            "cc/search_host/",
+            "v3/cmsi/send_mail/",
+        ] {
+            assert_eq!(Target::parse(tail), None, "{tail:?}");
+        }
+    }
+
+    #[test]
     fn a_component_is_foreign_when_the_manifest_declares_no_channel_at_its_path() {
         let manifest = Manifest::load(std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/channel_manifest.json"
         )))
         .unwrap();
-        assert_eq!(
-            foreign_path(&manifest, "/cmsi/send_mail/"),
-            Some("send_mail")
-        );
-        assert_eq!(foreign_path(&manifest, "/cmsi/send_msg/"), None);
-        assert_eq!(foreign_path(&manifest, "/cmsi/send_ding/"), None);
-        assert_eq!(foreign_path(&manifest, "/cc/search_host/"), None);
-        assert_eq!(foreign_path(&manifest, "/cmsi/"), None);
+        let name = |tail| foreign_path(&manifest, tail).map(|t| t.name);
+        assert_eq!(name("cmsi/send_mail/"), Some("send_mail"));
+        assert_eq!(name("v2/cmsi/send_mail"), Some("send_mail"));
+        assert_eq!(name("cmsi/send_msg/"), None);
+        assert_eq!(name("v2/cmsi/send_ding/"), None);
+        assert_eq!(name("cc/search_host/"), None);
+        assert_eq!(name("cmsi/"), None);
+        assert_eq!(name("cmsi/x/..\\admin/"), None);
 
         let params = |body: &str| {
             Params::from_request("", Some("application/json"), body.as_bytes()).unwrap()
         };
-        let send_msg = "/cmsi/send_msg/";
-        assert!(foreign_msg_type(
-            &manifest,
-            send_msg,
-            &params(r#"{"msg_type": "mail"}"#)
-        ));
-        assert!(!foreign_msg_type(
-            &manifest,
-            send_msg,
-            &params(r#"{"msg_type": " ding "}"#)
-        ));
-        assert!(!foreign_msg_type(&manifest, send_msg, &params("{}")));
-        assert!(!foreign_msg_type(
-            &manifest,
-            "/cmsi/send_ding/",
-            &params(r#"{"msg_type": "mail"}"#)
-        ));
+        let foreign = |tail, body| foreign_msg_type(&manifest, tail, &params(body)).map(|t| t.name);
+        assert_eq!(
+            foreign("v2/cmsi/send_msg/", r#"{"msg_type": "mail"}"#),
+            Some("send_msg")
+        );
+        assert_eq!(foreign("cmsi/send_msg/", r#"{"msg_type": " ding "}"#), None);
+        assert_eq!(foreign("cmsi/send_msg/", "{}"), None);
+        assert_eq!(foreign("cmsi/send_ding/", r#"{"msg_type": "mail"}"#), None);
+        // Served here as send_msg, but not a path to pass on.
+        assert_eq!(foreign("cmsi//send_msg/", r#"{"msg_type": "mail"}"#), None);
     }
 }
