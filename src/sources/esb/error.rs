@@ -40,6 +40,16 @@ pub enum EsbError {
 }
 
 impl EsbError {
+    /// No channel at `path`: the caller's path is shown escaped and cut short, as it goes into
+    /// the answer and a log line.
+    pub fn no_channel(path: &str) -> Self {
+        let mut shown: String = path.escape_debug().take(200).collect();
+        if shown.len() < path.escape_debug().count() {
+            shown.push('…');
+        }
+        Self::NoChannel(shown)
+    }
+
     pub fn bad(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self::BadArgument {
             field: field.into(),
@@ -95,5 +105,16 @@ impl From<crate::db::DbError> for EsbError {
 impl From<diesel::result::Error> for EsbError {
     fn from(e: diesel::result::Error) -> Self {
         Self::Internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_path_is_escaped_and_cut_short() {
+        let e = super::EsbError::no_channel("/cmsi/x\ninjected/");
+        assert_eq!(e.to_string(), "no channel is served at /cmsi/x\\ninjected/");
+        let long = super::EsbError::no_channel(&"a".repeat(500)).to_string();
+        assert!(long.ends_with('…') && long.len() < 260, "{long}");
     }
 }

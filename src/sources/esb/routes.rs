@@ -164,7 +164,7 @@ async fn serve_esb(
         .iter()
         .find(|c| c.path == path && !c.is_hidden)
         .cloned()
-        .ok_or(EsbError::NoChannel(path))?;
+        .ok_or_else(|| EsbError::no_channel(&path))?;
     if !channel.is_active {
         return Err(EsbError::Inactive(format!(
             "channel {} is disabled; an admin can enable it with `ding-channel channels enable {}`",
