@@ -6,7 +6,6 @@ use crate::db::schema::users;
 use crate::db::{now_ms, write_tx, DbConn, DbError, FEW_KEYS};
 use crate::domain::mobile::Mobile;
 use diesel::prelude::*;
-use std::collections::HashSet;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct UpsertReport {
@@ -94,30 +93,32 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<Profile>, DbError> {
         .collect()
 }
 
-/// Marks the profiles of `source` that `listed` leaves out as gone since `now` (those marked
-/// already keep their time); answers how many were newly marked. They stay, so that a send
-/// to one says why it is refused rather than "unknown user".
-pub fn mark_gone(
-    conn: &mut DbConn,
-    source: ProfileSource,
-    listed: &HashSet<String>,
-    now: i64,
-) -> Result<usize, DbError> {
-    let present: Vec<String> = users::table
+/// The usernames of `source` not marked gone, with when each row was last written (the
+/// database's clock, [`now_ms`]).
+pub fn present(conn: &mut DbConn, source: ProfileSource) -> Result<Vec<(String, i64)>, DbError> {
+    Ok(users::table
         .filter(users::source.eq(source.as_str()))
         .filter(users::gone_since.is_null())
-        .select(users::username)
-        .load(conn)?;
-    let gone: Vec<String> = present
-        .into_iter()
-        .filter(|u| !listed.contains(u))
-        .collect();
-    for chunk in gone.chunks(500) {
-        diesel::update(users::table.filter(users::username.eq_any(chunk)))
-            .set((users::gone_since.eq(now), users::updated_at.eq(now)))
-            .execute(conn)?;
+        .select((users::username, users::updated_at))
+        .load(conn)?)
+}
+
+/// Marks `usernames` gone since `now` (those marked already keep their time); answers how many
+/// were newly marked. They stay, so that a send to one says why it is refused rather than
+/// "unknown user".
+pub fn mark_gone(conn: &mut DbConn, usernames: &[String], now: i64) -> Result<usize, DbError> {
+    let written = now_ms();
+    let mut marked = 0;
+    for chunk in usernames.chunks(500) {
+        marked += diesel::update(
+            users::table
+                .filter(users::username.eq_any(chunk))
+                .filter(users::gone_since.is_null()),
+        )
+        .set((users::gone_since.eq(now), users::updated_at.eq(written)))
+        .execute(conn)?;
     }
-    Ok(gone.len())
+    Ok(marked)
 }
 
 pub fn remove(conn: &mut DbConn, username: &str) -> Result<bool, DbError> {

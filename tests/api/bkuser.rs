@@ -63,6 +63,18 @@ async fn the_simulator_pages_caps_checks_the_app_and_the_fields() {
         page["data"]["results"],
         json!([{"username": "u5", "status": "NORMAL"}])
     );
+    // Ordered as asked, by any profile field; an unknown one is ignored, as DRF does.
+    let desc = get(
+        &sim,
+        LIST_USERS,
+        "fields=username&page_size=2&ordering=-id,shoe_size",
+        Some(app.clone()),
+    )
+    .await;
+    assert_eq!(
+        desc["data"]["results"],
+        json!([{"username": "u5"}, {"username": "u4"}])
+    );
     let past = get(&sim, LIST_USERS, "page=4&page_size=2", Some(app.clone())).await;
     assert_eq!(past["result"], false, "{past}");
 
@@ -108,11 +120,11 @@ async fn the_simulator_pages_caps_checks_the_app_and_the_fields() {
 
     // Recorded, never with the secret.
     let requests = sim.state.requests();
-    assert_eq!(requests.len(), 6);
+    assert_eq!(requests.len(), 7);
     assert!(requests
         .iter()
         .all(|r| !r.query.contains_key("bk_app_secret")));
-    assert_eq!(requests[4].api, "retrieve_user");
+    assert_eq!(requests[5].api, "retrieve_user");
 }
 
 use crate::helpers::*;
@@ -126,14 +138,28 @@ fn bk_env(sim: &BkUserSimulator) -> Vec<(&'static str, String)> {
 }
 
 fn sync_cli(app: &TestApp, sim: &BkUserSimulator) -> std::process::Output {
+    sync_cli_args(app, sim, &[])
+}
+
+fn sync_cli_args(app: &TestApp, sim: &BkUserSimulator, more: &[&str]) -> std::process::Output {
     let env = bk_env(sim);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    cli(
-        &app.test_db.url,
-        &app.manifest,
-        &["users", "sync", "--from", "bk-user"],
-        &env,
-    )
+    let mut args = vec!["users", "sync", "--from", "bk-user"];
+    args.extend(more);
+    cli(&app.test_db.url, &app.manifest, &args, &env)
+}
+
+/// u1 … u`n`, each with a phone of its own.
+fn numbered(n: u64) -> Vec<Map<String, Value>> {
+    (1..=n)
+        .map(|i| bk_profile(i, &format!("u{i}"), &format!("138000001{i:02}")))
+        .collect()
+}
+
+fn refused(app: &TestApp, username: &str) -> Option<String> {
+    stdout(&app.cli(&["users", "show", username]))
+        .lines()
+        .find_map(|l| l.strip_prefix("refused:").map(|r| r.trim().to_owned()))
 }
 
 fn errors(env: &Value) -> Vec<(String, String)> {
@@ -414,4 +440,93 @@ async fn an_unknown_username_is_looked_up_in_bkuser_once_and_remembered() {
     )
     .await;
     assert_eq!(sim.state.requests().len(), 2);
+}
+
+// The CLI blocks this thread while the simulator serves it from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_pages_by_id_and_a_list_that_changes_between_pages_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let mut users = numbered(5);
+    // Stored out of id order: only the ordering asked for makes the pages follow the ids.
+    users.reverse();
+    let sim = bk_user(users, 2);
+    let out = sync_cli(&app, &sim);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sim
+        .state
+        .requests()
+        .iter()
+        .all(|r| r.query["ordering"] == "id"));
+
+    // u1 is deleted in bk-user once page 1 is answered: page 2 starts one profile later, so
+    // u3 is on neither page. It must not be marked gone for that.
+    sim.state.remove_after_page(1, "u1");
+    let out = sync_cli(&app, &sim);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "bk-user's list changed during the sync (count 5 on page 1, 4 on page 2); run it again; nothing was changed"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(refused(&app, "u3"), None);
+    assert_eq!(refused(&app, "u1"), None);
+    let out = sync_cli(&app, &sim);
+    assert_eq!(
+        stdout(&out).trim(),
+        "synced from bk-user: 0 added, 0 updated, 1 no longer in bk-user, 4 unchanged, 0 skipped as invalid"
+    );
+    assert_eq!(refused(&app, "u3"), None);
+    assert!(refused(&app, "u1").is_some());
+}
+
+// The CLI blocks this thread while the simulator serves it from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_that_would_mark_most_users_gone_is_refused_unless_forced() {
+    let sim = bk_user(numbered(5), 50);
+    let env = bk_env(&sim);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+    assert!(sync_cli(&app, &sim).status.success());
+
+    // An app that may see no one (or another tenant's bk-user) lists nobody.
+    sim.state.configure(|c| c.users.clear());
+    let out = sync_cli(&app, &sim);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "bk-user listed no profiles, but 5 stored ones come from it (is DING_CHANNEL_BKUSER_URL the right ESB, and may its app list every user?); nothing was changed. If they have really left bk-user, run `ding-channel users sync --from bk-user --force`"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(refused(&app, "u1"), None);
+
+    // Three of five gone: more than half, refused too; the periodic sync only warns.
+    sim.state.configure(|c| c.users = numbered(2));
+    let out = sync_cli(&app, &sim);
+    assert!(
+        stderr(&out)
+            .contains("bk-user no longer lists 3 of the 5 profiles stored from it, more than half"),
+        "{}",
+        stderr(&out)
+    );
+    let schedule = app.bkuser.clone().unwrap();
+    let ran = schedule.run_if_due().await.expect("due at start");
+    assert!(
+        matches!(&ran, Err(e) if e.to_string().contains("more than half")),
+        "{ran:?}"
+    );
+    assert_eq!(refused(&app, "u5"), None);
+
+    // Two of five: not more than half. And --force writes what bk-user says, whatever it is.
+    let out = sync_cli_args(&app, &sim, &["--force"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "synced from bk-user: 0 added, 0 updated, 3 no longer in bk-user, 2 unchanged, 0 skipped as invalid",
+        "{}",
+        stderr(&out)
+    );
+    assert!(refused(&app, "u5").is_some());
 }

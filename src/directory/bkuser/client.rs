@@ -15,6 +15,11 @@ const PAGE_SIZE: usize = 500;
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// More pages than any directory has: a bk-user that keeps answering is stopped here.
 const MAX_PAGES: u64 = 10_000;
+/// bk-user's list view orders by any profile field it is asked to (DRF's `OrderingFilter`);
+/// without it the database's order may differ from one page to the next, so offset pages
+/// would skip some profiles and repeat others. By `id`, a profile added during a sync lands
+/// on the last page and cannot shift the earlier ones.
+const ORDERING: &str = "id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BkUserError {
@@ -28,6 +33,14 @@ pub enum BkUserError {
     },
     #[error("bk-user list_users page {page}: {problem}")]
     Shape { page: u64, problem: String },
+    /// A profile removed between two pages shifts the later ones by one: one profile would be
+    /// missed and marked gone.
+    #[error("bk-user's list changed during the sync (count {before} on page 1, {after} on page {page}); run it again")]
+    Changed {
+        page: u64,
+        before: usize,
+        after: usize,
+    },
 }
 
 #[derive(Clone)]
@@ -52,15 +65,26 @@ impl BkUserClient {
         })
     }
 
-    /// Every profile bk-user lists, page after page until `count` are in hand; any page that
-    /// fails fails the whole list.
+    /// Every profile bk-user lists, by `id`, page after page until `count` are in hand; any
+    /// page that fails, or a `count` that changes between pages, fails the whole list.
     pub async fn list_all(&self) -> Result<Vec<Value>, BkUserError> {
         let mut records = vec![];
         let mut page = 1;
+        let mut first_count = None;
         loop {
-            let (count, results) = self
-                .page(page, &[("page_size", PAGE_SIZE.to_string())])
-                .await?;
+            let query = [
+                ("page_size", PAGE_SIZE.to_string()),
+                ("ordering", ORDERING.to_owned()),
+            ];
+            let (count, results) = self.page(page, &query).await?;
+            let before = *first_count.get_or_insert(count);
+            if count != before {
+                return Err(BkUserError::Changed {
+                    page,
+                    before,
+                    after: count,
+                });
+            }
             if results.is_empty() && records.len() < count {
                 return Err(BkUserError::Shape {
                     page,

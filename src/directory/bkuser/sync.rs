@@ -54,6 +54,10 @@ pub enum SyncError {
     // Not a `#[source]`: the message includes it, and chained reports would print it twice.
     #[error("{0}; nothing was changed")]
     BkUser(BkUserError),
+    /// bk-user's answer looks like the wrong directory (another tenant, an app without the
+    /// permission, a wrong URL), not like people leaving: not written unless forced.
+    #[error("{0}; nothing was changed. If they have really left bk-user, run `ding-channel users sync --from bk-user --force`")]
+    Suspicious(String),
     #[error("storage: {0}")]
     Storage(#[from] DbError),
 }
@@ -64,9 +68,48 @@ impl From<BkUserError> for SyncError {
     }
 }
 
-/// Fetches every profile, then writes the changes in one transaction.
-pub async fn sync(db: &Db, client: &BkUserClient, now: i64) -> Result<SyncReport, SyncError> {
+impl From<diesel::result::Error> for SyncError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+/// Every profile bk-user lists, fetched before anything is written.
+pub struct Listing {
+    records: Vec<Value>,
+    /// When the fetch began, on the database's clock ([`crate::db::now_ms`], which stamps
+    /// `users.updated_at`): a profile written after it (by a lookup at send time) is newer
+    /// than this listing and is not marked gone by it.
+    started: i64,
+}
+
+/// Fetches every page.
+pub async fn fetch(client: &BkUserClient) -> Result<Listing, SyncError> {
+    let started = crate::db::now_ms();
     let records = client.list_all().await?;
+    Ok(Listing { records, started })
+}
+
+/// Fetches every profile, then writes the changes in one transaction.
+pub async fn sync(
+    db: &Db,
+    client: &BkUserClient,
+    now: i64,
+    force: bool,
+) -> Result<SyncReport, SyncError> {
+    let listing = fetch(client).await?;
+    write(db, listing, now, force).await
+}
+
+/// Writes a listing in one transaction: nothing at all when it would mark gone more than half
+/// of bk-user's profiles (or all of them, listing none), unless `force`.
+pub async fn write(
+    db: &Db,
+    listing: Listing,
+    now: i64,
+    force: bool,
+) -> Result<SyncReport, SyncError> {
+    let Listing { records, started } = listing;
     // Every username bk-user lists, valid or not: an invalid record is skipped, but its user
     // is still there and must not be marked gone.
     let listed: HashSet<String> = records
@@ -80,18 +123,58 @@ pub async fn sync(db: &Db, client: &BkUserClient, now: i64) -> Result<SyncReport
     };
     let profiles = batch.profiles;
     let mut report = db
-        .run(move |conn| write_tx(conn, |conn| apply(conn, &profiles, &listed, now)))
+        .run(move |conn| {
+            write_tx(conn, |conn| {
+                apply(
+                    conn,
+                    &profiles,
+                    &listed,
+                    Written {
+                        now,
+                        started,
+                        force,
+                    },
+                )
+            })
+        })
         .await?;
     report.rejected = batch.rejected;
     Ok(report)
+}
+
+struct Written {
+    now: i64,
+    started: i64,
+    force: bool,
 }
 
 fn apply(
     conn: &mut DbConn,
     profiles: &[Profile],
     listed: &HashSet<String>,
-    now: i64,
-) -> Result<SyncReport, DbError> {
+    at: Written,
+) -> Result<SyncReport, SyncError> {
+    let present = store::present(conn, ProfileSource::BkUser)?;
+    let gone: Vec<String> = present
+        .iter()
+        .filter(|(name, updated_at)| !listed.contains(name) && *updated_at < at.started)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !at.force && !present.is_empty() {
+        if listed.is_empty() {
+            return Err(SyncError::Suspicious(format!(
+                "bk-user listed no profiles, but {} stored ones come from it (is DING_CHANNEL_BKUSER_URL the right ESB, and may its app list every user?)",
+                present.len()
+            )));
+        }
+        if gone.len() * 2 > present.len() {
+            return Err(SyncError::Suspicious(format!(
+                "bk-user no longer lists {} of the {} profiles stored from it, more than half (is DING_CHANNEL_BKUSER_URL the right ESB, and may its app list every user?)",
+                gone.len(),
+                present.len()
+            )));
+        }
+    }
     let names: Vec<String> = profiles.iter().map(|p| p.username.to_string()).collect();
     let stored: HashMap<String, Profile> = store::get_many(conn, &names)?
         .into_iter()
@@ -111,7 +194,7 @@ fn apply(
         changed.push(p.clone());
     }
     store::upsert(conn, &changed, ProfileSource::BkUser)?;
-    report.gone = store::mark_gone(conn, ProfileSource::BkUser, listed, now)?;
+    report.gone = store::mark_gone(conn, &gone, at.now)?;
     Ok(report)
 }
 
@@ -153,7 +236,7 @@ impl Schedule {
                 return Some(Err(e.into()));
             }
         }
-        let outcome = sync(&self.db, &self.client, now).await;
+        let outcome = sync(&self.db, &self.client, now, false).await;
         match &outcome {
             Ok(report) => {
                 for r in &report.rejected {
@@ -167,6 +250,9 @@ impl Schedule {
                     skipped = report.rejected.len(),
                     "{report}"
                 );
+            }
+            Err(e @ SyncError::Suspicious(_)) => {
+                tracing::warn!(error = %e, "bk-user sync refused to write what bk-user listed")
             }
             Err(e) => tracing::warn!(error = %e, "bk-user sync failed"),
         }
