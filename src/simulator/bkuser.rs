@@ -73,10 +73,14 @@ struct Inner {
     failing_pages: HashSet<u64>,
     /// Page → the username removed right after that list_users page is answered.
     removals: HashMap<u64, String>,
+    /// list_users requests are held unanswered until healed (a bk-user that hangs).
+    stalled: bool,
 }
 
 pub struct BkUserState {
     inner: Mutex<Inner>,
+    /// Wakes the requests held by [`BkUserState::stall`].
+    unstalled: tokio::sync::Notify,
 }
 
 impl BkUserState {
@@ -97,8 +101,27 @@ impl BkUserState {
         self.lock().failing_pages.insert(page);
     }
 
+    /// list_users answers nothing from now on (until [`Self::heal`]): a hung bk-user.
+    pub fn stall(&self) {
+        self.lock().stalled = true;
+    }
+
     pub fn heal(&self) {
-        self.lock().failing_pages.clear();
+        let mut g = self.lock();
+        g.failing_pages.clear();
+        g.stalled = false;
+        self.unstalled.notify_waiters();
+    }
+
+    async fn unstalled(&self) {
+        loop {
+            // Made before the check, so a heal between the two still wakes it.
+            let woken = self.unstalled.notified();
+            if !self.lock().stalled {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Right after answering list_users page `page`, `username` leaves bk-user (once): as
@@ -152,7 +175,9 @@ impl BkUserSimulator {
                 requests: vec![],
                 failing_pages: HashSet::new(),
                 removals: HashMap::new(),
+                stalled: false,
             }),
+            unstalled: tokio::sync::Notify::new(),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -329,6 +354,7 @@ async fn list_users(state: web::Data<BkUserState>, req: HttpRequest, q: Query) -
         Ok(c) => c,
         Err(r) => return r.respond(),
     };
+    state.unstalled().await;
     let (fields, page, page_size) = match (fields(&q), whole(&q, "page"), whole(&q, "page_size")) {
         (Ok(f), Ok(p), Ok(s)) => (f, p.unwrap_or(1), s),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r.respond(),

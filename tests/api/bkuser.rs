@@ -530,3 +530,89 @@ async fn a_list_that_would_mark_most_users_gone_is_refused_unless_forced() {
     );
     assert!(refused(&app, "u5").is_some());
 }
+
+#[tokio::test]
+async fn a_bkuser_that_fails_at_send_time_is_named_and_not_remembered_as_a_miss() {
+    let sim = bk_user(vec![bk_profile(7, "grace", "13800000002")], 50);
+    let env = bk_env(&sim);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+
+    sim.state.fail_page(1);
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "grace", "content": "hi"}),
+        )
+        .await;
+    let why = "unknown user (bk-user could not be asked: bk-user list_users page 1: HTTP 503 Service Unavailable)";
+    assert_eq!(errors(&env), owned(&[("grace", why)]), "{env}");
+    // bk-user's failure, not a wrong username: the third-party code.
+    assert_eq!(
+        (env["result"].clone(), env["code"].clone()),
+        (json!(false), json!(1306201))
+    );
+    assert_eq!(env["data"]["username_check"]["invalid"], json!(["grace"]));
+    // With a username bk-user answered it does not know, the caller's usernames are at fault.
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "alice,grace", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(errors(&env), owned(&[("alice", "sent"), ("grace", why)]));
+
+    // Back up: asked again at once, found.
+    sim.state.heal();
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "grace", "content": "again"}),
+        )
+        .await;
+    assert_eq!(errors(&env), owned(&[("grace", "sent")]), "{env}");
+}
+
+#[tokio::test]
+async fn a_hung_bkuser_is_given_up_at_the_sends_wait_and_asked_again_next_time() {
+    let sim = bk_user(vec![bk_profile(7, "grace", "13800000002")], 50);
+    let env = bk_env(&sim);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // send_ding waits 1 s (the least a channel waits), not the bk-user client's 10 s.
+    let db = TestDb::new();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_manifest()).unwrap()).unwrap();
+    for ch in manifest["channels"].as_array_mut().unwrap() {
+        ch["timeout"] = 1.into();
+    }
+    let path = db.dir.path().join("manifest.json");
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let app = TestApp::spawn_with(db, path, &extra).await;
+
+    sim.state.stall();
+    let started = std::time::Instant::now();
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "grace", "content": "hi"}),
+        )
+        .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let error = env["data"]["deliveries"][0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.starts_with(
+            "unknown user (bk-user could not be asked: bk-user list_users page 1: no answer within "
+        ),
+        "{env}"
+    );
+    assert_eq!(env["code"], 1306201);
+
+    sim.state.heal();
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "grace", "content": "again"}),
+        )
+        .await;
+    assert_eq!(errors(&env), owned(&[("grace", "sent")]), "{env}");
+}

@@ -76,7 +76,7 @@ impl BkUserClient {
                 ("page_size", PAGE_SIZE.to_string()),
                 ("ordering", ORDERING.to_owned()),
             ];
-            let (count, results) = self.page(page, &query).await?;
+            let (count, results) = self.page(page, &query, TIMEOUT).await?;
             let before = *first_count.get_or_insert(count);
             if count != before {
                 return Err(BkUserError::Changed {
@@ -108,20 +108,26 @@ impl BkUserClient {
         }
     }
 
-    /// The profiles of `usernames` that bk-user lists, in one request (as CMSI asks).
-    pub async fn find(&self, usernames: &[String]) -> Result<Vec<Value>, BkUserError> {
+    /// The profiles of `usernames` that bk-user lists, in one request (as CMSI asks), answered
+    /// within `timeout` (at most the client's own).
+    pub async fn find(
+        &self,
+        usernames: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Value>, BkUserError> {
         let query = [
             ("lookup_field", "username".to_owned()),
             ("exact_lookups", usernames.join(",")),
             ("page_size", usernames.len().max(1).to_string()),
         ];
-        Ok(self.page(1, &query).await?.1)
+        Ok(self.page(1, &query, timeout.min(TIMEOUT)).await?.1)
     }
 
     async fn page(
         &self,
         page: u64,
         query: &[(&str, String)],
+        timeout: Duration,
     ) -> Result<(usize, Vec<Value>), BkUserError> {
         let http = |error: String| BkUserError::Http { page, error };
         let shape = |problem: &str| BkUserError::Shape {
@@ -135,17 +141,21 @@ impl BkUserClient {
             .header("X-Bkapi-Authorization", auth.to_string())
             .query(&[("fields", FIELDS), ("page", &page.to_string())])
             .query(query)
+            .timeout(timeout)
             .send()
             .await
-            .map_err(|e| http(e.without_url().to_string()))?;
+            .map_err(|e| match e.is_timeout() {
+                true => http(format!("no answer within {} ms", timeout.as_millis())),
+                false => http(e.without_url().to_string()),
+            })?;
         let status = response.status();
         if !status.is_success() {
             return Err(http(format!("HTTP {status}")));
         }
-        let mut body: Value = response
-            .json()
-            .await
-            .map_err(|_| shape("the answer is not JSON"))?;
+        let mut body: Value = response.json().await.map_err(|e| match e.is_timeout() {
+            true => http(format!("no answer within {} ms", timeout.as_millis())),
+            false => shape("the answer is not JSON"),
+        })?;
         if body["result"] != Value::Bool(true) {
             return Err(BkUserError::Refused {
                 page,
