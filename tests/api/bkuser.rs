@@ -616,3 +616,42 @@ async fn a_hung_bkuser_is_given_up_at_the_sends_wait_and_asked_again_next_time()
         .await;
     assert_eq!(errors(&env), owned(&[("grace", "sent")]), "{env}");
 }
+
+#[tokio::test]
+async fn a_lookup_of_many_names_asks_in_chunks_and_follows_bkusers_page_cap() {
+    let sim = bk_user(numbered(120), 50);
+    let env = bk_env(&sim);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+
+    let names: Vec<String> = (1..=120).map(|i| format!("u{i}")).collect();
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": names.join(","), "content": "hi"}),
+        )
+        .await;
+    // Every one found in bk-user (their phones are not in DingTalk's simulator).
+    let unknown: Vec<(String, String)> = errors(&env)
+        .into_iter()
+        .filter(|(_, e)| e.starts_with("unknown user"))
+        .collect();
+    assert_eq!(unknown, vec![], "{env}");
+    // 100 names a request at most, each request's pages following count past the cap of 50.
+    let mut asked: Vec<(usize, String)> = sim
+        .state
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.query["exact_lookups"].split(',').count(),
+                r.query["page"].clone(),
+            )
+        })
+        .collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [(20, "1".into()), (100, "1".into()), (100, "2".into())]
+    );
+}

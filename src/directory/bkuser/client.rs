@@ -7,10 +7,14 @@ use crate::config::{BkUserSettings, Url};
 use crate::domain::secrets::AppSecret;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tokio::time::Instant;
 
 const LIST_USERS: &str = "api/c/compapi/v2/usermanage/list_users/";
 /// Asked for; bk-user lowers it to its `MAX_PAGE_SIZE`, so paging follows `count`, not this.
 const PAGE_SIZE: usize = 500;
+/// The usernames one lookup request names at most: bk-user caps its pages (at 100 in some
+/// deployments), and the names travel in the URL.
+pub const FIND_CHUNK: usize = 100;
 /// One bk-user call at most; a sync is many.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// More pages than any directory has: a bk-user that keeps answering is stopped here.
@@ -108,19 +112,31 @@ impl BkUserClient {
         }
     }
 
-    /// The profiles of `usernames` that bk-user lists, in one request (as CMSI asks), answered
-    /// within `timeout` (at most the client's own).
+    /// The profiles of `usernames` (at most [`FIND_CHUNK`]) that bk-user lists, as CMSI asks,
+    /// answered within `timeout` (at most the client's own). bk-user may cap the page below
+    /// the names asked, so the pages follow `count`.
     pub async fn find(
         &self,
         usernames: &[String],
         timeout: Duration,
     ) -> Result<Vec<Value>, BkUserError> {
+        let until = Instant::now() + timeout.min(TIMEOUT);
         let query = [
             ("lookup_field", "username".to_owned()),
             ("exact_lookups", usernames.join(",")),
             ("page_size", usernames.len().max(1).to_string()),
         ];
-        Ok(self.page(1, &query, timeout.min(TIMEOUT)).await?.1)
+        let mut records = vec![];
+        for page in 1..=usernames.len().max(1) as u64 {
+            let left = until.saturating_duration_since(Instant::now());
+            let (count, results) = self.page(page, &query, left).await?;
+            let empty = results.is_empty();
+            records.extend(results);
+            if records.len() >= count || empty {
+                break;
+            }
+        }
+        Ok(records)
     }
 
     async fn page(

@@ -1,10 +1,11 @@
 //! [`UserLookup`] by bk-user: usernames a send names that the directory does not know are
-//! asked of bk-user in one list_users request (as CMSI asks), within the send's wait, and
+//! asked of bk-user with list_users (as CMSI asks; [`FIND_CHUNK`] names a request, each
+//! following `count`), within the send's wait, and
 //! those found are stored as bk-user's. A username bk-user answered it does not know is not
 //! asked again for [`MISS_TTL`], so a storm of sends to a typo does not hammer bk-user; one it
 //! could not be asked about (down, slow) is asked again by the next send.
 
-use super::client::BkUserClient;
+use super::client::{BkUserClient, FIND_CHUNK};
 use super::BkUserPages;
 use crate::clock::SharedClock;
 use crate::db::Db;
@@ -12,7 +13,7 @@ use crate::directory::lookup::{Looked, UserLookup};
 use crate::directory::profile::{Profile, ProfileSource};
 use crate::directory::provider::Provider;
 use crate::directory::store;
-use futures_util::future::BoxFuture;
+use futures_util::future::{join_all, BoxFuture};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -61,14 +62,23 @@ impl BkUserLookup {
         if remaining.is_zero() {
             return unasked("no time left in the send's wait".into());
         }
-        let records = match self.client.find(&ask, remaining).await {
-            Ok(records) => records,
-            Err(e) => {
-                // Not remembered as a miss: the next send asks again.
-                tracing::warn!(error = %e, "bk-user lookup failed; the usernames stay unknown for this send");
-                return unasked(e.to_string());
+        let answers = join_all(
+            ask.chunks(FIND_CHUNK)
+                .map(|chunk| async move { (chunk, self.client.find(chunk, remaining).await) }),
+        )
+        .await;
+        let mut records = vec![];
+        let mut failed = HashMap::new();
+        for (chunk, answer) in answers {
+            match answer {
+                Ok(found) => records.extend(found),
+                Err(e) => {
+                    // Not remembered as a miss: the next send asks again.
+                    tracing::warn!(error = %e, "bk-user lookup failed; the usernames stay unknown for this send");
+                    failed.extend(chunk.iter().map(|u| (u.clone(), e.to_string())));
+                }
             }
-        };
+        }
         let batch = match (BkUserPages { records }).read() {
             Ok(batch) => batch,
             Err(never) => match never {},
@@ -92,15 +102,14 @@ impl BkUserLookup {
             tracing::warn!(error = %e, "bk-user lookup: cannot store the profiles found");
         }
         let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
-        for name in ask
-            .iter()
-            .filter(|a| !found.iter().any(|p| p.username.as_str() == a.as_str()))
-        {
+        for name in ask.iter().filter(|a| {
+            !failed.contains_key(*a) && !found.iter().any(|p| p.username.as_str() == a.as_str())
+        }) {
             misses.insert(name.clone(), now);
         }
         Looked {
             found,
-            unasked: HashMap::new(),
+            unasked: failed,
         }
     }
 }
