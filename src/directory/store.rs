@@ -93,6 +93,24 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<Profile>, DbError> {
         .collect()
 }
 
+/// Sets the standing of a stored user alone (bk-user's record of them failed validation in
+/// other fields, which keep their stored values); answers whether the user is stored.
+pub fn set_standing(
+    conn: &mut DbConn,
+    username: &str,
+    standing: &Standing,
+) -> Result<bool, DbError> {
+    Ok(diesel::update(users::table.find(username))
+        .set((
+            users::bk_status.eq(&standing.status),
+            users::bk_staff_status.eq(&standing.staff_status),
+            users::gone_since.eq(standing.gone_since),
+            users::updated_at.eq(now_ms()),
+        ))
+        .execute(conn)?
+        == 1)
+}
+
 /// The usernames of `source` not marked gone, with when each row was last written (the
 /// database's clock, [`now_ms`]).
 pub fn present(conn: &mut DbConn, source: ProfileSource) -> Result<Vec<(String, i64)>, DbError> {

@@ -655,3 +655,40 @@ async fn a_lookup_of_many_names_asks_in_chunks_and_follows_bkusers_page_cap() {
         [(20, "1".into()), (100, "1".into()), (100, "2".into())]
     );
 }
+
+// The CLI blocks this thread while the simulator serves it from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_skipped_as_invalid_still_gets_its_standing() {
+    let app = TestApp::spawn().await;
+    let sim = bk_user(numbered(3), 50);
+    assert!(sync_cli(&app, &sim).status.success());
+
+    // u2 leaves, and their record now has a phone that does not validate.
+    sim.state.configure(|c| {
+        c.users[1]["telephone"] = "12ab".into();
+        c.users[1]["staff_status"] = "OUT".into();
+    });
+    let out = sync_cli(&app, &sim);
+    assert!(
+        stderr(&out).contains("skipped user u2: telephone: '12ab' is not a phone number"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        refused(&app, "u2").as_deref(),
+        Some("has left (bk-user staff_status OUT)")
+    );
+    // The other fields keep what was stored.
+    let show = stdout(&app.cli(&["users", "show", "u2"]));
+    assert!(show.contains("telephone:    13800000102"), "{show}");
+    let env = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "u2", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(
+        errors(&env),
+        owned(&[("u2", "has left (bk-user staff_status OUT)")])
+    );
+}

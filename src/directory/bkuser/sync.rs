@@ -117,24 +117,26 @@ pub async fn write(
         .filter_map(|r| r.get("username").and_then(Value::as_str))
         .map(|u| u.trim().to_owned())
         .collect();
-    let batch = match (BkUserPages { records }).read() {
+    let pages = BkUserPages { records };
+    let batch = match pages.read() {
         Ok(batch) => batch,
         Err(never) => match never {},
     };
+    let standings = pages.standings_of_skipped(&batch);
     let profiles = batch.profiles;
     let mut report = db
         .run(move |conn| {
             write_tx(conn, |conn| {
-                apply(
-                    conn,
-                    &profiles,
-                    &listed,
-                    Written {
-                        now,
-                        started,
-                        force,
-                    },
-                )
+                let written = Written {
+                    now,
+                    started,
+                    force,
+                };
+                let report = apply(conn, &profiles, &listed, written)?;
+                for (name, standing) in &standings {
+                    store::set_standing(conn, name, standing)?;
+                }
+                Ok::<_, SyncError>(report)
             })
         })
         .await?;
