@@ -14,9 +14,12 @@ pub struct UpsertReport {
 }
 
 /// Inserts or replaces profiles by username, all in one transaction, recording `source` as
-/// where each came from. Every writer of `users` comes through here (see
-/// [`super::provider`]), so the source of a profile is always the last writer's: a user
+/// where each came from. The source of a profile is always the last writer's: a user
 /// imported from a file and later synced from bk-user is bk-user's.
+///
+/// This module holds every write of `users`: whole profiles come through here (see
+/// [`super::provider`]); a sync's standing-only writes through [`set_standing`] and
+/// [`mark_gone`]; an admin's removal through [`remove`].
 pub fn upsert(
     conn: &mut DbConn,
     profiles: &[Profile],
@@ -27,26 +30,33 @@ pub fn upsert(
         let mut report = UpsertReport::default();
         for p in profiles {
             let row = to_row(p, source, now);
+            let fields = (
+                users::display_name.eq(&row.display_name),
+                users::telephone.eq(&row.telephone),
+                users::country_code.eq(&row.country_code),
+                users::email.eq(&row.email),
+                users::wx_userid.eq(&row.wx_userid),
+                users::qq.eq(&row.qq),
+                users::extras.eq(&row.extras),
+                users::source.eq(&row.source),
+                users::bk_status.eq(&row.bk_status),
+                users::bk_staff_status.eq(&row.bk_staff_status),
+                users::gone_since.eq(row.gone_since),
+                users::updated_at.eq(now),
+            );
             let changed = diesel::update(users::table.find(p.username.as_str()))
-                .set((
-                    users::display_name.eq(&row.display_name),
-                    users::telephone.eq(&row.telephone),
-                    users::country_code.eq(&row.country_code),
-                    users::email.eq(&row.email),
-                    users::wx_userid.eq(&row.wx_userid),
-                    users::qq.eq(&row.qq),
-                    users::extras.eq(&row.extras),
-                    users::source.eq(&row.source),
-                    users::bk_status.eq(&row.bk_status),
-                    users::bk_staff_status.eq(&row.bk_staff_status),
-                    users::gone_since.eq(row.gone_since),
-                    users::updated_at.eq(now),
-                ))
+                .set(fields)
                 .execute(conn)?;
             if changed == 0 {
-                diesel::insert_into(users::table)
+                // A concurrent writer (a lookup at send time during a sync) may insert the
+                // same username between the two statements: on PostgreSQL a plain insert
+                // would then abort the whole transaction.
+                crate::with_conn!(&mut *conn, |c| diesel::insert_into(users::table)
                     .values(&row)
-                    .execute(conn)?;
+                    .on_conflict(users::username)
+                    .do_update()
+                    .set(fields)
+                    .execute(c))?;
                 report.inserted += 1;
             } else {
                 report.updated += 1;

@@ -692,3 +692,69 @@ async fn a_profile_skipped_as_invalid_still_gets_its_standing() {
         owned(&[("u2", "has left (bk-user staff_status OUT)")])
     );
 }
+
+#[tokio::test]
+async fn a_sync_does_not_mark_gone_what_a_lookup_found_meanwhile_nor_write_past_its_claim() {
+    use ding_channel::clock::Clock;
+    use ding_channel::directory::bkuser::sync::{claim, fetch, write, SyncError};
+    let sim = bk_user(numbered(3), 50);
+    let env = bk_env(&sim);
+    let mut extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    extra.push(("DING_CHANNEL_BKUSER_SYNC_S", "600"));
+    let a = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+    let b = TestApp::spawn_on_with(&a.test_db.url, &extra).await;
+    let schedule = a.bkuser.clone().unwrap();
+    let (db, client, interval) = (
+        schedule.db.clone(),
+        schedule.client.clone(),
+        schedule.interval,
+    );
+
+    // Process a claims the sync and fetches the list; zed joins bk-user after that, and a
+    // send finds zed by a lookup before the sync writes.
+    let now = a.clock.now_ms();
+    let lease = db
+        .run(move |c| claim(c, now, interval))
+        .await
+        .unwrap()
+        .expect("due");
+    let listing = fetch(&client).await.unwrap();
+    sim.state
+        .configure(|c| c.users.push(bk_profile(9, "zed", "13800000001")));
+    let env = a
+        .post(
+            "send_ding",
+            json!({"receiver__username": "zed", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(errors(&env), owned(&[("zed", "sent")]), "{env}");
+    let report = write(&db, listing, now, false, Some(lease)).await.unwrap();
+    assert_eq!((report.added, report.gone), (3, 0));
+    assert_eq!(refused(&a, "zed"), None);
+
+    // a claims again and fetches, but takes longer than the interval: b claims the next run
+    // and writes; a's late write changes nothing.
+    a.clock.advance_ms(600_000);
+    let now = a.clock.now_ms();
+    let lease = db
+        .run(move |c| claim(c, now, interval))
+        .await
+        .unwrap()
+        .expect("due");
+    let late = fetch(&client).await.unwrap();
+    a.clock.advance_ms(600_000);
+    let sb = b.bkuser.clone().unwrap();
+    let sb = ding_channel::directory::bkuser::sync::Schedule {
+        db: sb.db.clone(),
+        client: sb.client.clone(),
+        interval: sb.interval,
+        clock: a.clock.clone(),
+    };
+    assert!(matches!(sb.run_if_due().await, Some(Ok(_))));
+    let outcome = write(&db, late, now, false, Some(lease)).await;
+    assert!(matches!(outcome, Err(SyncError::Outlasted)), "{outcome:?}");
+    assert_eq!(
+        outcome.unwrap_err().to_string(),
+        "the sync outlasted its interval (DING_CHANNEL_BKUSER_SYNC_S), so the next one takes over; nothing was changed"
+    );
+}

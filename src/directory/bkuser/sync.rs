@@ -58,6 +58,9 @@ pub enum SyncError {
     /// permission, a wrong URL), not like people leaving: not written unless forced.
     #[error("{0}; nothing was changed. If they have really left bk-user, run `ding-channel users sync --from bk-user --force`")]
     Suspicious(String),
+    /// The periodic sync ran past its claim: the next claim's run writes instead.
+    #[error("the sync outlasted its interval (DING_CHANNEL_BKUSER_SYNC_S), so the next one takes over; nothing was changed")]
+    Outlasted,
     #[error("storage: {0}")]
     Storage(#[from] DbError),
 }
@@ -98,16 +101,18 @@ pub async fn sync(
     force: bool,
 ) -> Result<SyncReport, SyncError> {
     let listing = fetch(client).await?;
-    write(db, listing, now, force).await
+    write(db, listing, now, force, None).await
 }
 
 /// Writes a listing in one transaction: nothing at all when it would mark gone more than half
-/// of bk-user's profiles (or all of them, listing none), unless `force`.
+/// of bk-user's profiles (or all of them, listing none), unless `force`, nor when `lease` (the
+/// periodic sync's claim) has been taken over.
 pub async fn write(
     db: &Db,
     listing: Listing,
     now: i64,
     force: bool,
+    lease: Option<Lease>,
 ) -> Result<SyncReport, SyncError> {
     let Listing { records, started } = listing;
     // Every username bk-user lists, valid or not: an invalid record is skipped, but its user
@@ -127,6 +132,11 @@ pub async fn write(
     let mut report = db
         .run(move |conn| {
             write_tx(conn, |conn| {
+                if let Some(lease) = lease {
+                    if !holds(conn, lease)? {
+                        return Err(SyncError::Outlasted);
+                    }
+                }
                 let written = Written {
                     now,
                     started,
@@ -200,20 +210,42 @@ fn apply(
     Ok(report)
 }
 
+/// A claim of the periodic sync: no other process claims it before `until`, and the claim is
+/// lost once another one moved the schedule on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    until: i64,
+}
+
 /// Claims the periodic sync if it is due at `now`, moving the next one `interval` on; only
 /// the caller that moves it runs the sync, so processes sharing the database sync once per
 /// interval between them.
-pub fn claim(conn: &mut DbConn, now: i64, interval: Duration) -> Result<bool, DbError> {
+pub fn claim(conn: &mut DbConn, now: i64, interval: Duration) -> Result<Option<Lease>, DbError> {
     write_tx(conn, |conn| {
         crate::with_conn!(&mut *conn, |c| diesel::insert_into(ds::table)
             .values((ds::provider.eq(SCHEDULE), ds::next_sync_at.eq(now)))
             .on_conflict_do_nothing()
             .execute(c))?;
+        let until = now + interval.as_millis() as i64;
         let claimed = diesel::update(ds::table.find(SCHEDULE).filter(ds::next_sync_at.le(now)))
-            .set(ds::next_sync_at.eq(now + interval.as_millis() as i64))
+            .set(ds::next_sync_at.eq(until))
             .execute(conn)?;
-        Ok(claimed == 1)
+        Ok((claimed == 1).then_some(Lease { until }))
     })
+}
+
+/// Whether `lease` still holds: the schedule says what its claim wrote (a later claim writes a
+/// later time). Rewriting it locks the row until the caller's transaction ends, so a claim
+/// made meanwhile waits for the write to finish.
+fn holds(conn: &mut DbConn, lease: Lease) -> Result<bool, DbError> {
+    let same = diesel::update(
+        ds::table
+            .find(SCHEDULE)
+            .filter(ds::next_sync_at.eq(lease.until)),
+    )
+    .set(ds::next_sync_at.eq(lease.until))
+    .execute(conn)?;
+    Ok(same == 1)
 }
 
 /// The periodic sync of `serve`.
@@ -230,15 +262,20 @@ impl Schedule {
     pub async fn run_if_due(&self) -> Option<Result<SyncReport, SyncError>> {
         let (now, interval) = (self.clock.now_ms(), self.interval);
         let claimed = self.db.run(move |conn| claim(conn, now, interval)).await;
-        match claimed {
-            Ok(false) => return None,
-            Ok(true) => {}
+        let lease = match claimed {
+            Ok(None) => return None,
+            Ok(Some(lease)) => lease,
             Err(e) => {
                 tracing::warn!(error = %e, "bk-user sync: cannot claim the schedule");
                 return Some(Err(e.into()));
             }
-        }
-        let outcome = sync(&self.db, &self.client, now, false).await;
+        };
+        // Within the claim: past it, the next claim may run while this one still fetches.
+        let outcome = match tokio::time::timeout(interval, fetch(&self.client)).await {
+            Ok(Ok(listing)) => write(&self.db, listing, now, false, Some(lease)).await,
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SyncError::Outlasted),
+        };
         match &outcome {
             Ok(report) => {
                 for r in &report.rejected {
