@@ -758,3 +758,29 @@ async fn a_sync_does_not_mark_gone_what_a_lookup_found_meanwhile_nor_write_past_
         "the sync outlasted its interval (DING_CHANNEL_BKUSER_SYNC_S), so the next one takes over; nothing was changed"
     );
 }
+
+// The CLI blocks this thread while the simulators serve it from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_command_looks_unknown_usernames_up_in_bkuser_too() {
+    let app = TestApp::spawn().await;
+    let sim = bk_user(vec![bk_profile(7, "grace", "13800000002")], 50);
+    let base = app.sim.base_url();
+    let mut env = bk_env(&sim);
+    env.push(("DINGTALK_OAPI_BASE", base.clone()));
+    env.push(("DINGTALK_API_BASE", base));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = cli(
+        &app.test_db.url,
+        &app.manifest,
+        &["send", "--to", "grace", "--content", "hi"],
+        &env,
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("sent to 1 receiver(s)"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(sim.state.requests()[0].query["exact_lookups"], "grace");
+    assert_eq!(app.sim.state.messages().len(), 1);
+}
