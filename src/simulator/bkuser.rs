@@ -131,8 +131,8 @@ impl BkUserState {
     }
 }
 
-/// The sandbox's bk-user: people the sandbox does not seed, so a send to them shows the lookup
-/// at send time, and one who has left, so it shows the refusal. Their phones are in the
+/// The sandbox's bk-user: people the sandbox does not seed, so a send to them shows the sync
+/// that `serve` runs at start, and one who has left, so it shows the refusal. Their phones are in the
 /// DingTalk simulator's demo set.
 pub fn demo_bkuser() -> BkUserConfig {
     let person = |id: u64, username: &str, telephone: &str, staff_status: &str| {
