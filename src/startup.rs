@@ -70,10 +70,14 @@ pub struct Application {
 }
 
 /// What bk-user gives `serve`: the periodic sync, and the lookup of unknown usernames.
-type BkUser = (Arc<Schedule>, Arc<dyn UserLookup>);
+pub(crate) type BkUser = (Arc<Schedule>, Arc<dyn UserLookup>);
 
 /// With `DING_CHANNEL_BKUSER_URL`: the periodic sync, and the lookup of unknown usernames.
-fn bkuser(db: &Db, settings: &Settings, clock: SharedClock) -> anyhow::Result<Option<BkUser>> {
+pub(crate) fn bkuser(
+    db: &Db,
+    settings: &Settings,
+    clock: SharedClock,
+) -> anyhow::Result<Option<BkUser>> {
     let Some(bk) = &settings.bkuser else {
         return Ok(None);
     };

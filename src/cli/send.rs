@@ -85,7 +85,11 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
         request_id: crate::secret::random_hex(16),
         tenant_id: None,
     };
-    let service = SendService::new(outbox.clone(), settings.outbox.idempotency_window);
+    // As `serve` does: a username the directory does not know is asked of bk-user.
+    let lookup = crate::startup::bkuser(&outbox.db, &settings, outbox.clock.clone())?
+        .map(|(_, lookup)| lookup);
+    let service =
+        SendService::new(outbox.clone(), settings.outbox.idempotency_window).with_lookup(lookup);
     let receipt = runtime.block_on(service.submit(request, &caller))?;
     for r in &receipt.receivers {
         let error = r

@@ -36,6 +36,11 @@ pub enum UsersCmd {
         /// Where from: bk-user (DING_CHANNEL_BKUSER_URL, _APP_CODE, _APP_SECRET).
         #[arg(long)]
         from: String,
+        /// Write even when bk-user lists none of the stored bk-user profiles, or would mark
+        /// more than half of them gone (refused without it: that looks like a wrong URL,
+        /// tenant or app permission, not people leaving).
+        #[arg(long)]
+        force: bool,
     },
     List,
     Show {
@@ -47,8 +52,8 @@ pub enum UsersCmd {
 }
 
 pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
-    if let UsersCmd::Sync { from } = &cmd {
-        return sync(from, settings);
+    if let UsersCmd::Sync { from, force } = &cmd {
+        return sync(from, *force, settings);
     }
     let db = open(settings)?;
     let mut conn = db.get()?;
@@ -181,7 +186,7 @@ pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
 
 /// `users sync --from bk-user`: every page first, then one transaction; the skipped profiles
 /// on stderr, the report on stdout.
-fn sync(from: &str, settings: &Settings) -> anyhow::Result<()> {
+fn sync(from: &str, force: bool, settings: &Settings) -> anyhow::Result<()> {
     if from != "bk-user" {
         bail!("--from: '{from}' is not a directory ding-channel syncs from (use --from bk-user)");
     }
@@ -195,7 +200,7 @@ fn sync(from: &str, settings: &Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(sync::sync(&db, &client, crate::clock::now_ms()))?;
+    let report = runtime.block_on(sync::sync(&db, &client, crate::clock::now_ms(), force))?;
     for r in &report.rejected {
         eprintln!("skipped {r}");
     }

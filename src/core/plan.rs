@@ -7,7 +7,7 @@ use crate::channels::settings::DeliverySettings;
 use crate::db::{DbConn, DbError};
 use crate::dingtalk::MobileLookup;
 use crate::directory::classify::{classify, robot_problem, Kind};
-use crate::directory::lookup::UserLookup;
+use crate::directory::lookup::{UserLookup, UNAVAILABLE};
 use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids;
@@ -198,6 +198,7 @@ async fn plan_targets(
         cached,
         ..
     } = directory;
+    let mut unasked = HashMap::new();
     if let (Some(lookup), Receivers::Usernames(names)) = (lookup, receivers) {
         let mut asked = HashSet::new();
         let unknown: Vec<String> = names
@@ -206,10 +207,16 @@ async fn plan_targets(
             .filter(|n| !profiles.contains_key(n) && asked.insert(n.clone()))
             .collect();
         if !unknown.is_empty() {
-            // Not answered in time: they are unknown users for this send.
-            if let Ok(found) = tokio::time::timeout_at(deadline, lookup.find(&unknown)).await {
-                profiles.extend(found.into_iter().map(|p| (p.username.to_string(), p)));
-            }
+            // Bounded by the deadline inside, so that what it learns is kept (not dropped
+            // half-way by a timeout here).
+            let looked = lookup.find(&unknown, deadline).await;
+            profiles.extend(
+                looked
+                    .found
+                    .into_iter()
+                    .map(|p| (p.username.to_string(), p)),
+            );
+            unasked = looked.unasked;
         }
     }
     let fields = settings.fields.clone();
@@ -219,7 +226,17 @@ async fn plan_targets(
         Receivers::Usernames(names) => {
             for name in names.iter().map(|n| n.as_str()) {
                 let Some(p) = profiles.get(name) else {
-                    plan.push(failed(name, DeliveryKind::User, "unknown user"));
+                    plan.push(match unasked.get(name) {
+                        Some(why) => NewDelivery {
+                            code: Some(UNAVAILABLE.into()),
+                            ..failed(
+                                name,
+                                DeliveryKind::User,
+                                format!("unknown user (bk-user could not be asked: {why})"),
+                            )
+                        },
+                        None => failed(name, DeliveryKind::User, "unknown user"),
+                    });
                     continue;
                 };
                 // Disabled, deleted, left or gone in bk-user: refused as CMSI refuses them.

@@ -2,6 +2,7 @@
 //! turns it into its own answer (the ESB envelope, an HTTP status, a CLI table).
 
 use crate::db::models::DeliveryRow;
+use crate::directory::lookup::UNAVAILABLE;
 use crate::domain::delivery::{DeliveryKind, DeliveryStatus};
 use crate::domain::ids::MessageId;
 use crate::senders::app_robot::MOBILE_NOT_FOUND;
@@ -33,6 +34,9 @@ pub struct ReceiverReceipt {
 pub enum Cause {
     /// The directory: unknown user, no telephone, wrong kind of receiver, bad robot fields.
     Directory,
+    /// The directory provider (bk-user) could not be asked about an unknown username: a third
+    /// party down or slow, not a wrong username.
+    DirectoryUnavailable,
     /// DingTalk has no user with the phone in the profile.
     NotInDingTalk,
     /// DingTalk (or the way there) refused a send or a lookup.
@@ -46,6 +50,7 @@ impl Cause {
     fn of(row: &DeliveryRow) -> Self {
         match row.dingtalk_code.as_deref() {
             Some(NOT_CONFIGURED) => Self::NotConfigured,
+            Some(UNAVAILABLE) => Self::DirectoryUnavailable,
             Some(MOBILE_NOT_FOUND) => Self::NotInDingTalk,
             Some(_) => Self::DingTalk,
             None if row.attempts > 0 => Self::DingTalk,
@@ -106,12 +111,19 @@ impl Receipt {
             return Overall::Partial;
         }
         // Not set up here, then DingTalk's refusal, then the directory's: the first one an
-        // admin must fix before anything can go.
+        // admin must fix before anything can go. The directory provider being unreachable is
+        // the cause only when nothing else is: a wrong username among them is the caller's.
         let causes: Vec<Cause> = self.failed().filter_map(|r| r.cause).collect();
+        let unavailable =
+            !causes.is_empty() && causes.iter().all(|c| *c == Cause::DirectoryUnavailable);
         let cause = [Cause::NotConfigured, Cause::DingTalk]
             .into_iter()
             .find(|c| causes.contains(c))
-            .unwrap_or(Cause::Directory);
+            .unwrap_or(if unavailable {
+                Cause::DirectoryUnavailable
+            } else {
+                Cause::Directory
+            });
         Overall::Refused(cause)
     }
 
@@ -193,6 +205,14 @@ mod tests {
         assert_eq!(
             all(&[Cause::DingTalk, Cause::NotConfigured]),
             Overall::Refused(Cause::NotConfigured)
+        );
+        assert_eq!(
+            all(&[Cause::DirectoryUnavailable, Cause::DirectoryUnavailable]),
+            Overall::Refused(Cause::DirectoryUnavailable)
+        );
+        assert_eq!(
+            all(&[Cause::DirectoryUnavailable, Cause::Directory]),
+            Overall::Refused(Cause::Directory)
         );
     }
 

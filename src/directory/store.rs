@@ -6,7 +6,6 @@ use crate::db::schema::users;
 use crate::db::{now_ms, write_tx, DbConn, DbError, FEW_KEYS};
 use crate::domain::mobile::Mobile;
 use diesel::prelude::*;
-use std::collections::HashSet;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct UpsertReport {
@@ -15,9 +14,12 @@ pub struct UpsertReport {
 }
 
 /// Inserts or replaces profiles by username, all in one transaction, recording `source` as
-/// where each came from. Every writer of `users` comes through here (see
-/// [`super::provider`]), so the source of a profile is always the last writer's: a user
+/// where each came from. The source of a profile is always the last writer's: a user
 /// imported from a file and later synced from bk-user is bk-user's.
+///
+/// This module holds every write of `users`: whole profiles come through here (see
+/// [`super::provider`]); a sync's standing-only writes through [`set_standing`] and
+/// [`mark_gone`]; an admin's removal through [`remove`].
 pub fn upsert(
     conn: &mut DbConn,
     profiles: &[Profile],
@@ -28,26 +30,33 @@ pub fn upsert(
         let mut report = UpsertReport::default();
         for p in profiles {
             let row = to_row(p, source, now);
+            let fields = (
+                users::display_name.eq(&row.display_name),
+                users::telephone.eq(&row.telephone),
+                users::country_code.eq(&row.country_code),
+                users::email.eq(&row.email),
+                users::wx_userid.eq(&row.wx_userid),
+                users::qq.eq(&row.qq),
+                users::extras.eq(&row.extras),
+                users::source.eq(&row.source),
+                users::bk_status.eq(&row.bk_status),
+                users::bk_staff_status.eq(&row.bk_staff_status),
+                users::gone_since.eq(row.gone_since),
+                users::updated_at.eq(now),
+            );
             let changed = diesel::update(users::table.find(p.username.as_str()))
-                .set((
-                    users::display_name.eq(&row.display_name),
-                    users::telephone.eq(&row.telephone),
-                    users::country_code.eq(&row.country_code),
-                    users::email.eq(&row.email),
-                    users::wx_userid.eq(&row.wx_userid),
-                    users::qq.eq(&row.qq),
-                    users::extras.eq(&row.extras),
-                    users::source.eq(&row.source),
-                    users::bk_status.eq(&row.bk_status),
-                    users::bk_staff_status.eq(&row.bk_staff_status),
-                    users::gone_since.eq(row.gone_since),
-                    users::updated_at.eq(now),
-                ))
+                .set(fields)
                 .execute(conn)?;
             if changed == 0 {
-                diesel::insert_into(users::table)
+                // A concurrent writer (a lookup at send time during a sync) may insert the
+                // same username between the two statements: on PostgreSQL a plain insert
+                // would then abort the whole transaction.
+                crate::with_conn!(&mut *conn, |c| diesel::insert_into(users::table)
                     .values(&row)
-                    .execute(conn)?;
+                    .on_conflict(users::username)
+                    .do_update()
+                    .set(fields)
+                    .execute(c))?;
                 report.inserted += 1;
             } else {
                 report.updated += 1;
@@ -94,30 +103,50 @@ pub fn list(conn: &mut DbConn) -> Result<Vec<Profile>, DbError> {
         .collect()
 }
 
-/// Marks the profiles of `source` that `listed` leaves out as gone since `now` (those marked
-/// already keep their time); answers how many were newly marked. They stay, so that a send
-/// to one says why it is refused rather than "unknown user".
-pub fn mark_gone(
+/// Sets the standing of a stored user alone (bk-user's record of them failed validation in
+/// other fields, which keep their stored values); answers whether the user is stored.
+pub fn set_standing(
     conn: &mut DbConn,
-    source: ProfileSource,
-    listed: &HashSet<String>,
-    now: i64,
-) -> Result<usize, DbError> {
-    let present: Vec<String> = users::table
+    username: &str,
+    standing: &Standing,
+) -> Result<bool, DbError> {
+    Ok(diesel::update(users::table.find(username))
+        .set((
+            users::bk_status.eq(&standing.status),
+            users::bk_staff_status.eq(&standing.staff_status),
+            users::gone_since.eq(standing.gone_since),
+            users::updated_at.eq(now_ms()),
+        ))
+        .execute(conn)?
+        == 1)
+}
+
+/// The usernames of `source` not marked gone, with when each row was last written (the
+/// database's clock, [`now_ms`]).
+pub fn present(conn: &mut DbConn, source: ProfileSource) -> Result<Vec<(String, i64)>, DbError> {
+    Ok(users::table
         .filter(users::source.eq(source.as_str()))
         .filter(users::gone_since.is_null())
-        .select(users::username)
-        .load(conn)?;
-    let gone: Vec<String> = present
-        .into_iter()
-        .filter(|u| !listed.contains(u))
-        .collect();
-    for chunk in gone.chunks(500) {
-        diesel::update(users::table.filter(users::username.eq_any(chunk)))
-            .set((users::gone_since.eq(now), users::updated_at.eq(now)))
-            .execute(conn)?;
+        .select((users::username, users::updated_at))
+        .load(conn)?)
+}
+
+/// Marks `usernames` gone since `now` (those marked already keep their time); answers how many
+/// were newly marked. They stay, so that a send to one says why it is refused rather than
+/// "unknown user".
+pub fn mark_gone(conn: &mut DbConn, usernames: &[String], now: i64) -> Result<usize, DbError> {
+    let written = now_ms();
+    let mut marked = 0;
+    for chunk in usernames.chunks(500) {
+        marked += diesel::update(
+            users::table
+                .filter(users::username.eq_any(chunk))
+                .filter(users::gone_since.is_null()),
+        )
+        .set((users::gone_since.eq(now), users::updated_at.eq(written)))
+        .execute(conn)?;
     }
-    Ok(gone.len())
+    Ok(marked)
 }
 
 pub fn remove(conn: &mut DbConn, username: &str) -> Result<bool, DbError> {

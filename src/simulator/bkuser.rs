@@ -2,8 +2,9 @@
 //! (`/api/c/compapi/v2/usermanage/list_users/` and `retrieve_user/`; docs/blueking.md,
 //! "bk-user"). It checks the app's credentials, the parameters bk-user checks (known
 //! `fields`, whole-number `page` / `page_size`, a page within range), lowers a `page_size`
-//! above its cap to the cap as bk-user's paginator does, records every request (without the
-//! secret), and fails chosen pages on demand.
+//! above its cap to the cap as bk-user's paginator does, orders by `ordering` as its list view
+//! does, records every request (without the secret), and fails chosen pages or removes a
+//! profile between two pages on demand.
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -70,10 +71,16 @@ struct Inner {
     requests: Vec<BkUserRequest>,
     /// list_users pages answered with HTTP 503 until healed.
     failing_pages: HashSet<u64>,
+    /// Page → the username removed right after that list_users page is answered.
+    removals: HashMap<u64, String>,
+    /// list_users requests are held unanswered until healed (a bk-user that hangs).
+    stalled: bool,
 }
 
 pub struct BkUserState {
     inner: Mutex<Inner>,
+    /// Wakes the requests held by [`BkUserState::stall`].
+    unstalled: tokio::sync::Notify,
 }
 
 impl BkUserState {
@@ -94,13 +101,38 @@ impl BkUserState {
         self.lock().failing_pages.insert(page);
     }
 
+    /// list_users answers nothing from now on (until [`Self::heal`]): a hung bk-user.
+    pub fn stall(&self) {
+        self.lock().stalled = true;
+    }
+
     pub fn heal(&self) {
-        self.lock().failing_pages.clear();
+        let mut g = self.lock();
+        g.failing_pages.clear();
+        g.stalled = false;
+        self.unstalled.notify_waiters();
+    }
+
+    async fn unstalled(&self) {
+        loop {
+            // Made before the check, so a heal between the two still wakes it.
+            let woken = self.unstalled.notified();
+            if !self.lock().stalled {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Right after answering list_users page `page`, `username` leaves bk-user (once): as
+    /// when someone is deleted in the middle of a sync.
+    pub fn remove_after_page(&self, page: u64, username: &str) {
+        self.lock().removals.insert(page, username.to_owned());
     }
 }
 
-/// The sandbox's bk-user: people the sandbox does not seed, so a send to them shows the lookup
-/// at send time, and one who has left, so it shows the refusal. Their phones are in the
+/// The sandbox's bk-user: people the sandbox does not seed, so a send to them shows the sync
+/// that `serve` runs at start, and one who has left, so it shows the refusal. Their phones are in the
 /// DingTalk simulator's demo set.
 pub fn demo_bkuser() -> BkUserConfig {
     let person = |id: u64, username: &str, telephone: &str, staff_status: &str| {
@@ -142,7 +174,10 @@ impl BkUserSimulator {
                 config,
                 requests: vec![],
                 failing_pages: HashSet::new(),
+                removals: HashMap::new(),
+                stalled: false,
             }),
+            unstalled: tokio::sync::Notify::new(),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -319,6 +354,7 @@ async fn list_users(state: web::Data<BkUserState>, req: HttpRequest, q: Query) -
         Ok(c) => c,
         Err(r) => return r.respond(),
     };
+    state.unstalled().await;
     let (fields, page, page_size) = match (fields(&q), whole(&q, "page"), whole(&q, "page_size")) {
         (Ok(f), Ok(p), Ok(s)) => (f, p.unwrap_or(1), s),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r.respond(),
@@ -327,7 +363,7 @@ async fn list_users(state: web::Data<BkUserState>, req: HttpRequest, q: Query) -
     let exact = list_param(&q, "exact_lookups");
     let fuzzy = list_param(&q, "fuzzy_lookups");
     let include_disabled = truthy(&q, "include_disabled");
-    let hits: Vec<&Map<String, Value>> = config
+    let mut hits: Vec<&Map<String, Value>> = config
         .users
         .iter()
         .filter(|u| include_disabled || enabled(u))
@@ -342,6 +378,7 @@ async fn list_users(state: web::Data<BkUserState>, req: HttpRequest, q: Query) -
             }
         })
         .collect();
+    order(&mut hits, q.get("ordering").map(String::as_str));
     if truthy(&q, "no_page") {
         return answer(hits.iter().map(|u| shown(u, &fields)).collect());
     }
@@ -365,7 +402,49 @@ async fn list_users(state: web::Data<BkUserState>, req: HttpRequest, q: Query) -
         .take(size)
         .map(|u| shown(u, &fields))
         .collect();
-    answer(json!({"count": hits.len(), "results": results}))
+    let count = hits.len();
+    let mut g = state.lock();
+    if let Some(gone) = g.removals.remove(&(page as u64)) {
+        g.config
+            .users
+            .retain(|u| u.get("username").and_then(Value::as_str) != Some(&gone));
+    }
+    answer(json!({"count": count, "results": results}))
+}
+
+/// DRF's `OrderingFilter`: `field` or `-field`, comma-separated; a field the model does not
+/// have is ignored, as is no `ordering` at all (the stored order stays).
+fn order(hits: &mut [&Map<String, Value>], ordering: Option<&str>) {
+    let keys: Vec<(&str, bool)> = ordering
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .map(|k| match k.strip_prefix('-') {
+            Some(k) => (k, true),
+            None => (k, false),
+        })
+        .filter(|(k, _)| KNOWN_FIELDS.contains(k))
+        .collect();
+    let value = |u: &Map<String, Value>, k: &str| match u.get(k) {
+        Some(Value::Number(n)) => (n.as_f64().unwrap_or(0.0), String::new()),
+        Some(Value::String(s)) => (0.0, s.clone()),
+        _ => (0.0, String::new()),
+    };
+    hits.sort_by(|a, b| {
+        keys.iter()
+            .map(|(k, desc)| {
+                let o = value(a, k)
+                    .partial_cmp(&value(b, k))
+                    .unwrap_or(std::cmp::Ordering::Equal);
+                if *desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
 }
 
 async fn retrieve_user(state: web::Data<BkUserState>, req: HttpRequest, q: Query) -> HttpResponse {

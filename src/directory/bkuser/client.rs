@@ -7,14 +7,23 @@ use crate::config::{BkUserSettings, Url};
 use crate::domain::secrets::AppSecret;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tokio::time::Instant;
 
 const LIST_USERS: &str = "api/c/compapi/v2/usermanage/list_users/";
 /// Asked for; bk-user lowers it to its `MAX_PAGE_SIZE`, so paging follows `count`, not this.
 const PAGE_SIZE: usize = 500;
+/// The usernames one lookup request names at most: bk-user caps its pages (at 100 in some
+/// deployments), and the names travel in the URL.
+pub const FIND_CHUNK: usize = 100;
 /// One bk-user call at most; a sync is many.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// More pages than any directory has: a bk-user that keeps answering is stopped here.
 const MAX_PAGES: u64 = 10_000;
+/// bk-user's list view orders by any profile field it is asked to (DRF's `OrderingFilter`);
+/// without it the database's order may differ from one page to the next, so offset pages
+/// would skip some profiles and repeat others. By `id`, a profile added during a sync lands
+/// on the last page and cannot shift the earlier ones.
+const ORDERING: &str = "id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BkUserError {
@@ -28,6 +37,14 @@ pub enum BkUserError {
     },
     #[error("bk-user list_users page {page}: {problem}")]
     Shape { page: u64, problem: String },
+    /// A profile removed between two pages shifts the later ones by one: one profile would be
+    /// missed and marked gone.
+    #[error("bk-user's list changed during the sync (count {before} on page 1, {after} on page {page}); run it again")]
+    Changed {
+        page: u64,
+        before: usize,
+        after: usize,
+    },
 }
 
 #[derive(Clone)]
@@ -52,15 +69,26 @@ impl BkUserClient {
         })
     }
 
-    /// Every profile bk-user lists, page after page until `count` are in hand; any page that
-    /// fails fails the whole list.
+    /// Every profile bk-user lists, by `id`, page after page until `count` are in hand; any
+    /// page that fails, or a `count` that changes between pages, fails the whole list.
     pub async fn list_all(&self) -> Result<Vec<Value>, BkUserError> {
         let mut records = vec![];
         let mut page = 1;
+        let mut first_count = None;
         loop {
-            let (count, results) = self
-                .page(page, &[("page_size", PAGE_SIZE.to_string())])
-                .await?;
+            let query = [
+                ("page_size", PAGE_SIZE.to_string()),
+                ("ordering", ORDERING.to_owned()),
+            ];
+            let (count, results) = self.page(page, &query, TIMEOUT).await?;
+            let before = *first_count.get_or_insert(count);
+            if count != before {
+                return Err(BkUserError::Changed {
+                    page,
+                    before,
+                    after: count,
+                });
+            }
             if results.is_empty() && records.len() < count {
                 return Err(BkUserError::Shape {
                     page,
@@ -84,20 +112,38 @@ impl BkUserClient {
         }
     }
 
-    /// The profiles of `usernames` that bk-user lists, in one request (as CMSI asks).
-    pub async fn find(&self, usernames: &[String]) -> Result<Vec<Value>, BkUserError> {
+    /// The profiles of `usernames` (at most [`FIND_CHUNK`]) that bk-user lists, as CMSI asks,
+    /// answered within `timeout` (at most the client's own). bk-user may cap the page below
+    /// the names asked, so the pages follow `count`.
+    pub async fn find(
+        &self,
+        usernames: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Value>, BkUserError> {
+        let until = Instant::now() + timeout.min(TIMEOUT);
         let query = [
             ("lookup_field", "username".to_owned()),
             ("exact_lookups", usernames.join(",")),
             ("page_size", usernames.len().max(1).to_string()),
         ];
-        Ok(self.page(1, &query).await?.1)
+        let mut records = vec![];
+        for page in 1..=usernames.len().max(1) as u64 {
+            let left = until.saturating_duration_since(Instant::now());
+            let (count, results) = self.page(page, &query, left).await?;
+            let empty = results.is_empty();
+            records.extend(results);
+            if records.len() >= count || empty {
+                break;
+            }
+        }
+        Ok(records)
     }
 
     async fn page(
         &self,
         page: u64,
         query: &[(&str, String)],
+        timeout: Duration,
     ) -> Result<(usize, Vec<Value>), BkUserError> {
         let http = |error: String| BkUserError::Http { page, error };
         let shape = |problem: &str| BkUserError::Shape {
@@ -111,17 +157,21 @@ impl BkUserClient {
             .header("X-Bkapi-Authorization", auth.to_string())
             .query(&[("fields", FIELDS), ("page", &page.to_string())])
             .query(query)
+            .timeout(timeout)
             .send()
             .await
-            .map_err(|e| http(e.without_url().to_string()))?;
+            .map_err(|e| match e.is_timeout() {
+                true => http(format!("no answer within {} ms", timeout.as_millis())),
+                false => http(e.without_url().to_string()),
+            })?;
         let status = response.status();
         if !status.is_success() {
             return Err(http(format!("HTTP {status}")));
         }
-        let mut body: Value = response
-            .json()
-            .await
-            .map_err(|_| shape("the answer is not JSON"))?;
+        let mut body: Value = response.json().await.map_err(|e| match e.is_timeout() {
+            true => http(format!("no answer within {} ms", timeout.as_millis())),
+            false => shape("the answer is not JSON"),
+        })?;
         if body["result"] != Value::Bool(true) {
             return Err(BkUserError::Refused {
                 page,

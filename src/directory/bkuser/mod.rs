@@ -9,7 +9,7 @@ pub mod lookup;
 pub mod sync;
 
 use super::import::parse_records;
-use super::profile::{ProfileSource, Standing};
+use super::profile::{ProfileSource, Standing, Username};
 use super::provider::{Batch, Provider};
 use serde_json::Value;
 use std::fmt;
@@ -86,6 +86,32 @@ impl Provider for BkUserPages {
             })
             .collect();
         Ok(Batch { profiles, rejected })
+    }
+}
+
+impl BkUserPages {
+    /// The standing of every record skipped for another field than its standing: the user is
+    /// still known by name, and whether they may be notified must not stay what an older
+    /// record said (someone who left with a malformed phone would keep being messaged).
+    pub fn standings_of_skipped(&self, batch: &Batch<Rejection>) -> Vec<(String, Standing)> {
+        self.records
+            .iter()
+            .filter_map(|record| {
+                let name = record.get("username")?.as_str()?.trim();
+                let name = Username::parse(name).ok()?.to_string();
+                if batch.profiles.iter().any(|p| p.username.as_str() == name) {
+                    return None;
+                }
+                Some((
+                    name,
+                    Standing {
+                        status: code(record.get("status")).ok()?,
+                        staff_status: code(record.get("staff_status")).ok()?,
+                        gone_since: None,
+                    },
+                ))
+            })
+            .collect()
     }
 }
 

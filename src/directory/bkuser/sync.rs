@@ -54,6 +54,13 @@ pub enum SyncError {
     // Not a `#[source]`: the message includes it, and chained reports would print it twice.
     #[error("{0}; nothing was changed")]
     BkUser(BkUserError),
+    /// bk-user's answer looks like the wrong directory (another tenant, an app without the
+    /// permission, a wrong URL), not like people leaving: not written unless forced.
+    #[error("{0}; nothing was changed. If they have really left bk-user, run `ding-channel users sync --from bk-user --force`")]
+    Suspicious(String),
+    /// The periodic sync ran past its claim: the next claim's run writes instead.
+    #[error("the sync outlasted its interval (DING_CHANNEL_BKUSER_SYNC_S), so the next one takes over; nothing was changed")]
+    Outlasted,
     #[error("storage: {0}")]
     Storage(#[from] DbError),
 }
@@ -64,9 +71,50 @@ impl From<BkUserError> for SyncError {
     }
 }
 
-/// Fetches every profile, then writes the changes in one transaction.
-pub async fn sync(db: &Db, client: &BkUserClient, now: i64) -> Result<SyncReport, SyncError> {
+impl From<diesel::result::Error> for SyncError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+/// Every profile bk-user lists, fetched before anything is written.
+pub struct Listing {
+    records: Vec<Value>,
+    /// When the fetch began, on the database's clock ([`crate::db::now_ms`], which stamps
+    /// `users.updated_at`): a profile written after it (by a lookup at send time) is newer
+    /// than this listing and is not marked gone by it.
+    started: i64,
+}
+
+/// Fetches every page.
+pub async fn fetch(client: &BkUserClient) -> Result<Listing, SyncError> {
+    let started = crate::db::now_ms();
     let records = client.list_all().await?;
+    Ok(Listing { records, started })
+}
+
+/// Fetches every profile, then writes the changes in one transaction.
+pub async fn sync(
+    db: &Db,
+    client: &BkUserClient,
+    now: i64,
+    force: bool,
+) -> Result<SyncReport, SyncError> {
+    let listing = fetch(client).await?;
+    write(db, listing, now, force, None).await
+}
+
+/// Writes a listing in one transaction: nothing at all when it would mark gone more than half
+/// of bk-user's profiles (or all of them, listing none), unless `force`, nor when `lease` (the
+/// periodic sync's claim) has been taken over.
+pub async fn write(
+    db: &Db,
+    listing: Listing,
+    now: i64,
+    force: bool,
+    lease: Option<Lease>,
+) -> Result<SyncReport, SyncError> {
+    let Listing { records, started } = listing;
     // Every username bk-user lists, valid or not: an invalid record is skipped, but its user
     // is still there and must not be marked gone.
     let listed: HashSet<String> = records
@@ -74,24 +122,71 @@ pub async fn sync(db: &Db, client: &BkUserClient, now: i64) -> Result<SyncReport
         .filter_map(|r| r.get("username").and_then(Value::as_str))
         .map(|u| u.trim().to_owned())
         .collect();
-    let batch = match (BkUserPages { records }).read() {
+    let pages = BkUserPages { records };
+    let batch = match pages.read() {
         Ok(batch) => batch,
         Err(never) => match never {},
     };
+    let standings = pages.standings_of_skipped(&batch);
     let profiles = batch.profiles;
     let mut report = db
-        .run(move |conn| write_tx(conn, |conn| apply(conn, &profiles, &listed, now)))
+        .run(move |conn| {
+            write_tx(conn, |conn| {
+                if let Some(lease) = lease {
+                    if !holds(conn, lease)? {
+                        return Err(SyncError::Outlasted);
+                    }
+                }
+                let written = Written {
+                    now,
+                    started,
+                    force,
+                };
+                let report = apply(conn, &profiles, &listed, written)?;
+                for (name, standing) in &standings {
+                    store::set_standing(conn, name, standing)?;
+                }
+                Ok::<_, SyncError>(report)
+            })
+        })
         .await?;
     report.rejected = batch.rejected;
     Ok(report)
+}
+
+struct Written {
+    now: i64,
+    started: i64,
+    force: bool,
 }
 
 fn apply(
     conn: &mut DbConn,
     profiles: &[Profile],
     listed: &HashSet<String>,
-    now: i64,
-) -> Result<SyncReport, DbError> {
+    at: Written,
+) -> Result<SyncReport, SyncError> {
+    let present = store::present(conn, ProfileSource::BkUser)?;
+    let gone: Vec<String> = present
+        .iter()
+        .filter(|(name, updated_at)| !listed.contains(name) && *updated_at < at.started)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !at.force && !present.is_empty() {
+        if listed.is_empty() {
+            return Err(SyncError::Suspicious(format!(
+                "bk-user listed no profiles, but {} stored ones come from it (is DING_CHANNEL_BKUSER_URL the right ESB, and may its app list every user?)",
+                present.len()
+            )));
+        }
+        if gone.len() * 2 > present.len() {
+            return Err(SyncError::Suspicious(format!(
+                "bk-user no longer lists {} of the {} profiles stored from it, more than half (is DING_CHANNEL_BKUSER_URL the right ESB, and may its app list every user?)",
+                gone.len(),
+                present.len()
+            )));
+        }
+    }
     let names: Vec<String> = profiles.iter().map(|p| p.username.to_string()).collect();
     let stored: HashMap<String, Profile> = store::get_many(conn, &names)?
         .into_iter()
@@ -111,24 +206,46 @@ fn apply(
         changed.push(p.clone());
     }
     store::upsert(conn, &changed, ProfileSource::BkUser)?;
-    report.gone = store::mark_gone(conn, ProfileSource::BkUser, listed, now)?;
+    report.gone = store::mark_gone(conn, &gone, at.now)?;
     Ok(report)
+}
+
+/// A claim of the periodic sync: no other process claims it before `until`, and the claim is
+/// lost once another one moved the schedule on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    until: i64,
 }
 
 /// Claims the periodic sync if it is due at `now`, moving the next one `interval` on; only
 /// the caller that moves it runs the sync, so processes sharing the database sync once per
 /// interval between them.
-pub fn claim(conn: &mut DbConn, now: i64, interval: Duration) -> Result<bool, DbError> {
+pub fn claim(conn: &mut DbConn, now: i64, interval: Duration) -> Result<Option<Lease>, DbError> {
     write_tx(conn, |conn| {
         crate::with_conn!(&mut *conn, |c| diesel::insert_into(ds::table)
             .values((ds::provider.eq(SCHEDULE), ds::next_sync_at.eq(now)))
             .on_conflict_do_nothing()
             .execute(c))?;
+        let until = now + interval.as_millis() as i64;
         let claimed = diesel::update(ds::table.find(SCHEDULE).filter(ds::next_sync_at.le(now)))
-            .set(ds::next_sync_at.eq(now + interval.as_millis() as i64))
+            .set(ds::next_sync_at.eq(until))
             .execute(conn)?;
-        Ok(claimed == 1)
+        Ok((claimed == 1).then_some(Lease { until }))
     })
+}
+
+/// Whether `lease` still holds: the schedule says what its claim wrote (a later claim writes a
+/// later time). Rewriting it locks the row until the caller's transaction ends, so a claim
+/// made meanwhile waits for the write to finish.
+fn holds(conn: &mut DbConn, lease: Lease) -> Result<bool, DbError> {
+    let same = diesel::update(
+        ds::table
+            .find(SCHEDULE)
+            .filter(ds::next_sync_at.eq(lease.until)),
+    )
+    .set(ds::next_sync_at.eq(lease.until))
+    .execute(conn)?;
+    Ok(same == 1)
 }
 
 /// The periodic sync of `serve`.
@@ -145,15 +262,20 @@ impl Schedule {
     pub async fn run_if_due(&self) -> Option<Result<SyncReport, SyncError>> {
         let (now, interval) = (self.clock.now_ms(), self.interval);
         let claimed = self.db.run(move |conn| claim(conn, now, interval)).await;
-        match claimed {
-            Ok(false) => return None,
-            Ok(true) => {}
+        let lease = match claimed {
+            Ok(None) => return None,
+            Ok(Some(lease)) => lease,
             Err(e) => {
                 tracing::warn!(error = %e, "bk-user sync: cannot claim the schedule");
                 return Some(Err(e.into()));
             }
-        }
-        let outcome = sync(&self.db, &self.client, now).await;
+        };
+        // Within the claim: past it, the next claim may run while this one still fetches.
+        let outcome = match tokio::time::timeout(interval, fetch(&self.client)).await {
+            Ok(Ok(listing)) => write(&self.db, listing, now, false, Some(lease)).await,
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SyncError::Outlasted),
+        };
         match &outcome {
             Ok(report) => {
                 for r in &report.rejected {
@@ -167,6 +289,9 @@ impl Schedule {
                     skipped = report.rejected.len(),
                     "{report}"
                 );
+            }
+            Err(e @ SyncError::Suspicious(_)) => {
+                tracing::warn!(error = %e, "bk-user sync refused to write what bk-user listed")
             }
             Err(e) => tracing::warn!(error = %e, "bk-user sync failed"),
         }

@@ -97,7 +97,9 @@ pub fn answer(receipt: &Receipt) -> Reply {
         // The ESB gives a component's `result: false` without a code 1306000.
         Overall::Partial => (Code::Generic, partial_message(receipt)),
         Overall::Refused(Cause::NotConfigured) => (Code::Generic, receipt.summary()),
-        Overall::Refused(Cause::DingTalk) => (Code::ThirdParty, receipt.summary()),
+        Overall::Refused(Cause::DingTalk | Cause::DirectoryUnavailable) => {
+            (Code::ThirdParty, receipt.summary())
+        }
         Overall::Refused(Cause::Directory | Cause::NotInDingTalk) => {
             (Code::UnknownReceivers, receipt.summary())
         }
