@@ -129,7 +129,6 @@ fn apps(v: &str) -> Result<BTreeSet<String>, String> {
 #[cfg(test)]
 mod tests {
     use crate::config::Settings;
-    use std::collections::BTreeMap;
     use std::path::Path;
 
     fn fixture(name: &str) -> String {
@@ -141,16 +140,7 @@ mod tests {
     }
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, String> {
-        let empty = tempfile::NamedTempFile::new().unwrap();
-        let mut env: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.insert(
-            "DING_CHANNEL_CONFIG".into(),
-            empty.path().display().to_string(),
-        );
-        Settings::from_env_map(env).map_err(|e| e.to_string())
+        Settings::from_env_map(crate::config::tests::env(pairs)).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -64,20 +64,10 @@ fn base_url(v: &str) -> Result<Url, String> {
 #[cfg(test)]
 mod tests {
     use crate::config::Settings;
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, super::ConfigError> {
-        let empty = tempfile::NamedTempFile::new().unwrap();
-        let mut env: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.insert(
-            "DING_CHANNEL_CONFIG".into(),
-            empty.path().display().to_string(),
-        );
-        Settings::from_env_map(env)
+        Settings::from_env_map(crate::config::tests::env(pairs))
     }
 
     #[test]

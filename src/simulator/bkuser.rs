@@ -6,8 +6,7 @@
 //! does, records every request (without the secret), and fails chosen pages or removes a
 //! profile between two pages on demand.
 
-use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
@@ -159,11 +158,8 @@ pub fn demo_bkuser() -> BkUserConfig {
 pub const DEMO_APP: &str = "ding-channel-sandbox";
 pub const DEMO_SECRET: &str = "sandbox-bkuser-secret-0123456789";
 
-pub struct BkUserSimulator {
-    pub state: Arc<BkUserState>,
-    pub port: u16,
-    handle: ServerHandle,
-}
+/// The bk-user simulator.
+pub type BkUserSimulator = super::Served<BkUserState>;
 
 impl BkUserSimulator {
     /// Serves on `listener` (bind 127.0.0.1:0 for a free port) on the current runtime.
@@ -179,34 +175,14 @@ impl BkUserSimulator {
             }),
             unstalled: tokio::sync::Notify::new(),
         });
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route(LIST_USERS, web::get().to(list_users))
-                .route(RETRIEVE_USER, web::get().to(retrieve_user))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Ok(Self {
-            state,
-            port,
-            handle,
-        })
+        let handle = super::serve(listener, 1, web::Data::from(state.clone()), routes)?;
+        Ok(Self::new(state, port, handle))
     }
+}
 
-    /// The ESB's base URL, as `DING_CHANNEL_BKUSER_URL` takes it.
-    pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub async fn stop(self) {
-        self.handle.stop(true).await;
-    }
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(LIST_USERS, web::get().to(list_users))
+        .route(RETRIEVE_USER, web::get().to(retrieve_user));
 }
 
 type Query = web::Query<HashMap<String, String>>;

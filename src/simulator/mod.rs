@@ -261,11 +261,35 @@ impl Gate {
 }
 
 /// A running simulator.
-pub struct Simulator {
-    pub state: Arc<SimState>,
+/// A simulator serving on its own port: its state (what it received, its faults) and the
+/// server's handle.
+pub struct Served<S> {
+    pub state: Arc<S>,
     pub port: u16,
     handle: ServerHandle,
 }
+
+impl<S> Served<S> {
+    fn new(state: Arc<S>, port: u16, handle: ServerHandle) -> Self {
+        Self {
+            state,
+            port,
+            handle,
+        }
+    }
+
+    /// Its base URL, as the DingTalk or bk-user settings take it.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// The DingTalk simulator.
+pub type Simulator = Served<SimState>;
 
 impl Simulator {
     /// Serves on `listener` (bind 127.0.0.1:0 for a free port) on the current runtime.
@@ -276,35 +300,35 @@ impl Simulator {
     ) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
         let state = SimState::new(config, clock);
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .configure(routes::configure)
-        })
-        .workers(2)
-        .disable_signals()
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Ok(Self {
-            state,
-            port,
-            handle,
-        })
-    }
-
-    pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub async fn stop(self) {
-        self.handle.stop(true).await;
+        let handle = serve(
+            listener,
+            2,
+            web::Data::from(state.clone()),
+            routes::configure,
+        )?;
+        Ok(Self::new(state, port, handle))
     }
 }
 
 /// The sandbox's DingTalk: one app, two people, one signed robot.
+/// Serves `routes` with `data` on `listener` on the current runtime (the simulators' servers:
+/// no signal handling of their own, stopped with the handle).
+pub(crate) fn serve<T: ?Sized + Send + Sync + 'static>(
+    listener: TcpListener,
+    workers: usize,
+    data: web::Data<T>,
+    routes: fn(&mut web::ServiceConfig),
+) -> std::io::Result<ServerHandle> {
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
+        .workers(workers)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok(handle)
+}
+
 pub fn demo_config() -> SimConfig {
     SimConfig {
         apps: vec![SimApp {
