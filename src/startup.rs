@@ -12,6 +12,7 @@ use crate::directory::bkuser::lookup::BkUserLookup;
 use crate::directory::bkuser::sync::Schedule;
 use crate::directory::lookup::UserLookup;
 use crate::outbox::Outbox;
+use crate::sources::alertmanager::Alertmanager;
 use crate::sources::esb::upstream::Upstream;
 use crate::sources::esb::Esb;
 use crate::{http, sources};
@@ -142,6 +143,12 @@ impl Application {
             clock: outbox.clock.clone(),
             gateway: settings.gateway.clone(),
         });
+        let max_body = settings.server.max_body;
+        let alertmanager = web::Data::new(Alertmanager {
+            db: db.clone(),
+            clock: outbox.clock.clone(),
+            utc_offset_min: settings.outbox.utc_offset_min,
+        });
         let upstream = match &settings.upstream {
             Some(up) => Some(web::Data::new(
                 Upstream::new(up, settings.server.max_body, outbox.metrics.clone())
@@ -159,6 +166,9 @@ impl Application {
             };
             app.app_data(service.clone())
                 .app_data(esb.clone())
+                .app_data(alertmanager.clone())
+                // Bodies read whole (the webhook sources'): larger ones are answered 413.
+                .app_data(web::PayloadConfig::new(max_body))
                 .app_data(db.clone())
                 .app_data(metrics.clone())
                 .wrap(from_fn(http::request_context))

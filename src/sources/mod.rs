@@ -8,6 +8,7 @@
 //! To add one (Alertmanager, Grafana): a module here with its routes, implementing [`Source`]
 //! for its payload and answer, and its routes added in [`configure`].
 
+pub mod alertmanager;
 pub mod esb;
 
 use crate::core::Receipt;
@@ -16,6 +17,7 @@ use crate::domain::request::SendRequest;
 /// Every source's routes.
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
     esb::routes::configure(cfg);
+    alertmanager::routes::configure(cfg);
 }
 
 pub trait Source {

@@ -33,6 +33,15 @@ const MISSING: &str =
 const REJECTED: &str = "bk_app_code or bk_app_secret is not accepted";
 
 impl Credentials {
+    /// Credentials read some other way (HTTP basic for the webhook sources).
+    pub fn new(app_code: String, app_secret: String) -> Self {
+        Self {
+            app_code,
+            app_secret,
+            username: None,
+        }
+    }
+
     /// The header wins over arguments when both are present.
     pub fn from_request(header: Option<&[u8]>, params: &Params) -> Result<Self, EsbError> {
         if let Some(raw) = header {

@@ -1,0 +1,300 @@
+//! Prometheus Alertmanager's webhook: basic auth with an app, the payload read strictly,
+//! 2xx once stored and 5xx to retry, the same group notification sent once.
+
+use crate::helpers::*;
+use ding_channel::simulator::Faults;
+use serde_json::{json, Value};
+
+fn alert(status: &str, fingerprint: &str, instance: &str) -> Value {
+    json!({
+        "status": status,
+        "labels": {"alertname": "HighCPU", "env": "prod", "severity": "critical", "instance": instance},
+        "annotations": {"summary": "CPU above 90%", "description": "load *high* on [host]"},
+        "startsAt": "2026-12-01T10:00:00.123Z",
+        "endsAt": if status == "resolved" { "2026-12-01T11:05:00Z" } else { "0001-01-01T00:00:00Z" },
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=up (x)",
+        "fingerprint": fingerprint,
+    })
+}
+
+fn notification(status: &str, alerts: Vec<Value>) -> Value {
+    json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"HighCPU\", env=\"prod\"}",
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "ding",
+        "groupLabels": {"alertname": "HighCPU", "env": "prod"},
+        "commonLabels": {"alertname": "HighCPU", "env": "prod", "severity": "critical"},
+        "commonAnnotations": {"summary": "CPU above 90%"},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": alerts,
+    })
+}
+
+async fn post(
+    app: &TestApp,
+    receivers: &str,
+    auth: Option<(&str, &str)>,
+    body: &Value,
+) -> (u16, Option<String>, Value) {
+    let mut req = app
+        .client
+        .post(format!("{}/api/v1/alertmanager/{receivers}", app.address))
+        .json(body);
+    if let Some((code, secret)) = auth {
+        req = req.basic_auth(code, Some(secret));
+    }
+    let res = req.send().await.expect("request sent");
+    let status = res.status().as_u16();
+    let challenge = res
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, challenge, res.json().await.expect("JSON body"))
+}
+
+const DEMO: Option<(&str, &str)> = Some((APP, APP_SECRET));
+
+fn markdown_texts(app: &TestApp) -> Vec<(String, String)> {
+    app.sim
+        .state
+        .messages()
+        .iter()
+        .map(|m| match m.api {
+            "robot_send" => (
+                m.target.clone(),
+                m.body["markdown"]["text"].as_str().unwrap().to_owned(),
+            ),
+            _ => {
+                assert_eq!(m.body["msgKey"], "sampleMarkdown", "{:?}", m.body);
+                (
+                    m.user_ids.join(","),
+                    m.body["msgParam"]["text"].as_str().unwrap().to_owned(),
+                )
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_firing_notification_reaches_a_robot_and_a_person_as_markdown() {
+    let app = TestApp::spawn().await;
+    let body = notification(
+        "firing",
+        vec![
+            alert("firing", "a1", "host-1"),
+            alert("firing", "a2", "host-2"),
+        ],
+    );
+    let (status, _, answer) = post(&app, "alice,ops-robot,ghost", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let deliveries: Vec<(&str, &str)> = answer["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["receiver"].as_str().unwrap(),
+                d["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // An unknown user is reported; retrying would not help, so the status stays 2xx.
+    assert_eq!(
+        deliveries,
+        [
+            ("alice", "sent"),
+            ("ops-robot", "sent"),
+            ("ghost", "failed")
+        ]
+    );
+    let texts = markdown_texts(&app);
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    for (to, text) in &texts {
+        assert!(
+            text.starts_with("### \\[FIRING:2\\] HighCPU (prod)\n\n"),
+            "{to}: {text}"
+        );
+        assert!(text.contains("**Firing** (2)"), "{text}");
+        assert!(
+            text.contains("**critical** HighCPU: CPU above 90%"),
+            "{text}"
+        );
+        assert!(text.contains("instance=host-2"), "{text}");
+        assert!(
+            !text.contains("env=prod"),
+            "common labels are in the title: {text}"
+        );
+        assert!(
+            text.contains("started 2026-12-01 18:00:00"),
+            "UTC+8: {text}"
+        );
+        assert!(!text.contains("load *high*"), "escaped: {text}");
+        assert!(
+            text.contains("[source](http://prometheus:9090/graph?g0.expr=up%20%28x%29)"),
+            "{text}"
+        );
+    }
+    let title = app
+        .sim
+        .state
+        .messages()
+        .iter()
+        .find(|m| m.api == "robot_send")
+        .unwrap()
+        .body["markdown"]["title"]
+        .clone();
+    assert_eq!(title, "[FIRING:2] HighCPU (prod)");
+}
+
+#[tokio::test]
+async fn a_resolved_notification_shows_how_long_it_fired_and_what_was_truncated() {
+    let app = TestApp::spawn().await;
+    let mut body = notification("resolved", vec![alert("resolved", "a1", "host-1")]);
+    body["truncatedAlerts"] = json!(7);
+    let (status, _, answer) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let texts = markdown_texts(&app);
+    let text = &texts[0].1;
+    assert!(text.contains("RESOLVED:1"), "{text}");
+    assert!(text.contains("**Resolved** (1)"), "{text}");
+    assert!(text.contains("resolved after 1h 4m"), "{text}");
+    assert!(text.contains("and 7 more"), "{text}");
+}
+
+#[tokio::test]
+async fn bad_or_missing_credentials_are_401_with_a_basic_challenge() {
+    let app = TestApp::spawn().await;
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    for auth in [
+        None,
+        Some((APP, "wrong-secret")),
+        Some(("nobody", APP_SECRET)),
+    ] {
+        let (status, challenge, answer) = post(&app, "alice", auth, &body).await;
+        assert_eq!(status, 401, "{auth:?}: {answer}");
+        assert!(challenge.unwrap().starts_with("Basic"));
+        assert!(!answer.to_string().contains("wrong-secret"), "{answer}");
+    }
+    assert!(app.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_payload_that_can_never_be_valid_is_400_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let good = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let mut no_group_key = good.clone();
+    no_group_key.as_object_mut().unwrap().remove("groupKey");
+    let mut bad_time = good.clone();
+    bad_time["alerts"][0]["startsAt"] = json!("yesterday");
+    let mut bad_status = good.clone();
+    bad_status["alerts"][0]["status"] = json!("burning");
+    let mut bad_labels = good.clone();
+    bad_labels["commonLabels"] = json!({"env": 3});
+    let mut old = good.clone();
+    old["version"] = json!("3");
+    for (body, field) in [
+        (no_group_key, "groupKey"),
+        (bad_time, "alerts[0].startsAt"),
+        (bad_status, "alerts[0].status"),
+        (bad_labels, "commonLabels"),
+        (old, "version"),
+        (json!([1]), "body"),
+    ] {
+        let (status, _, answer) = post(&app, "alice", DEMO, &body).await;
+        assert_eq!(status, 400, "{field}: {answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().starts_with(field),
+            "{answer}"
+        );
+    }
+    let (status, _, answer) = post(&app, "al ice", DEMO, &good).await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("receivers")),
+        "{answer}"
+    );
+    assert!(app.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
+async fn the_same_group_notification_from_an_ha_pair_is_sent_once() {
+    let app = TestApp::spawn().await;
+    let first = notification(
+        "firing",
+        vec![
+            alert("firing", "a1", "host-1"),
+            alert("firing", "a2", "host-2"),
+        ],
+    );
+    // The other Alertmanager lists the alerts in another order.
+    let second = notification(
+        "firing",
+        vec![
+            alert("firing", "a2", "host-2"),
+            alert("firing", "a1", "host-1"),
+        ],
+    );
+    let (s1, _, a1) = post(&app, "ops-robot", DEMO, &first).await;
+    let (s2, _, a2) = post(&app, "ops-robot", DEMO, &second).await;
+    assert_eq!((s1, s2), (200, 200), "{a1} {a2}");
+    assert_eq!(a1["message_id"], a2["message_id"]);
+    assert_eq!(a2["idempotent_replay"], true);
+    assert_eq!(app.sim.state.messages().len(), 1);
+    // One alert resolving is a new notification.
+    let changed = notification(
+        "firing",
+        vec![
+            alert("firing", "a1", "host-1"),
+            alert("resolved", "a2", "host-2"),
+        ],
+    );
+    let (s3, _, a3) = post(&app, "ops-robot", DEMO, &changed).await;
+    assert_eq!(s3, 200, "{a3}");
+    assert_ne!(a3["message_id"], a1["message_id"]);
+    assert_eq!(app.sim.state.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn a_full_queue_is_503_so_alertmanager_retries() {
+    let app = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[("DING_CHANNEL_MAX_QUEUE", "1")],
+    )
+    .await;
+    app.sim.state.set_faults(Faults::http(503, &["batch_send"]));
+    let first = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let (status, _, answer) = post(&app, "alice", DEMO, &first).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["deliveries"][0]["status"], "queued", "{answer}");
+    let second = notification("firing", vec![alert("firing", "b1", "host-9")]);
+    let (status, _, answer) = post(&app, "alice", DEMO, &second).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("the outbox is full"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_send_ding_is_503_with_what_the_admin_can_do() {
+    let app = TestApp::spawn().await;
+    let out = app.cli(&["channels", "disable", "send_ding"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let (status, _, answer) = post(&app, "alice", DEMO, &body).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("channels enable send_ding"),
+        "{answer}"
+    );
+}
