@@ -255,6 +255,28 @@ async fn the_same_group_notification_from_an_ha_pair_is_sent_once() {
     assert_eq!(s3, 200, "{a3}");
     assert_ne!(a3["message_id"], a1["message_id"]);
     assert_eq!(app.sim.state.messages().len(), 2);
+    // Alertmanager's repeat_interval reminder carries the same payload hours later: sent.
+    app.clock.advance_ms(4 * 3600 * 1000);
+    let (s4, _, a4) = post(&app, "ops-robot", DEMO, &first).await;
+    assert_eq!((s4, &a4["idempotent_replay"]), (200, &json!(false)), "{a4}");
+    assert_eq!(app.sim.state.messages().len(), 3);
+}
+
+#[tokio::test]
+async fn storage_that_fails_is_503_so_alertmanager_retries() {
+    use diesel::RunQueryDsl;
+    let app = TestApp::spawn().await;
+    diesel::sql_query("ALTER TABLE messages RENAME TO messages_away")
+        .execute(&mut app.db.get().unwrap())
+        .unwrap();
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let (status, _, answer) = post(&app, "alice", DEMO, &body).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("storage"),
+        "{answer}"
+    );
+    assert!(app.sim.state.messages().is_empty());
 }
 
 #[tokio::test]

@@ -29,6 +29,8 @@ pub struct Alertmanager {
 /// A notification, the receivers named in the path, and the answer Alertmanager reads.
 pub struct Webhook {
     pub utc_offset_min: i32,
+    /// When the notification arrived (Unix milliseconds): the dedup key's time slot.
+    pub now_ms: i64,
 }
 
 impl super::Source for Webhook {
@@ -53,7 +55,7 @@ impl super::Source for Webhook {
                 at_mobiles: Vec::new(),
                 at_all: false,
             },
-            idempotency_key: Some(dedup_key(notification)),
+            idempotency_key: Some(dedup_key(notification, self.now_ms)),
             sender: None,
         })
     }
@@ -86,9 +88,14 @@ impl super::Source for Webhook {
     }
 }
 
+/// How long copies of one notification are taken as one. The copies of an HA pair arrive
+/// seconds apart and retries within minutes; Alertmanager's `repeat_interval` reminder (hours
+/// by default) carries the same payload and must still be sent, so the key holds the time slot.
+const DEDUP_SLOT_MS: i64 = 10 * 60 * 1000;
+
 /// The same group notification (from both members of an HA pair, or retried) gets the same
-/// key: the group, its status and each alert's state.
-pub fn dedup_key(n: &Notification) -> String {
+/// key: the group, its status, each alert's state and the time slot it arrived in.
+pub fn dedup_key(n: &Notification, now_ms: i64) -> String {
     let mut alerts: Vec<(&str, &str)> = n
         .alerts
         .iter()
@@ -96,6 +103,7 @@ pub fn dedup_key(n: &Notification) -> String {
         .collect();
     alerts.sort_unstable();
     let mut h = Sha256::new();
+    h.update(now_ms.div_euclid(DEDUP_SLOT_MS).to_be_bytes());
     h.update(n.group_key.as_bytes());
     h.update([0]);
     h.update(n.status.as_str().as_bytes());

@@ -121,6 +121,7 @@ async fn serve(
     route.wait = route.wait.min(FIRST_ATTEMPT_WAIT);
     let source = Webhook {
         utc_offset_min: am.utc_offset_min,
+        now_ms: now,
     };
     let request = source
         .request((route, &notification, &receivers))
