@@ -49,7 +49,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
             sign * (h * 3600 + m * 60)
         }
     };
-    let days = days_from_civil(year, month, day);
+    let days = crate::clock::days_from_civil(year, month, day);
     Some(((days * 86_400 + hour * 3600 + min * 60 + sec - offset_s) * 1000) + ms)
 }
 
@@ -60,39 +60,10 @@ fn num_of(s: &str) -> Option<i64> {
         .flatten()
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
 /// `2026-12-01 18:00:00` at `offset_min` from UTC.
 pub fn local(ms: i64, offset_min: i32) -> String {
     let s = ms.div_euclid(1000) + i64::from(offset_min) * 60;
-    let (y, m, d) = civil_from_days(s.div_euclid(86_400));
+    let (y, m, d) = crate::clock::civil_from_days(s.div_euclid(86_400));
     let t = s.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
