@@ -137,6 +137,13 @@ fn bk_env(sim: &BkUserSimulator) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The app with `sim` as its bk-user.
+async fn app_with(sim: &BkUserSimulator) -> TestApp {
+    let env = bk_env(sim);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await
+}
+
 fn sync_cli(app: &TestApp, sim: &BkUserSimulator) -> std::process::Output {
     sync_cli_args(app, sim, &[])
 }
@@ -388,9 +395,7 @@ async fn an_unknown_username_is_looked_up_in_bkuser_once_and_remembered() {
     let mut henry = bk_profile(8, "henry", "13800000001");
     henry["staff_status"] = "OUT".into();
     let sim = bk_user(vec![grace, henry], 50);
-    let env = bk_env(&sim);
-    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+    let app = app_with(&sim).await;
 
     // alice is known: not asked. grace, henry and a typo: one request for the three.
     let env = app
@@ -485,9 +490,7 @@ async fn the_sync_pages_by_id_and_a_list_that_changes_between_pages_changes_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_that_would_mark_most_users_gone_is_refused_unless_forced() {
     let sim = bk_user(numbered(5), 50);
-    let env = bk_env(&sim);
-    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+    let app = app_with(&sim).await;
     assert!(sync_cli(&app, &sim).status.success());
 
     // An app that may see no one (or another tenant's bk-user) lists nobody.
@@ -534,9 +537,7 @@ async fn a_list_that_would_mark_most_users_gone_is_refused_unless_forced() {
 #[tokio::test]
 async fn a_bkuser_that_fails_at_send_time_is_named_and_not_remembered_as_a_miss() {
     let sim = bk_user(vec![bk_profile(7, "grace", "13800000002")], 50);
-    let env = bk_env(&sim);
-    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+    let app = app_with(&sim).await;
 
     sim.state.fail_page(1);
     let env = app
@@ -620,9 +621,7 @@ async fn a_hung_bkuser_is_given_up_at_the_sends_wait_and_asked_again_next_time()
 #[tokio::test]
 async fn a_lookup_of_many_names_asks_in_chunks_and_follows_bkusers_page_cap() {
     let sim = bk_user(numbered(120), 50);
-    let env = bk_env(&sim);
-    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = TestApp::spawn_with(TestDb::new(), repo_manifest(), &extra).await;
+    let app = app_with(&sim).await;
 
     let names: Vec<String> = (1..=120).map(|i| format!("u{i}")).collect();
     let env = app

@@ -325,13 +325,26 @@ pub fn seeded(db: &TestDb) -> Db {
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// Every line it logged, from its start.
     log: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     /// Whether a line of its log contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Kills it and answers its whole log, read to the end.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        let lines = self.log.lock().unwrap();
+        lines.iter().map(|l| format!("{l}\n")).collect()
     }
 }
 
@@ -358,27 +371,33 @@ pub fn serve(db_url: &str, dingtalk: &str, extra: &[(&str, &str)]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut before = vec![];
     let port = loop {
         let line = lines
             .next()
             .expect("the server logs until it listens")
             .unwrap();
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest
-                .split(|c: char| !c.is_ascii_digit())
+        let port = line.split("listening on 127.0.0.1:").nth(1).map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
                 .next()
                 .unwrap()
-                .to_owned();
+                .to_owned()
+        });
+        before.push(line);
+        if let Some(port) = port {
+            break port;
         }
     };
     // Keep reading its log so the pipe never fills.
-    let log = Arc::new(std::sync::Mutex::new(vec![]));
+    let log = Arc::new(std::sync::Mutex::new(before));
     let keep = log.clone();
-    std::thread::spawn(move || lines.for_each(|l| keep.lock().unwrap().extend(l.ok())));
+    let reader =
+        std::thread::spawn(move || lines.for_each(|l| keep.lock().unwrap().extend(l.ok())));
     Server {
         child,
         url: format!("http://127.0.0.1:{port}/api/c/compapi/cmsi"),
         log,
+        reader: Some(reader),
     }
 }
 

@@ -2,8 +2,6 @@
 //! secret reaches the log or any output.
 
 use crate::helpers::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 
 const APP_SECRET_2: &str = "log-test-secret-value";
 const DING_SECRET: &str = "ding-app-secret-never-logged";
@@ -32,34 +30,16 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
         outputs += &stderr(&o);
     }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ding-channel"))
-        .arg("serve")
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("DING_CHANNEL_MANIFEST", &manifest)
-        .env("DING_CHANNEL_CONFIG", "")
-        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
-        .env("DING_CHANNEL_LOG", "debug")
-        .env("DING_CHANNEL_LOG_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let port = loop {
-        let line = lines.next().expect("server logs until it listens").unwrap();
-        log += &line;
-        log.push('\n');
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
-    let base = format!("http://127.0.0.1:{port}/api/c/compapi/cmsi");
+    let server = serve(
+        &db.url,
+        "http://127.0.0.1:9",
+        &[
+            ("DING_CHANNEL_MANIFEST", manifest.to_str().unwrap()),
+            ("DING_CHANNEL_LOG", "debug"),
+            ("DING_CHANNEL_LOG_FORMAT", "json"),
+        ],
+    );
+    let base = server.url.clone();
     let client = reqwest::Client::new();
     let bodies = [
         format!("{base}/send_ding/?bk_app_code=logapp&bk_app_secret={APP_SECRET_2}&receiver__username=a&content=x"),
@@ -83,12 +63,7 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
         .send()
         .await
         .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for line in lines {
-        log += &line.unwrap();
-        log.push('\n');
-    }
+    let log = server.stop();
 
     for secret in [APP_SECRET_2, DING_SECRET] {
         assert!(!log.contains(secret), "secret in server log:\n{log}");

@@ -5,8 +5,6 @@
 use crate::helpers::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
@@ -657,35 +655,16 @@ async fn the_real_binary_logs_what_it_passed_on_under_the_request_id_and_no_secr
         format!("echo {SECRET}").as_bytes(),
     );
     let db = TestDb::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ding-channel"))
-        .arg("serve")
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("DING_CHANNEL_MANIFEST", repo_manifest())
-        .env("DING_CHANNEL_CONFIG", "")
-        .env("DING_CHANNEL_BIND", "127.0.0.1:0")
-        .env("DING_CHANNEL_LOG", "debug")
-        .env("DING_CHANNEL_LOG_FORMAT", "json")
-        .env("DING_CHANNEL_UPSTREAM_CMSI", &fake.base)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let port = loop {
-        let line = lines.next().expect("server logs until it listens").unwrap();
-        log += &line;
-        log.push('\n');
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
-    let base = format!("http://127.0.0.1:{port}/api/c/compapi/v2/cmsi");
+    let server = serve(
+        &db.url,
+        "http://127.0.0.1:9",
+        &[
+            ("DING_CHANNEL_LOG", "debug"),
+            ("DING_CHANNEL_LOG_FORMAT", "json"),
+            ("DING_CHANNEL_UPSTREAM_CMSI", &fake.base),
+        ],
+    );
+    let base = server.url.replace("/compapi/cmsi", "/compapi/v2/cmsi");
     let client = reqwest::Client::new();
     let auth = format!(r#"{{"bk_app_code":"bk_monitorv3","bk_app_secret":"{SECRET}"}}"#);
     let sent = [
@@ -703,12 +682,7 @@ async fn the_real_binary_logs_what_it_passed_on_under_the_request_id_and_no_secr
         assert_eq!(res.status(), 200);
         assert!(!res.text().await.unwrap().contains(SECRET));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for line in lines {
-        log += &line.unwrap();
-        log.push('\n');
-    }
+    let log = server.stop();
 
     assert!(!log.contains(SECRET), "secret in server log:\n{log}");
     let lines: Vec<Value> = log
