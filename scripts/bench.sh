@@ -8,6 +8,11 @@
 #   scripts/bench.sh storm            1000 alerts in 10 s to 5 robots and 200 people with the real
 #                                     robot limit (20 per window, window shortened to 6 s): alerts
 #                                     delivered, digests, max sends per robot per window, drain time.
+#   scripts/bench.sh alerts           an Alertmanager storm: 1000 alerts in 50 groups, each group's
+#                                     notification sent as Alertmanager does (4 waves 2 s apart, each
+#                                     with all the group's alerts so far) to 5 robots through the
+#                                     webhook receiver, robot limit 20 per 6 s: alerts delivered,
+#                                     DingTalk calls, max sends per robot per window, drain time.
 #   scripts/bench.sh pg [N] [C]       accept throughput on PostgreSQL (TEST_DATABASE_URL or
 #                                     postgres://postgres@127.0.0.1:5432/test) with 1 and 2 servers.
 set -euo pipefail
@@ -29,7 +34,7 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -
 trap cleanup EXIT
 
 throttle=1000000000 window_ms=60000
-[ "$MODE" = storm ] && throttle=20 window_ms=6000
+case "$MODE" in storm | alerts) throttle=20 window_ms=6000 ;; esac
 python3 - "$work" "$PEOPLE" "$ROBOTS" "$throttle" "$window_ms" <<'PY'
 import json, sys
 work, people, robots, throttle, window = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -62,13 +67,13 @@ simulator=$!
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$1/stat"; }
 $bin channels sync >/dev/null
 $bin channels conf send_dingtalk ding_app_key=benchapp ding_app_secret=bench-app-secret >/dev/null
-[ "$MODE" = storm ] && $bin channels conf send_dingbot robot_rate_window_s=6 >/dev/null
+case "$MODE" in storm | alerts) $bin channels conf send_dingbot robot_rate_window_s=6 >/dev/null ;; esac
 $bin apps add bench --secret bench-secret --replace >/dev/null
 $bin users import "$work/users.jsonl" >/dev/null
 
 # The storm keeps DingTalk's real app budget (40 calls/s); the throughput runs lift it so they
 # measure this server rather than DingTalk's limits.
-[ "$MODE" = storm ] || export DING_CHANNEL_APP_QPS=10000 DING_CHANNEL_APP_QPM=600000
+case "$MODE" in storm | alerts) ;; *) export DING_CHANNEL_APP_QPS=10000 DING_CHANNEL_APP_QPM=600000 ;; esac
 start_server() { # port
   DING_CHANNEL_BIND=127.0.0.1:$1 $bin serve >"$work/server-$1.log" 2>&1 &
   pids+=($!)
@@ -153,6 +158,64 @@ print(f"single-chat deliveries {people}/{n}")
 sys.exit(0 if delivered == n and people == n and stats["throttled"] == 0 and worst <= 20 else 1)
 PY
   ;;
+alerts)
+  start_server "$PORT"
+  echo "== Alertmanager storm: 1000 alerts in 50 groups, 4 waves 2 s apart, to $ROBOTS robots; robot limit 20 per 6 s"
+  started=$(date +%s.%N)
+  python3 - "$PORT" "$ROBOTS" <<'PY'
+import base64, json, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+port, robots = int(sys.argv[1]), int(sys.argv[2])
+auth = "Basic " + base64.b64encode(b"bench:bench-secret").decode()
+def alert(g, k):
+    return {"status": "firing", "labels": {"alertname": f"Storm{g}", "instance": f"host-{k}", "severity": "critical"},
+            "annotations": {"summary": f"storm-{g}-{k} disk at 95%"}, "startsAt": "2026-12-01T08:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus/graph", "fingerprint": f"{g:04x}{k:012x}"}
+def post(g, wave):
+    body = {"version": "4", "receiver": "ding", "status": "firing", "groupKey": f'{{}}:{{alertname="Storm{g}"}}',
+            "truncatedAlerts": 0, "groupLabels": {"alertname": f"Storm{g}"},
+            "commonLabels": {"alertname": f"Storm{g}", "severity": "critical"}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093", "alerts": [alert(g, k) for k in range(5 * (wave + 1))]}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/alertmanager/robot{g % robots}",
+                                 data=json.dumps(body).encode(), headers={"Authorization": auth, "Content-Type": "application/json"})
+    t = time.monotonic()
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, time.monotonic() - t
+answers, waits = {}, []
+with ThreadPoolExecutor(16) as pool:
+    for wave in range(4):
+        t0 = time.monotonic()
+        for status, took in pool.map(lambda g: post(g, wave), range(50)):
+            answers[status] = answers.get(status, 0) + 1
+            waits.append(took)
+        time.sleep(max(0, 2 - (time.monotonic() - t0)))
+waits.sort()
+print(f"200 notifications answered {answers}; answer p50 {waits[len(waits) // 2] * 1000:.0f} ms, p99 {waits[int(len(waits) * 0.99)] * 1000:.0f} ms")
+PY
+  while [ "$(depth)" != "0" ]; do sleep 0.1; done
+  echo "queue drained $(python3 -c "print(round($(date +%s.%N) - $started, 1))") s after the first notification"
+  curl -s "http://127.0.0.1:$SIM_PORT/_sim/stats" > "$work/stats.json"
+  curl -s "http://127.0.0.1:$SIM_PORT/_sim/messages" > "$work/messages.json"
+  python3 - "$work" "$ROBOTS" <<'PY'
+import json, sys, re, collections
+work, robots = sys.argv[1], int(sys.argv[2])
+stats, msgs = json.load(open(f"{work}/stats.json")), json.load(open(f"{work}/messages.json"))
+robot = [m for m in msgs if m["api"] == "robot_send"]
+seen = collections.defaultdict(set)
+for m in robot:
+    for g, k in re.findall(r"storm-(\d+)-(\d+)(?!\d)", json.dumps(m["body"], ensure_ascii=False)):
+        seen[m["target"]].add((int(g), int(k)))
+expected = {(f"robot{g % robots}", (g, k)) for g in range(50) for k in range(20)}
+got = {(r, a) for r, v in seen.items() for a in v}
+worst = 0
+for r in {m["target"] for m in robot}:
+    t = sorted(m["at_ms"] for m in robot if m["target"] == r)
+    worst = max(worst, max(sum(1 for u in t if s <= u < s + 6000) for s in t))
+print(f"alerts delivered {len(got & expected)}/{len(expected)} (misrouted {len(got - expected)}) in {len(robot)} webhook calls; "
+      f"DingTalk calls {sum(stats['requests'].values())}; max sends per robot per 6 s window: {worst}; throttled by DingTalk: {stats['throttled']}")
+sys.exit(0 if got == expected and stats["throttled"] == 0 and worst <= 20 else 1)
+PY
+  ;;
 pg)
   start_server "$PORT"
   echo "== PostgreSQL, 1 server: $N send_msg at concurrency $C"
@@ -164,5 +227,5 @@ pg)
     --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"two {i}","content":"c"}'
   while [ "$(depth)" != "0" ]; do sleep 0.05; done
   ;;
-*) echo "usage: scripts/bench.sh accept|storm|pg [N] [C]"; exit 2 ;;
+*) echo "usage: scripts/bench.sh accept|storm|alerts|pg [N] [C]"; exit 2 ;;
 esac
