@@ -37,6 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/alertmanager/{receivers}", web::post().to(webhook))
         // With routes by label, the path may name no receivers: the routes name them.
         .route("/api/v1/alertmanager", web::post().to(webhook))
+        .route("/api/v1/alertmanager/", web::post().to(webhook))
         .route("/-/reload", web::post().to(reload));
 }
 
