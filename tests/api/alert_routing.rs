@@ -364,3 +364,17 @@ async fn sighup_reloads_the_routes_of_the_real_binary() {
     let log = server.stop();
     assert!(log.contains("SIGHUP"), "the log says what asked: {log}");
 }
+
+#[tokio::test]
+async fn reload_without_a_routes_file_says_how_to_configure_one() {
+    let app = TestApp::spawn().await;
+    let (status, answer) = reload(&app, DEMO).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("set DING_CHANNEL_ALERT_ROUTES"),
+        "{answer}"
+    );
+}
