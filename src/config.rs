@@ -61,6 +61,7 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_BKUSER_APP_CODE",
     "DING_CHANNEL_BKUSER_APP_SECRET",
     "DING_CHANNEL_BKUSER_SYNC_S",
+    "DING_CHANNEL_ALERT_ROUTES",
 ];
 
 /// The settings, by the part of the server they concern. Each is read from one flat key (the
@@ -104,6 +105,8 @@ pub struct ServerSettings {
     pub max_body: usize,
     /// `channel_manifest.json`, synced at start.
     pub manifest: PathBuf,
+    /// The Alertmanager webhook's routes by label (a TOML file), read at start and on reload.
+    pub alert_routes: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -311,6 +314,8 @@ impl Settings {
         let manifest = parse("DING_CHANNEL_MANIFEST", "channel_manifest.json", &|v| {
             non_empty(v, "a path to channel_manifest.json")
         })?;
+        // Read (and checked) by the Alertmanager source at start: a bad file refuses start.
+        let alert_routes = parse("DING_CHANNEL_ALERT_ROUTES", "", &|_| Ok(()))?;
         let oapi = parse("DINGTALK_OAPI_BASE", "https://oapi.dingtalk.com", &|v| {
             http_url(v).map(drop)
         })?;
@@ -447,6 +452,7 @@ impl Settings {
                 http_workers: http_workers.parse().expect("validated above"),
                 max_body: max_body.parse().expect("validated above"),
                 manifest: PathBuf::from(manifest),
+                alert_routes: (!alert_routes.is_empty()).then(|| PathBuf::from(alert_routes)),
             },
             storage: StorageSettings {
                 database: DatabaseUrl::parse(&database).expect("validated above"),

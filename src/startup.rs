@@ -12,6 +12,7 @@ use crate::directory::bkuser::lookup::BkUserLookup;
 use crate::directory::bkuser::sync::Schedule;
 use crate::directory::lookup::UserLookup;
 use crate::outbox::Outbox;
+use crate::sources::alertmanager::routing::RouteTable;
 use crate::sources::alertmanager::Alertmanager;
 use crate::sources::esb::upstream::Upstream;
 use crate::sources::esb::Esb;
@@ -68,6 +69,7 @@ pub struct Application {
     server: Server,
     outbox: Arc<Outbox>,
     bkuser: Option<Arc<Schedule>>,
+    alert_routes: Arc<RouteTable>,
 }
 
 /// What bk-user gives `serve`: the periodic sync, and the lookup of unknown usernames.
@@ -102,6 +104,7 @@ impl Application {
     /// Call it on a Tokio runtime: the outbox workers start on it.
     pub fn build_with(settings: Settings, options: Options) -> anyhow::Result<Self> {
         let Options { clock, poll } = options;
+        let alert_routes = Arc::new(RouteTable::load(settings.server.alert_routes.clone())?);
         let (db, manifest) = prepare(&settings)?;
         if matches!(
             settings.storage.database,
@@ -148,6 +151,7 @@ impl Application {
             db: db.clone(),
             clock: outbox.clock.clone(),
             utc_offset_min: settings.outbox.utc_offset_min,
+            routes: alert_routes.clone(),
         });
         let upstream = match &settings.upstream {
             Some(up) => Some(web::Data::new(
@@ -183,6 +187,7 @@ impl Application {
             server,
             outbox,
             bkuser,
+            alert_routes,
         })
     }
 
@@ -194,6 +199,11 @@ impl Application {
     /// The periodic bk-user sync, when `DING_CHANNEL_BKUSER_URL` is set (tests run it).
     pub fn bkuser_sync(&self) -> Option<Arc<Schedule>> {
         self.bkuser.clone()
+    }
+
+    /// The Alertmanager webhook's routes by label (`serve` reloads them on SIGHUP).
+    pub fn alert_routes(&self) -> Arc<RouteTable> {
+        self.alert_routes.clone()
     }
 
     pub fn port(&self) -> u16 {

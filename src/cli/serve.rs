@@ -19,6 +19,8 @@ pub(super) fn run(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
             None
         };
         let (database, bind) = (settings.storage.database.clone(), settings.server.bind);
+        // Only with a routes file: without one, SIGHUP keeps its usual meaning (stop).
+        let hangup_reloads = settings.server.alert_routes.is_some();
         // Seeded and set up before the workers start, so none of them meets DingTalk unprepared.
         if sim.is_some() {
             let (db, _) = crate::startup::prepare(&settings)?;
@@ -38,6 +40,10 @@ pub(super) fn run(mut settings: Settings, sandbox: bool) -> anyhow::Result<()> {
                     &bkuser.base_url()
                 )
             );
+        }
+        #[cfg(unix)]
+        if hangup_reloads {
+            tokio::spawn(app.alert_routes().reload_on_hangup());
         }
         tracing::info!(%database, "ding-channel listening on {}:{}", bind.ip(), app.port());
         app.run_until_stopped().await?;

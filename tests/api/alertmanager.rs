@@ -5,7 +5,7 @@ use crate::helpers::*;
 use ding_channel::simulator::Faults;
 use serde_json::{json, Value};
 
-fn alert(status: &str, fingerprint: &str, instance: &str) -> Value {
+pub(crate) fn alert(status: &str, fingerprint: &str, instance: &str) -> Value {
     json!({
         "status": status,
         "labels": {"alertname": "HighCPU", "env": "prod", "severity": "critical", "instance": instance},
@@ -17,7 +17,7 @@ fn alert(status: &str, fingerprint: &str, instance: &str) -> Value {
     })
 }
 
-fn notification(status: &str, alerts: Vec<Value>) -> Value {
+pub(crate) fn notification(status: &str, alerts: Vec<Value>) -> Value {
     json!({
         "version": "4",
         "groupKey": "{}:{alertname=\"HighCPU\", env=\"prod\"}",
@@ -32,7 +32,7 @@ fn notification(status: &str, alerts: Vec<Value>) -> Value {
     })
 }
 
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     receivers: &str,
     auth: Option<(&str, &str)>,
@@ -54,9 +54,9 @@ async fn post(
     (status, challenge, res.json().await.expect("JSON body"))
 }
 
-const DEMO: Option<(&str, &str)> = Some((APP, APP_SECRET));
+pub(crate) const DEMO: Option<(&str, &str)> = Some((APP, APP_SECRET));
 
-fn markdown_texts(app: &TestApp) -> Vec<(String, String)> {
+pub(crate) fn markdown_texts(app: &TestApp) -> Vec<(String, String)> {
     app.sim
         .state
         .messages()

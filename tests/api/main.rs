@@ -1,6 +1,7 @@
 //! Integration tests: the app on a random port and the real binary, against SQLite, or
 //! PostgreSQL when `TEST_DATABASE_URL` is set (with `--features postgres`).
 
+mod alert_routing;
 mod alertmanager;
 mod auth;
 mod bkuser;

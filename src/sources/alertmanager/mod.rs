@@ -1,10 +1,12 @@
 //! The Prometheus Alertmanager source: its webhook (`POST /api/v1/alertmanager/{receivers}`)
-//! sent as markdown through `send_ding` to the usernames in the path. Answers follow
+//! sent as markdown through `send_ding` to the usernames in the path, or where the routes by
+//! label (`routing.rs`) send each alert. Answers follow
 //! Alertmanager's retry rules: 2xx once stored, 5xx to retry, 4xx only when no retry can help.
 
 pub mod payload;
 pub mod render;
 pub mod routes;
+pub mod routing;
 pub mod time;
 
 use crate::clock::SharedClock;
@@ -12,11 +14,12 @@ use crate::core::Receipt;
 use crate::db::Db;
 use crate::domain::message::{Message, MsgKey};
 use crate::domain::request::{Receivers, Route, SendRequest};
-use crate::domain::username::Username;
 use actix_web::http::StatusCode;
 use payload::{Notification, Refusal};
+use routing::{Dispatch, RouteTable};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// What the Alertmanager route shares (the send service is injected beside it).
 pub struct Alertmanager {
@@ -24,6 +27,8 @@ pub struct Alertmanager {
     pub clock: SharedClock,
     /// Where the message's times are shown (`DING_CHANNEL_UTC_OFFSET`).
     pub utc_offset_min: i32,
+    /// The routes by label (`DING_CHANNEL_ALERT_ROUTES`), swapped on reload.
+    pub routes: Arc<RouteTable>,
 }
 
 /// A notification, the receivers named in the path, and the answer Alertmanager reads.
@@ -34,18 +39,16 @@ pub struct Webhook {
 }
 
 impl super::Source for Webhook {
-    type Input<'a> = (Route, &'a Notification, &'a [Username]);
+    /// One dispatch of the notification (all of it without routes).
+    type Input<'a> = (Route, &'a Dispatch);
     type Error = Refusal;
     type Answer = (StatusCode, Value);
 
-    fn request(
-        &self,
-        (route, notification, receivers): Self::Input<'_>,
-    ) -> Result<SendRequest, Self::Error> {
-        let (title, content) = render::render(notification, self.utc_offset_min);
+    fn request(&self, (route, dispatch): Self::Input<'_>) -> Result<SendRequest, Self::Error> {
+        let (title, content) = render::render(&dispatch.notification, self.utc_offset_min);
         Ok(SendRequest {
             route,
-            receivers: Receivers::Usernames(receivers.to_vec()),
+            receivers: Receivers::Usernames(dispatch.receivers.clone()),
             message: Message {
                 msg_key: MsgKey::Markdown,
                 title: Some(title),
@@ -55,7 +58,7 @@ impl super::Source for Webhook {
                 at_mobiles: Vec::new(),
                 at_all: false,
             },
-            idempotency_key: Some(dedup_key(notification, self.now_ms)),
+            idempotency_key: Some(dispatch.dedup_key(self.now_ms)),
             sender: None,
         })
     }

@@ -1,8 +1,10 @@
 //! `POST /api/v1/alertmanager/{receivers}`: HTTP basic with an app's code and secret, the
 //! payload, `send_ding` from the registry, then the send. Alertmanager retries a 5xx and
-//! drops a notification on a 4xx, so a 4xx is kept for what no retry can fix.
+//! drops a notification on a 4xx, so a 4xx is kept for what no retry can fix. `POST /-/reload`
+//! reads the routes by label again, by the same credentials.
 
 use super::payload::{self, Refusal};
+use super::routing::{self, ReloadError};
 use super::{Alertmanager, Webhook};
 use crate::channels::manifest::Component;
 use crate::channels::registry;
@@ -32,7 +34,11 @@ const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(2);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/alertmanager/{receivers}", web::post().to(webhook));
+    cfg.route("/api/v1/alertmanager/{receivers}", web::post().to(webhook))
+        // With routes by label, the path may name no receivers: the routes name them.
+        .route("/api/v1/alertmanager", web::post().to(webhook))
+        .route("/api/v1/alertmanager/", web::post().to(webhook))
+        .route("/-/reload", web::post().to(reload));
 }
 
 /// Why a notification is not taken, as Alertmanager should hear it.
@@ -50,7 +56,49 @@ async fn webhook(
     service: web::Data<SendService>,
 ) -> HttpResponse {
     let rid = request_id(&req);
-    match serve(&req, &body, &am, &service, &rid).await {
+    respond(serve(&req, &body, &am, &service, &rid).await, &rid)
+}
+
+/// `POST /-/reload`: the routes file read again (as on SIGHUP), by an app's basic auth.
+async fn reload(req: HttpRequest, am: web::Data<Alertmanager>) -> HttpResponse {
+    let rid = request_id(&req);
+    let reloaded = match verify(&req, &am).await {
+        Ok(()) => am
+            .routes
+            .reload("POST /-/reload")
+            .map(|n| (StatusCode::OK, json!({"status": "reloaded", "routes": n})))
+            .map_err(|e| {
+                Problem::Invalid(Refusal {
+                    field: routing::KEY.into(),
+                    problem: match e {
+                        ReloadError::Invalid(e) => {
+                            format!("{e}; the routes loaded before stay in force")
+                        }
+                        e => e.to_string(),
+                    },
+                })
+            }),
+        Err(p) => Err(p),
+    };
+    respond(reloaded, &rid)
+}
+
+/// The caller is an app, by its code and secret.
+async fn verify(req: &HttpRequest, am: &Alertmanager) -> Result<(), Problem> {
+    let creds = basic(req)?;
+    match am
+        .db
+        .run(move |conn| read_tx(conn, |conn| creds.verify(conn)))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(EsbError::AppAuth(why)) => Err(Problem::Unauthorized(why)),
+        Err(e) => Err(Problem::Unavailable(format!("storage: {e}"))),
+    }
+}
+
+fn respond(result: Result<(StatusCode, serde_json::Value), Problem>, rid: &str) -> HttpResponse {
+    match result {
         Ok((status, body)) => HttpResponse::build(status).json(body),
         Err(Problem::Unauthorized(why)) => {
             tracing::info!(error = why, "alertmanager request refused");
@@ -81,9 +129,16 @@ async fn serve(
     rid: &str,
 ) -> Result<(StatusCode, serde_json::Value), Problem> {
     let creds = basic(req)?;
-    let receivers = receivers(req.match_info().query("receivers")).map_err(Problem::Invalid)?;
+    let routes = am.routes.current();
+    let receivers = receivers(req.match_info().query("receivers"), !routes.is_empty())
+        .map_err(Problem::Invalid)?;
     let notification = payload::parse(body).map_err(Problem::Invalid)?;
-    let names: Vec<String> = receivers.iter().map(ToString::to_string).collect();
+    let split = routing::split(&routes, &notification, &receivers);
+    let names: Vec<Vec<String>> = split
+        .dispatches
+        .iter()
+        .map(|d| d.receivers.iter().map(ToString::to_string).collect())
+        .collect();
     let now = am.clock.now_ms();
     let read = am
         .db
@@ -92,17 +147,33 @@ async fn serve(
                 creds.verify(conn)?;
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
-                let directory = Directory::read(conn, names, &[], &settings, now)?;
-                Ok::<_, EsbError>((channels, settings, directory))
+                let directories = names
+                    .into_iter()
+                    .map(|names| Directory::read(conn, names, &[], &settings, now))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, EsbError>((channels, settings, directories))
             })
             .map(|read| (read, creds))
         })
         .await;
-    let ((channels, settings, directory), creds) = match read {
+    let ((channels, settings, directories), creds) = match read {
         Ok(read) => read,
         Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
+    if !split.not_routed.is_empty() {
+        tracing::warn!(
+            alerts = %serde_json::Value::from(routing::not_routed(&split.not_routed)),
+            "alerts not routed: no route matches them and the path names no receivers"
+        );
+        // The payload is fine; the routes are not yet: Alertmanager retries while an admin
+        // adds the route (and reloads), where a 4xx would drop the notification.
+        if split.dispatches.is_empty() {
+            return Err(Problem::Unavailable(
+                "no route matches the alerts and the path names no receivers; add a route without matchers at the end of the routes file (then reload), or name receivers in the path".into(),
+            ));
+        }
+    }
     let channel = channels
         .iter()
         .find(|c| c.component == Component::SendDing && !c.is_hidden)
@@ -123,25 +194,39 @@ async fn serve(
         utc_offset_min: am.utc_offset_min,
         now_ms: now,
     };
-    let request = source
-        .request((route, &notification, &receivers))
-        .map_err(Problem::Invalid)?;
     let caller = Caller {
         app_code: creds.app_code.clone(),
         username: None,
         request_id: rid.to_owned(),
         tenant_id: None,
     };
-    let known = Known {
-        settings,
-        directory: Some(directory),
+    // One dispatch after the other: when one is not stored, Alertmanager's retry sends the
+    // notification again, and the dispatches stored already are answered from their keys.
+    let submit_all = async {
+        let mut answers = Vec::with_capacity(split.dispatches.len());
+        for (dispatch, directory) in split.dispatches.iter().zip(directories) {
+            let request = source
+                .request((route.clone(), dispatch))
+                .map_err(Problem::Invalid)?;
+            let known = Known {
+                settings: settings.clone(),
+                directory: Some(directory),
+            };
+            let receipt =
+                service
+                    .submit_with(request, &caller, known)
+                    .await
+                    .map_err(|e| match e {
+                        SendError::QueueFull(why) => Problem::Unavailable(why),
+                        SendError::Storage(e) => Problem::Unavailable(format!("storage: {e}")),
+                    })?;
+            answers.push(source.answer(&receipt));
+        }
+        Ok(answers)
     };
-    let submitted =
-        tokio::time::timeout(SUBMIT_TIMEOUT, service.submit_with(request, &caller, known)).await;
-    match submitted {
-        Ok(Ok(receipt)) => Ok(source.answer(&receipt)),
-        Ok(Err(SendError::QueueFull(why))) => Err(Problem::Unavailable(why)),
-        Ok(Err(SendError::Storage(e))) => Err(Problem::Unavailable(format!("storage: {e}"))),
+    match tokio::time::timeout(SUBMIT_TIMEOUT, submit_all).await {
+        Ok(Ok(answers)) => Ok(routing::answer(&split, answers)),
+        Ok(Err(problem)) => Err(problem),
         Err(_) => Err(Problem::Unavailable(format!(
             "the notification was not confirmed stored within {}s; Alertmanager's retry is sent once",
             SUBMIT_TIMEOUT.as_secs()
@@ -173,8 +258,9 @@ fn basic(req: &HttpRequest) -> Result<Credentials, Problem> {
     Ok(Credentials::new(code.to_owned(), secret.to_owned()))
 }
 
-/// `alice,ops-robot`: the usernames the notification goes to, as `send_ding` reads them.
-fn receivers(raw: &str) -> Result<Vec<Username>, Refusal> {
+/// `alice,ops-robot`: the usernames the notification goes to, as `send_ding` reads them; none
+/// only when `routed` (routes by label are loaded): the routes name the receivers.
+fn receivers(raw: &str, routed: bool) -> Result<Vec<Username>, Refusal> {
     let refuse = |problem: String| Refusal {
         field: "receivers".into(),
         problem,
@@ -186,9 +272,9 @@ fn receivers(raw: &str) -> Result<Vec<Username>, Refusal> {
             out.push(u);
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && !routed {
         return Err(refuse(
-            "no username in the path; use /api/v1/alertmanager/alice,ops-robot".into(),
+            "no username in the path; use /api/v1/alertmanager/alice,ops-robot, or route by label with DING_CHANNEL_ALERT_ROUTES".into(),
         ));
     }
     if out.len() > MAX_RECEIVERS {
