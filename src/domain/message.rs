@@ -51,7 +51,11 @@ pub struct Message {
     pub content: String,
     pub url: Option<String>,
     pub pic_url: Option<String>,
+    /// Mobiles in the form DingTalk's `atMobiles` takes: `13800000001`, `+852-91234567`.
     pub at_mobiles: Vec<String>,
+    /// DingTalk userids (`atUserIds`); messages stored before mentions by userid have none.
+    #[serde(default)]
+    pub at_user_ids: Vec<String>,
     pub at_all: bool,
 }
 

@@ -516,7 +516,7 @@ async fn single_chat_by_userid_or_mobile_and_group_mentions() {
         .await;
     assert_eq!(env["code"], 0, "{env}");
     let m = app.sim.state.messages().into_iter().last().unwrap();
-    assert_eq!(m.body["markdown"]["text"], "## page @13800000001");
+    assert_eq!(m.body["markdown"]["text"], "## page\n\n@13800000001");
     assert_eq!(m.body["at"]["atMobiles"], json!(["13800000001"]));
     assert_eq!(m.body["at"]["isAtAll"], false);
 

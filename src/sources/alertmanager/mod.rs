@@ -53,6 +53,7 @@ impl super::Source for Webhook {
                 url: None,
                 pic_url: None,
                 at_mobiles: Vec::new(),
+                at_user_ids: Vec::new(),
                 at_all: false,
             },
             idempotency_key: Some(dedup_key(notification, self.now_ms)),
