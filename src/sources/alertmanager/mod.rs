@@ -2,6 +2,7 @@
 //! sent as markdown through `send_ding` to the usernames in the path. Answers follow
 //! Alertmanager's retry rules: 2xx once stored, 5xx to retry, 4xx only when no retry can help.
 
+pub mod mentions;
 pub mod payload;
 pub mod render;
 pub mod routes;
@@ -24,6 +25,8 @@ pub struct Alertmanager {
     pub clock: SharedClock,
     /// Where the message's times are shown (`DING_CHANNEL_UTC_OFFSET`).
     pub utc_offset_min: i32,
+    /// The labels naming who a notification mentions (`DING_CHANNEL_MENTION_KEYS`).
+    pub mention_keys: Vec<String>,
 }
 
 /// A notification, the receivers named in the path, and the answer Alertmanager reads.

@@ -2,6 +2,7 @@
 //! payload, `send_ding` from the registry, then the send. Alertmanager retries a 5xx and
 //! drops a notification on a 4xx, so a 4xx is kept for what no retry can fix.
 
+use super::mentions;
 use super::payload::{self, Refusal};
 use super::{Alertmanager, Webhook};
 use crate::channels::manifest::Component;
@@ -81,9 +82,10 @@ async fn serve(
     rid: &str,
 ) -> Result<(StatusCode, serde_json::Value), Problem> {
     let creds = basic(req)?;
-    let receivers = receivers(req.match_info().query("receivers")).map_err(Problem::Invalid)?;
+    let mut receivers = receivers(req.match_info().query("receivers")).map_err(Problem::Invalid)?;
+    let single_chat = mention_single_chat(req.query_string()).map_err(Problem::Invalid)?;
     let notification = payload::parse(body).map_err(Problem::Invalid)?;
-    let names: Vec<String> = receivers.iter().map(ToString::to_string).collect();
+    let tokens = mentions::tokens(&notification, &am.mention_keys);
     let now = am.clock.now_ms();
     let read = am
         .db
@@ -92,13 +94,18 @@ async fn serve(
                 creds.verify(conn)?;
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
+                let mentioned = mentions::read(conn, &tokens, &settings.fields)?;
+                if single_chat {
+                    mentioned.add_people(&mut receivers);
+                }
+                let names = receivers.iter().map(ToString::to_string).collect();
                 let directory = Directory::read(conn, names, &[], &settings, now)?;
-                Ok::<_, EsbError>((channels, settings, directory))
+                Ok::<_, EsbError>((channels, settings, directory, mentioned, receivers))
             })
             .map(|read| (read, creds))
         })
         .await;
-    let ((channels, settings, directory), creds) = match read {
+    let ((channels, settings, directory, mentioned, receivers), creds) = match read {
         Ok(read) => read,
         Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
@@ -123,9 +130,10 @@ async fn serve(
         utc_offset_min: am.utc_offset_min,
         now_ms: now,
     };
-    let request = source
+    let mut request = source
         .request((route, &notification, &receivers))
         .map_err(Problem::Invalid)?;
+    mentioned.apply(&mut request.message);
     let caller = Caller {
         app_code: creds.app_code.clone(),
         username: None,
@@ -171,6 +179,37 @@ fn basic(req: &HttpRequest) -> Result<Credentials, Problem> {
         .filter(|(c, s)| !c.is_empty() && !s.is_empty())
         .ok_or(Problem::Unauthorized(MISSING))?;
     Ok(Credentials::new(code.to_owned(), secret.to_owned()))
+}
+
+/// `?mention_single_chat=true`: the people the alerts mention are sent the message by single
+/// chat too. Other query parameters are left to the rest of the route.
+fn mention_single_chat(query: &str) -> Result<bool, Refusal> {
+    const NAME: &str = "mention_single_chat";
+    let query = web::Query::<Vec<(String, String)>>::from_query(query).map_err(|e| Refusal {
+        field: "query".into(),
+        problem: format!("is not a URL query ({e})"),
+    })?;
+    let mut value = None;
+    for (_, v) in query.0.into_iter().filter(|(k, _)| k == NAME) {
+        let parsed = match v.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(Refusal {
+                    field: NAME.into(),
+                    problem: format!("'{v}' is not a boolean; use true or false"),
+                })
+            }
+        };
+        if value.is_some_and(|prev| prev != parsed) {
+            return Err(Refusal {
+                field: NAME.into(),
+                problem: "is given twice with different values; give it once".into(),
+            });
+        }
+        value = Some(parsed);
+    }
+    Ok(value.unwrap_or(false))
 }
 
 /// `alice,ops-robot`: the usernames the notification goes to, as `send_ding` reads them.
