@@ -174,14 +174,17 @@ mod tests {
     use super::*;
     use crate::sources::alertmanager::payload::{Alert, Labels, Status};
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
+    fn labels(pairs: Pairs<'_>) -> Labels {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
-    fn notification(alerts: &[(&[(&str, &str)], &[(&str, &str)])]) -> Notification {
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    /// A notification of alerts with these labels and annotations.
+    fn notification(alerts: &[(Pairs<'_>, Pairs<'_>)]) -> Notification {
         Notification {
             receiver: "ding".into(),
             status: Status::Firing,
