@@ -263,7 +263,7 @@ mod tests {
     fn mentions_by_mobile_and_userid() {
         let r = parse(
             route(Reach::Robots),
-            &p(r#"{"receiver__username":"ops-robot","content":"hi","at_mobiles":"+852 9123 4567,13800000001","at_user_ids":["manager4220","u-2","manager4220"]}"#),
+            &p(r#"{"receiver__username":"ops-robot","content":"hi","at_mobiles":"+852-9123-4567,13800000001","at_user_ids":["manager4220","u-2","manager4220"]}"#),
             None,
         )
         .unwrap();
