@@ -492,3 +492,31 @@ async fn mention_single_chat_also_sends_the_mentioned_people_the_message() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_mention_that_cannot_be_made_is_logged_by_name_and_the_alert_still_sent() {
+    let db = TestDb::new();
+    let server = serve(&db.url, "http://127.0.0.1:9", &[]);
+    seeded(&db);
+    let base = server.url.trim_end_matches("/api/c/compapi/cmsi");
+    let body = mentioning("g1", "ops-robot ghost", "13800000002");
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/v1/alertmanager/ops-robot"))
+        .basic_auth(APP, Some(APP_SECRET))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let log = server.stop();
+    let line = |needle: &str| log.lines().find(|l| l.contains(needle)).unwrap_or_default();
+    let robot = line("mention=ops-robot");
+    assert!(
+        robot.contains("alert mention skipped") && robot.contains("is a robot user"),
+        "{log}"
+    );
+    assert!(
+        line("mention=ghost").contains("mentioned as a DingTalk userid"),
+        "{log}"
+    );
+}
