@@ -71,3 +71,16 @@ impl Message {
 
 /// The label of a message's link ("view details").
 pub const DETAILS: &str = "查看详情";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_stored_before_mentions_by_userid_still_reads() {
+        let stored = r#"{"msg_key":"markdown","title":"T","content":"x","url":null,"pic_url":null,"at_mobiles":["13800000001"],"at_all":false}"#;
+        let m: Message = serde_json::from_str(stored).unwrap();
+        assert_eq!(m.at_mobiles, ["13800000001"]);
+        assert!(m.at_user_ids.is_empty());
+    }
+}
