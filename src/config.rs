@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod gateway;
+mod mentions;
 mod upstream;
 pub use gateway::{GatewaySettings, PublicKey};
+pub use mentions::MentionSettings;
 pub use upstream::UpstreamSettings;
 
 const DEFAULT_FILE: &str = "ding-channel.toml";
@@ -62,6 +64,7 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_BKUSER_APP_SECRET",
     "DING_CHANNEL_BKUSER_SYNC_S",
     "DING_CHANNEL_ALERT_ROUTES",
+    "DING_CHANNEL_MENTION_KEYS",
 ];
 
 /// The settings, by the part of the server they concern. Each is read from one flat key (the
@@ -82,6 +85,8 @@ pub struct Settings {
     pub upstream: Option<UpstreamSettings>,
     /// The BlueKing API gateway whose `X-Bkapi-JWT` authenticates callers.
     pub gateway: GatewaySettings,
+    /// Which alert labels name the people a notification mentions.
+    pub mentions: MentionSettings,
 }
 
 /// bk-user through the ESB's usermanage components (docs/blueking.md, "bk-user").
@@ -409,6 +414,7 @@ impl Settings {
         })?;
         let upstream = upstream::read(&parse)?;
         let gateway = gateway::read(&parse)?;
+        let mentions = mentions::read(&parse)?;
         let bkuser_url = parse("DING_CHANNEL_BKUSER_URL", "", &|v| {
             if v.is_empty() {
                 Ok(())
@@ -497,6 +503,7 @@ impl Settings {
             },
             upstream,
             gateway,
+            mentions,
         })
     }
 }

@@ -152,6 +152,7 @@ impl Application {
             clock: outbox.clock.clone(),
             utc_offset_min: settings.outbox.utc_offset_min,
             routes: alert_routes.clone(),
+            mention_keys: settings.mentions.keys.clone(),
         });
         let upstream = match &settings.upstream {
             Some(up) => Some(web::Data::new(

@@ -35,6 +35,9 @@ pub struct SendArgs {
     pic_url: Option<String>,
     #[arg(long)]
     at_mobiles: Option<String>,
+    /// DingTalk userids the robot message mentions (comma-separated).
+    #[arg(long)]
+    at_user_ids: Option<String>,
     #[arg(long)]
     at_all: bool,
     #[arg(long)]
@@ -57,6 +60,7 @@ pub(super) fn run(args: SendArgs, settings: Settings) -> anyhow::Result<()> {
     put("url", args.url);
     put("pic_url", args.pic_url);
     put("at_mobiles", args.at_mobiles);
+    put("at_user_ids", args.at_user_ids);
     put("at_all", Some(args.at_all.to_string()));
     put("idempotency_key", args.idempotency_key);
     let params = crate::sources::esb::params::Params::from_json(params);

@@ -101,11 +101,11 @@ impl Message {
         let body = match self {
             Self::Text { content } => json!({
                 "msgtype": "text",
-                "text": {"content": with_mentions(content, at)},
+                "text": {"content": with_mentions(content, at, false)},
             }),
             Self::Markdown { title, text } => json!({
                 "msgtype": "markdown",
-                "markdown": {"title": title, "text": with_mentions(text, at)},
+                "markdown": {"title": title, "text": with_mentions(text, at, true)},
             }),
             Self::Link {
                 title,
@@ -232,16 +232,38 @@ impl Message {
     }
 }
 
-fn with_mentions(text: &str, at: &At) -> String {
-    let mut out = text.to_owned();
+/// `text` with `@who` for each mention it does not name yet, each once.
+fn with_mentions(text: &str, at: &At, markdown: bool) -> String {
+    let mut missing: Vec<&str> = vec![];
     for who in at.mobiles.iter().chain(&at.user_ids) {
-        let tag = format!("@{who}");
-        if !out.contains(&tag) {
-            out.push(' ');
-            out.push_str(&tag);
+        if !names(text, who) && !missing.contains(&who.as_str()) {
+            missing.push(who);
         }
     }
-    out
+    if missing.is_empty() {
+        return text.to_owned();
+    }
+    // In markdown a paragraph of their own: appended to the last line they could land in a
+    // heading, a quote, or a fence's closing line (which then no longer closes it).
+    let sep = match (markdown, text.is_empty()) {
+        (_, true) => "",
+        (true, false) => "\n\n",
+        (false, false) => " ",
+    };
+    let tags: Vec<String> = missing.iter().map(|who| format!("@{who}")).collect();
+    format!("{text}{sep}{}", tags.join(" "))
+}
+
+/// Whether `text` mentions `who` already: `@who` not followed by more of a mobile or userid
+/// (`@138000000012` does not mention `13800000001`).
+fn names(text: &str, who: &str) -> bool {
+    let tag = format!("@{who}");
+    text.match_indices(&tag).any(|(i, _)| {
+        text[i + tag.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-')))
+    })
 }
 
 #[cfg(test)]
@@ -254,6 +276,48 @@ mod tests {
             k,
             serde_json::from_str(&p).expect("msgParam is a JSON string"),
         )
+    }
+
+    #[test]
+    fn mentions_are_added_to_the_text_once_and_only_when_missing() {
+        let at = At {
+            mobiles: vec!["13800000001".into(), "+852-91234567".into()],
+            user_ids: vec!["manager4220".into(), "13800000001".into()],
+            all: false,
+        };
+        let md = |text: &str| {
+            let body = Message::Markdown {
+                title: "T".into(),
+                text: text.into(),
+            }
+            .to_webhook(&at)
+            .unwrap();
+            body["markdown"]["text"].as_str().unwrap().to_owned()
+        };
+        // After a closing fence on a line of their own, so the fence still closes.
+        assert_eq!(
+            md("```\ndf -h\n```"),
+            "```\ndf -h\n```\n\n@13800000001 @+852-91234567 @manager4220"
+        );
+        // Named already: kept where the author put them; a longer number is someone else.
+        assert_eq!(
+            md("owner @manager4220, call @+852-91234567 or @138000000012"),
+            "owner @manager4220, call @+852-91234567 or @138000000012\n\n@13800000001"
+        );
+        assert_eq!(md(""), "@13800000001 @+852-91234567 @manager4220");
+        let text = Message::Text {
+            content: "disk full @13800000001.".into(),
+        }
+        .to_webhook(&at)
+        .unwrap();
+        assert_eq!(
+            text["text"]["content"],
+            "disk full @13800000001. @+852-91234567 @manager4220"
+        );
+        assert_eq!(
+            text["at"],
+            json!({"atMobiles": ["13800000001", "+852-91234567"], "atUserIds": ["manager4220", "13800000001"], "isAtAll": false})
+        );
     }
 
     #[test]
@@ -279,7 +343,7 @@ mod tests {
         }
         .to_webhook(&at)
         .unwrap();
-        assert_eq!(m["markdown"]["text"], "# x @13800000001");
+        assert_eq!(m["markdown"]["text"], "# x\n\n@13800000001");
         assert_eq!(m["markdown"]["title"], "T");
         let l = Message::Link {
             title: "T".into(),

@@ -51,7 +51,11 @@ pub struct Message {
     pub content: String,
     pub url: Option<String>,
     pub pic_url: Option<String>,
+    /// Mobiles in the form DingTalk's `atMobiles` takes: `13800000001`, `+852-91234567`.
     pub at_mobiles: Vec<String>,
+    /// DingTalk userids (`atUserIds`); messages stored before mentions by userid have none.
+    #[serde(default)]
+    pub at_user_ids: Vec<String>,
     pub at_all: bool,
 }
 
@@ -67,3 +71,16 @@ impl Message {
 
 /// The label of a message's link ("view details").
 pub const DETAILS: &str = "查看详情";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_stored_before_mentions_by_userid_still_reads() {
+        let stored = r#"{"msg_key":"markdown","title":"T","content":"x","url":null,"pic_url":null,"at_mobiles":["13800000001"],"at_all":false}"#;
+        let m: Message = serde_json::from_str(stored).unwrap();
+        assert_eq!(m.at_mobiles, ["13800000001"]);
+        assert!(m.at_user_ids.is_empty());
+    }
+}

@@ -47,25 +47,30 @@ pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
     let mut at = At::default();
     for item in items {
         text.push_str(&render_item(item, utc_offset_min));
-        for mobile in &item.message.at_mobiles {
-            if !at.mobiles.contains(mobile) {
-                at.mobiles.push(mobile.clone());
-            }
-        }
+        unite(&mut at.mobiles, &item.message.at_mobiles);
+        unite(&mut at.user_ids, &item.message.at_user_ids);
         at.all |= item.message.at_all;
     }
     (Message::Markdown { title, text }, at)
 }
 
+fn unite(all: &mut Vec<String>, more: &[String]) {
+    for who in more {
+        if !all.contains(who) {
+            all.push(who.clone());
+        }
+    }
+}
+
 /// Roughly what `item` adds to a digest's body (JSON-escaped), to size digests without
-/// building each candidate.
+/// building each candidate: its text, and each mention twice (in `at` and as `@who` text).
 pub fn item_len(item: &Item<'_>, utc_offset_min: i32) -> usize {
+    let m = item.message;
     serde_json::to_string(&render_item(item, utc_offset_min)).map_or(usize::MAX, |s| s.len())
-        + item
-            .message
-            .at_mobiles
+        + m.at_mobiles
             .iter()
-            .map(|m| 2 * m.len() + 8)
+            .chain(&m.at_user_ids)
+            .map(|who| 2 * who.len() + 8)
             .sum::<usize>()
 }
 
@@ -178,7 +183,66 @@ mod tests {
             url: None,
             pic_url: None,
             at_mobiles: vec![],
+            at_user_ids: vec![],
             at_all: false,
+        }
+    }
+
+    /// The text DingTalk shows for a webhook call, and how often it names `@who`.
+    fn mentioned(msg: &Message, at: &At, who: &str) -> usize {
+        let body = msg.to_webhook(at).unwrap();
+        let text = body["markdown"]["text"]
+            .as_str()
+            .or(body["text"]["content"].as_str())
+            .unwrap()
+            .to_owned();
+        text.matches(&format!("@{who}")).count()
+    }
+
+    #[test]
+    fn every_single_digest_and_part_names_its_mentions_once() {
+        let mut a = msg(
+            MsgKey::Markdown,
+            Some("Disk full"),
+            "host-1 95% @13800000001",
+        );
+        a.at_mobiles = vec!["13800000001".into()];
+        a.at_user_ids = vec!["manager4220".into()];
+        let (m, at) = single(&a);
+        assert_eq!(at.user_ids, ["manager4220"]);
+        assert_eq!(mentioned(&m, &at, "13800000001"), 1);
+        assert_eq!(mentioned(&m, &at, "manager4220"), 1);
+
+        let mut b = msg(MsgKey::Text, None, "CPU high");
+        b.at_mobiles = vec!["+852-91234567".into(), "13800000001".into()];
+        b.at_user_ids = vec!["manager4220".into()];
+        let items = [&a, &b].map(|m| Item {
+            message: m,
+            accepted_at_ms: 0,
+        });
+        let (m, at) = digest(&items, 0);
+        assert_eq!(at.mobiles, ["13800000001", "+852-91234567"]);
+        assert_eq!(at.user_ids, ["manager4220"]);
+        for who in ["13800000001", "+852-91234567", "manager4220"] {
+            assert_eq!(mentioned(&m, &at, who), 1, "{who}");
+        }
+
+        for key in [MsgKey::Markdown, MsgKey::Text] {
+            let mut big = msg(
+                key,
+                Some("Big"),
+                &"- 磁盘已满 host \"/data\"\n".repeat(3000),
+            );
+            big.at_mobiles = (0..40).map(|i| format!("138000000{i:02}")).collect();
+            big.at_user_ids = vec!["manager4220".into()];
+            let parts = parts(&big);
+            assert!(parts.len() >= 3, "{}", parts.len());
+            for (k, (p, at)) in parts.iter().enumerate() {
+                assert!(body_len(p, at) <= WEBHOOK_MAX_BODY, "part {k}");
+                for who in big.at_mobiles.iter().chain(&big.at_user_ids) {
+                    assert_eq!(mentioned(p, at, who), 1, "part {k}: {who}");
+                }
+            }
         }
     }
 

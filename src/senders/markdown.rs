@@ -184,6 +184,7 @@ mod tests {
             url: Some("https://x/1".into()),
             pic_url: None,
             at_mobiles: vec![],
+            at_user_ids: vec![],
             at_all: false,
         };
         assert_eq!(content_of(&m(MsgKey::Markdown, "## a\nb")), "## a\nb");

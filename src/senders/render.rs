@@ -47,7 +47,7 @@ pub fn titled_text(m: &Message, content: &str) -> String {
 pub fn mentions(m: &Message) -> At {
     At {
         mobiles: m.at_mobiles.clone(),
-        user_ids: vec![],
+        user_ids: m.at_user_ids.clone(),
         all: m.at_all,
     }
 }

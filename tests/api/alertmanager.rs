@@ -320,3 +320,203 @@ async fn a_disabled_send_ding_is_503_with_what_the_admin_can_do() {
         "{answer}"
     );
 }
+
+/// An alert that names its owner and whom else to page, in its own group.
+fn mentioning(group: &str, owner: &str, at: &str) -> Value {
+    let mut a = alert("firing", group, "host-1");
+    a["labels"]["owner"] = json!(owner);
+    a["labels"]["at"] = json!(at);
+    let mut n = notification("firing", vec![a]);
+    n["groupKey"] = json!(group);
+    n
+}
+
+fn robot_bodies(app: &TestApp) -> Vec<Value> {
+    app.sim
+        .state
+        .messages()
+        .into_iter()
+        .filter(|m| m.api == "robot_send")
+        .map(|m| m.body)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_owner_label_and_an_at_label_mention_both_in_at_and_in_the_text() {
+    let app = TestApp::spawn().await;
+    let body = mentioning("g1", "alice", "13800000002, @ops-robot");
+    let (status, _, answer) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = robot_bodies(&app);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    // In the order of DING_CHANNEL_MENTION_KEYS (at, owner, oncall); alice by her telephone;
+    // the robot user cannot be mentioned and is skipped.
+    assert_eq!(
+        sent[0]["at"],
+        json!({"atMobiles": ["13800000002", "13800000001"], "atUserIds": [], "isAtAll": false})
+    );
+    let text = sent[0]["markdown"]["text"].as_str().unwrap();
+    assert!(
+        text.ends_with("\n\n@13800000002 @13800000001"),
+        "the mentions render: {text}"
+    );
+    assert_eq!(
+        answer["deliveries"].as_array().unwrap().len(),
+        1,
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_digest_of_mentioning_alerts_mentions_every_one_of_them() {
+    let app = TestApp::spawn().await;
+    let o = app.cli(&["channels", "conf", "send_dingbot", "robot_burst=1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The first goes at once; the next three wait for the robot's next slot, together.
+    for (group, owner, at) in [
+        ("g0", "bob", ""),
+        ("g1", "alice", "13800000031"),
+        ("g2", "bob", "manager4220"),
+        ("g3", "alice", "+852-9123-4567"),
+    ] {
+        let (status, _, answer) =
+            post(&app, "ops-robot", DEMO, &mentioning(group, owner, at)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    for _ in 0..10 {
+        if robot_bodies(&app).len() >= 2 {
+            break;
+        }
+        app.clock.advance_ms(3_000);
+        app.drain().await;
+    }
+    let sent = robot_bodies(&app);
+    assert_eq!(sent.len(), 2, "one single, one digest: {sent:?}");
+    let digest = &sent[1];
+    assert!(
+        digest["markdown"]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 alerts"),
+        "{digest}"
+    );
+    assert_eq!(
+        digest["at"]["atMobiles"],
+        json!(["13800000031", "13800000001", "13800000002", "+852-91234567"])
+    );
+    assert_eq!(digest["at"]["atUserIds"], json!(["manager4220"]));
+    let text = digest["markdown"]["text"].as_str().unwrap();
+    for who in [
+        "13800000001",
+        "13800000031",
+        "13800000002",
+        "+852-91234567",
+        "manager4220",
+    ] {
+        assert_eq!(
+            text.matches(&format!("@{who}")).count(),
+            1,
+            "@{who} in {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_part_of_a_large_alert_carries_its_mentions() {
+    let app = TestApp::spawn().await;
+    let mut body = mentioning("big", "alice", "13800000002");
+    body["alerts"][0]["annotations"]["description"] = json!("磁盘已满 host-1 /data; ".repeat(1200));
+    assert!(body.to_string().len() > 30_000);
+    let (status, _, answer) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    for _ in 0..20 {
+        app.clock.advance_ms(3_000);
+        app.drain().await;
+    }
+    let sent = robot_bodies(&app);
+    assert!(sent.len() >= 2, "{sent:?}");
+    for (k, part) in sent.iter().enumerate() {
+        assert!(
+            part["markdown"]["title"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("({}/{})", k + 1, sent.len())),
+            "{part}"
+        );
+        assert_eq!(
+            part["at"]["atMobiles"],
+            json!(["13800000002", "13800000001"])
+        );
+        let text = part["markdown"]["text"].as_str().unwrap();
+        for who in ["13800000001", "13800000002"] {
+            assert_eq!(
+                text.matches(&format!("@{who}")).count(),
+                1,
+                "part {k}: @{who}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn mention_single_chat_also_sends_the_mentioned_people_the_message() {
+    let app = TestApp::spawn().await;
+    let url = |query: &str| format!("ops-robot,bob?{query}");
+    let body = mentioning("g1", "alice,bob", "13800000031");
+    let (status, _, answer) = post(&app, &url("mention_single_chat=maybe"), DEMO, &body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["field"], "mention_single_chat", "{answer}");
+
+    let (status, _, answer) = post(&app, &url("mention_single_chat=true"), DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let receivers: Vec<&str> = answer["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["receiver"].as_str().unwrap())
+        .collect();
+    // bob is named by the path already; a bare mobile is no person to add.
+    assert_eq!(receivers, ["ops-robot", "bob", "alice"], "{answer}");
+    // One batchSend reaches both people.
+    let mut to: Vec<String> = markdown_texts(&app).into_iter().map(|(to, _)| to).collect();
+    to.sort();
+    assert_eq!(to, ["bob-ding,alice-ding", "ops-robot"]);
+
+    // Without the opt-in the mentioned people are mentioned only.
+    let other = mentioning("g2", "alice", "");
+    let (status, _, answer) = post(&app, "ops-robot", DEMO, &other).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["deliveries"].as_array().unwrap().len(),
+        1,
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_mention_that_cannot_be_made_is_logged_by_name_and_the_alert_still_sent() {
+    let db = TestDb::new();
+    let server = serve(&db.url, "http://127.0.0.1:9", &[]);
+    seeded(&db);
+    let base = server.url.trim_end_matches("/api/c/compapi/cmsi");
+    let body = mentioning("g1", "ops-robot ghost", "13800000002");
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/v1/alertmanager/ops-robot"))
+        .basic_auth(APP, Some(APP_SECRET))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let log = server.stop();
+    let line = |needle: &str| log.lines().find(|l| l.contains(needle)).unwrap_or_default();
+    let robot = line("mention=ops-robot");
+    assert!(
+        robot.contains("alert mention skipped") && robot.contains("is a robot user"),
+        "{log}"
+    );
+    assert!(
+        line("mention=ghost").contains("mentioned as a DingTalk userid"),
+        "{log}"
+    );
+}

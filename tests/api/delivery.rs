@@ -512,12 +512,19 @@ async fn single_chat_by_userid_or_mobile_and_group_mentions() {
     );
 
     let env = app
-        .post("send_dingbot", json!({"receiver__username": "ops-robot", "msg_key": "markdown", "title": "Oncall", "content": "## page", "at_mobiles": "13800000001", "at_all": "0"}))
+        .post("send_dingbot", json!({"receiver__username": "ops-robot", "msg_key": "markdown", "title": "Oncall", "content": "## page @manager4220", "at_mobiles": "13800000001,+852-9123-4567", "at_user_ids": ["manager4220", "u-2"], "at_all": "0"}))
         .await;
     assert_eq!(env["code"], 0, "{env}");
     let m = app.sim.state.messages().into_iter().last().unwrap();
-    assert_eq!(m.body["markdown"]["text"], "## page @13800000001");
-    assert_eq!(m.body["at"]["atMobiles"], json!(["13800000001"]));
+    assert_eq!(
+        m.body["markdown"]["text"],
+        "## page @manager4220\n\n@13800000001 @+852-91234567 @u-2"
+    );
+    assert_eq!(
+        m.body["at"]["atMobiles"],
+        json!(["13800000001", "+852-91234567"])
+    );
+    assert_eq!(m.body["at"]["atUserIds"], json!(["manager4220", "u-2"]));
     assert_eq!(m.body["at"]["isAtAll"], false);
 
     let env = app.post("send_ding", json!({"receiver__username": "ops-robot", "msg_key": "action_card", "title": "Approve", "content": "ticket 7", "url": "https://itsm.example.com/7"})).await;

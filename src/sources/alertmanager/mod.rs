@@ -3,6 +3,7 @@
 //! label (`routing.rs`) send each alert. Answers follow
 //! Alertmanager's retry rules: 2xx once stored, 5xx to retry, 4xx only when no retry can help.
 
+pub mod mentions;
 pub mod payload;
 pub mod render;
 pub mod routes;
@@ -29,6 +30,8 @@ pub struct Alertmanager {
     pub utc_offset_min: i32,
     /// The routes by label (`DING_CHANNEL_ALERT_ROUTES`), swapped on reload.
     pub routes: Arc<RouteTable>,
+    /// The labels naming who a notification mentions (`DING_CHANNEL_MENTION_KEYS`).
+    pub mention_keys: Vec<String>,
 }
 
 /// A notification, the receivers named in the path, and the answer Alertmanager reads.
@@ -56,6 +59,7 @@ impl super::Source for Webhook {
                 url: None,
                 pic_url: None,
                 at_mobiles: Vec::new(),
+                at_user_ids: Vec::new(),
                 at_all: false,
             },
             idempotency_key: Some(dispatch.dedup_key(self.now_ms)),

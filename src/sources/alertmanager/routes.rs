@@ -3,6 +3,7 @@
 //! drops a notification on a 4xx, so a 4xx is kept for what no retry can fix. `POST /-/reload`
 //! reads the routes by label again, by the same credentials.
 
+use super::mentions;
 use super::payload::{self, Refusal};
 use super::routing::{self, ReloadError};
 use super::{Alertmanager, Webhook};
@@ -132,12 +133,17 @@ async fn serve(
     let routes = am.routes.current();
     let receivers = receivers(req.match_info().query("receivers"), !routes.is_empty())
         .map_err(Problem::Invalid)?;
+    let single_chat = mention_single_chat(req.query_string()).map_err(Problem::Invalid)?;
     let notification = payload::parse(body).map_err(Problem::Invalid)?;
-    let split = routing::split(&routes, &notification, &receivers);
-    let names: Vec<Vec<String>> = split
+    let mut split = routing::split(&routes, &notification, &receivers);
+    // Each dispatch mentions whom its own alerts name (and, opted in, sends them the message).
+    let wanted: Vec<(Vec<String>, Vec<Username>)> = split
         .dispatches
         .iter()
-        .map(|d| d.receivers.iter().map(ToString::to_string).collect())
+        .map(|d| {
+            let tokens = mentions::tokens(&d.notification, &am.mention_keys);
+            (tokens, d.receivers.clone())
+        })
         .collect();
     let now = am.clock.now_ms();
     let read = am
@@ -147,20 +153,35 @@ async fn serve(
                 creds.verify(conn)?;
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
-                let directories = names
-                    .into_iter()
-                    .map(|names| Directory::read(conn, names, &[], &settings, now))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, EsbError>((channels, settings, directories))
+                let mut per_dispatch = Vec::with_capacity(wanted.len());
+                for (tokens, mut receivers) in wanted {
+                    let mentioned = mentions::read(conn, &tokens, &settings.fields)?;
+                    if single_chat {
+                        mentioned.add_people(&mut receivers);
+                    }
+                    let names = receivers.iter().map(ToString::to_string).collect();
+                    let directory = Directory::read(conn, names, &[], &settings, now)?;
+                    per_dispatch.push((mentioned, receivers, directory));
+                }
+                Ok::<_, EsbError>((channels, settings, per_dispatch))
             })
             .map(|read| (read, creds))
         })
         .await;
-    let ((channels, settings, directories), creds) = match read {
+    let ((channels, settings, per_dispatch), creds) = match read {
         Ok(read) => read,
         Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
+    let per_dispatch: Vec<_> = split
+        .dispatches
+        .iter_mut()
+        .zip(per_dispatch)
+        .map(|(dispatch, (mentioned, receivers, directory))| {
+            dispatch.receivers = receivers;
+            (mentioned, directory)
+        })
+        .collect();
     if !split.not_routed.is_empty() {
         tracing::warn!(
             alerts = %serde_json::Value::from(routing::not_routed(&split.not_routed)),
@@ -204,10 +225,11 @@ async fn serve(
     // notification again, and the dispatches stored already are answered from their keys.
     let submit_all = async {
         let mut answers = Vec::with_capacity(split.dispatches.len());
-        for (dispatch, directory) in split.dispatches.iter().zip(directories) {
-            let request = source
+        for (dispatch, (mentioned, directory)) in split.dispatches.iter().zip(per_dispatch) {
+            let mut request = source
                 .request((route.clone(), dispatch))
                 .map_err(Problem::Invalid)?;
+            mentioned.apply(&mut request.message);
             let known = Known {
                 settings: settings.clone(),
                 directory: Some(directory),
@@ -256,6 +278,37 @@ fn basic(req: &HttpRequest) -> Result<Credentials, Problem> {
         .filter(|(c, s)| !c.is_empty() && !s.is_empty())
         .ok_or(Problem::Unauthorized(MISSING))?;
     Ok(Credentials::new(code.to_owned(), secret.to_owned()))
+}
+
+/// `?mention_single_chat=true`: the people the alerts mention are sent the message by single
+/// chat too. Other query parameters are left to the rest of the route.
+fn mention_single_chat(query: &str) -> Result<bool, Refusal> {
+    const NAME: &str = "mention_single_chat";
+    let query = web::Query::<Vec<(String, String)>>::from_query(query).map_err(|e| Refusal {
+        field: "query".into(),
+        problem: format!("is not a URL query ({e})"),
+    })?;
+    let mut value = None;
+    for (_, v) in query.0.into_iter().filter(|(k, _)| k == NAME) {
+        let parsed = match v.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(Refusal {
+                    field: NAME.into(),
+                    problem: format!("'{v}' is not a boolean; use true or false"),
+                })
+            }
+        };
+        if value.is_some_and(|prev| prev != parsed) {
+            return Err(Refusal {
+                field: NAME.into(),
+                problem: "is given twice with different values; give it once".into(),
+            });
+        }
+        value = Some(parsed);
+    }
+    Ok(value.unwrap_or(false))
 }
 
 /// `alice,ops-robot`: the usernames the notification goes to, as `send_ding` reads them; none

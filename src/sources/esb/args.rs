@@ -14,6 +14,7 @@ pub const MAX_TITLE_CHARS: usize = 256;
 pub const MAX_URL_BYTES: usize = 2048;
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub const MAX_AT_MOBILES: usize = 100;
+pub const MAX_AT_USER_IDS: usize = 100;
 
 /// Parses the arguments of `send_ding`, `send_dingtalk`, `send_dingbot` and `send_msg` for a
 /// send by `route`; only a route to people (`send_dingtalk`) takes userids and mobiles.
@@ -103,6 +104,15 @@ pub fn parse(
             format!("names more than {MAX_AT_MOBILES} mobiles"),
         ));
     }
+    let at_user_ids = checked_list(params, "at_user_ids", |s| {
+        DingUserId::parse(s).map(|u| u.to_string())
+    })?;
+    if at_user_ids.len() > MAX_AT_USER_IDS {
+        return Err(EsbError::bad(
+            "at_user_ids",
+            format!("names more than {MAX_AT_USER_IDS} userids"),
+        ));
+    }
 
     let idempotency_key = idempotency(params.str("idempotency_key")?, idempotency_header)?;
     let sender = params.str("sender")?.map(|s| s.trim().to_owned());
@@ -117,6 +127,7 @@ pub fn parse(
             url,
             pic_url,
             at_mobiles,
+            at_user_ids,
             at_all: params.bool("at_all")?.unwrap_or(false),
         },
         idempotency_key,
@@ -245,6 +256,19 @@ mod tests {
         assert_eq!(r.message.msg_key, MsgKey::Text);
         assert_eq!(r.message.content, "hi");
         assert!(!r.message.at_all);
+        assert!(r.message.at_user_ids.is_empty());
+    }
+
+    #[test]
+    fn mentions_by_mobile_and_userid() {
+        let r = parse(
+            route(Reach::Robots),
+            &p(r#"{"receiver__username":"ops-robot","content":"hi","at_mobiles":"+852-9123-4567,13800000001","at_user_ids":["manager4220","u-2","manager4220"]}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.message.at_mobiles, ["+852-91234567", "13800000001"]);
+        assert_eq!(r.message.at_user_ids, ["manager4220", "u-2"]);
     }
 
     #[test]
@@ -293,6 +317,17 @@ mod tests {
             r#"{"receiver__username":"a","content":"x","at_mobiles":"12ab"}"#
         )
         .starts_with("at_mobiles: '12ab'"));
+        let ids: Vec<String> = (0..=MAX_AT_USER_IDS).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            err(
+                c,
+                &format!(
+                    r#"{{"receiver__username":"a","content":"x","at_user_ids":"{}"}}"#,
+                    ids.join(",")
+                )
+            ),
+            format!("at_user_ids: names more than {MAX_AT_USER_IDS} userids")
+        );
         let long = "t".repeat(MAX_TITLE_CHARS + 1);
         assert_eq!(
             err(
