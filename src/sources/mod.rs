@@ -10,6 +10,7 @@
 
 pub mod alertmanager;
 pub mod esb;
+pub mod tokens;
 
 use crate::core::Receipt;
 use crate::domain::request::SendRequest;
