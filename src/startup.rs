@@ -148,6 +148,7 @@ impl Application {
             db: db.clone(),
             clock: outbox.clock.clone(),
             utc_offset_min: settings.outbox.utc_offset_min,
+            timeout: settings.server.webhook_timeout,
         });
         let upstream = match &settings.upstream {
             Some(up) => Some(web::Data::new(

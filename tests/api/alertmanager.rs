@@ -320,3 +320,99 @@ async fn a_disabled_send_ding_is_503_with_what_the_admin_can_do() {
         "{answer}"
     );
 }
+
+/// `apps token CODE`'s token, read from what it prints once.
+fn new_token(app: &TestApp, code: &str) -> String {
+    let out = app.cli(&["apps", "token", code]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .find_map(|l| l.split("store it now): ").nth(1))
+        .expect("the token is printed")
+        .to_owned()
+}
+
+async fn post_bearer(app: &TestApp, token: &str, body: &Value) -> (u16, Value) {
+    let res = app
+        .client
+        .post(format!("{}/api/v1/alertmanager/ops-robot", app.address))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent");
+    (res.status().as_u16(), res.json().await.expect("JSON body"))
+}
+
+#[tokio::test]
+async fn a_bearer_token_of_apps_token_authenticates_and_shows_in_apps_show() {
+    let app = TestApp::spawn().await;
+    let token = new_token(&app, APP);
+    assert!(token.starts_with("dct_") && token.len() == 68, "{token}");
+    let show = stdout(&app.cli(&["apps", "show", APP]));
+    assert!(
+        show.contains("tokens:  1") && show.contains("never"),
+        "{show}"
+    );
+    assert!(!show.contains(&token[4..]), "{show}");
+
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let (status, answer) = post_bearer(&app, &token, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(app.sim.state.messages().len(), 1);
+    let show = stdout(&app.cli(&["apps", "show", APP]));
+    assert!(!show.contains("never"), "its last use is recorded: {show}");
+    // Stored only hashed.
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Stored {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        token_hash: String,
+    }
+    let stored: Vec<Stored> = diesel::sql_query("SELECT token_hash FROM app_tokens")
+        .load(&mut app.db.get().unwrap())
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].token_hash.contains(&token[4..]));
+
+    let list = stdout(&app.cli(&["apps", "list"]));
+    let row = list.lines().find(|l| l.starts_with(APP)).unwrap();
+    assert!(list.contains("TOKENS") && row.contains(" 1 "), "{list}");
+}
+
+#[tokio::test]
+async fn a_wrong_revoked_or_orphaned_bearer_token_is_401() {
+    let app = TestApp::spawn().await;
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let token = new_token(&app, APP);
+    let unknown = format!("dct_{}", "0".repeat(64));
+    for wrong in [unknown.as_str(), "not-a-token", &token[..20]] {
+        let (status, answer) = post_bearer(&app, wrong, &body).await;
+        assert_eq!(status, 401, "{wrong}: {answer}");
+        assert!(!answer.to_string().contains(wrong), "{answer}");
+    }
+
+    let out = app.cli(&["apps", "token", APP, "--revoke"]);
+    assert!(
+        stdout(&out).contains("1 token(s) revoked"),
+        "{}",
+        stdout(&out)
+    );
+    let (status, answer) = post_bearer(&app, &token, &body).await;
+    assert_eq!(status, 401, "revoked: {answer}");
+
+    // An app removed takes its tokens with it.
+    let out = app.cli(&["apps", "add", "monitoring"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let theirs = new_token(&app, "monitoring");
+    let (status, answer) = post_bearer(&app, &theirs, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(app.cli(&["apps", "remove", "monitoring"]).status.success());
+    let (status, answer) = post_bearer(&app, &theirs, &body).await;
+    assert_eq!(status, 401, "removed app: {answer}");
+
+    let out = app.cli(&["apps", "token", "nobody"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no app 'nobody'"), "{}", stderr(&out));
+    assert_eq!(app.sim.state.messages().len(), 1);
+}

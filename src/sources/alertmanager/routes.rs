@@ -1,6 +1,8 @@
-//! `POST /api/v1/alertmanager/{receivers}`: HTTP basic with an app's code and secret, the
-//! payload, `send_ding` from the registry, then the send. Alertmanager retries a 5xx and
-//! drops a notification on a 4xx, so a 4xx is kept for what no retry can fix.
+//! `POST /api/v1/alertmanager/{receivers}`, and the handling every webhook source shares
+//! (Grafana's too, [`Origin`]): HTTP basic with an app's code and secret or a bearer token, the
+//! payload, `send_ding` from the registry, then the send, all within the webhook timeout.
+//! Alertmanager retries a 5xx and drops a notification on a 4xx, so a 4xx is kept for what no
+//! retry can fix.
 
 use super::payload::{self, Refusal};
 use super::{Alertmanager, Webhook};
@@ -12,12 +14,13 @@ use crate::core::service::Known;
 use crate::core::{SendError, SendService};
 use crate::db::read_tx;
 use crate::domain::request::Caller;
+use crate::domain::secrets::BearerToken;
 use crate::domain::username::Username;
 use crate::http::request_id;
 use crate::sources::esb::args::MAX_RECEIVERS;
 use crate::sources::esb::auth::Credentials;
 use crate::sources::esb::error::EsbError;
-use crate::sources::Source;
+use crate::sources::{tokens, Source};
 use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -25,19 +28,37 @@ use base64::Engine;
 use serde_json::json;
 use std::time::Duration;
 
-/// However storage behaves, Alertmanager hears back within this long (its own timeout is
-/// longer), so it retries instead of piling up.
-const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the answer waits for DingTalk's first attempt: well within [`SUBMIT_TIMEOUT`].
+/// How long the answer waits for DingTalk's first attempt, at most half the webhook timeout.
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(2);
 
+/// What differs between the webhook sources that share this handling.
+pub struct Origin {
+    /// The sender as its admins know it, in answers and logs.
+    pub name: &'static str,
+    /// The route, without `/{receivers}`.
+    pub path: &'static str,
+    pub parse: fn(&[u8]) -> Result<payload::Notification, Refusal>,
+    /// Where the sender's admin sets the credentials.
+    pub credentials: &'static str,
+}
+
+pub const ALERTMANAGER: Origin = Origin {
+    name: "Alertmanager",
+    path: "/api/v1/alertmanager",
+    parse: payload::parse,
+    credentials: "set http_config.basic_auth of the webhook_config to the app's code and secret, or http_config.authorization.credentials to a token of `ding-channel apps token CODE`",
+};
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/alertmanager/{receivers}", web::post().to(webhook));
+    cfg.route(
+        &format!("{}/{{receivers}}", ALERTMANAGER.path),
+        web::post().to(webhook),
+    );
 }
 
 /// Why a notification is not taken, as Alertmanager should hear it.
 enum Problem {
-    Unauthorized(&'static str),
+    Unauthorized(String),
     Invalid(Refusal),
     /// An admin (or time) can fix it: Alertmanager keeps retrying.
     Unavailable(String),
@@ -49,23 +70,48 @@ async fn webhook(
     am: web::Data<Alertmanager>,
     service: web::Data<SendService>,
 ) -> HttpResponse {
-    let rid = request_id(&req);
-    match serve(&req, &body, &am, &service, &rid).await {
+    handle(&ALERTMANAGER, &req, &body, &am, &service).await
+}
+
+/// A webhook source's request, answered within `am.timeout` whatever storage does: a 503 in
+/// time gets the sender's retry (a notification stored meanwhile is then a replay).
+pub async fn handle(
+    origin: &Origin,
+    req: &HttpRequest,
+    body: &[u8],
+    am: &Alertmanager,
+    service: &SendService,
+) -> HttpResponse {
+    let rid = request_id(req);
+    let served = tokio::time::timeout(am.timeout, serve(origin, req, body, am, service, &rid))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Problem::Unavailable(format!(
+                "the notification was not confirmed stored within {} ms; {}'s retry is sent once",
+                am.timeout.as_millis(),
+                origin.name
+            )))
+        });
+    let source = origin.name;
+    match served {
         Ok((status, body)) => HttpResponse::build(status).json(body),
         Err(Problem::Unauthorized(why)) => {
-            tracing::info!(error = why, "alertmanager request refused");
+            tracing::info!(source, error = %why, "webhook request refused");
             HttpResponse::Unauthorized()
-                .insert_header((WWW_AUTHENTICATE, "Basic realm=\"ding-channel\""))
+                .insert_header((
+                    WWW_AUTHENTICATE,
+                    "Basic realm=\"ding-channel\", Bearer realm=\"ding-channel\"",
+                ))
                 .json(json!({"status": "error", "error": why, "request_id": rid}))
         }
         Err(Problem::Invalid(r)) => {
-            tracing::info!(field = %r.field, error = %r, "alertmanager request refused");
+            tracing::info!(source, field = %r.field, error = %r, "webhook request refused");
             HttpResponse::BadRequest().json(json!({
                 "status": "error", "field": r.field, "error": r.to_string(), "request_id": rid,
             }))
         }
         Err(Problem::Unavailable(why)) => {
-            tracing::warn!(error = %why, "alertmanager notification not stored");
+            tracing::warn!(source, error = %why, "webhook notification not stored");
             HttpResponse::ServiceUnavailable().json(json!({
                 "status": "error", "error": why, "request_id": rid,
             }))
@@ -74,35 +120,47 @@ async fn webhook(
 }
 
 async fn serve(
+    origin: &Origin,
     req: &HttpRequest,
     body: &[u8],
     am: &Alertmanager,
     service: &SendService,
     rid: &str,
 ) -> Result<(StatusCode, serde_json::Value), Problem> {
-    let creds = basic(req)?;
-    let receivers = receivers(req.match_info().query("receivers")).map_err(Problem::Invalid)?;
-    let notification = payload::parse(body).map_err(Problem::Invalid)?;
+    let mut auth = authorization(req, origin)?;
+    let receivers =
+        receivers(req.match_info().query("receivers"), origin).map_err(Problem::Invalid)?;
+    let notification = (origin.parse)(body).map_err(Problem::Invalid)?;
     let names: Vec<String> = receivers.iter().map(ToString::to_string).collect();
     let now = am.clock.now_ms();
     let read = am
         .db
         .run(move |conn| {
             read_tx(conn, |conn| {
-                creds.verify(conn)?;
+                let app = auth.verify(conn, now)?;
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
                 let directory = Directory::read(conn, names, &[], &settings, now)?;
-                Ok::<_, EsbError>((channels, settings, directory))
+                Ok::<_, EsbError>((app, channels, settings, directory))
             })
-            .map(|read| (read, creds))
+            .map(|read| (read, auth))
         })
         .await;
-    let ((channels, settings, directory), creds) = match read {
+    let ((app_code, channels, settings, directory), auth) = match read {
         Ok(read) => read,
-        Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
+        Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why.to_owned())),
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
+    if let Auth::Bearer(token, true) = auth {
+        // Only the admin's `apps show` reads it: a failure costs the figure, not the alert.
+        if let Err(e) = am
+            .db
+            .write(move |conn| tokens::touch(conn, &token, now))
+            .await
+        {
+            tracing::warn!(error = %e, "a bearer token's last use was not recorded");
+        }
+    }
     let channel = channels
         .iter()
         .find(|c| c.component == Component::SendDing && !c.is_hidden)
@@ -118,7 +176,7 @@ async fn serve(
     let mut route = channel
         .route()
         .ok_or_else(|| Problem::Unavailable(format!("channel {} does not send", channel.name)))?;
-    route.wait = route.wait.min(FIRST_ATTEMPT_WAIT);
+    route.wait = route.wait.min(FIRST_ATTEMPT_WAIT).min(am.timeout / 2);
     let source = Webhook {
         utc_offset_min: am.utc_offset_min,
         now_ms: now,
@@ -127,7 +185,7 @@ async fn serve(
         .request((route, &notification, &receivers))
         .map_err(Problem::Invalid)?;
     let caller = Caller {
-        app_code: creds.app_code.clone(),
+        app_code,
         username: None,
         request_id: rid.to_owned(),
         tenant_id: None,
@@ -136,45 +194,80 @@ async fn serve(
         settings,
         directory: Some(directory),
     };
-    let submitted =
-        tokio::time::timeout(SUBMIT_TIMEOUT, service.submit_with(request, &caller, known)).await;
-    match submitted {
-        Ok(Ok(receipt)) => Ok(source.answer(&receipt)),
-        Ok(Err(SendError::QueueFull(why))) => Err(Problem::Unavailable(why)),
-        Ok(Err(SendError::Storage(e))) => Err(Problem::Unavailable(format!("storage: {e}"))),
-        Err(_) => Err(Problem::Unavailable(format!(
-            "the notification was not confirmed stored within {}s; Alertmanager's retry is sent once",
-            SUBMIT_TIMEOUT.as_secs()
-        ))),
+    match service.submit_with(request, &caller, known).await {
+        Ok(receipt) => Ok(source.answer(&receipt)),
+        Err(SendError::QueueFull(why)) => Err(Problem::Unavailable(why)),
+        Err(SendError::Storage(e)) => Err(Problem::Unavailable(format!("storage: {e}"))),
     }
 }
 
-/// `Authorization: Basic base64(app_code:app_secret)`.
-fn basic(req: &HttpRequest) -> Result<Credentials, Problem> {
-    const MISSING: &str = "send the app's code and secret by HTTP basic auth (http_config.basic_auth in the webhook_config)";
+/// How the caller says who it is.
+enum Auth {
+    /// `Authorization: Basic base64(app_code:app_secret)`.
+    Basic(Credentials),
+    /// `Authorization: Bearer dct_…`; the flag is set once verified when its last use is stale.
+    Bearer(BearerToken, bool),
+}
+
+const REJECTED: &str = "the app's code and secret, or the bearer token, are not accepted";
+
+impl Auth {
+    /// The app it authenticates. Unknown app, wrong secret, unknown or revoked token: one answer.
+    fn verify(&mut self, conn: &mut crate::db::DbConn, now: i64) -> Result<String, EsbError> {
+        match self {
+            Self::Basic(creds) => {
+                creds
+                    .verify(conn)
+                    .map(|()| creds.app_code.clone())
+                    .map_err(|e| match e {
+                        EsbError::AppAuth(_) => EsbError::AppAuth(REJECTED),
+                        other => other,
+                    })
+            }
+            Self::Bearer(token, stale) => {
+                let holder =
+                    tokens::verify(conn, token, now)?.ok_or(EsbError::AppAuth(REJECTED))?;
+                *stale = holder.stale;
+                Ok(holder.app_code)
+            }
+        }
+    }
+}
+
+fn authorization(req: &HttpRequest, origin: &Origin) -> Result<Auth, Problem> {
+    let missing = || Problem::Unauthorized(origin.credentials.to_owned());
     let header = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or(Problem::Unauthorized(MISSING))?;
-    let encoded = header
-        .strip_prefix("Basic ")
-        .or_else(|| header.strip_prefix("basic "))
-        .ok_or(Problem::Unauthorized(MISSING))?;
+        .ok_or_else(missing)?;
+    let (scheme, value) = header.trim().split_once(' ').ok_or_else(missing)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        // A malformed token is refused as an unknown one would be, without a lookup.
+        return BearerToken::parse(value.trim())
+            .map(|t| Auth::Bearer(t, false))
+            .ok_or_else(|| Problem::Unauthorized(REJECTED.to_owned()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(missing());
+    }
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
+        .decode(value.trim())
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or(Problem::Unauthorized(MISSING))?;
+        .ok_or_else(missing)?;
     let (code, secret) = decoded
         .split_once(':')
         .filter(|(c, s)| !c.is_empty() && !s.is_empty())
-        .ok_or(Problem::Unauthorized(MISSING))?;
-    Ok(Credentials::new(code.to_owned(), secret.to_owned()))
+        .ok_or_else(missing)?;
+    Ok(Auth::Basic(Credentials::new(
+        code.to_owned(),
+        secret.to_owned(),
+    )))
 }
 
 /// `alice,ops-robot`: the usernames the notification goes to, as `send_ding` reads them.
-fn receivers(raw: &str) -> Result<Vec<Username>, Refusal> {
+fn receivers(raw: &str, origin: &Origin) -> Result<Vec<Username>, Refusal> {
     let refuse = |problem: String| Refusal {
         field: "receivers".into(),
         problem,
@@ -187,9 +280,10 @@ fn receivers(raw: &str) -> Result<Vec<Username>, Refusal> {
         }
     }
     if out.is_empty() {
-        return Err(refuse(
-            "no username in the path; use /api/v1/alertmanager/alice,ops-robot".into(),
-        ));
+        return Err(refuse(format!(
+            "no username in the path; use {}/alice,ops-robot",
+            origin.path
+        )));
     }
     if out.len() > MAX_RECEIVERS {
         return Err(refuse(format!(
