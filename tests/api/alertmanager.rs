@@ -416,3 +416,44 @@ async fn a_wrong_revoked_or_orphaned_bearer_token_is_401() {
     assert!(stderr(&out).contains("no app 'nobody'"), "{}", stderr(&out));
     assert_eq!(app.sim.state.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn a_bearer_token_never_reaches_the_log() {
+    let db = TestDb::new();
+    let server = serve(
+        &db.url,
+        "http://127.0.0.1:9",
+        &[("DING_CHANNEL_LOG", "debug")],
+    );
+    seeded(&db);
+    let out = cli(&db.url, &repo_manifest(), &["apps", "token", APP], &[]);
+    let token = stdout(&out)
+        .lines()
+        .find_map(|l| l.split("store it now): ").nth(1))
+        .expect("the token is printed once")
+        .to_owned();
+    let wrong = format!("dct_{}", "1".repeat(64));
+    let base = server
+        .url
+        .trim_end_matches("/api/c/compapi/cmsi")
+        .to_owned();
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let client = reqwest::Client::new();
+    for (t, expected) in [(&token, 200), (&wrong, 401)] {
+        let res = client
+            .post(format!("{base}/api/v1/alertmanager/ops-robot"))
+            .bearer_auth(t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), expected);
+    }
+    let shown = stdout(&cli(&db.url, &repo_manifest(), &["apps", "show", APP], &[]));
+    let log = server.stop();
+    for t in [&token[4..], &wrong[4..]] {
+        assert!(!log.contains(t), "token in the server log:\n{log}");
+        assert!(!shown.contains(t), "token in apps show:\n{shown}");
+    }
+    assert!(log.contains("webhook request refused"), "{log}");
+}

@@ -56,11 +56,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Why a notification is not taken, as Alertmanager should hear it.
+/// Why a notification is not taken, as its sender should hear it.
 enum Problem {
-    Unauthorized(String),
+    Unauthorized(&'static str),
     Invalid(Refusal),
-    /// An admin (or time) can fix it: Alertmanager keeps retrying.
+    /// An admin (or time) can fix it: Alertmanager retries, Grafana sends it again later.
     Unavailable(String),
 }
 
@@ -87,16 +87,15 @@ pub async fn handle(
         .await
         .unwrap_or_else(|_| {
             Err(Problem::Unavailable(format!(
-                "the notification was not confirmed stored within {} ms; {}'s retry is sent once",
+                "the notification was not confirmed stored within {} ms; if it was, the same notification sent again is taken once",
                 am.timeout.as_millis(),
-                origin.name
             )))
         });
     let source = origin.name;
     match served {
         Ok((status, body)) => HttpResponse::build(status).json(body),
         Err(Problem::Unauthorized(why)) => {
-            tracing::info!(source, error = %why, "webhook request refused");
+            tracing::info!(source, error = why, "webhook request refused");
             HttpResponse::Unauthorized()
                 .insert_header((
                     WWW_AUTHENTICATE,
@@ -148,10 +147,10 @@ async fn serve(
         .await;
     let ((app_code, channels, settings, directory), auth) = match read {
         Ok(read) => read,
-        Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why.to_owned())),
+        Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
-    if let Auth::Bearer(token, true) = auth {
+    if let Auth::Bearer { token, touch: true } = auth {
         // Only the admin's `apps show` reads it: a failure costs the figure, not the alert.
         if let Err(e) = am
             .db
@@ -205,8 +204,9 @@ async fn serve(
 enum Auth {
     /// `Authorization: Basic base64(app_code:app_secret)`.
     Basic(Credentials),
-    /// `Authorization: Bearer dct_…`; the flag is set once verified when its last use is stale.
-    Bearer(BearerToken, bool),
+    /// `Authorization: Bearer dct_…`; `touch` is set by [`Auth::verify`] when its recorded
+    /// last use is stale.
+    Bearer { token: BearerToken, touch: bool },
 }
 
 const REJECTED: &str = "the app's code and secret, or the bearer token, are not accepted";
@@ -224,10 +224,10 @@ impl Auth {
                         other => other,
                     })
             }
-            Self::Bearer(token, stale) => {
+            Self::Bearer { token, touch } => {
                 let holder =
                     tokens::verify(conn, token, now)?.ok_or(EsbError::AppAuth(REJECTED))?;
-                *stale = holder.stale;
+                *touch = holder.stale;
                 Ok(holder.app_code)
             }
         }
@@ -235,7 +235,7 @@ impl Auth {
 }
 
 fn authorization(req: &HttpRequest, origin: &Origin) -> Result<Auth, Problem> {
-    let missing = || Problem::Unauthorized(origin.credentials.to_owned());
+    let missing = || Problem::Unauthorized(origin.credentials);
     let header = req
         .headers()
         .get(AUTHORIZATION)
@@ -245,8 +245,11 @@ fn authorization(req: &HttpRequest, origin: &Origin) -> Result<Auth, Problem> {
     if scheme.eq_ignore_ascii_case("bearer") {
         // A malformed token is refused as an unknown one would be, without a lookup.
         return BearerToken::parse(value.trim())
-            .map(|t| Auth::Bearer(t, false))
-            .ok_or_else(|| Problem::Unauthorized(REJECTED.to_owned()));
+            .map(|token| Auth::Bearer {
+                token,
+                touch: false,
+            })
+            .ok_or(Problem::Unauthorized(REJECTED));
     }
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(missing());

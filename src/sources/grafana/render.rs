@@ -46,3 +46,47 @@ fn extras(a: &Alert, g: &GrafanaAlert) -> Extras {
         image: (!g.image_url.is_empty()).then(|| g.image_url.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn one_alert_in_full() {
+        let body = json!({
+            "receiver": "ding", "status": "firing", "orgId": 1, "version": "1",
+            "groupLabels": {"alertname": "DiskFull"}, "commonLabels": {"alertname": "DiskFull"},
+            "commonAnnotations": {}, "externalURL": "http://grafana:3000/",
+            "groupKey": "{}:{alertname=\"DiskFull\"}", "truncatedAlerts": 2,
+            "title": "[FIRING:1]\nDiskFull ", "state": "alerting", "message": "",
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": "DiskFull", "severity": "warning", "mount": "/var"},
+                "annotations": {"summary": "Disk 95% full"},
+                "startsAt": "2026-12-01T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://grafana:3000/alerting/grafana/r1/view",
+                "fingerprint": "f1",
+                "silenceURL": "http://grafana:3000/alerting/silence/new?matcher=mount%3D/var",
+                "dashboardURL": "", "panelURL": "",
+                "values": {"B": 95.5}, "valueString": "[ var='B' value=95.5 ]",
+                "imageURL": "https://img.example.com/a (1).png",
+            }],
+        });
+        let n = crate::sources::grafana::payload::parse(body.to_string().as_bytes()).unwrap();
+        let (title, text) = render(&n, n.grafana.as_ref().unwrap(), 0);
+        assert_eq!(title, "[FIRING:1] DiskFull");
+        assert_eq!(
+            text,
+            "### \\[FIRING:1\\] DiskFull\n\n**Firing** (1)\n\n\
+             - **warning** DiskFull: Disk 95% full  \n  \
+             values: B=95.5  \n  \
+             labels: mount=/var  \n  \
+             started 2026-12-01 10:00:00  \n  \
+             [silence](http://grafana:3000/alerting/silence/new?matcher=mount%3D/var) · [rule](http://grafana:3000/alerting/grafana/r1/view)  \n  \
+             ![image](https://img.example.com/a%20%281%29.png)\n\n\
+             and 2 more (truncated by Grafana's max_alerts)\n\n\
+             [Grafana](http://grafana:3000/)"
+        );
+    }
+}
