@@ -104,6 +104,9 @@ pub(super) fn run(cmd: AppsCmd, settings: &Settings) -> anyhow::Result<()> {
         }
         AppsCmd::Token { code, revoke } => {
             if revoke {
+                if !auth::list_apps(&mut conn)?.iter().any(|a| a.code == code) {
+                    bail!("no app '{code}' (see `ding-channel apps list`)");
+                }
                 let n = tokens::revoke(&mut conn, &code)?;
                 println!("app {code}: {n} token(s) revoked");
             } else {

@@ -411,9 +411,14 @@ async fn a_wrong_revoked_or_orphaned_bearer_token_is_401() {
     let (status, answer) = post_bearer(&app, &theirs, &body).await;
     assert_eq!(status, 401, "removed app: {answer}");
 
-    let out = app.cli(&["apps", "token", "nobody"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("no app 'nobody'"), "{}", stderr(&out));
+    for args in [
+        &["apps", "token", "nobody"][..],
+        &["apps", "token", "nobody", "--revoke"],
+    ] {
+        let out = app.cli(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains("no app 'nobody'"), "{}", stderr(&out));
+    }
     assert_eq!(app.sim.state.messages().len(), 1);
 }
 
