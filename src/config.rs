@@ -40,6 +40,7 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_LOG",
     "DING_CHANNEL_LOG_FORMAT",
     "DING_CHANNEL_MAX_BODY",
+    "DING_CHANNEL_WEBHOOK_TIMEOUT_MS",
     "DING_CHANNEL_LEASE_S",
     "DING_CHANNEL_DB_POOL",
     "DINGTALK_CONNECT_TIMEOUT_MS",
@@ -108,6 +109,9 @@ pub struct ServerSettings {
     /// run elsewhere), so more threads than needed only compete with those.
     pub http_workers: usize,
     pub max_body: usize,
+    /// A webhook source (Alertmanager, Grafana) answers within this long however storage
+    /// behaves: a 503 in time gets a retry, a late answer gets none.
+    pub webhook_timeout: Duration,
     /// `channel_manifest.json`, synced at start.
     pub manifest: PathBuf,
     /// The Alertmanager webhook's routes by label (a TOML file), read at start and on reload.
@@ -356,6 +360,10 @@ impl Settings {
         let max_body = parse("DING_CHANNEL_MAX_BODY", "1048576", &|v| {
             int_in(v, 1024, 64 << 20)
         })?;
+        // Alertmanager's retries of one notification last about max(group_interval, 10 s).
+        let webhook_timeout_ms = parse("DING_CHANNEL_WEBHOOK_TIMEOUT_MS", "5000", &|v| {
+            int_in(v, 100, 30_000)
+        })?;
         let db_pool = parse("DING_CHANNEL_DB_POOL", "10", &|v| int_in(v, 1, 200))?;
         let connect_ms = parse("DINGTALK_CONNECT_TIMEOUT_MS", "3000", &|v| {
             int_in(v, 100, 60_000)
@@ -457,6 +465,7 @@ impl Settings {
                 bind: bind.parse().expect("validated above"),
                 http_workers: http_workers.parse().expect("validated above"),
                 max_body: max_body.parse().expect("validated above"),
+                webhook_timeout: millis(&webhook_timeout_ms),
                 manifest: PathBuf::from(manifest),
                 alert_routes: (!alert_routes.is_empty()).then(|| PathBuf::from(alert_routes)),
             },
@@ -645,6 +654,7 @@ mod tests {
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(s.server.http_workers, (cores / 2).max(1));
         assert_eq!(s.server.max_body, 1 << 20);
+        assert_eq!(s.server.webhook_timeout, Duration::from_secs(5));
         assert_eq!(s.log.format, LogFormat::Text);
         assert!(s.dingtalk.proxy.is_none());
         assert_eq!(s.outbox.lease, Duration::from_secs(60));
@@ -757,6 +767,12 @@ mod tests {
         );
         let e = Settings::from_env_map(env(&[("DINGTALK_PROXY", "socks9://p:1")])).unwrap_err();
         assert!(e.to_string().contains("scheme 'socks9'"), "{e}");
+        let e = Settings::from_env_map(env(&[("DING_CHANNEL_WEBHOOK_TIMEOUT_MS", "60000")]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DING_CHANNEL_WEBHOOK_TIMEOUT_MS (environment): '60000' is not a whole number from 100 to 30000"
+        );
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub fn verify_app_secret(secret: &str, stored: &str) -> bool {
     mac(salt, secret).verify_slice(&expected).is_ok()
 }
 
+/// SHA-256 as lower-case hex.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
 /// Spends the same work as a real check, so an unknown app can't be told from a wrong secret
 /// by timing.
 pub fn verify_against_nothing(secret: &str) {
@@ -87,6 +93,14 @@ mod tests {
         assert_eq!(mask("demo-secret"), "****");
         assert_eq!(mask("SEC0123456789abcdef"), "SE****ef");
         assert_eq!(mask("钉钉钉钉钉钉钉钉钉钉钉钉"), "钉钉****钉钉");
+    }
+
+    #[test]
+    fn sha256_is_the_standard_one() {
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -153,6 +153,7 @@ impl Application {
             utc_offset_min: settings.outbox.utc_offset_min,
             routes: alert_routes.clone(),
             mention_keys: settings.mentions.keys.clone(),
+            timeout: settings.server.webhook_timeout,
         });
         let upstream = match &settings.upstream {
             Some(up) => Some(web::Data::new(

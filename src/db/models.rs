@@ -13,6 +13,15 @@ pub struct AppRow {
     pub updated_at: i64,
 }
 
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = app_tokens)]
+pub struct AppTokenRow {
+    pub token_hash: String,
+    pub app_code: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = channels)]
 pub struct ChannelRow {

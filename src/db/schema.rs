@@ -10,6 +10,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    app_tokens (token_hash) {
+        token_hash -> Text,
+        app_code -> Text,
+        created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     channels (name) {
         name -> Text,
         path -> Text,
@@ -131,10 +140,12 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(app_tokens -> apps (app_code));
 diesel::joinable!(deliveries -> messages (message_id));
 diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
 diesel::allow_tables_to_appear_in_same_query!(
     apps,
+    app_tokens,
     channels,
     users,
     dingtalk_userids,

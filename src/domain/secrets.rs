@@ -43,10 +43,36 @@ secret!(
     SignSecret
 );
 
+secret!(
+    /// A webhook source's bearer token (`dct_` and 64 hex characters), made by
+    /// `ding-channel apps token`: shown once, stored only as its SHA-256.
+    BearerToken
+);
+
 impl AppSecret {
     /// Checked where it is configured ([`crate::channels::settings`]).
     pub fn new(s: impl Into<String>) -> Self {
         Self(s.into())
+    }
+}
+
+impl BearerToken {
+    const PREFIX: &'static str = "dct_";
+
+    /// A new token of 32 random bytes.
+    pub fn generate() -> Self {
+        Self(format!("{}{}", Self::PREFIX, crate::secret::random_hex(32)))
+    }
+
+    /// A token as a caller sends it; anything else cannot be one of ours.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix(Self::PREFIX)?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(s.to_owned()))
+    }
+
+    /// How it is stored: 256 random bits need no salt or slow hash to resist guessing.
+    pub fn hash(&self) -> String {
+        crate::secret::sha256_hex(&self.0)
     }
 }
 
@@ -102,5 +128,25 @@ mod tests {
         assert!(SignSecret::parse("0123456789abcdefgh").is_err());
         assert!(RobotToken::is_bare_hex(&"0f".repeat(32)));
         assert!(!RobotToken::is_bare_hex(&"zz".repeat(32)));
+    }
+
+    #[test]
+    fn bearer_tokens_are_random_parse_back_and_hash_to_hex() {
+        let (a, b) = (BearerToken::generate(), BearerToken::generate());
+        assert_ne!(a, b);
+        assert_eq!(BearerToken::parse(a.expose()), Some(a.clone()));
+        assert!(!format!("{a:?}").contains(&a.expose()[4..60]));
+        let hash = a.hash();
+        assert_eq!(hash.len(), 64);
+        assert!(!hash.contains(&a.expose()[4..]));
+        assert_ne!(hash, b.hash());
+        for bad in [
+            "dct_",
+            "dct_0123",
+            &format!("xyz_{}", "0".repeat(64)),
+            &format!("dct_{}", "g".repeat(64)),
+        ] {
+            assert_eq!(BearerToken::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -5,11 +5,13 @@
 //! components are the first source (the command line's `send` reuses its argument parser and
 //! the same service).
 //!
-//! To add one (Alertmanager, Grafana): a module here with its routes, implementing [`Source`]
+//! To add one: a module here with its routes, implementing [`Source`]
 //! for its payload and answer, and its routes added in [`configure`].
 
 pub mod alertmanager;
 pub mod esb;
+pub mod grafana;
+pub mod tokens;
 
 use crate::core::Receipt;
 use crate::domain::request::SendRequest;
@@ -18,6 +20,7 @@ use crate::domain::request::SendRequest;
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
     esb::routes::configure(cfg);
     alertmanager::routes::configure(cfg);
+    grafana::configure(cfg);
 }
 
 pub trait Source {

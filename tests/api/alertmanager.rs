@@ -520,3 +520,145 @@ async fn a_mention_that_cannot_be_made_is_logged_by_name_and_the_alert_still_sen
         "{log}"
     );
 }
+
+/// `apps token CODE`'s token, read from what it prints once.
+fn new_token(app: &TestApp, code: &str) -> String {
+    let out = app.cli(&["apps", "token", code]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .find_map(|l| l.split("store it now): ").nth(1))
+        .expect("the token is printed")
+        .to_owned()
+}
+
+async fn post_bearer(app: &TestApp, token: &str, body: &Value) -> (u16, Value) {
+    let res = app
+        .client
+        .post(format!("{}/api/v1/alertmanager/ops-robot", app.address))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent");
+    (res.status().as_u16(), res.json().await.expect("JSON body"))
+}
+
+#[tokio::test]
+async fn a_bearer_token_of_apps_token_authenticates_and_shows_in_apps_show() {
+    let app = TestApp::spawn().await;
+    let token = new_token(&app, APP);
+    assert!(token.starts_with("dct_") && token.len() == 68, "{token}");
+    let show = stdout(&app.cli(&["apps", "show", APP]));
+    assert!(
+        show.contains("tokens:  1") && show.contains("never"),
+        "{show}"
+    );
+    assert!(!show.contains(&token[4..]), "{show}");
+
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let (status, answer) = post_bearer(&app, &token, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(app.sim.state.messages().len(), 1);
+    let show = stdout(&app.cli(&["apps", "show", APP]));
+    assert!(!show.contains("never"), "its last use is recorded: {show}");
+    // Stored only hashed.
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Stored {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        token_hash: String,
+    }
+    let stored: Vec<Stored> = diesel::sql_query("SELECT token_hash FROM app_tokens")
+        .load(&mut app.db.get().unwrap())
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].token_hash.contains(&token[4..]));
+
+    let list = stdout(&app.cli(&["apps", "list"]));
+    let row = list.lines().find(|l| l.starts_with(APP)).unwrap();
+    assert!(list.contains("TOKENS") && row.contains(" 1 "), "{list}");
+}
+
+#[tokio::test]
+async fn a_wrong_revoked_or_orphaned_bearer_token_is_401() {
+    let app = TestApp::spawn().await;
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let token = new_token(&app, APP);
+    let unknown = format!("dct_{}", "0".repeat(64));
+    for wrong in [unknown.as_str(), "not-a-token", &token[..20]] {
+        let (status, answer) = post_bearer(&app, wrong, &body).await;
+        assert_eq!(status, 401, "{wrong}: {answer}");
+        assert!(!answer.to_string().contains(wrong), "{answer}");
+    }
+
+    let out = app.cli(&["apps", "token", APP, "--revoke"]);
+    assert!(
+        stdout(&out).contains("1 token(s) revoked"),
+        "{}",
+        stdout(&out)
+    );
+    let (status, answer) = post_bearer(&app, &token, &body).await;
+    assert_eq!(status, 401, "revoked: {answer}");
+
+    // An app removed takes its tokens with it.
+    let out = app.cli(&["apps", "add", "monitoring"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let theirs = new_token(&app, "monitoring");
+    let (status, answer) = post_bearer(&app, &theirs, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(app.cli(&["apps", "remove", "monitoring"]).status.success());
+    let (status, answer) = post_bearer(&app, &theirs, &body).await;
+    assert_eq!(status, 401, "removed app: {answer}");
+
+    for args in [
+        &["apps", "token", "nobody"][..],
+        &["apps", "token", "nobody", "--revoke"],
+    ] {
+        let out = app.cli(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains("no app 'nobody'"), "{}", stderr(&out));
+    }
+    assert_eq!(app.sim.state.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_bearer_token_never_reaches_the_log() {
+    let db = TestDb::new();
+    let server = serve(
+        &db.url,
+        "http://127.0.0.1:9",
+        &[("DING_CHANNEL_LOG", "debug")],
+    );
+    seeded(&db);
+    let out = cli(&db.url, &repo_manifest(), &["apps", "token", APP], &[]);
+    let token = stdout(&out)
+        .lines()
+        .find_map(|l| l.split("store it now): ").nth(1))
+        .expect("the token is printed once")
+        .to_owned();
+    let wrong = format!("dct_{}", "1".repeat(64));
+    let base = server
+        .url
+        .trim_end_matches("/api/c/compapi/cmsi")
+        .to_owned();
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let client = reqwest::Client::new();
+    for (t, expected) in [(&token, 200), (&wrong, 401)] {
+        let res = client
+            .post(format!("{base}/api/v1/alertmanager/ops-robot"))
+            .bearer_auth(t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), expected);
+    }
+    let shown = stdout(&cli(&db.url, &repo_manifest(), &["apps", "show", APP], &[]));
+    let log = server.stop();
+    for t in [&token[4..], &wrong[4..]] {
+        assert!(!log.contains(t), "token in the server log:\n{log}");
+        assert!(!shown.contains(t), "token in apps show:\n{shown}");
+    }
+    assert!(log.contains("webhook request refused"), "{log}");
+}

@@ -12,6 +12,7 @@ mod dingtalk;
 mod envelope;
 mod esb_compat;
 mod gateway_jwt;
+mod grafana;
 mod helpers;
 mod layering;
 mod limits;

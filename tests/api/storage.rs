@@ -31,6 +31,7 @@ fn migrate_creates_every_table_once() {
     let mut conn = pool.get().unwrap();
     for table in [
         "apps",
+        "app_tokens",
         "channels",
         "users",
         "dingtalk_userids",

@@ -198,6 +198,7 @@ mod tests {
                     ends_at: None,
                     generator_url: String::new(),
                     fingerprint: String::new(),
+                    grafana: None,
                 })
                 .collect(),
             group_labels: Labels::new(),
@@ -206,6 +207,7 @@ mod tests {
             external_url: String::new(),
             group_key: String::new(),
             truncated_alerts: 0,
+            grafana: None,
         }
     }
 

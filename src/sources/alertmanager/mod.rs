@@ -22,7 +22,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-/// What the Alertmanager route shares (the send service is injected beside it).
+/// What the webhook routes (Alertmanager's and Grafana's) share; the send service is injected
+/// beside it.
 pub struct Alertmanager {
     pub db: Db,
     pub clock: SharedClock,
@@ -32,6 +33,8 @@ pub struct Alertmanager {
     pub routes: Arc<RouteTable>,
     /// The labels naming who a notification mentions (`DING_CHANNEL_MENTION_KEYS`).
     pub mention_keys: Vec<String>,
+    /// Every request is answered within this long (`DING_CHANNEL_WEBHOOK_TIMEOUT_MS`).
+    pub timeout: std::time::Duration,
 }
 
 /// A notification, the receivers named in the path, and the answer Alertmanager reads.
@@ -101,7 +104,8 @@ impl super::Source for Webhook {
 const DEDUP_SLOT_MS: i64 = 10 * 60 * 1000;
 
 /// The same group notification (from both members of an HA pair, or retried) gets the same
-/// key: the group, its status, each alert's state and the time slot it arrived in.
+/// key: the group, its status, each alert's state and the time slot it arrived in; for
+/// Grafana also the organisation, as each has its own group keys.
 pub fn dedup_key(n: &Notification, now_ms: i64) -> String {
     let mut alerts: Vec<(&str, &str)> = n
         .alerts
@@ -111,6 +115,9 @@ pub fn dedup_key(n: &Notification, now_ms: i64) -> String {
     alerts.sort_unstable();
     let mut h = Sha256::new();
     h.update(now_ms.div_euclid(DEDUP_SLOT_MS).to_be_bytes());
+    if let Some(g) = &n.grafana {
+        h.update(g.org_id.to_be_bytes());
+    }
     h.update(n.group_key.as_bytes());
     h.update([0]);
     h.update(n.status.as_str().as_bytes());
@@ -121,5 +128,10 @@ pub fn dedup_key(n: &Notification, now_ms: i64) -> String {
         h.update(status.as_bytes());
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("alertmanager:{hex}")
+    let source = if n.grafana.is_some() {
+        "grafana"
+    } else {
+        "alertmanager"
+    };
+    format!("{source}:{hex}")
 }

@@ -1,6 +1,8 @@
 //! Alertmanager's webhook payload (version 4), read field by field so a refusal names the
-//! field: Alertmanager logs the answer's body, and that is all an admin sees.
+//! field: Alertmanager logs the answer's body, and that is all an admin sees. Grafana's webhook
+//! (`sources::grafana::payload`) carries the same fields, and its own beside them.
 
+use crate::sources::grafana::payload::{GrafanaAlert, GrafanaNotification};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -41,6 +43,8 @@ pub struct Notification {
     pub external_url: String,
     pub group_key: String,
     pub truncated_alerts: u64,
+    /// What Grafana's webhook adds; `None` from Alertmanager.
+    pub grafana: Option<GrafanaNotification>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +58,8 @@ pub struct Alert {
     pub ends_at: Option<i64>,
     pub generator_url: String,
     pub fingerprint: String,
+    /// What Grafana's webhook adds per alert; `None` from Alertmanager.
+    pub grafana: Option<GrafanaAlert>,
 }
 
 /// Why a payload can never be accepted: the field and what is wrong with it.
@@ -69,7 +75,7 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-fn refuse(field: impl Into<String>, problem: impl Into<String>) -> Refusal {
+pub(in crate::sources) fn refuse(field: impl Into<String>, problem: impl Into<String>) -> Refusal {
     Refusal {
         field: field.into(),
         problem: problem.into(),
@@ -77,26 +83,39 @@ fn refuse(field: impl Into<String>, problem: impl Into<String>) -> Refusal {
 }
 
 pub fn parse(body: &[u8]) -> Result<Notification, Refusal> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        refuse(
-            "body",
-            format!("is not JSON ({e}); send Alertmanager's webhook payload"),
-        )
-    })?;
+    let top = object(body, "Alertmanager's webhook payload")?;
+    version(&top, "4", "Alertmanager's webhook payload")?;
+    notification(&top)
+}
+
+/// The body as a JSON object; `what` names the payload expected.
+pub(in crate::sources) fn object(body: &[u8], what: &str) -> Result<Map<String, Value>, Refusal> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| refuse("body", format!("is not JSON ({e}); send {what}")))?;
     let Value::Object(top) = value else {
-        return Err(refuse(
-            "body",
-            "must be a JSON object (Alertmanager's webhook payload)",
-        ));
+        return Err(refuse("body", format!("must be a JSON object ({what})")));
     };
-    let version: String = required(&top, "", "version", "a string")?;
-    if version != "4" {
+    Ok(top)
+}
+
+pub(in crate::sources) fn version(
+    top: &Map<String, Value>,
+    expected: &str,
+    what: &str,
+) -> Result<(), Refusal> {
+    let version: String = required(top, "", "version", "a string")?;
+    if version != expected {
         return Err(refuse(
             "version",
-            format!("'{version}' is not served; this receiver reads Alertmanager's webhook payload version 4"),
+            format!("'{version}' is not served; this receiver reads {what} version {expected}"),
         ));
     }
-    let alerts: Vec<Value> = required(&top, "", "alerts", "a list of alerts")?;
+    Ok(())
+}
+
+/// Alertmanager's fields of a notification, which Grafana's webhook sends too.
+pub(in crate::sources) fn notification(top: &Map<String, Value>) -> Result<Notification, Refusal> {
+    let alerts: Vec<Value> = required(top, "", "alerts", "a list of alerts")?;
     if alerts.is_empty() {
         return Err(refuse(
             "alerts",
@@ -109,16 +128,17 @@ pub fn parse(body: &[u8]) -> Result<Notification, Refusal> {
         .map(|(i, a)| alert(&format!("alerts[{i}]."), a))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Notification {
-        receiver: required(&top, "", "receiver", "a string")?,
-        status: status(&top, "")?,
+        receiver: required(top, "", "receiver", "a string")?,
+        status: status(top, "")?,
         alerts,
-        group_labels: required(&top, "", "groupLabels", "an object of strings")?,
-        common_labels: required(&top, "", "commonLabels", "an object of strings")?,
-        common_annotations: required(&top, "", "commonAnnotations", "an object of strings")?,
-        external_url: optional(&top, "", "externalURL", "a string")?.unwrap_or_default(),
-        group_key: required(&top, "", "groupKey", "a string")?,
-        truncated_alerts: optional(&top, "", "truncatedAlerts", "a non-negative integer")?
+        group_labels: required(top, "", "groupLabels", "an object of strings")?,
+        common_labels: required(top, "", "commonLabels", "an object of strings")?,
+        common_annotations: required(top, "", "commonAnnotations", "an object of strings")?,
+        external_url: optional(top, "", "externalURL", "a string")?.unwrap_or_default(),
+        group_key: required(top, "", "groupKey", "a string")?,
+        truncated_alerts: optional(top, "", "truncatedAlerts", "a non-negative integer")?
             .unwrap_or(0),
+        grafana: None,
     })
 }
 
@@ -151,6 +171,7 @@ fn alert(prefix: &str, v: &Value) -> Result<Alert, Refusal> {
         ends_at: (ends_at > 0).then_some(ends_at),
         generator_url: optional(a, prefix, "generatorURL", "a string")?.unwrap_or_default(),
         fingerprint,
+        grafana: None,
     })
 }
 
@@ -164,7 +185,7 @@ fn status(obj: &Map<String, Value>, prefix: &str) -> Result<Status, Refusal> {
     })
 }
 
-fn required<T: DeserializeOwned>(
+pub(in crate::sources) fn required<T: DeserializeOwned>(
     obj: &Map<String, Value>,
     prefix: &str,
     name: &str,
@@ -178,7 +199,7 @@ fn required<T: DeserializeOwned>(
     })
 }
 
-fn optional<T: DeserializeOwned>(
+pub(in crate::sources) fn optional<T: DeserializeOwned>(
     obj: &Map<String, Value>,
     prefix: &str,
     name: &str,

@@ -1,13 +1,46 @@
 //! The built-in markdown layout of a notification: a title Alertmanager users know
-//! (`[FIRING:3] HighCPU (prod)`), the firing alerts, then the resolved ones. Every label and
+//! (`[FIRING:3] HighCPU (prod)`), the firing alerts, then the resolved ones; Grafana's layout
+//! (`sources::grafana::render`) is this one with Grafana's values and links. Every label and
 //! annotation value is escaped: they are free text written by whoever wrote the rule.
 
 use super::payload::{Alert, Labels, Notification, Status};
 use super::time;
 use crate::senders::markdown::{from_text, inline};
 
-/// The title and the markdown content.
+/// The title and the markdown content: Grafana's layout for Grafana's notifications.
 pub fn render(n: &Notification, utc_offset_min: i32) -> (String, String) {
+    if let Some(g) = &n.grafana {
+        return crate::sources::grafana::render::render(n, g, utc_offset_min);
+    }
+    let title = title(n);
+    let source = |a: &Alert| Extras {
+        links: vec![("source", a.generator_url.clone())],
+        ..Extras::default()
+    };
+    let content = layout(n, &title, utc_offset_min, &source, "Alertmanager");
+    (title, content)
+}
+
+/// What a source shows of an alert beyond Alertmanager's fields.
+#[derive(Default)]
+pub(in crate::sources) struct Extras {
+    /// A line after the description (Grafana's query values), markdown already.
+    pub values: Option<String>,
+    /// Named links on one line; those that are not http(s) are left out.
+    pub links: Vec<(&'static str, String)>,
+    /// An image shown under the alert.
+    pub image: Option<String>,
+}
+
+/// The firing alerts, then the resolved ones, under `title`, and a link to `home` (the
+/// notification's external URL).
+pub(in crate::sources) fn layout(
+    n: &Notification,
+    title: &str,
+    utc_offset_min: i32,
+    extras: &dyn Fn(&Alert) -> Extras,
+    home: &str,
+) -> String {
     let firing: Vec<&Alert> = n
         .alerts
         .iter()
@@ -18,35 +51,35 @@ pub fn render(n: &Notification, utc_offset_min: i32) -> (String, String) {
         .iter()
         .filter(|a| a.status == Status::Resolved)
         .collect();
-    let title = title(n, firing.len(), resolved.len());
-    let mut out = format!("### {}\n\n", inline(&title));
+    let mut out = format!("### {}\n\n", inline(title));
     for (name, alerts) in [("Firing", &firing), ("Resolved", &resolved)] {
         if alerts.is_empty() {
             continue;
         }
         out.push_str(&format!("**{name}** ({})\n\n", alerts.len()));
         for a in alerts.iter() {
-            out.push_str(&item(a, &n.common_labels, utc_offset_min));
+            out.push_str(&item(a, &n.common_labels, utc_offset_min, &extras(a)));
         }
     }
     if n.truncated_alerts > 0 {
         out.push_str(&format!(
-            "and {} more (truncated by Alertmanager's max_alerts)\n\n",
+            "and {} more (truncated by {home}'s max_alerts)\n\n",
             n.truncated_alerts
         ));
     }
     if let Some(url) = link(&n.external_url) {
-        out.push_str(&format!("[Alertmanager]({url})\n"));
+        out.push_str(&format!("[{home}]({url})\n"));
     }
-    (title, out.trim_end().to_owned())
+    out.trim_end().to_owned()
 }
 
 /// Alertmanager's own default: the count of the notification's status, the alert name, and
 /// the other labels the alerts were grouped by.
-fn title(n: &Notification, firing: usize, resolved: usize) -> String {
+pub(in crate::sources) fn title(n: &Notification) -> String {
+    let counted = |s: Status| n.alerts.iter().filter(|a| a.status == s).count();
     let (word, count) = match n.status {
-        Status::Firing => ("FIRING", firing),
-        Status::Resolved => ("RESOLVED", resolved),
+        Status::Firing => ("FIRING", counted(Status::Firing)),
+        Status::Resolved => ("RESOLVED", counted(Status::Resolved)),
     };
     let name = n
         .common_labels
@@ -67,7 +100,7 @@ fn title(n: &Notification, firing: usize, resolved: usize) -> String {
     }
 }
 
-fn item(a: &Alert, common: &Labels, utc_offset_min: i32) -> String {
+fn item(a: &Alert, common: &Labels, utc_offset_min: i32, extras: &Extras) -> String {
     let mut head = String::from("- ");
     if let Some(sev) = a.labels.get("severity") {
         head.push_str(&format!("**{}** ", inline(sev)));
@@ -85,6 +118,7 @@ fn item(a: &Alert, common: &Labels, utc_offset_min: i32) -> String {
     if let Some(description) = a.annotations.get("description") {
         lines.push(from_text(description));
     }
+    lines.extend(extras.values.clone());
     let own: Vec<String> = a
         .labels
         .iter()
@@ -104,8 +138,16 @@ fn item(a: &Alert, common: &Labels, utc_offset_min: i32) -> String {
         ),
         _ => format!("started {since}"),
     });
-    if let Some(url) = link(&a.generator_url) {
-        lines.push(format!("[source]({url})"));
+    let links: Vec<String> = extras
+        .links
+        .iter()
+        .filter_map(|(name, url)| link(url).map(|url| format!("[{name}]({url})")))
+        .collect();
+    if !links.is_empty() {
+        lines.push(links.join(" · "));
+    }
+    if let Some(url) = extras.image.as_deref().and_then(link) {
+        lines.push(format!("![image]({url})"));
     }
     // DingTalk's hard line break, indented so the lines stay in the list item.
     format!("{}\n\n", lines.join("  \n  "))

@@ -1,7 +1,8 @@
-//! `POST /api/v1/alertmanager/{receivers}`: HTTP basic with an app's code and secret, the
-//! payload, `send_ding` from the registry, then the send. Alertmanager retries a 5xx and
-//! drops a notification on a 4xx, so a 4xx is kept for what no retry can fix. `POST /-/reload`
-//! reads the routes by label again, by the same credentials.
+//! `POST /api/v1/alertmanager/{receivers}`, and the handling every webhook source shares
+//! (Grafana's too, [`Origin`]): HTTP basic with an app's code and secret or a bearer token, the
+//! payload, `send_ding` from the registry, then the send, all within the webhook timeout.
+//! Alertmanager retries a 5xx and drops a notification on a 4xx, so a 4xx is kept for what no
+//! retry can fix. `POST /-/reload` reads the routes by label again, by the same credentials.
 
 use super::mentions;
 use super::payload::{self, Refusal};
@@ -15,12 +16,13 @@ use crate::core::service::Known;
 use crate::core::{SendError, SendService};
 use crate::db::read_tx;
 use crate::domain::request::Caller;
+use crate::domain::secrets::BearerToken;
 use crate::domain::username::Username;
 use crate::http::request_id;
 use crate::sources::esb::args::MAX_RECEIVERS;
 use crate::sources::esb::auth::Credentials;
 use crate::sources::esb::error::EsbError;
-use crate::sources::Source;
+use crate::sources::{tokens, Source};
 use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -28,25 +30,52 @@ use base64::Engine;
 use serde_json::json;
 use std::time::Duration;
 
-/// However storage behaves, Alertmanager hears back within this long (its own timeout is
-/// longer), so it retries instead of piling up.
-const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the answer waits for DingTalk's first attempt: well within [`SUBMIT_TIMEOUT`].
+/// How long the answer waits for DingTalk's first attempt, at most half the webhook timeout.
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(2);
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/alertmanager/{receivers}", web::post().to(webhook))
-        // With routes by label, the path may name no receivers: the routes name them.
-        .route("/api/v1/alertmanager", web::post().to(webhook))
-        .route("/api/v1/alertmanager/", web::post().to(webhook))
-        .route("/-/reload", web::post().to(reload));
+/// What differs between the webhook sources that share this handling.
+pub struct Origin {
+    /// The sender as its admins know it, in answers and logs.
+    pub name: &'static str,
+    /// The route, without `/{receivers}`.
+    pub path: &'static str,
+    pub parse: fn(&[u8]) -> Result<payload::Notification, Refusal>,
+    /// Where the sender's admin sets the credentials.
+    pub credentials: &'static str,
 }
 
-/// Why a notification is not taken, as Alertmanager should hear it.
+pub const ALERTMANAGER: Origin = Origin {
+    name: "Alertmanager",
+    path: "/api/v1/alertmanager",
+    parse: payload::parse,
+    credentials: "set http_config.basic_auth of the webhook_config to the app's code and secret, or http_config.authorization.credentials to a token of `ding-channel apps token CODE`",
+};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    routes(cfg, &ALERTMANAGER, webhook);
+    cfg.route("/-/reload", web::post().to(reload));
+}
+
+/// A webhook source's routes: with routes by label, the path may name no receivers.
+pub fn routes<F, Args>(cfg: &mut web::ServiceConfig, origin: &Origin, handler: F)
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    cfg.route(
+        &format!("{}/{{receivers}}", origin.path),
+        web::post().to(handler.clone()),
+    )
+    .route(origin.path, web::post().to(handler.clone()))
+    .route(&format!("{}/", origin.path), web::post().to(handler));
+}
+
+/// Why a notification is not taken, as its sender should hear it.
 enum Problem {
     Unauthorized(&'static str),
     Invalid(Refusal),
-    /// An admin (or time) can fix it: Alertmanager keeps retrying.
+    /// An admin (or time) can fix it: Alertmanager retries, Grafana sends it again later.
     Unavailable(String),
 }
 
@@ -56,11 +85,10 @@ async fn webhook(
     am: web::Data<Alertmanager>,
     service: web::Data<SendService>,
 ) -> HttpResponse {
-    let rid = request_id(&req);
-    respond(serve(&req, &body, &am, &service, &rid).await, &rid)
+    handle(&ALERTMANAGER, &req, &body, &am, &service).await
 }
 
-/// `POST /-/reload`: the routes file read again (as on SIGHUP), by an app's basic auth.
+/// `POST /-/reload`: the routes file read again (as on SIGHUP), by an app's credentials.
 async fn reload(req: HttpRequest, am: web::Data<Alertmanager>) -> HttpResponse {
     let rid = request_id(&req);
     let reloaded = match verify(&req, &am).await {
@@ -81,15 +109,16 @@ async fn reload(req: HttpRequest, am: web::Data<Alertmanager>) -> HttpResponse {
             }),
         Err(p) => Err(p),
     };
-    respond(reloaded, &rid)
+    respond(&ALERTMANAGER, reloaded, &rid)
 }
 
-/// The caller is an app, by its code and secret.
+/// The caller is an app, by its code and secret or a bearer token.
 async fn verify(req: &HttpRequest, am: &Alertmanager) -> Result<(), Problem> {
-    let creds = basic(req)?;
+    let mut auth = authorization(req, &ALERTMANAGER)?;
+    let now = am.clock.now_ms();
     match am
         .db
-        .run(move |conn| read_tx(conn, |conn| creds.verify(conn)))
+        .run(move |conn| read_tx(conn, |conn| auth.verify(conn, now)))
         .await
     {
         Ok(_) => Ok(()),
@@ -98,23 +127,52 @@ async fn verify(req: &HttpRequest, am: &Alertmanager) -> Result<(), Problem> {
     }
 }
 
-fn respond(result: Result<(StatusCode, serde_json::Value), Problem>, rid: &str) -> HttpResponse {
-    match result {
+/// A webhook source's request, answered within `am.timeout` whatever storage does: a 503 in
+/// time gets the sender's retry (a notification stored meanwhile is then a replay).
+pub async fn handle(
+    origin: &Origin,
+    req: &HttpRequest,
+    body: &[u8],
+    am: &Alertmanager,
+    service: &SendService,
+) -> HttpResponse {
+    let rid = request_id(req);
+    let served = tokio::time::timeout(am.timeout, serve(origin, req, body, am, service, &rid))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Problem::Unavailable(format!(
+                "the notification was not confirmed stored within {} ms; if it was, the same notification sent again is taken once",
+                am.timeout.as_millis(),
+            )))
+        });
+    respond(origin, served, &rid)
+}
+
+fn respond(
+    origin: &Origin,
+    served: Result<(StatusCode, serde_json::Value), Problem>,
+    rid: &str,
+) -> HttpResponse {
+    let source = origin.name;
+    match served {
         Ok((status, body)) => HttpResponse::build(status).json(body),
         Err(Problem::Unauthorized(why)) => {
-            tracing::info!(error = why, "alertmanager request refused");
+            tracing::info!(source, error = why, "webhook request refused");
             HttpResponse::Unauthorized()
-                .insert_header((WWW_AUTHENTICATE, "Basic realm=\"ding-channel\""))
+                .insert_header((
+                    WWW_AUTHENTICATE,
+                    "Basic realm=\"ding-channel\", Bearer realm=\"ding-channel\"",
+                ))
                 .json(json!({"status": "error", "error": why, "request_id": rid}))
         }
         Err(Problem::Invalid(r)) => {
-            tracing::info!(field = %r.field, error = %r, "alertmanager request refused");
+            tracing::info!(source, field = %r.field, error = %r, "webhook request refused");
             HttpResponse::BadRequest().json(json!({
                 "status": "error", "field": r.field, "error": r.to_string(), "request_id": rid,
             }))
         }
         Err(Problem::Unavailable(why)) => {
-            tracing::warn!(error = %why, "alertmanager notification not stored");
+            tracing::warn!(source, error = %why, "webhook notification not stored");
             HttpResponse::ServiceUnavailable().json(json!({
                 "status": "error", "error": why, "request_id": rid,
             }))
@@ -123,18 +181,23 @@ fn respond(result: Result<(StatusCode, serde_json::Value), Problem>, rid: &str) 
 }
 
 async fn serve(
+    origin: &Origin,
     req: &HttpRequest,
     body: &[u8],
     am: &Alertmanager,
     service: &SendService,
     rid: &str,
 ) -> Result<(StatusCode, serde_json::Value), Problem> {
-    let creds = basic(req)?;
+    let mut auth = authorization(req, origin)?;
     let routes = am.routes.current();
-    let receivers = receivers(req.match_info().query("receivers"), !routes.is_empty())
-        .map_err(Problem::Invalid)?;
+    let receivers = receivers(
+        req.match_info().query("receivers"),
+        origin,
+        !routes.is_empty(),
+    )
+    .map_err(Problem::Invalid)?;
     let single_chat = mention_single_chat(req.query_string()).map_err(Problem::Invalid)?;
-    let notification = payload::parse(body).map_err(Problem::Invalid)?;
+    let notification = (origin.parse)(body).map_err(Problem::Invalid)?;
     let mut split = routing::split(&routes, &notification, &receivers);
     // Each dispatch mentions whom its own alerts name (and, opted in, sends them the message).
     let wanted: Vec<(Vec<String>, Vec<Username>)> = split
@@ -150,7 +213,7 @@ async fn serve(
         .db
         .run(move |conn| {
             read_tx(conn, |conn| {
-                creds.verify(conn)?;
+                let app = auth.verify(conn, now)?;
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
                 let mut per_dispatch = Vec::with_capacity(wanted.len());
@@ -163,16 +226,26 @@ async fn serve(
                     let directory = Directory::read(conn, names, &[], &settings, now)?;
                     per_dispatch.push((mentioned, receivers, directory));
                 }
-                Ok::<_, EsbError>((channels, settings, per_dispatch))
+                Ok::<_, EsbError>((app, channels, settings, per_dispatch))
             })
-            .map(|read| (read, creds))
+            .map(|read| (read, auth))
         })
         .await;
-    let ((channels, settings, per_dispatch), creds) = match read {
+    let ((app_code, channels, settings, per_dispatch), auth) = match read {
         Ok(read) => read,
         Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
+    if let Auth::Bearer { token, touch: true } = auth {
+        // Only the admin's `apps show` reads it: a failure costs the figure, not the alert.
+        if let Err(e) = am
+            .db
+            .write(move |conn| tokens::touch(conn, &token, now))
+            .await
+        {
+            tracing::warn!(error = %e, "a bearer token's last use was not recorded");
+        }
+    }
     let per_dispatch: Vec<_> = split
         .dispatches
         .iter_mut()
@@ -184,6 +257,7 @@ async fn serve(
         .collect();
     if !split.not_routed.is_empty() {
         tracing::warn!(
+            source = origin.name,
             alerts = %serde_json::Value::from(routing::not_routed(&split.not_routed)),
             "alerts not routed: no route matches them and the path names no receivers"
         );
@@ -210,74 +284,108 @@ async fn serve(
     let mut route = channel
         .route()
         .ok_or_else(|| Problem::Unavailable(format!("channel {} does not send", channel.name)))?;
-    route.wait = route.wait.min(FIRST_ATTEMPT_WAIT);
+    route.wait = route.wait.min(FIRST_ATTEMPT_WAIT).min(am.timeout / 2);
     let source = Webhook {
         utc_offset_min: am.utc_offset_min,
         now_ms: now,
     };
     let caller = Caller {
-        app_code: creds.app_code.clone(),
+        app_code,
         username: None,
         request_id: rid.to_owned(),
         tenant_id: None,
     };
-    // One dispatch after the other: when one is not stored, Alertmanager's retry sends the
+    // One dispatch after the other: when one is not stored, the sender's retry sends the
     // notification again, and the dispatches stored already are answered from their keys.
-    let submit_all = async {
-        let mut answers = Vec::with_capacity(split.dispatches.len());
-        for (dispatch, (mentioned, directory)) in split.dispatches.iter().zip(per_dispatch) {
-            let mut request = source
-                .request((route.clone(), dispatch))
-                .map_err(Problem::Invalid)?;
-            mentioned.apply(&mut request.message);
-            let known = Known {
-                settings: settings.clone(),
-                directory: Some(directory),
-            };
-            let receipt =
-                service
-                    .submit_with(request, &caller, known)
-                    .await
+    let mut answers = Vec::with_capacity(split.dispatches.len());
+    for (dispatch, (mentioned, directory)) in split.dispatches.iter().zip(per_dispatch) {
+        let mut request = source
+            .request((route.clone(), dispatch))
+            .map_err(Problem::Invalid)?;
+        mentioned.apply(&mut request.message);
+        let known = Known {
+            settings: settings.clone(),
+            directory: Some(directory),
+        };
+        let receipt = service
+            .submit_with(request, &caller, known)
+            .await
+            .map_err(|e| match e {
+                SendError::QueueFull(why) => Problem::Unavailable(why),
+                SendError::Storage(e) => Problem::Unavailable(format!("storage: {e}")),
+            })?;
+        answers.push(source.answer(&receipt));
+    }
+    Ok(routing::answer(&split, answers))
+}
+
+/// How the caller says who it is.
+enum Auth {
+    /// `Authorization: Basic base64(app_code:app_secret)`.
+    Basic(Credentials),
+    /// `Authorization: Bearer dct_…`; `touch` is set by [`Auth::verify`] when its recorded
+    /// last use is stale.
+    Bearer { token: BearerToken, touch: bool },
+}
+
+const REJECTED: &str = "the app's code and secret, or the bearer token, are not accepted";
+
+impl Auth {
+    /// The app it authenticates. Unknown app, wrong secret, unknown or revoked token: one answer.
+    fn verify(&mut self, conn: &mut crate::db::DbConn, now: i64) -> Result<String, EsbError> {
+        match self {
+            Self::Basic(creds) => {
+                creds
+                    .verify(conn)
+                    .map(|()| creds.app_code.clone())
                     .map_err(|e| match e {
-                        SendError::QueueFull(why) => Problem::Unavailable(why),
-                        SendError::Storage(e) => Problem::Unavailable(format!("storage: {e}")),
-                    })?;
-            answers.push(source.answer(&receipt));
+                        EsbError::AppAuth(_) => EsbError::AppAuth(REJECTED),
+                        other => other,
+                    })
+            }
+            Self::Bearer { token, touch } => {
+                let holder =
+                    tokens::verify(conn, token, now)?.ok_or(EsbError::AppAuth(REJECTED))?;
+                *touch = holder.stale;
+                Ok(holder.app_code)
+            }
         }
-        Ok(answers)
-    };
-    match tokio::time::timeout(SUBMIT_TIMEOUT, submit_all).await {
-        Ok(Ok(answers)) => Ok(routing::answer(&split, answers)),
-        Ok(Err(problem)) => Err(problem),
-        Err(_) => Err(Problem::Unavailable(format!(
-            "the notification was not confirmed stored within {}s; Alertmanager's retry is sent once",
-            SUBMIT_TIMEOUT.as_secs()
-        ))),
     }
 }
 
-/// `Authorization: Basic base64(app_code:app_secret)`.
-fn basic(req: &HttpRequest) -> Result<Credentials, Problem> {
-    const MISSING: &str = "send the app's code and secret by HTTP basic auth (http_config.basic_auth in the webhook_config)";
+fn authorization(req: &HttpRequest, origin: &Origin) -> Result<Auth, Problem> {
+    let missing = || Problem::Unauthorized(origin.credentials);
     let header = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or(Problem::Unauthorized(MISSING))?;
-    let encoded = header
-        .strip_prefix("Basic ")
-        .or_else(|| header.strip_prefix("basic "))
-        .ok_or(Problem::Unauthorized(MISSING))?;
+        .ok_or_else(missing)?;
+    let (scheme, value) = header.trim().split_once(' ').ok_or_else(missing)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        // A malformed token is refused as an unknown one would be, without a lookup.
+        return BearerToken::parse(value.trim())
+            .map(|token| Auth::Bearer {
+                token,
+                touch: false,
+            })
+            .ok_or(Problem::Unauthorized(REJECTED));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(missing());
+    }
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
+        .decode(value.trim())
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or(Problem::Unauthorized(MISSING))?;
+        .ok_or_else(missing)?;
     let (code, secret) = decoded
         .split_once(':')
         .filter(|(c, s)| !c.is_empty() && !s.is_empty())
-        .ok_or(Problem::Unauthorized(MISSING))?;
-    Ok(Credentials::new(code.to_owned(), secret.to_owned()))
+        .ok_or_else(missing)?;
+    Ok(Auth::Basic(Credentials::new(
+        code.to_owned(),
+        secret.to_owned(),
+    )))
 }
 
 /// `?mention_single_chat=true`: the people the alerts mention are sent the message by single
@@ -313,7 +421,7 @@ fn mention_single_chat(query: &str) -> Result<bool, Refusal> {
 
 /// `alice,ops-robot`: the usernames the notification goes to, as `send_ding` reads them; none
 /// only when `routed` (routes by label are loaded): the routes name the receivers.
-fn receivers(raw: &str, routed: bool) -> Result<Vec<Username>, Refusal> {
+fn receivers(raw: &str, origin: &Origin, routed: bool) -> Result<Vec<Username>, Refusal> {
     let refuse = |problem: String| Refusal {
         field: "receivers".into(),
         problem,
@@ -326,9 +434,10 @@ fn receivers(raw: &str, routed: bool) -> Result<Vec<Username>, Refusal> {
         }
     }
     if out.is_empty() && !routed {
-        return Err(refuse(
-            "no username in the path; use /api/v1/alertmanager/alice,ops-robot, or route by label with DING_CHANNEL_ALERT_ROUTES".into(),
-        ));
+        return Err(refuse(format!(
+            "no username in the path; use {}/alice,ops-robot, or route by label with DING_CHANNEL_ALERT_ROUTES",
+            origin.path
+        )));
     }
     if out.len() > MAX_RECEIVERS {
         return Err(refuse(format!(

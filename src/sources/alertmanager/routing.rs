@@ -747,6 +747,7 @@ send_resolved = false
             ends_at: None,
             generator_url: String::new(),
             fingerprint: fp.into(),
+            grafana: None,
         }
     }
 
@@ -760,6 +761,7 @@ send_resolved = false
             external_url: String::new(),
             group_key: "{}:{alertname=\"X\"}".into(),
             truncated_alerts: 3,
+            grafana: None,
             alerts,
         }
     }

@@ -1,0 +1,142 @@
+//! Grafana unified alerting's webhook payload (version 1, grafana/alerting
+//! `receivers/webhook`): Alertmanager's fields, read as Alertmanager's are, and Grafana's own
+//! beside them. Grafana does not retry a refused notification, so only what the layout needs
+//! to be right is required: its own fields are checked for their type, and may be absent.
+
+use crate::sources::alertmanager::payload::{
+    notification, object, optional, version, Notification, Refusal,
+};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Grafana's additions to a notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrafanaNotification {
+    pub org_id: i64,
+    /// Grafana's templated title (`[FIRING:1] HighCPU (folder)` by default); may be empty.
+    pub title: String,
+    /// `alerting` or `ok`, as Grafana words the status.
+    pub state: String,
+    /// Grafana's templated text of the whole notification.
+    pub message: String,
+}
+
+/// Grafana's additions to an alert; each URL is empty when Grafana has none.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GrafanaAlert {
+    pub silence_url: String,
+    pub dashboard_url: String,
+    pub panel_url: String,
+    pub image_url: String,
+    /// The value of each query and expression (`A`, `B`, …) that decided the state.
+    pub values: BTreeMap<String, f64>,
+    /// The same, with the labels, as one line: `[ var='A' labels={…} value=95 ]`.
+    pub value_string: String,
+}
+
+const WHAT: &str = "Grafana's webhook payload";
+
+pub fn parse(body: &[u8]) -> Result<Notification, Refusal> {
+    let top = object(body, WHAT)?;
+    version(&top, "1", WHAT)?;
+    let mut n = notification(&top)?;
+    n.grafana = Some(GrafanaNotification {
+        org_id: optional(&top, "", "orgId", "an integer")?.unwrap_or(0),
+        title: optional(&top, "", "title", "a string")?.unwrap_or_default(),
+        state: optional(&top, "", "state", "a string")?.unwrap_or_default(),
+        message: optional(&top, "", "message", "a string")?.unwrap_or_default(),
+    });
+    let objects = top["alerts"].as_array().expect("read as a list above");
+    for (i, (alert, raw)) in n.alerts.iter_mut().zip(objects).enumerate() {
+        let raw = raw.as_object().expect("read as an object above");
+        alert.grafana = Some(extras(&format!("alerts[{i}]."), raw)?);
+    }
+    Ok(n)
+}
+
+fn extras(prefix: &str, a: &Map<String, Value>) -> Result<GrafanaAlert, Refusal> {
+    let url = |name: &str| -> Result<String, Refusal> {
+        Ok(optional(a, prefix, name, "a string")?.unwrap_or_default())
+    };
+    Ok(GrafanaAlert {
+        silence_url: url("silenceURL")?,
+        dashboard_url: url("dashboardURL")?,
+        panel_url: url("panelURL")?,
+        image_url: url("imageURL")?,
+        values: optional(a, prefix, "values", "an object of numbers")?.unwrap_or_default(),
+        value_string: optional(a, prefix, "valueString", "a string")?.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(alert: Value) -> Vec<u8> {
+        json!({
+            "receiver": "ding", "status": "firing", "orgId": 1,
+            "groupLabels": {"alertname": "HighCPU"}, "commonLabels": {"alertname": "HighCPU"},
+            "commonAnnotations": {}, "externalURL": "http://grafana:3000/", "version": "1",
+            "groupKey": "{}/{}:{alertname=\"HighCPU\"}", "truncatedAlerts": 0,
+            "title": "[FIRING:1] HighCPU", "state": "alerting", "message": "**Firing**",
+            "alerts": [alert],
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn alert() -> Value {
+        json!({
+            "status": "firing", "labels": {"alertname": "HighCPU"}, "annotations": {},
+            "startsAt": "2026-12-01T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://grafana:3000/alerting/grafana/abc/view",
+            "fingerprint": "57c6d9296de2ad39",
+            "silenceURL": "http://grafana:3000/alerting/silence/new?matcher=alertname%3DHighCPU",
+            "dashboardURL": "http://grafana:3000/d/dash", "panelURL": "http://grafana:3000/d/dash?viewPanel=2",
+            "values": {"A": 95.5, "C": 1}, "valueString": "[ var='A' labels={} value=95.5 ]",
+        })
+    }
+
+    #[test]
+    fn reads_grafanas_fields_beside_alertmanagers() {
+        let n = parse(&body(alert())).unwrap();
+        let g = n.grafana.unwrap();
+        assert_eq!((g.org_id, g.state.as_str()), (1, "alerting"));
+        assert_eq!(g.title, "[FIRING:1] HighCPU");
+        let a = n.alerts[0].grafana.clone().unwrap();
+        assert_eq!(
+            a.values,
+            BTreeMap::from([("A".into(), 95.5), ("C".into(), 1.0)])
+        );
+        assert_eq!(a.dashboard_url, "http://grafana:3000/d/dash");
+        assert_eq!(a.image_url, "", "absent (omitempty)");
+        assert_eq!(n.alerts[0].ends_at, None);
+    }
+
+    #[test]
+    fn null_values_are_none_and_a_wrong_type_names_the_field() {
+        let mut a = alert();
+        a["values"] = Value::Null;
+        let n = parse(&body(a)).unwrap();
+        assert!(n.alerts[0].grafana.as_ref().unwrap().values.is_empty());
+        let mut a = alert();
+        a["values"] = json!({"A": "high"});
+        assert_eq!(parse(&body(a)).unwrap_err().field, "alerts[0].values");
+        let mut a = alert();
+        a["panelURL"] = json!(3);
+        assert_eq!(parse(&body(a)).unwrap_err().field, "alerts[0].panelURL");
+    }
+
+    #[test]
+    fn only_version_1_is_read() {
+        let mut v: Value = serde_json::from_slice(&body(alert())).unwrap();
+        v["version"] = json!("4");
+        let e = parse(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, "version");
+        assert!(
+            e.problem.contains("Grafana's webhook payload version 1"),
+            "{e}"
+        );
+    }
+}
