@@ -389,3 +389,65 @@ async fn a_pool_is_checked_at_import_and_its_credentials_are_masked() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn the_real_binary_logs_why_a_pool_member_is_left_out_never_its_token() {
+    let db = TestDb::new();
+    let sim = real_time_simulator();
+    let (own, member) = (token('4'), token('5'));
+    // The robot user's own token is not a robot DingTalk knows (300001).
+    sim.state.configure(|c| {
+        c.robots.push(SimRobot {
+            name: "pool-1".into(),
+            token: member.clone(),
+            secret: None,
+            keyword: None,
+        })
+    });
+    let server = serve(&db.url, &sim.base_url(), &[]);
+    seeded(&db);
+    let users = db.dir.path().join("pool.jsonl");
+    let row =
+        json!({"username": "pool-robot", "qq": own, "extras": {"robots": [{"token": member}]}});
+    std::fs::write(&users, format!("{row}\n")).unwrap();
+    let out = cli(
+        &db.url,
+        &repo_manifest(),
+        &["users", "import", users.to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/send_dingbot/", server.url))
+        .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver__username": "pool-robot", "content": "disk full"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["data"]["deliveries"][0]["status"], "sent",
+        "{answer}"
+    );
+    wait_until(
+        "the refusal is logged",
+        std::time::Duration::from_secs(10),
+        || server.logged("DingTalk refused a robot of the pool"),
+    )
+    .await;
+    let log = server.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("DingTalk refused a robot of the pool"))
+        .unwrap();
+    assert!(
+        line.contains("pool-robot") && line.contains("300001") && line.contains("field qq"),
+        "{line}"
+    );
+    assert!(
+        !log.contains(&own) && !log.contains(&member),
+        "a token in the log:\n{log}"
+    );
+    assert_eq!(sim.state.messages()[0].target, "pool-1");
+}

@@ -153,14 +153,11 @@ impl RobotSender {
             free.push(slots);
             refused.push(refusal);
         }
-        if let Some(r) = refused
-            .iter()
-            .flatten()
-            .next()
-            .filter(|_| refused.iter().all(Option::is_some))
-        {
-            // Every robot of the pool is refused: its deliveries fail, as a lone robot's do.
-            return fail_all(rows, Some(r.code.clone()), &r.error);
+        if let [Some(r), ..] = refused.as_slice() {
+            if refused.iter().all(Option::is_some) {
+                // Every robot of the pool is refused: its deliveries fail, as a lone robot's do.
+                return fail_all(rows, Some(r.code.clone()), &r.error);
+            }
         }
         let granted: Vec<u32> = free.iter().map(|s| s.granted).collect();
         if granted.iter().all(|g| *g == 0) {
