@@ -40,11 +40,21 @@ fn read(pool: &Value) -> Result<Vec<Result<Entry, String>>, String> {
             "{POOL_KEY} is not a list: set it to [{{\"token\": …, \"secret\": …, \"keyword\": …}}, …]"
         ));
     };
-    Ok(list
-        .iter()
-        .enumerate()
-        .map(|(i, v)| entry(v).map_err(|why| format!("{POOL_KEY} entry {}: {why}", i + 1)))
-        .collect())
+    let mut read: Vec<Result<Entry, String>> = vec![];
+    for (i, v) in list.iter().enumerate() {
+        let entry = entry(v).and_then(|e| {
+            // Two entries of one robot would pace it twice: DingTalk counts it once.
+            match read
+                .iter()
+                .position(|r| r.as_ref().is_ok_and(|o| o.token == e.token))
+            {
+                Some(first) => Err(format!("the same robot (token) as entry {}", first + 1)),
+                None => Ok(e),
+            }
+        });
+        read.push(entry.map_err(|why| format!("{POOL_KEY} entry {}: {why}", i + 1)));
+    }
+    Ok(read)
 }
 
 fn entry(v: &Value) -> Result<Entry, String> {
@@ -104,6 +114,7 @@ mod tests {
             {"token": "tok0123456789abcdef"},
             "nope",
             {"token": hex, "sign": "x"},
+            {"token": hex, "keyword": "again"},
         ]);
         let read = read(&pool).unwrap();
         assert_eq!(read[0].as_ref().unwrap().keyword.as_deref(), Some("告警"));
@@ -115,6 +126,7 @@ mod tests {
                 "robots entry 4: secret is required unless the token is the 64 hex characters of a keyword- or IP-secured robot",
                 "robots entry 5: is not an object with token, secret and keyword",
                 "robots entry 6: unknown key 'sign' (expected token, secret, keyword)",
+                "robots entry 7: the same robot (token) as entry 2",
             ]
         );
         assert!(

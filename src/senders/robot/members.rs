@@ -56,6 +56,15 @@ pub fn members_of(
     });
     for (i, entry) in entries.into_iter().enumerate() {
         let k = i + 1;
+        let entry = entry.and_then(
+            |e| match members.iter().find(|m| m.robot.token == e.token) {
+                Some(same) => Err(format!(
+                    "{POOL_KEY} entry {k}: the same robot (token) as {}",
+                    same.id
+                )),
+                None => Ok(e),
+            },
+        );
         match entry {
             Ok(e) => members.push(Member {
                 id: format!("{name}#{k}"),
@@ -169,11 +178,16 @@ mod tests {
         let hex = "c".repeat(64);
         let p = robot_user(serde_json::json!({
             "keyword": "告警",
-            "robots": [{"token": hex, "keyword": "ops"}, {"token": "bad token"}, {"token": hex}],
+            "robots": [{"token": hex, "keyword": "ops"}, {"token": "bad token"}, {"token": "d".repeat(64)},
+                {"token": "tok0123456789abcdef", "secret": "SEC0123456789abcdef"}],
         }));
         let members = members_of("ops", Some(&p), &RobotFields::default()).unwrap();
         let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["ops", "ops#1", "ops#3"], "entry 2 is left out");
+        assert_eq!(
+            ids,
+            ["ops", "ops#1", "ops#3"],
+            "entry 2 is malformed, entry 4 the user's own robot"
+        );
         assert_eq!(members[0].keyword.as_deref(), Some("告警"));
         assert_eq!(members[1].keyword.as_deref(), Some("ops"));
         assert_eq!(members[2].keyword, None);
