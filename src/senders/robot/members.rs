@@ -6,7 +6,7 @@ use crate::dingtalk::Robot;
 use crate::directory::classify::{self, classify, robot_credentials, Kind, RobotFields};
 use crate::directory::pool::{self, POOL_KEY};
 use crate::directory::profile::Profile;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 /// One robot of a robot user.
@@ -51,7 +51,7 @@ pub fn members_of(
         keyword,
     }];
     let entries = pool::entries(profile).unwrap_or_else(|problem| {
-        tracing::warn!(robot = %name, "robot pool left out: extras.{problem}");
+        warn_once(name, &format!("robot pool left out: extras.{problem}"));
         vec![]
     });
     for (i, entry) in entries.into_iter().enumerate() {
@@ -77,12 +77,20 @@ pub fn members_of(
                 },
                 keyword: e.keyword,
             }),
-            Err(problem) => {
-                tracing::warn!(robot = %name, "pool member left out: extras.{problem}");
-            }
+            Err(problem) => warn_once(name, &format!("pool member left out: extras.{problem}")),
         }
     }
     Ok(members)
+}
+
+/// Warns of a stored pool's problem once per process (the pool is read for every batch, and
+/// profiles from bk-user are not checked as an import is).
+fn warn_once(name: &str, problem: &str) {
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.insert(format!("{name}: {problem}")) {
+        tracing::warn!(robot = %name, "{problem}");
+    }
 }
 
 /// The most bytes any member's keyword adds to a body: what planning leaves free, so a send
