@@ -103,7 +103,23 @@ impl DingbotConf {
         let mut fields = RobotFields {
             token_field: field_name(conf, "token_field", &defaults.token_field, bad),
             sign_field: field_name(conf, "sign_field", &defaults.sign_field, bad),
+            keyword_field: field_name(conf, "keyword_field", &defaults.keyword_field, bad),
         };
+        if [&fields.token_field, &fields.sign_field].contains(&&fields.keyword_field) {
+            bad(ConfError {
+                channel: Self::CHANNEL,
+                key: "keyword_field",
+                problem: format!(
+                    "'{}' already holds the robot's token or signing secret",
+                    fields.keyword_field
+                ),
+                fix: format!(
+                    "the keyword needs a field of its own, e.g. keyword_field={}",
+                    defaults.keyword_field
+                ),
+            });
+            fields.keyword_field = defaults.keyword_field.clone();
+        }
         if fields.sign_field == fields.token_field {
             bad(ConfError {
                 channel: Self::CHANNEL,
@@ -484,7 +500,8 @@ mod tests {
             fields(&[("token_field", "robot_token"), ("sign_field", "robot-sign")]),
             RobotFields {
                 token_field: "robot_token".into(),
-                sign_field: "robot-sign".into()
+                sign_field: "robot-sign".into(),
+                keyword_field: "extras.keyword".into()
             }
         );
         assert_eq!(
@@ -494,11 +511,13 @@ mod tests {
         assert_eq!(
             fields(&[
                 ("token_field", "机器人.token"),
-                ("sign_field", "sign.field")
+                ("sign_field", "sign.field"),
+                ("keyword_field", "email")
             ]),
             RobotFields {
                 token_field: "机器人.token".into(),
-                sign_field: "sign.field".into()
+                sign_field: "sign.field".into(),
+                keyword_field: "email".into()
             },
             "any extras key names a field"
         );
@@ -507,6 +526,11 @@ mod tests {
             "send_dingbot sign_field: 'email' is token_field too; the signing secret needs a field of its own, e.g. token_field=qq sign_field=wx_userid"
         );
         assert!(dingbot_err(&[("token_field", "wx_userid")]).contains("is token_field too"));
+        assert_eq!(
+            dingbot_err(&[("keyword_field", "qq")]),
+            "send_dingbot keyword_field: 'qq' already holds the robot's token or signing secret; the keyword needs a field of its own, e.g. keyword_field=extras.keyword"
+        );
+        assert!(dingbot_err(&[("keyword_field", "key word")]).contains("not a profile field name"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::directory::bkuser::client::BkUserClient;
 use crate::directory::bkuser::sync;
 use crate::directory::classify::{classify, Kind, RobotFields};
 use crate::directory::import::{FileImport, Format};
+use crate::directory::pool::POOL_KEY;
 use crate::directory::profile::Profile;
 use crate::directory::provider::Provider;
 use crate::directory::store;
@@ -209,7 +210,8 @@ fn sync(from: &str, force: bool, settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// A profile's fields for display, with robot credentials masked: the token and signing
-/// secret of a robot user, and anything that looks like a `SEC…` secret.
+/// secret of a robot user and of its pool's robots, and anything that looks like a `SEC…`
+/// secret.
 fn display_profile(p: &Profile, fields: &RobotFields) -> (&'static str, BTreeMap<String, String>) {
     let kind = classify(p, fields);
     let robot = matches!(kind, Kind::Robot { .. });
@@ -241,6 +243,7 @@ fn display_profile(p: &Profile, fields: &RobotFields) -> (&'static str, BTreeMap
         .iter()
         .map(|(k, v)| match v.as_str() {
             Some(s) => (k.clone(), serde_json::Value::String(shown(k, s))),
+            None if k == POOL_KEY => (k.clone(), masked_pool(v)),
             None => (k.clone(), v.clone()),
         })
         .collect();
@@ -249,6 +252,19 @@ fn display_profile(p: &Profile, fields: &RobotFields) -> (&'static str, BTreeMap
         serde_json::Value::Object(extras).to_string(),
     );
     (if robot { "robot" } else { "user" }, out)
+}
+
+/// A robot pool for display: each member's token and signing secret masked.
+fn masked_pool(pool: &serde_json::Value) -> serde_json::Value {
+    let mut pool = pool.clone();
+    for entry in pool.as_array_mut().into_iter().flatten() {
+        for key in ["token", "secret"] {
+            if let Some(v) = entry.get_mut(key) {
+                *v = serde_json::Value::String(v.as_str().map_or_else(|| "****".into(), mask));
+            }
+        }
+    }
+    pool
 }
 
 fn read_input(file: &PathBuf) -> anyhow::Result<String> {

@@ -1,6 +1,6 @@
 //! Robot users vs normal users (DESIGN §4). A robot user stores a group custom robot: the
-//! profile field `token_field` holds the webhook access_token and `sign_field` the `SEC…`
-//! signing secret.
+//! profile field `token_field` holds the webhook access_token, `sign_field` the `SEC…`
+//! signing secret and `keyword_field` the keyword of a keyword-secured robot.
 
 use super::profile::Profile;
 use crate::domain::secrets::{RobotToken, SignSecret};
@@ -9,6 +9,7 @@ use crate::domain::secrets::{RobotToken, SignSecret};
 pub struct RobotFields {
     pub token_field: String,
     pub sign_field: String,
+    pub keyword_field: String,
 }
 
 impl Default for RobotFields {
@@ -16,6 +17,7 @@ impl Default for RobotFields {
         Self {
             token_field: "qq".into(),
             sign_field: "wx_userid".into(),
+            keyword_field: "extras.keyword".into(),
         }
     }
 }
@@ -41,6 +43,29 @@ pub fn classify<'a>(p: &'a Profile, f: &RobotFields) -> Kind<'a> {
     } else {
         Kind::Normal
     }
+}
+
+/// The longest keyword taken: one of DingTalk's short words, not a text.
+pub const KEYWORD_MAX_CHARS: usize = 64;
+
+/// The keyword every message to a robot user's own robot must contain (DingTalk refuses the
+/// others), if its robot is keyword-secured; or what is wrong with it, naming the field.
+pub fn keyword<'a>(p: &'a Profile, f: &RobotFields) -> Result<Option<&'a str>, String> {
+    p.field(&f.keyword_field)
+        .map(|k| check_keyword(k, &f.keyword_field))
+        .transpose()
+        .map(Option::flatten)
+}
+
+/// A stored keyword, trimmed (`None` when blank), or what is wrong with it.
+pub fn check_keyword<'a>(k: &'a str, field: &str) -> Result<Option<&'a str>, String> {
+    let k = k.trim();
+    if k.chars().count() > KEYWORD_MAX_CHARS || k.chars().any(char::is_control) {
+        return Err(format!(
+            "the robot keyword in field {field} is longer than {KEYWORD_MAX_CHARS} characters or holds control characters: set it to one keyword of the robot's security settings"
+        ));
+    }
+    Ok(Some(k).filter(|k| !k.is_empty()))
 }
 
 /// What is wrong with a robot user's stored credentials, if anything, in words that name the
@@ -140,9 +165,11 @@ mod tests {
         let mut p = profile(None, None);
         p.extras.insert("bot_token".into(), "tok".into());
         p.email = Some("SECxyz".into());
+        p.extras.insert("kw".into(), "告警".into());
         let f = RobotFields {
             token_field: "bot_token".into(),
             sign_field: "email".into(),
+            keyword_field: "extras.kw".into(),
         };
         assert_eq!(
             classify(&p, &f),
@@ -151,5 +178,17 @@ mod tests {
                 secret: Some("SECxyz")
             }
         );
+        assert_eq!(keyword(&p, &f), Ok(Some("告警")));
+        assert_eq!(
+            keyword(&p, &RobotFields::default()),
+            Ok(None),
+            "extras.keyword is unset"
+        );
+        p.extras.insert("keyword".into(), " ops ".into());
+        assert_eq!(keyword(&p, &RobotFields::default()), Ok(Some("ops")));
+        p.extras.insert("keyword".into(), "x".repeat(65).into());
+        assert!(keyword(&p, &RobotFields::default())
+            .unwrap_err()
+            .contains("field extras.keyword"));
     }
 }

@@ -1,10 +1,11 @@
 //! The user directory: stored profiles, the providers they come from (a file import, bk-user),
-//! and robot classification.
+//! robot classification and robot pools.
 
 pub mod bkuser;
 pub mod classify;
 pub mod import;
 pub mod lookup;
+pub mod pool;
 pub mod profile;
 pub mod provider;
 pub mod store;

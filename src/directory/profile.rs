@@ -131,13 +131,15 @@ impl Profile {
             "wx_userid" => self.wx_userid = Some(value),
             "qq" => self.qq = Some(value),
             other => {
-                self.extras.insert(other.to_owned(), value.into());
+                let key = other.strip_prefix("extras.").unwrap_or(other);
+                self.extras.insert(key.to_owned(), value.into());
             }
         }
     }
 
-    /// The profile field a channel's comp_conf names (`token_field`, `sign_field`); unknown
-    /// names are looked up in `extras` so an admin can keep robot credentials there.
+    /// The profile field a channel's comp_conf names (`token_field`, `sign_field`,
+    /// `keyword_field`); unknown names are looked up in `extras` so an admin can keep robot
+    /// credentials there, as the key itself or, written `extras.KEY`, as `KEY`.
     pub fn field(&self, name: &str) -> Option<&str> {
         let v = match name {
             "display_name" => self.display_name.as_deref(),
@@ -145,7 +147,10 @@ impl Profile {
             "email" => self.email.as_deref(),
             "wx_userid" => self.wx_userid.as_deref(),
             "qq" => self.qq.as_deref(),
-            other => self.extras.get(other).and_then(|v| v.as_str()),
+            other => self.extras.get(other).and_then(|v| v.as_str()).or_else(|| {
+                let key = other.strip_prefix("extras.")?;
+                self.extras.get(key).and_then(|v| v.as_str())
+            }),
         };
         v.filter(|s| !s.is_empty())
     }

@@ -57,9 +57,11 @@ impl Policy {
             Verdict::Sent {
                 request_id,
                 digest_id,
+                sent_by,
             } => Outcome::Sent {
                 request_id,
                 digest_id,
+                sent_by,
             },
             Verdict::Failed { code, error } => Outcome::Failed { code, error },
             Verdict::Retry {

@@ -21,8 +21,9 @@ pub fn body_len(msg: &Message, at: &At) -> usize {
         .map_or(usize::MAX, |v| v.to_string().len())
 }
 
-pub fn fits(msg: &Message, at: &At) -> bool {
-    body_len(msg, at) <= WEBHOOK_MAX_BODY
+/// Whether `msg` fits one webhook call with `room` bytes to spare (for a robot's keyword).
+pub fn fits(msg: &Message, at: &At, room: usize) -> bool {
+    body_len(msg, at).saturating_add(room) <= WEBHOOK_MAX_BODY
 }
 
 /// One message as a robot shows it.
@@ -87,14 +88,17 @@ fn render_item(item: &Item<'_>, utc_offset_min: i32) -> String {
     text
 }
 
-/// A message too large for one robot call, as numbered parts: text stays text, everything
-/// else becomes markdown (a link or card's URL closes the last part).
-pub fn parts(m: &send::Message) -> Vec<(Message, At)> {
+/// A message too large for one robot call, as numbered parts, each leaving `room` bytes to
+/// spare: text stays text, everything else becomes markdown (a link or card's URL closes the
+/// last part).
+pub fn parts(m: &send::Message, room: usize) -> Vec<(Message, At)> {
     let (_, at) = single(m);
-    parts_within(m, WEBHOOK_MAX_BODY, |msg| body_len(msg, &at))
-        .into_iter()
-        .map(|p| (p, at.clone()))
-        .collect()
+    parts_within(m, WEBHOOK_MAX_BODY.saturating_sub(room), |msg| {
+        body_len(msg, &at)
+    })
+    .into_iter()
+    .map(|p| (p, at.clone()))
+    .collect()
 }
 
 /// DingTalk publishes no size limit for batchSend's `msgParam`; this conservative one keeps a
@@ -235,7 +239,7 @@ mod tests {
             );
             big.at_mobiles = (0..40).map(|i| format!("138000000{i:02}")).collect();
             big.at_user_ids = vec!["manager4220".into()];
-            let parts = parts(&big);
+            let parts = parts(&big, 0);
             assert!(parts.len() >= 3, "{}", parts.len());
             for (k, (p, at)) in parts.iter().enumerate() {
                 assert!(body_len(p, at) <= WEBHOOK_MAX_BODY, "part {k}");
@@ -346,8 +350,8 @@ mod tests {
             i += 1;
         }
         let m = msg(MsgKey::Markdown, Some("Big report"), &content);
-        assert!(!fits(&single(&m).0, &single(&m).1));
-        let parts = parts(&m);
+        assert!(!fits(&single(&m).0, &single(&m).1, 0));
+        let parts = parts(&m, 0);
         assert!(parts.len() >= 3, "{}", parts.len());
         let mut texts = vec![];
         for (k, (p, at)) in parts.iter().enumerate() {
@@ -395,7 +399,7 @@ mod tests {
             &"- 第一行 \"x\"\n".repeat(4000),
         );
         m.url = Some("https://example.com/r/1".into());
-        let parts = parts(&m);
+        let parts = parts(&m, 0);
         assert!(parts.len() >= 2, "{}", parts.len());
         for (k, (p, at)) in parts.iter().enumerate() {
             assert!(
@@ -420,7 +424,7 @@ mod tests {
     #[test]
     fn long_text_parts_are_numbered_text() {
         let m = msg(MsgKey::Text, Some("T"), &"告警内容 ".repeat(6000));
-        let parts = parts(&m);
+        let parts = parts(&m, 0);
         assert!(parts.len() >= 2);
         let Message::Text { content } = &parts[1].0 else {
             panic!()

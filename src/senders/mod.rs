@@ -28,10 +28,11 @@ pub use robot::RobotSender;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// DingTalk took it (`request_id`: its processQueryKey; `digest_id`: the digest that
-    /// carried it with others).
+    /// carried it with others; `sent_by`: the member of a robot pool that sent it).
     Sent {
         request_id: Option<String>,
         digest_id: Option<String>,
+        sent_by: Option<String>,
     },
     /// Retrying cannot help; `error` says what an admin must change.
     Failed { code: Option<String>, error: String },

@@ -51,6 +51,9 @@ pub struct SimRobot {
     pub name: String,
     pub token: String,
     pub secret: Option<String>,
+    /// A keyword-secured robot: a message whose text lacks it is refused (310000).
+    #[serde(default)]
+    pub keyword: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -360,6 +363,7 @@ pub fn demo_config() -> SimConfig {
             secret: Some(
                 "SEC5a1d0b3c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b".into(),
             ),
+            keyword: None,
         }],
         ..SimConfig::default()
     }

@@ -406,6 +406,22 @@ fn check_robot_body(v: &Value) -> Result<(), (i64, String)> {
     Ok(())
 }
 
+/// The texts of a webhook body a keyword-secured robot looks in (not the titles, but a feed
+/// card's, which has no other text).
+fn robot_texts(v: &Value) -> Vec<&str> {
+    let msgtype = v["msgtype"].as_str().unwrap_or("");
+    let part = &v[msgtype];
+    let texts = match msgtype {
+        "text" => vec![&part["content"]],
+        "feedCard" => part["links"]
+            .as_array()
+            .map(|l| l.iter().map(|l| &l["title"]).collect())
+            .unwrap_or_default(),
+        _ => vec![&part["text"]],
+    };
+    texts.into_iter().filter_map(Value::as_str).collect()
+}
+
 async fn robot_send(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     if let Some(r) = fault(&state, "robot_send", true).await {
         return r;
@@ -443,6 +459,11 @@ async fn robot_send(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     };
     if let Err((code, msg)) = check_robot_body(&v) {
         return refuse(&mut g, code, &msg);
+    }
+    if let Some(keyword) = &robot.keyword {
+        if !robot_texts(&v).iter().any(|t| t.contains(keyword.as_str())) {
+            return refuse(&mut g, 310000, "keywords not in content");
+        }
     }
     let (limit, window, penalty) = (
         g.config.throttle_limit,

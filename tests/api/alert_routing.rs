@@ -46,6 +46,7 @@ async fn app_with_routes(routes: &str) -> (TestApp, PathBuf) {
             name: "db-robot".into(),
             token: token.clone(),
             secret: Some("SECdbrobotsecret000000".into()),
+            keyword: None,
         })
     });
     (app, file)

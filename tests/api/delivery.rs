@@ -331,6 +331,7 @@ async fn a_permanent_error_fails_with_a_reason_an_admin_can_act_on() {
             name: "bad-robot".into(),
             token: token.clone(),
             secret: Some("SECtherealsecret00000000".into()),
+            keyword: None,
         })
     });
     let env = app

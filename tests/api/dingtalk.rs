@@ -65,6 +65,7 @@ async fn fixture() -> Fixture {
         name: "plain-robot".into(),
         token: "b".repeat(64),
         secret: None,
+        keyword: None,
     });
     fixture_with(cfg).await
 }

@@ -19,6 +19,7 @@ mod limits;
 mod logging;
 mod msg_type;
 mod registry;
+mod robots;
 #[cfg(feature = "postgres")]
 mod scale_out;
 mod storage;

@@ -2,6 +2,7 @@
 //! naming the row and the field.
 
 use super::{json_problem, kind, FileImport, Parsed, RowError, WHOLE_ROW};
+use crate::directory::pool::{self, POOL_KEY};
 use crate::directory::profile::{Profile, Username};
 use crate::directory::provider::Provider;
 use crate::domain::mobile::{parse_country_code, Mobile, MobileError};
@@ -242,7 +243,15 @@ fn extras(value: Option<Value>, source: Source) -> Result<Map<String, Value>, St
         Some(v) => v,
     };
     match value {
-        Value::Object(map) => Ok(map),
+        Value::Object(map) => {
+            // A robot pool is checked here so a typo is refused at import, not at the send.
+            let pool = map.get(POOL_KEY).map(pool::problems).unwrap_or_default();
+            if pool.is_empty() {
+                Ok(map)
+            } else {
+                Err(pool.join("; "))
+            }
+        }
         other => Err(format!("expected a JSON object, got {}", kind(&other))),
     }
 }

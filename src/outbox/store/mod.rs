@@ -83,10 +83,12 @@ pub struct Acceptance {
 /// What an attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// `digest_id`: the digest send that carried it, when merged with others.
+    /// `digest_id`: the digest send that carried it, when merged with others; `sent_by`: the
+    /// member of a robot pool that sent it (kept in the attempt's note).
     Sent {
         request_id: Option<String>,
         digest_id: Option<String>,
+        sent_by: Option<String>,
     },
     Retry {
         at: i64,

@@ -85,6 +85,7 @@ fn record_group(
         Outcome::Sent {
             request_id,
             digest_id,
+            sent_by,
         } => {
             diesel::update(target)
                 .set((
@@ -97,7 +98,7 @@ fn record_group(
                     release,
                 ))
                 .execute(conn)?;
-            let note = digest_id.as_ref().map(|g| format!("in digest {g}"));
+            let note = sent_note(digest_id, sent_by);
             let history: Vec<_> = mine
                 .iter()
                 .map(|(id, attempts)| {
@@ -150,6 +151,7 @@ fn record_one(
         Outcome::Sent {
             request_id,
             digest_id,
+            ..
         } => diesel::update(owned)
             .set((
                 d::status.eq(SENT),
@@ -208,10 +210,11 @@ fn record_one(
         Outcome::Sent {
             request_id,
             digest_id,
+            sent_by,
         } => (
             "sent",
             None,
-            digest_id.as_ref().map(|g| format!("in digest {g}")),
+            sent_note(digest_id, sent_by),
             request_id.clone(),
         ),
         Outcome::Retry { code, error, .. } => {
@@ -232,4 +235,15 @@ fn record_one(
         ))
         .execute(conn)?;
     Ok(true)
+}
+
+/// The note of a sent attempt in the delivery log: the digest that carried it and the pool
+/// member that sent it, when there are.
+fn sent_note(digest_id: &Option<String>, sent_by: &Option<String>) -> Option<String> {
+    match (digest_id, sent_by) {
+        (None, None) => None,
+        (Some(g), None) => Some(format!("in digest {g}")),
+        (None, Some(by)) => Some(format!("by {by}")),
+        (Some(g), Some(by)) => Some(format!("in digest {g}, by {by}")),
+    }
 }

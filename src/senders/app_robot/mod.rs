@@ -202,6 +202,7 @@ impl AppRobotSender {
                                 Verdict::Sent {
                                     request_id: Some(pqk),
                                     digest_id: None,
+                                    sent_by: None,
                                 },
                             )),
                             Ok(_) => remaining.push((uid, row)),

@@ -18,26 +18,28 @@ pub struct RobotSend {
     pub part: Option<(i32, i32)>,
 }
 
-/// The calls that would deliver `rows` (oldest first), at most `max_sends` of them.
+/// The calls that would deliver `rows` (oldest first), at most `max_sends` of them, each
+/// body leaving `room` bytes free for the robot's keyword.
 pub fn plan(
     rows: &[DeliveryRow],
     messages: &HashMap<String, Message>,
     utc_offset_min: i32,
     max_sends: usize,
+    room: usize,
 ) -> Vec<RobotSend> {
     let item = |r: &DeliveryRow| digest::Item {
         message: &messages[&r.message_id],
         accepted_at_ms: r.created_at,
     };
     // Room for the digest's title, heading and JSON framing.
-    let budget = crate::dingtalk::client::WEBHOOK_MAX_BODY - 400;
+    let budget = crate::dingtalk::client::WEBHOOK_MAX_BODY.saturating_sub(400 + room);
     let mut sends = vec![];
     let mut i = 0;
     while i < rows.len() && sends.len() < max_sends {
         let m = &messages[&rows[i].message_id];
         let (single, at) = digest::single(m);
-        if rows[i].parts_sent > 0 || !digest::fits(&single, &at) {
-            let parts = digest::parts(m);
+        if rows[i].parts_sent > 0 || !digest::fits(&single, &at, room) {
+            let parts = digest::parts(m, room);
             let n = parts.len() as i32;
             let room = max_sends - sends.len();
             for (k, (message, at)) in parts
@@ -73,7 +75,7 @@ pub fn plan(
             }
             let items: Vec<digest::Item<'_>> = rows[i..j].iter().map(item).collect();
             let (m, at) = digest::digest(&items, utc_offset_min);
-            if digest::fits(&m, &at) {
+            if digest::fits(&m, &at, room) {
                 break (m, at);
             }
             j -= 1;
