@@ -375,3 +375,84 @@ async fn reload_without_a_routes_file_says_how_to_configure_one() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn each_dispatch_mentions_whom_its_own_alerts_name() {
+    let (app, _) = app_with_routes(CRITICAL_TO_OPS).await;
+    let mut critical = alert("firing", "c1", "host-1");
+    critical["labels"]["owner"] = json!("alice");
+    let mut minor = warning("w1", "host-2");
+    minor["labels"]["owner"] = json!("bob");
+    let body = notification("firing", vec![critical, minor]);
+    let (status, _, answer) = post(&app, "db-robot", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let at = |robot: &str| {
+        let sent: Vec<Value> = app
+            .sim
+            .state
+            .messages()
+            .into_iter()
+            .filter(|m| m.target == robot)
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(sent.len(), 1, "{robot}: {sent:?}");
+        let text = sent[0]["markdown"]["text"].as_str().unwrap().to_owned();
+        (sent[0]["at"]["atMobiles"].clone(), text)
+    };
+    let (ops, ops_text) = at("ops-robot");
+    assert_eq!(ops, json!(["13800000001"]), "alice's telephone only");
+    assert!(ops_text.ends_with("@13800000001"), "{ops_text}");
+    let (db, db_text) = at("db-robot");
+    assert_eq!(db, json!(["13800000002"]), "bob's telephone only");
+    assert!(
+        db_text.ends_with("@13800000002") && !db_text.contains("@13800000001"),
+        "{db_text}"
+    );
+}
+
+#[tokio::test]
+async fn grafana_alerts_are_routed_by_label_too() {
+    let (app, _) = app_with_routes(CRITICAL_TO_OPS).await;
+    let mut body = notification(
+        "firing",
+        vec![alert("firing", "c1", "host-1"), warning("w1", "host-2")],
+    );
+    body["version"] = json!("1");
+    body["orgId"] = json!(1);
+    body["title"] = json!("[FIRING:2] HighCPU");
+    let res = app
+        .client
+        .post(format!("{}/api/v1/grafana/db-robot", app.address))
+        .basic_auth(APP, Some(APP_SECRET))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer): (u16, Value) = (res.status().as_u16(), res.json().await.unwrap());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["dispatches"].as_array().unwrap().len(),
+        2,
+        "{answer}"
+    );
+    let ops = texts_to(&app, "ops-robot");
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(
+        ops[0].contains("host-1") && !ops[0].contains("host-2"),
+        "{}",
+        ops[0]
+    );
+    // Grafana's title counted both alerts: each dispatch is titled over its own.
+    assert!(
+        ops[0].starts_with("### \\[FIRING:1\\] HighCPU"),
+        "{}",
+        ops[0]
+    );
+    let db = texts_to(&app, "db-robot");
+    assert_eq!(db.len(), 1, "{db:?}");
+    assert!(
+        db[0].contains("host-2") && !db[0].contains("host-1"),
+        "{}",
+        db[0]
+    );
+}

@@ -662,3 +662,78 @@ async fn a_bearer_token_never_reaches_the_log() {
     }
     assert!(log.contains("webhook request refused"), "{log}");
 }
+
+#[tokio::test]
+async fn a_mixed_notification_lists_the_firing_then_the_resolved() {
+    let app = TestApp::spawn().await;
+    let body = notification(
+        "firing",
+        vec![
+            alert("resolved", "r1", "host-9"),
+            alert("firing", "a1", "host-1"),
+            alert("firing", "a2", "host-2"),
+        ],
+    );
+    let (status, _, answer) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let texts = markdown_texts(&app);
+    let text = &texts[0].1;
+    assert!(text.contains("FIRING:2"), "{text}");
+    let (firing, resolved) = (
+        text.find("**Firing** (2)").expect(text),
+        text.find("**Resolved** (1)").expect(text),
+    );
+    assert!(firing < resolved, "{text}");
+    let host9 = text.find("host-9").unwrap();
+    assert!(
+        host9 > resolved,
+        "the resolved alert is in its section: {text}"
+    );
+    assert!(text.contains("resolved after 1h 4m"), "{text}");
+}
+
+#[tokio::test]
+async fn a_300_alert_group_arrives_whole_in_numbered_parts_within_the_limit() {
+    let app = TestApp::spawn().await;
+    let alerts: Vec<Value> = (0..300)
+        .map(|i| alert("firing", &format!("fp{i:03}"), &format!("host-{i:03}")))
+        .collect();
+    let body = notification("firing", alerts);
+    let (status, _, answer) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    for _ in 0..30 {
+        app.clock.advance_ms(3_000);
+        app.drain().await;
+    }
+    let parts: Vec<Value> = app
+        .sim
+        .state
+        .messages()
+        .into_iter()
+        .filter(|m| m.api == "robot_send")
+        .map(|m| m.body)
+        .collect();
+    assert!(parts.len() >= 2, "{} parts", parts.len());
+    let mut whole = String::new();
+    for (k, part) in parts.iter().enumerate() {
+        assert!(
+            part.to_string().len() <= 20_000,
+            "part {k} is {} bytes",
+            part.to_string().len()
+        );
+        let title = part["markdown"]["title"].as_str().unwrap();
+        assert!(
+            title.starts_with(&format!("({}/{})", k + 1, parts.len())),
+            "{title}"
+        );
+        whole.push_str(part["markdown"]["text"].as_str().unwrap());
+    }
+    for i in 0..300 {
+        assert_eq!(
+            whole.matches(&format!("instance=host-{i:03}")).count(),
+            1,
+            "host-{i:03} once across the parts"
+        );
+    }
+    assert!(whole.contains("**Firing** (300)"), "{whole}");
+}

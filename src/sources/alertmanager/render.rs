@@ -52,13 +52,30 @@ pub(in crate::sources) fn layout(
         .filter(|a| a.status == Status::Resolved)
         .collect();
     let mut out = format!("### {}\n\n", inline(title));
+    // The title names the group labels; labels all the alerts share are shown once, above
+    // them (a lone alert shows all its own); each alert shows the rest.
+    let shown = |k: &str| k != "alertname" && k != "severity" && !n.group_labels.contains_key(k);
+    let shared: Labels = if n.alerts.len() > 1 {
+        n.common_labels
+            .iter()
+            .filter(|(k, _)| shown(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    } else {
+        Labels::new()
+    };
+    if !shared.is_empty() {
+        out.push_str(&format!("labels of all: {}\n\n", labels(&shared)));
+    }
+    let mut hidden = shared;
+    hidden.extend(n.group_labels.clone());
     for (name, alerts) in [("Firing", &firing), ("Resolved", &resolved)] {
         if alerts.is_empty() {
             continue;
         }
         out.push_str(&format!("**{name}** ({})\n\n", alerts.len()));
         for a in alerts.iter() {
-            out.push_str(&item(a, &n.common_labels, utc_offset_min, &extras(a)));
+            out.push_str(&item(a, &hidden, utc_offset_min, &extras(a)));
         }
     }
     if n.truncated_alerts > 0 {
@@ -100,7 +117,16 @@ pub(in crate::sources) fn title(n: &Notification) -> String {
     }
 }
 
-fn item(a: &Alert, common: &Labels, utc_offset_min: i32, extras: &Extras) -> String {
+/// `k=v, k=v`, escaped.
+fn labels(l: &Labels) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{}={}", inline(k), inline(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `hidden`: the labels shown elsewhere (the title's, and those all the alerts share).
+fn item(a: &Alert, hidden: &Labels, utc_offset_min: i32, extras: &Extras) -> String {
     let mut head = String::from("- ");
     if let Some(sev) = a.labels.get("severity") {
         head.push_str(&format!("**{}** ", inline(sev)));
@@ -119,16 +145,16 @@ fn item(a: &Alert, common: &Labels, utc_offset_min: i32, extras: &Extras) -> Str
         lines.push(from_text(description));
     }
     lines.extend(extras.values.clone());
-    let own: Vec<String> = a
+    let own: Labels = a
         .labels
         .iter()
         .filter(|(k, v)| {
-            k.as_str() != "alertname" && k.as_str() != "severity" && common.get(*k) != Some(v)
+            k.as_str() != "alertname" && k.as_str() != "severity" && hidden.get(*k) != Some(v)
         })
-        .map(|(k, v)| format!("{}={}", inline(k), inline(v)))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if !own.is_empty() {
-        lines.push(format!("labels: {}", own.join(", ")));
+        lines.push(format!("labels: {}", labels(&own)));
     }
     let since = time::local(a.starts_at, utc_offset_min);
     lines.push(match (a.status, a.ends_at) {

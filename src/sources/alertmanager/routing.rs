@@ -10,6 +10,7 @@
 use super::payload::{Alert, Labels, Notification, Status};
 use crate::domain::username::Username;
 use crate::sources::esb::args::MAX_RECEIVERS;
+use crate::sources::grafana::payload::GrafanaNotification;
 use actix_web::http::StatusCode;
 use regex::Regex;
 use serde::Deserialize;
@@ -536,15 +537,29 @@ fn subset(n: &Notification, indices: &[usize]) -> Notification {
         }
         out
     };
+    let status = if alerts.iter().any(|a| a.status == Status::Firing) {
+        Status::Firing
+    } else {
+        Status::Resolved
+    };
+    // Grafana's title and message were written for all the alerts: the layout's own title
+    // (counted over this subset) takes their place.
+    let grafana = n.grafana.clone().map(|g| GrafanaNotification {
+        title: String::new(),
+        message: String::new(),
+        state: match status {
+            Status::Firing => "alerting",
+            Status::Resolved => "ok",
+        }
+        .into(),
+        ..g
+    });
     Notification {
-        status: if alerts.iter().any(|a| a.status == Status::Firing) {
-            Status::Firing
-        } else {
-            Status::Resolved
-        },
+        status,
         common_labels: common(|a| &a.labels),
         common_annotations: common(|a| &a.annotations),
         alerts,
+        grafana,
         ..n.clone()
     }
 }
