@@ -147,7 +147,7 @@ impl Application {
         let alertmanager = web::Data::new(Alertmanager {
             db: db.clone(),
             clock: outbox.clock.clone(),
-            utc_offset_min: settings.outbox.utc_offset_min,
+            zone: settings.outbox.zone.clone(),
         });
         let upstream = match &settings.upstream {
             Some(up) => Some(web::Data::new(

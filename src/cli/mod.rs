@@ -156,15 +156,7 @@ pub(super) fn no_channel(name: &str) -> String {
 }
 
 pub(super) fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::clock::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{}Z", crate::clock::Zone::utc().format(ms))
 }
 
 pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {

@@ -5,6 +5,7 @@
 use super::markdown;
 use super::render::{titled_text, to_dingtalk};
 use super::split::{split_markdown, split_text};
+use crate::clock::Zone;
 use crate::dingtalk::client::WEBHOOK_MAX_BODY;
 use crate::dingtalk::{At, Message};
 use crate::domain::message::{self as send, MsgKey};
@@ -32,7 +33,7 @@ pub fn single(m: &send::Message) -> (Message, At) {
 
 /// Several waiting messages in one markdown: "12 alerts — 09:41–09:43", then each one's title,
 /// time and content, oldest first; mentions of all of them.
-pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
+pub fn digest(items: &[Item<'_>], zone: &Zone) -> (Message, At) {
     let (first, last) = (
         items[0].accepted_at_ms,
         items[items.len() - 1].accepted_at_ms,
@@ -40,13 +41,13 @@ pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
     let title = format!(
         "{} alerts — {}–{}",
         items.len(),
-        hh_mm(first, utc_offset_min, false),
-        hh_mm(last, utc_offset_min, false)
+        zone.hh_mm(first, false),
+        zone.hh_mm(last, false)
     );
     let mut text = format!("#### {title}\n");
     let mut at = At::default();
     for item in items {
-        text.push_str(&render_item(item, utc_offset_min));
+        text.push_str(&render_item(item, zone));
         for mobile in &item.message.at_mobiles {
             if !at.mobiles.contains(mobile) {
                 at.mobiles.push(mobile.clone());
@@ -59,8 +60,8 @@ pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
 
 /// Roughly what `item` adds to a digest's body (JSON-escaped), to size digests without
 /// building each candidate.
-pub fn item_len(item: &Item<'_>, utc_offset_min: i32) -> usize {
-    serde_json::to_string(&render_item(item, utc_offset_min)).map_or(usize::MAX, |s| s.len())
+pub fn item_len(item: &Item<'_>, zone: &Zone) -> usize {
+    serde_json::to_string(&render_item(item, zone)).map_or(usize::MAX, |s| s.len())
         + item
             .message
             .at_mobiles
@@ -69,9 +70,9 @@ pub fn item_len(item: &Item<'_>, utc_offset_min: i32) -> usize {
             .sum::<usize>()
 }
 
-fn render_item(item: &Item<'_>, utc_offset_min: i32) -> String {
+fn render_item(item: &Item<'_>, zone: &Zone) -> String {
     let m = item.message;
-    let when = hh_mm(item.accepted_at_ms, utc_offset_min, true);
+    let when = zone.hh_mm(item.accepted_at_ms, true);
     let mut text = String::from("\n---\n\n");
     match &m.title {
         Some(t) => text.push_str(&format!("**{}** · {when}\n\n", markdown::inline(t))),
@@ -156,16 +157,6 @@ fn parts_within(
     }
 }
 
-/// `HH:MM` (or `HH:MM:SS`) of a Unix-ms time at a fixed UTC offset.
-fn hh_mm(ms: i64, offset_min: i32, seconds: bool) -> String {
-    let s = (ms / 1000 + i64::from(offset_min) * 60).rem_euclid(86_400);
-    if seconds {
-        format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
-    } else {
-        format!("{:02}:{:02}", s / 3600, s % 3600 / 60)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +192,7 @@ mod tests {
                     accepted_at_ms: t0 + 125_000,
                 },
             ],
-            480,
+            &Zone::parse("+08:00").unwrap(),
         );
         let Message::Markdown { title, text } = m else {
             panic!()
@@ -225,7 +216,7 @@ mod tests {
             message: &alert,
             accepted_at_ms: 0,
         };
-        let (m, at) = digest(&[item], 0);
+        let (m, at) = digest(&[item], &Zone::utc());
         let Message::Markdown { text, .. } = &m else {
             panic!()
         };
@@ -240,7 +231,7 @@ mod tests {
             message: &lines,
             accepted_at_ms: 0,
         };
-        let (m, at2) = digest(&[item], 0);
+        let (m, at2) = digest(&[item], &Zone::utc());
         let empty = msg(MsgKey::Text, None, "");
         let framing = body_len(
             &digest(
@@ -248,7 +239,7 @@ mod tests {
                     message: &empty,
                     accepted_at_ms: 0,
                 }],
-                0,
+                &Zone::utc(),
             )
             .0,
             &at,
@@ -258,7 +249,7 @@ mod tests {
                 message: &lines,
                 accepted_at_ms: 0,
             },
-            0,
+            &Zone::utc(),
         );
         assert!(
             estimate + framing >= body_len(&m, &at2),

@@ -7,7 +7,7 @@ pub mod pacing;
 pub mod plan;
 
 use super::{group_by, Gate, Sender, Tasks, Until, Verdict, Verdicts, Work};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Zone};
 use crate::db::models::DeliveryRow;
 use crate::db::Db;
 use crate::dingtalk::{DingTalk, Robot};
@@ -29,18 +29,18 @@ pub struct RobotSender {
     db: Db,
     client: Arc<DingTalk>,
     clock: SharedClock,
-    /// Times in digests are shown at this offset from UTC.
-    utc_offset_min: i32,
+    /// Where the times in digests are shown.
+    zone: Zone,
     waits: Waits,
 }
 
 impl RobotSender {
-    pub fn new(db: Db, client: Arc<DingTalk>, clock: SharedClock, utc_offset_min: i32) -> Self {
+    pub fn new(db: Db, client: Arc<DingTalk>, clock: SharedClock, zone: Zone) -> Self {
         Self {
             db,
             client,
             clock,
-            utc_offset_min,
+            zone,
             waits: Waits::default(),
         }
     }
@@ -96,7 +96,7 @@ impl RobotSender {
             }
         }
         rows.sort_by_key(|r| (r.created_at, r.id));
-        let sends = plan::plan(&rows, &messages, self.utc_offset_min, free.granted as usize);
+        let sends = plan::plan(&rows, &messages, &self.zone, free.granted as usize);
 
         let (n, now, robot_name) = (sends.len() as u32, self.clock.now_ms(), name.clone());
         let slots = match self

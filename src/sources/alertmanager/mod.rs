@@ -7,7 +7,7 @@ pub mod render;
 pub mod routes;
 pub mod time;
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Zone};
 use crate::core::Receipt;
 use crate::db::Db;
 use crate::domain::message::{Message, MsgKey};
@@ -23,12 +23,12 @@ pub struct Alertmanager {
     pub db: Db,
     pub clock: SharedClock,
     /// Where the message's times are shown (`DING_CHANNEL_UTC_OFFSET`).
-    pub utc_offset_min: i32,
+    pub zone: Zone,
 }
 
 /// A notification, the receivers named in the path, and the answer Alertmanager reads.
 pub struct Webhook {
-    pub utc_offset_min: i32,
+    pub zone: Zone,
     /// When the notification arrived (Unix milliseconds): the dedup key's time slot.
     pub now_ms: i64,
 }
@@ -42,7 +42,7 @@ impl super::Source for Webhook {
         &self,
         (route, notification, receivers): Self::Input<'_>,
     ) -> Result<SendRequest, Self::Error> {
-        let (title, content) = render::render(notification, self.utc_offset_min);
+        let (title, content) = render::render(notification, &self.zone);
         Ok(SendRequest {
             route,
             receivers: Receivers::Usernames(receivers.to_vec()),

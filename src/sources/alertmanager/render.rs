@@ -3,11 +3,11 @@
 //! annotation value is escaped: they are free text written by whoever wrote the rule.
 
 use super::payload::{Alert, Labels, Notification, Status};
-use super::time;
+use crate::clock::Zone;
 use crate::senders::markdown::{from_text, inline};
 
 /// The title and the markdown content.
-pub fn render(n: &Notification, utc_offset_min: i32) -> (String, String) {
+pub fn render(n: &Notification, zone: &Zone) -> (String, String) {
     let firing: Vec<&Alert> = n
         .alerts
         .iter()
@@ -26,7 +26,7 @@ pub fn render(n: &Notification, utc_offset_min: i32) -> (String, String) {
         }
         out.push_str(&format!("**{name}** ({})\n\n", alerts.len()));
         for a in alerts.iter() {
-            out.push_str(&item(a, &n.common_labels, utc_offset_min));
+            out.push_str(&item(a, &n.common_labels, zone));
         }
     }
     if n.truncated_alerts > 0 {
@@ -67,7 +67,7 @@ fn title(n: &Notification, firing: usize, resolved: usize) -> String {
     }
 }
 
-fn item(a: &Alert, common: &Labels, utc_offset_min: i32) -> String {
+fn item(a: &Alert, common: &Labels, zone: &Zone) -> String {
     let mut head = String::from("- ");
     if let Some(sev) = a.labels.get("severity") {
         head.push_str(&format!("**{}** ", inline(sev)));
@@ -96,11 +96,11 @@ fn item(a: &Alert, common: &Labels, utc_offset_min: i32) -> String {
     if !own.is_empty() {
         lines.push(format!("labels: {}", own.join(", ")));
     }
-    let since = time::local(a.starts_at, utc_offset_min);
+    let since = zone.format(a.starts_at);
     lines.push(match (a.status, a.ends_at) {
         (Status::Resolved, Some(end)) => format!(
             "started {since}, resolved after {}",
-            time::duration(end - a.starts_at)
+            crate::clock::duration(end - a.starts_at)
         ),
         _ => format!("started {since}"),
     });

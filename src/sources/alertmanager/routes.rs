@@ -120,7 +120,7 @@ async fn serve(
         .ok_or_else(|| Problem::Unavailable(format!("channel {} does not send", channel.name)))?;
     route.wait = route.wait.min(FIRST_ATTEMPT_WAIT);
     let source = Webhook {
-        utc_offset_min: am.utc_offset_min,
+        zone: am.zone.clone(),
         now_ms: now,
     };
     let request = source
