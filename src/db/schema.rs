@@ -131,6 +131,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    templates (name) {
+        name -> Text,
+        title -> Text,
+        body -> Text,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(deliveries -> messages (message_id));
 diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -144,4 +153,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     robot_state,
     robot_sends,
     directory_syncs,
+    templates,
 );
