@@ -142,6 +142,7 @@ impl Application {
             max_body: settings.server.max_body,
             clock: outbox.clock.clone(),
             gateway: settings.gateway.clone(),
+            zone: settings.outbox.zone.clone(),
         });
         let max_body = settings.server.max_body;
         let alertmanager = web::Data::new(Alertmanager {

@@ -10,12 +10,14 @@ mod deliveries;
 mod send;
 mod serve;
 mod simulator;
+mod templates;
 mod users;
 
 pub use apps::AppsCmd;
 pub use channels::ChannelsCmd;
 pub use deliveries::DeliveriesCmd;
 pub use send::SendArgs;
+pub use templates::TemplatesCmd;
 pub use users::UsersCmd;
 
 use crate::config::Settings;
@@ -59,6 +61,9 @@ pub enum Command {
     /// The delivery log.
     #[command(subcommand)]
     Deliveries(DeliveriesCmd),
+    /// Templates of alerts and messages (`?template=NAME`, comp_conf `template`).
+    #[command(subcommand)]
+    Templates(TemplatesCmd),
     /// Run the DingTalk simulator alone (for demos, tests and benchmarks).
     Simulator {
         #[arg(long, default_value_t = 18080)]
@@ -97,6 +102,7 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Users(cmd) => users::run(cmd, &settings),
         Command::Send(args) => send::run(*args, settings),
         Command::Deliveries(cmd) => deliveries::run(cmd, settings),
+        Command::Templates(cmd) => templates::run(cmd, &settings),
         Command::Simulator {
             port,
             config,

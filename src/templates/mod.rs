@@ -8,6 +8,7 @@
 //! A template file is what ops people write: its first line is the title, the rest the body.
 
 pub mod helpers;
+pub mod message;
 pub mod sample;
 pub mod store;
 

@@ -3,7 +3,7 @@
 //! at the next alert; and it is removed only when no channel names it.
 
 use super::{sample, Template, TemplateError};
-use crate::channels::registry;
+use crate::channels::registry::{self, Channel};
 use crate::clock::Zone;
 use crate::db::models::TemplateRow;
 use crate::db::schema::templates;
@@ -57,6 +57,21 @@ pub fn get(conn: &mut DbConn, name: &str) -> Result<Option<Template>, DbError> {
         .get_result(conn)
         .optional()?
         .map(from_row))
+}
+
+/// The templates the channels' comp_conf names (those stored), for one request's read.
+pub fn named_by(conn: &mut DbConn, channels: &[Channel]) -> Result<Vec<Template>, DbError> {
+    let names: Vec<&str> = channels.iter().filter_map(|c| c.conf(CONF_KEY)).collect();
+    if names.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(templates::table
+        .filter(templates::name.eq_any(names))
+        .select(TemplateRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(from_row)
+        .collect())
 }
 
 /// Every template with when it was last set (Unix milliseconds), by name.

@@ -5,6 +5,7 @@
 pub mod payload;
 pub mod render;
 pub mod routes;
+pub mod templated;
 pub mod time;
 
 use crate::clock::{SharedClock, Zone};
@@ -13,6 +14,7 @@ use crate::db::Db;
 use crate::domain::message::{Message, MsgKey};
 use crate::domain::request::{Receivers, Route, SendRequest};
 use crate::domain::username::Username;
+use crate::templates::Template;
 use actix_web::http::StatusCode;
 use payload::{Notification, Refusal};
 use serde_json::{json, Value};
@@ -31,6 +33,8 @@ pub struct Webhook {
     pub zone: Zone,
     /// When the notification arrived (Unix milliseconds): the dedup key's time slot.
     pub now_ms: i64,
+    /// The template the URL names (`?template=NAME`), and the payload as posted, its context.
+    pub template: Option<(Template, Value)>,
 }
 
 impl super::Source for Webhook {
@@ -42,7 +46,13 @@ impl super::Source for Webhook {
         &self,
         (route, notification, receivers): Self::Input<'_>,
     ) -> Result<SendRequest, Self::Error> {
-        let (title, content) = render::render(notification, &self.zone);
+        let template = self.template.as_ref();
+        let (title, content) = templated::render(
+            template.map(|(t, _)| t),
+            template.map_or(&Value::Null, |(_, raw)| raw),
+            notification,
+            &self.zone,
+        );
         Ok(SendRequest {
             route,
             receivers: Receivers::Usernames(receivers.to_vec()),

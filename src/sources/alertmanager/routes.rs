@@ -18,6 +18,7 @@ use crate::sources::esb::args::MAX_RECEIVERS;
 use crate::sources::esb::auth::Credentials;
 use crate::sources::esb::error::EsbError;
 use crate::sources::Source;
+use crate::templates;
 use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -83,6 +84,7 @@ async fn serve(
     let creds = basic(req)?;
     let receivers = receivers(req.match_info().query("receivers")).map_err(Problem::Invalid)?;
     let notification = payload::parse(body).map_err(Problem::Invalid)?;
+    let template_name = template_name(req.query_string()).map_err(Problem::Invalid)?;
     let names: Vec<String> = receivers.iter().map(ToString::to_string).collect();
     let now = am.clock.now_ms();
     let read = am
@@ -93,14 +95,23 @@ async fn serve(
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
                 let directory = Directory::read(conn, names, &[], &settings, now)?;
-                Ok::<_, EsbError>((channels, settings, directory))
+                let template = match &template_name {
+                    Some(name) => Some(templates::store::get(conn, name)?.ok_or_else(|| {
+                        EsbError::bad("template", templates_unknown(name))
+                    })?),
+                    None => None,
+                };
+                Ok::<_, EsbError>((channels, settings, directory, template))
             })
             .map(|read| (read, creds))
         })
         .await;
-    let ((channels, settings, directory), creds) = match read {
+    let ((channels, settings, directory, template), creds) = match read {
         Ok(read) => read,
         Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
+        Err(EsbError::BadArgument { field, problem }) => {
+            return Err(Problem::Invalid(Refusal { field, problem }))
+        }
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
     let channel = channels
@@ -122,6 +133,8 @@ async fn serve(
     let source = Webhook {
         zone: am.zone.clone(),
         now_ms: now,
+        // The payload parsed above is valid JSON: the template sees it as posted.
+        template: template.map(|t| (t, serde_json::from_slice(body).unwrap_or_default())),
     };
     let request = source
         .request((route, &notification, &receivers))
@@ -198,4 +211,23 @@ fn receivers(raw: &str) -> Result<Vec<Username>, Refusal> {
         )));
     }
     Ok(out)
+}
+
+/// `?template=NAME`: the stored template the notification is rendered in.
+fn template_name(query: &str) -> Result<Option<String>, Refusal> {
+    let refuse = |problem: String| Refusal {
+        field: "template".into(),
+        problem,
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| refuse(format!("the query string cannot be decoded ({e})")))?;
+    let Some((_, name)) = pairs.into_iter().find(|(k, _)| k == "template") else {
+        return Ok(None);
+    };
+    templates::check_name(&name).map_err(refuse)?;
+    Ok(Some(name))
+}
+
+fn templates_unknown(name: &str) -> String {
+    format!("no template named '{name}'; store it with `ding-channel templates set {name} --file FILE`")
 }
