@@ -170,9 +170,18 @@ mod tests {
 
     #[test]
     fn fixed_offsets() {
-        assert_eq!(Zone::parse("+08:00").unwrap().format(T), "2026-12-01 18:00:00");
-        assert_eq!(Zone::parse("-10:00").unwrap().format(T), "2026-12-01 00:00:00");
-        assert_eq!(Zone::parse("-11:00").unwrap().format(T), "2026-11-30 23:00:00");
+        assert_eq!(
+            Zone::parse("+08:00").unwrap().format(T),
+            "2026-12-01 18:00:00"
+        );
+        assert_eq!(
+            Zone::parse("-10:00").unwrap().format(T),
+            "2026-12-01 00:00:00"
+        );
+        assert_eq!(
+            Zone::parse("-11:00").unwrap().format(T),
+            "2026-11-30 23:00:00"
+        );
         assert_eq!(Zone::parse("+05:30").unwrap().hh_mm(T, true), "15:30:00");
         assert_eq!(Zone::parse("Z").unwrap(), Zone::utc());
         assert_eq!(Zone::utc().format(0), "1970-01-01 00:00:00");
@@ -203,7 +212,15 @@ mod tests {
 
     #[test]
     fn bad_zones_are_refused_with_an_example() {
-        for bad in ["Mars/Olympus", "+8", "+08:60", "+15:00", "08:00", "", "+08:00x"] {
+        for bad in [
+            "Mars/Olympus",
+            "+8",
+            "+08:60",
+            "+15:00",
+            "08:00",
+            "",
+            "+08:00x",
+        ] {
             let e = Zone::parse(bad).unwrap_err();
             assert!(e.contains("+08:00"), "{bad}: {e}");
         }

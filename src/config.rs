@@ -381,7 +381,9 @@ impl Settings {
         let max_queue = parse("DING_CHANNEL_MAX_QUEUE", "500000", &|v| {
             int_in(v, 1, 100_000_000)
         })?;
-        let zone = parse("DING_CHANNEL_UTC_OFFSET", "+08:00", &|v| Zone::parse(v).map(drop))?;
+        let zone = parse("DING_CHANNEL_UTC_OFFSET", "+08:00", &|v| {
+            Zone::parse(v).map(drop)
+        })?;
         let app_qps = parse("DING_CHANNEL_APP_QPS", "40", &|v| int_in(v, 1, 10_000))?;
         let app_qpm = parse("DING_CHANNEL_APP_QPM", "1500", &|v| int_in(v, 1, 600_000))?;
         let retry_base_ms = parse("DING_CHANNEL_RETRY_BASE_MS", "2000", &|v| {

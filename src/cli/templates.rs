@@ -26,9 +26,13 @@ pub enum TemplatesCmd {
     },
     List,
     /// Print a stored template as a file `set` reads.
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Remove a template no channel names.
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
     /// Render a template file against a payload (Alertmanager v4 or Grafana v1 JSON, or a
     /// send_msg-style JSON) and print the title, the body, its size and the robot messages
     /// it takes.
@@ -75,8 +79,8 @@ pub(super) fn no_template(name: &str) -> String {
 }
 
 fn read(name: &str, file: &Path) -> anyhow::Result<Template> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     Template::from_file(name, &text).with_context(|| format!("{} refused", file.display()))
 }
 
@@ -93,8 +97,7 @@ fn preview(file: &Path, payload_file: &Path, settings: &Settings) -> anyhow::Res
         // Alertmanager's payload is checked as the receiver checks it; Grafana's (version
         // "1") is its superset and is taken as it is.
         if obj.get("version").and_then(Value::as_str) != Some("1") {
-            payload::parse(&raw)
-                .map_err(|r| anyhow::anyhow!("{}: {r}", payload_file.display()))?;
+            payload::parse(&raw).map_err(|r| anyhow::anyhow!("{}: {r}", payload_file.display()))?;
         }
         json.clone()
     } else {

@@ -98,7 +98,11 @@ mod tests {
             "2026-12-01 18:00:00|2026-12-01 18:00:00||2026-12-01 18:00:00|"
         );
         let e = render("{{ 'yesterday' | time }}", json!({})).unwrap_err();
-        assert!(e.to_string().contains("'yesterday' is not an RFC 3339 time"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("'yesterday' is not an RFC 3339 time"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -106,7 +110,11 @@ mod tests {
         let ctx = json!({"s": "2026-12-01T10:00:00Z", "e": "2026-12-01T10:05:03Z",
                          "zero": "0001-01-01T00:00:00Z"});
         assert_eq!(
-            render("{{ duration(s, e) }}|{{ duration(s, zero) }}|{{ duration(0, 3900000) }}", ctx).unwrap(),
+            render(
+                "{{ duration(s, e) }}|{{ duration(s, zero) }}|{{ duration(0, 3900000) }}",
+                ctx
+            )
+            .unwrap(),
             "5m 3s||1h 5m"
         );
     }
@@ -139,7 +147,11 @@ mod tests {
     fn join_is_minijinjas_own() {
         let ctx = json!({"alerts": [{"labels": {"instance": "a"}}, {"labels": {"instance": "b"}}]});
         assert_eq!(
-            render("{{ alerts | map(attribute='labels.instance') | join(', ') }}", ctx).unwrap(),
+            render(
+                "{{ alerts | map(attribute='labels.instance') | join(', ') }}",
+                ctx
+            )
+            .unwrap(),
             "a, b"
         );
     }

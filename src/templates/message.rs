@@ -35,7 +35,10 @@ pub fn context(
         "receivers",
         Value::Array(receivers.into_iter().map(Value::String).collect()),
     );
-    set("sender", sender.map_or(Value::Null, |s| Value::String(s.to_owned())));
+    set(
+        "sender",
+        sender.map_or(Value::Null, |s| Value::String(s.to_owned())),
+    );
     set("url", m.url.clone().map_or(Value::Null, Value::String));
     set("now", Value::from(now_ms));
     Value::Object(ctx)
@@ -44,7 +47,10 @@ pub fn context(
 /// App secrets, tokens and passwords a caller may pass as arguments never reach a template.
 fn is_credential(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k.starts_with("bk_") || ["secret", "token", "password", "jwt"].iter().any(|w| k.contains(w))
+    k.starts_with("bk_")
+        || ["secret", "token", "password", "jwt"]
+            .iter()
+            .any(|w| k.contains(w))
 }
 
 /// Renders `m` with `t`: a markdown message with the template's title and body, mentions and
@@ -99,7 +105,10 @@ mod tests {
         assert_eq!(ctx["receivers"], json!(["ops-robot"]));
         assert_eq!(ctx["now"], 5);
         let text = ctx.to_string();
-        assert!(!text.contains("s3cret") && !text.contains("tok\""), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("tok\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -174,10 +174,7 @@ impl Template {
             return Err(TemplateError {
                 part: Part::Body,
                 at: None,
-                problem: format!(
-                    "renders {} bytes, more than {MAX_BODY_BYTES}",
-                    body.len()
-                ),
+                problem: format!("renders {} bytes, more than {MAX_BODY_BYTES}", body.len()),
             });
         }
         Ok((title, body))
@@ -265,7 +262,11 @@ mod tests {
     fn syntax_errors_name_the_line_and_column_of_the_file() {
         let e = t("title\nline two\n  {{ content | upper }\n").unwrap_err();
         assert_eq!((e.part, e.at), (Part::Body, Some((3, 22))), "{e}");
-        assert!(e.to_string().starts_with("line 3, column 22 (body): syntax error"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("line 3, column 22 (body): syntax error"),
+            "{e}"
+        );
         let e = t("{% if x %}title\nbody").unwrap_err();
         assert_eq!((e.part, e.at.map(|a| a.0)), (Part::Title, Some(1)), "{e}");
         let e = t("title\n{{ x | no_such_filter }}")
@@ -279,7 +280,10 @@ mod tests {
     #[test]
     fn an_empty_title_or_body_is_refused_with_the_fix() {
         assert!(t("\nbody").unwrap_err().problem.contains("first line"));
-        assert!(t("title\n  \n").unwrap_err().problem.contains("after the title"));
+        assert!(t("title\n  \n")
+            .unwrap_err()
+            .problem
+            .contains("after the title"));
         let tpl = t("{{ missing }}\nbody").unwrap();
         let e = tpl.render(&json!({}), &Zone::utc()).unwrap_err();
         assert_eq!(e.to_string(), "title: renders empty");
@@ -287,7 +291,10 @@ mod tests {
 
     #[test]
     fn renders_are_bounded_and_never_panic() {
-        let forever = t("t\n{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}").unwrap();
+        let forever = t(
+            "t\n{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
         let e = forever.render(&json!({}), &Zone::utc()).unwrap_err();
         assert!(e.problem.contains("fuel"), "{e}");
         let big = t("t\n{{ 'x' * 200000 }}").unwrap();
@@ -304,7 +311,10 @@ mod tests {
     fn names_are_url_and_conf_safe() {
         assert!(check_name("ops-alerts_v2.1").is_ok());
         for bad in ["", "a b", "a/b", "x?y", &"n".repeat(65)] {
-            assert!(check_name(bad).unwrap_err().contains("e.g. ops-alerts"), "{bad}");
+            assert!(
+                check_name(bad).unwrap_err().contains("e.g. ops-alerts"),
+                "{bad}"
+            );
         }
     }
 }

@@ -1,7 +1,6 @@
 //! What a template is test-rendered against when it is stored: one Alertmanager notification
 //! (a firing and a resolved alert) and one `send_msg` message with the seed relay's extra
-//! parameters. A template must render against both, as it may be named by a webhook URL or
-//! by a channel.
+//! parameters. A template must render against one of them.
 
 use serde_json::{json, Value};
 

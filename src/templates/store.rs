@@ -15,8 +15,13 @@ pub const CONF_KEY: &str = "template";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] TemplateError),
+    #[error("it renders against neither built-in sample: the notification's {alerts}; the message's {message}")]
+    Unrenderable {
+        alerts: TemplateError,
+        message: TemplateError,
+    },
     #[error("template '{name}' is used by channel {channel}; unset it first with `ding-channel channels conf {channel} template=`")]
     InUse { name: String, channel: String },
     #[error(transparent)]
@@ -29,11 +34,14 @@ impl From<diesel::result::Error> for StoreError {
     }
 }
 
-/// Stores `t` (replacing a template of that name) once it renders against both samples.
+/// Stores `t` (replacing a template of that name) once it renders against one of the samples
+/// (an alert template has no `content`, a message template no `alerts`).
 pub fn set(conn: &mut DbConn, t: &Template) -> Result<(), StoreError> {
     t.compile()?;
-    for ctx in [sample::notification(), sample::message()] {
-        t.render(&ctx, &Zone::utc())?;
+    let alerts = t.render(&sample::notification(), &Zone::utc());
+    let message = t.render(&sample::message(), &Zone::utc());
+    if let (Err(alerts), Err(message)) = (alerts, message) {
+        return Err(StoreError::Unrenderable { alerts, message });
     }
     let row = TemplateRow {
         name: t.name.clone(),

@@ -20,6 +20,7 @@ mod registry;
 #[cfg(feature = "postgres")]
 mod scale_out;
 mod storage;
+mod templates;
 mod text_markdown;
 mod upstream;
 mod userids;

@@ -96,9 +96,10 @@ async fn serve(
                 let settings = DeliverySettings::from_registry(&channels);
                 let directory = Directory::read(conn, names, &[], &settings, now)?;
                 let template = match &template_name {
-                    Some(name) => Some(templates::store::get(conn, name)?.ok_or_else(|| {
-                        EsbError::bad("template", templates_unknown(name))
-                    })?),
+                    Some(name) => Some(
+                        templates::store::get(conn, name)?
+                            .ok_or_else(|| EsbError::bad("template", templates_unknown(name)))?,
+                    ),
                     None => None,
                 };
                 Ok::<_, EsbError>((channels, settings, directory, template))
@@ -229,5 +230,7 @@ fn template_name(query: &str) -> Result<Option<String>, Refusal> {
 }
 
 fn templates_unknown(name: &str) -> String {
-    format!("no template named '{name}'; store it with `ding-channel templates set {name} --file FILE`")
+    format!(
+        "no template named '{name}'; store it with `ding-channel templates set {name} --file FILE`"
+    )
 }

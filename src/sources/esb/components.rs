@@ -8,14 +8,14 @@ use super::Cmsi;
 use crate::channels::manifest::{Component, Manifest};
 use crate::channels::registry::Channel;
 use crate::channels::settings::DeliverySettings;
+use crate::clock::Zone;
 use crate::core::plan::Directory;
 use crate::core::receipt::{Cause, Overall};
 use crate::core::service::{Known, SendService};
 use crate::core::{Receipt, SendError};
-use crate::clock::Zone;
 use crate::domain::request::{Caller, Receivers};
-use crate::templates::{self, message, Template};
 use crate::sources::Source;
+use crate::templates::{self, message, Template};
 use serde_json::{json, Value};
 
 /// What a component knows about the request besides its arguments.
@@ -65,7 +65,9 @@ pub async fn handle(
         .ok_or_else(|| EsbError::Internal(format!("channel {} does not send", target.name)))?;
     let mut request = Cmsi.request((route, params, ctx.idempotency_header))?;
     if let Some(t) = template(&ctx, channel, &target) {
-        let msg_type = params.str("msg_type")?.unwrap_or_else(|| target.name.clone());
+        let msg_type = params
+            .str("msg_type")?
+            .unwrap_or_else(|| target.name.clone());
         let ctx_value = message::context(
             params.as_map(),
             &request.message,
@@ -92,7 +94,10 @@ fn template<'a>(ctx: &Context<'a>, called: &Channel, target: &Channel) -> Option
         .or_else(|| target.conf(templates::store::CONF_KEY))?;
     let found = ctx.templates.iter().find(|t| t.name == name);
     if found.is_none() {
-        tracing::warn!(template = name, "the channel's template is not stored; the message is sent as the caller wrote it");
+        tracing::warn!(
+            template = name,
+            "the channel's template is not stored; the message is sent as the caller wrote it"
+        );
     }
     found
 }
