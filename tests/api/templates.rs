@@ -358,3 +358,46 @@ fn set_list_show_and_preview_through_the_binary() {
         stderr(&o)
     );
 }
+
+#[tokio::test]
+async fn a_failing_template_is_one_warning_in_the_log_naming_it() {
+    let db = TestDb::new();
+    let manifest = repo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let fragile = file_with(
+        &dir,
+        "fragile.tmpl",
+        "{{ title }}\n{% if level == 'critical' %}{{ 1 + 'a' }}{% endif %}{{ content }}",
+    );
+    for args in [
+        &["channels", "sync"][..],
+        &["apps", "add", "tplapp", "--secret", "tpl-app-secret-1"],
+        &["templates", "set", "fragile", "--file", &fragile],
+        &["channels", "conf", "send_ding", "template=fragile"],
+    ] {
+        ok(&cli(&db.url, &manifest, args, &[]));
+    }
+    let server = serve(
+        &db.url,
+        "http://127.0.0.1:9",
+        &[("DING_CHANNEL_LOG", "info")],
+    );
+    let res = reqwest::Client::new()
+        .post(format!("{}/send_ding/", server.url))
+        .json(
+            &json!({"bk_app_code": "tplapp", "bk_app_secret": "tpl-app-secret-1",
+                      "receiver__username": "ops-robot", "content": "disk", "level": "critical"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let log = server.stop();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("template failed to render"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("fragile"), "{}", warnings[0]);
+    assert!(!log.contains("tpl-app-secret-1"), "{log}");
+}

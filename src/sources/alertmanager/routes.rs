@@ -95,12 +95,10 @@ async fn serve(
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
                 let directory = Directory::read(conn, names, &[], &settings, now)?;
-                let template = match &template_name {
-                    Some(name) => Some(
-                        templates::store::get(conn, name)?
-                            .ok_or_else(|| EsbError::bad("template", templates_unknown(name)))?,
-                    ),
-                    None => None,
+                // `Err(name)`: the URL names a template that is not stored.
+                let template = match template_name {
+                    Some(name) => templates::store::get(conn, &name)?.map(Some).ok_or(name),
+                    None => Ok(None),
                 };
                 Ok::<_, EsbError>((channels, settings, directory, template))
             })
@@ -110,11 +108,16 @@ async fn serve(
     let ((channels, settings, directory, template), creds) = match read {
         Ok(read) => read,
         Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
-        Err(EsbError::BadArgument { field, problem }) => {
-            return Err(Problem::Invalid(Refusal { field, problem }))
-        }
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
+    let template = template.map_err(|name| {
+        Problem::Invalid(Refusal {
+            field: "template".into(),
+            problem: format!(
+                "no template named '{name}'; store it with `ding-channel templates set {name} --file FILE`"
+            ),
+        })
+    })?;
     let channel = channels
         .iter()
         .find(|c| c.component == Component::SendDing && !c.is_hidden)
@@ -227,10 +230,4 @@ fn template_name(query: &str) -> Result<Option<String>, Refusal> {
     };
     templates::check_name(&name).map_err(refuse)?;
     Ok(Some(name))
-}
-
-fn templates_unknown(name: &str) -> String {
-    format!(
-        "no template named '{name}'; store it with `ding-channel templates set {name} --file FILE`"
-    )
 }
