@@ -260,6 +260,28 @@ fn set_list_show_and_preview_through_the_binary() {
     assert!(out.starts_with("title: [巡检异常] 每天巡检\n"), "{out}");
     assert!(out.contains("<b>每天巡检 异常</b>"), "{out}");
 
+    // Grafana's payload (version "1") is taken as posted: its extra fields reach the template.
+    let grafana = file_with(
+        &dir,
+        "grafana.json",
+        &json!({"version": "1", "status": "firing", "orgId": 1, "title": "[FIRING:1] Mem",
+                "alerts": [{"status": "firing", "labels": {"alertname": "Mem"},
+                            "startsAt": "2021-10-12T09:51:03.157076+02:00",
+                            "dashboardURL": "https://grafana.example.com/d/x",
+                            "values": {"B": 44.25}}]})
+        .to_string(),
+    );
+    let mem = file_with(
+        &dir,
+        "mem.tmpl",
+        "{{ title }}\n{% for a in alerts %}{{ a.values.B }} since {{ a.startsAt | time }} [board]({{ a.dashboardURL }}){% endfor %}",
+    );
+    let out = ok(&run(&["templates", "preview", &mem, "--payload", &grafana]));
+    assert!(
+        out.ends_with("---\n44.25 since 2021-10-12 15:51:03 [board](https://grafana.example.com/d/x)\n"),
+        "{out}"
+    );
+
     let big = file_with(
         &dir,
         "big.tmpl",
