@@ -278,7 +278,9 @@ fn set_list_show_and_preview_through_the_binary() {
     );
     let out = ok(&run(&["templates", "preview", &mem, "--payload", &grafana]));
     assert!(
-        out.ends_with("---\n44.25 since 2021-10-12 15:51:03 [board](https://grafana.example.com/d/x)\n"),
+        out.ends_with(
+            "---\n44.25 since 2021-10-12 15:51:03 [board](https://grafana.example.com/d/x)\n"
+        ),
         "{out}"
     );
 
