@@ -36,25 +36,99 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The proleptic Gregorian date `(year, month, day)` of days since 1970-01-01.
-pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
+/// Where times are shown to people (digests, the Alertmanager layout, templates): a fixed
+/// UTC offset or an IANA zone, whose offset follows its daylight-saving rules at each instant.
+/// The zone database is bundled, so a host without `/usr/share/zoneinfo` shows the same times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Zone(jiff::tz::TimeZone);
+
+/// A civil time: `(year, month, day, hour, minute, second)`.
+pub type Civil = (i16, i8, i8, i8, i8, i8);
+
+impl Zone {
+    pub fn utc() -> Self {
+        Self(jiff::tz::TimeZone::UTC)
+    }
+
+    /// `+08:00`, `-05:30`, `Z`, `UTC` or an IANA name such as `Asia/Shanghai`.
+    pub fn parse(v: &str) -> Result<Self, String> {
+        if v == "Z" || v == "UTC" {
+            return Ok(Self::utc());
+        }
+        if v.starts_with(['+', '-']) {
+            return fixed_minutes(v).map(|min| {
+                let offset = jiff::tz::Offset::from_seconds(min * 60).expect("within ±14:59");
+                Self(jiff::tz::TimeZone::fixed(offset))
+            });
+        }
+        jiff::tz::TimeZone::get(v).map(Self).map_err(|_| {
+            format!("'{v}' is neither a UTC offset nor a known time zone (use +08:00 or an IANA name such as Asia/Shanghai)")
+        })
+    }
+
+    /// The civil time at `ms` (Unix milliseconds) in this zone.
+    pub fn civil(&self, ms: i64) -> Civil {
+        let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+            jiff::Timestamp::MIN
         } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
+            jiff::Timestamp::MAX
+        });
+        let dt = self.0.to_datetime(ts);
+        (
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+        )
+    }
+
+    /// `2026-12-01 18:00:00`.
+    pub fn format(&self, ms: i64) -> String {
+        let (y, mo, d, h, mi, s) = self.civil(ms);
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    }
+
+    /// `18:00` or, with `seconds`, `18:00:00`.
+    pub fn hh_mm(&self, ms: i64, seconds: bool) -> String {
+        let (_, _, _, h, mi, s) = self.civil(ms);
+        if seconds {
+            format!("{h:02}:{mi:02}:{s:02}")
+        } else {
+            format!("{h:02}:{mi:02}")
+        }
+    }
+}
+
+/// `+08:00`, `-05:30` → minutes east of UTC.
+fn fixed_minutes(v: &str) -> Result<i32, String> {
+    let bad = || format!("'{v}' is not a UTC offset (use +HH:MM, e.g. +08:00)");
+    let (sign, rest) = match v.split_at_checked(1) {
+        Some(("+", r)) => (1, r),
+        Some(("-", r)) => (-1, r),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    match (h.parse::<i32>(), m.parse::<i32>()) {
+        (Ok(h), Ok(m)) if (0..=14).contains(&h) && (0..60).contains(&m) => Ok(sign * (h * 60 + m)),
+        _ => Err(bad()),
+    }
+}
+
+/// `1h 5m`, `3m 20s`, `45s`, `2d 3h`.
+pub fn duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
 }
 
 /// A clock that stands still until told to move.
@@ -85,4 +159,79 @@ pub type SharedClock = Arc<dyn Clock>;
 
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-01T10:00:00Z.
+    const T: i64 = 1_796_119_200_000;
+
+    #[test]
+    fn fixed_offsets() {
+        assert_eq!(
+            Zone::parse("+08:00").unwrap().format(T),
+            "2026-12-01 18:00:00"
+        );
+        assert_eq!(
+            Zone::parse("-10:00").unwrap().format(T),
+            "2026-12-01 00:00:00"
+        );
+        assert_eq!(
+            Zone::parse("-11:00").unwrap().format(T),
+            "2026-11-30 23:00:00"
+        );
+        assert_eq!(Zone::parse("+05:30").unwrap().hh_mm(T, true), "15:30:00");
+        assert_eq!(Zone::parse("Z").unwrap(), Zone::utc());
+        assert_eq!(Zone::utc().format(0), "1970-01-01 00:00:00");
+    }
+
+    #[test]
+    fn named_zones_follow_daylight_saving() {
+        let shanghai = Zone::parse("Asia/Shanghai").unwrap();
+        assert_eq!(shanghai.format(T), "2026-12-01 18:00:00");
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        // Winter: +01:00; summer (2026-07-01T10:00:00Z): +02:00.
+        assert_eq!(berlin.hh_mm(T, false), "11:00");
+        assert_eq!(berlin.hh_mm(1_782_900_000_000, false), "12:00");
+        // The spring-forward night: 00:59:59Z is 01:59:59 CET, 01:00:00Z is 03:00:00 CEST.
+        let spring = 1_774_746_000_000; // 2026-03-29T01:00:00Z
+        assert_eq!(berlin.format(spring - 1000), "2026-03-29 01:59:59");
+        assert_eq!(berlin.format(spring), "2026-03-29 03:00:00");
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration(-5), "0s");
+        assert_eq!(duration(45_000), "45s");
+        assert_eq!(duration(303_000), "5m 3s");
+        assert_eq!(duration(3_900_000), "1h 5m");
+        assert_eq!(duration(183_600_000), "2d 3h");
+    }
+
+    #[test]
+    fn bad_zones_are_refused_with_an_example() {
+        for bad in [
+            "Mars/Olympus",
+            "+8",
+            "+08:60",
+            "+15:00",
+            "08:00",
+            "",
+            "+08:00x",
+        ] {
+            let e = Zone::parse(bad).unwrap_err();
+            assert!(e.contains("+08:00"), "{bad}: {e}");
+        }
+        assert!(Zone::parse("Mars/Olympus")
+            .unwrap_err()
+            .contains("Asia/Shanghai"));
+    }
+
+    #[test]
+    fn times_out_of_range_are_clamped_not_a_panic() {
+        assert!(Zone::utc().format(i64::MAX).starts_with("9999-"));
+        assert!(Zone::utc().format(i64::MIN).starts_with("-9999-"));
+    }
 }

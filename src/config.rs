@@ -2,6 +2,7 @@
 //! once, so the rest of the program only sees valid settings; a bad value stops start-up with
 //! one line naming the key, where it came from, and what would be accepted.
 
+use crate::clock::Zone;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -141,8 +142,8 @@ pub struct OutboxSettings {
     /// Single-chat calls per second / per minute per DingTalk app key, in this process.
     pub app_qps: u32,
     pub app_qpm: u32,
-    /// Offset from UTC, in minutes, for times shown in messages (digests).
-    pub utc_offset_min: i32,
+    /// Where times shown in messages (digests, alert layouts, templates) are read.
+    pub zone: Zone,
     /// How long an idempotency key is honoured.
     pub idempotency_window: Duration,
 }
@@ -398,8 +399,8 @@ impl Settings {
         let max_queue = parse("DING_CHANNEL_MAX_QUEUE", "500000", &|v| {
             int_in(v, 1, 100_000_000)
         })?;
-        let utc_offset = parse("DING_CHANNEL_UTC_OFFSET", "+08:00", &|v| {
-            utc_offset_min(v).map(drop)
+        let zone = parse("DING_CHANNEL_UTC_OFFSET", "+08:00", &|v| {
+            Zone::parse(v).map(drop)
         })?;
         let app_qps = parse("DING_CHANNEL_APP_QPS", "40", &|v| int_in(v, 1, 10_000))?;
         let app_qpm = parse("DING_CHANNEL_APP_QPM", "1500", &|v| int_in(v, 1, 600_000))?;
@@ -489,7 +490,7 @@ impl Settings {
                 retry_cap: secs(&retry_cap),
                 app_qps: app_qps.parse().expect("validated above"),
                 app_qpm: app_qpm.parse().expect("validated above"),
-                utc_offset_min: utc_offset_min(&utc_offset).expect("validated above"),
+                zone: Zone::parse(&zone).expect("validated above"),
                 idempotency_window: secs(&idempotency),
             },
             directory: DirectorySettings {
@@ -564,24 +565,6 @@ fn read_file(path: &PathBuf) -> Result<Vec<(&'static str, String)>, ConfigError>
             Ok((*key, value))
         })
         .collect()
-}
-
-/// `+08:00`, `-05:30`, `Z` → minutes east of UTC.
-fn utc_offset_min(v: &str) -> Result<i32, String> {
-    if v == "Z" || v == "+00:00" {
-        return Ok(0);
-    }
-    let bad = || format!("'{v}' is not a UTC offset (use +HH:MM, e.g. +08:00)");
-    let (sign, rest) = match v.split_at_checked(1) {
-        Some(("+", r)) => (1, r),
-        Some(("-", r)) => (-1, r),
-        _ => return Err(bad()),
-    };
-    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
-    match (h.parse::<i32>(), m.parse::<i32>()) {
-        (Ok(h), Ok(m)) if h <= 14 && (0..60).contains(&m) && h >= 0 => Ok(sign * (h * 60 + m)),
-        _ => Err(bad()),
-    }
 }
 
 fn non_empty(v: &str, what: &str) -> Result<(), String> {
@@ -820,6 +803,24 @@ mod tests {
         assert_eq!(
             err(&short),
             "DING_CHANNEL_BKUSER_SYNC_S (environment): '5' is not a whole number from 10 to 604800"
+        );
+    }
+
+    #[test]
+    fn time_zone_is_an_offset_or_an_iana_name() {
+        let zone = |v: &str| {
+            Settings::from_env_map(env(&[("DING_CHANNEL_UTC_OFFSET", v)]))
+                .unwrap()
+                .outbox
+                .zone
+        };
+        assert_eq!(zone("+08:00"), Zone::parse("+08:00").unwrap());
+        assert_eq!(zone("Asia/Shanghai"), Zone::parse("Asia/Shanghai").unwrap());
+        assert_eq!(
+            Settings::from_env_map(env(&[("DING_CHANNEL_UTC_OFFSET", "Asia/Shanghia")]))
+                .unwrap_err()
+                .to_string(),
+            "DING_CHANNEL_UTC_OFFSET (environment): 'Asia/Shanghia' is neither a UTC offset nor a known time zone (use +08:00 or an IANA name such as Asia/Shanghai)"
         );
     }
 

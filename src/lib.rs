@@ -19,3 +19,4 @@ pub mod simulator;
 pub mod sources;
 pub mod startup;
 pub mod telemetry;
+pub mod templates;

@@ -145,12 +145,13 @@ impl Application {
             max_body: settings.server.max_body,
             clock: outbox.clock.clone(),
             gateway: settings.gateway.clone(),
+            zone: settings.outbox.zone.clone(),
         });
         let max_body = settings.server.max_body;
         let alertmanager = web::Data::new(Alertmanager {
             db: db.clone(),
             clock: outbox.clock.clone(),
-            utc_offset_min: settings.outbox.utc_offset_min,
+            zone: settings.outbox.zone.clone(),
             routes: alert_routes.clone(),
             mention_keys: settings.mentions.keys.clone(),
             timeout: settings.server.webhook_timeout,

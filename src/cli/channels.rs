@@ -5,6 +5,7 @@ use crate::channels::manifest::{self, Manifest};
 use crate::channels::registry::{self, Channel};
 use crate::config::Settings;
 use crate::secret::mask;
+use crate::templates::{check_name, store};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use std::collections::BTreeMap;
@@ -113,6 +114,12 @@ pub(super) fn run(cmd: ChannelsCmd, settings: &Settings) -> anyhow::Result<()> {
                         "'{k}' is not a comp_conf key of {name} (declared: {}); pass --force to set it anyway",
                         declared.into_iter().collect::<Vec<_>>().join(", ")
                     );
+                }
+            }
+            if let Some(t) = values.get(store::CONF_KEY).filter(|t| !t.is_empty()) {
+                check_name(t).map_err(|e| anyhow::anyhow!("{}: {e}", store::CONF_KEY))?;
+                if store::get(&mut conn, t)?.is_none() {
+                    bail!("{}: {}", store::CONF_KEY, super::templates::no_template(t));
                 }
             }
             let c = registry::set_conf(&mut conn, &name, &values)?

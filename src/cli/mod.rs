@@ -10,12 +10,14 @@ mod deliveries;
 mod send;
 mod serve;
 mod simulator;
+mod templates;
 mod users;
 
 pub use apps::AppsCmd;
 pub use channels::ChannelsCmd;
 pub use deliveries::DeliveriesCmd;
 pub use send::SendArgs;
+pub use templates::TemplatesCmd;
 pub use users::UsersCmd;
 
 use crate::config::Settings;
@@ -59,6 +61,9 @@ pub enum Command {
     /// The delivery log.
     #[command(subcommand)]
     Deliveries(DeliveriesCmd),
+    /// Templates of alerts and messages (`?template=NAME`, comp_conf `template`).
+    #[command(subcommand)]
+    Templates(TemplatesCmd),
     /// Run the DingTalk simulator alone (for demos, tests and benchmarks).
     Simulator {
         #[arg(long, default_value_t = 18080)]
@@ -97,6 +102,7 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Users(cmd) => users::run(cmd, &settings),
         Command::Send(args) => send::run(*args, settings),
         Command::Deliveries(cmd) => deliveries::run(cmd, settings),
+        Command::Templates(cmd) => templates::run(cmd, &settings),
         Command::Simulator {
             port,
             config,
@@ -156,15 +162,7 @@ pub(super) fn no_channel(name: &str) -> String {
 }
 
 pub(super) fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::clock::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{}Z", crate::clock::Zone::utc().format(ms))
 }
 
 pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {

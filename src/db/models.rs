@@ -125,3 +125,12 @@ impl DeliveryRow {
         DeliveryStatus::parse(&self.status)
     }
 }
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = templates)]
+pub struct TemplateRow {
+    pub name: String,
+    pub title: String,
+    pub body: String,
+    pub updated_at: i64,
+}

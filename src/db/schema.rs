@@ -140,6 +140,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    templates (name) {
+        name -> Text,
+        title -> Text,
+        body -> Text,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(app_tokens -> apps (app_code));
 diesel::joinable!(deliveries -> messages (message_id));
 diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
@@ -155,4 +164,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     robot_state,
     robot_sends,
     directory_syncs,
+    templates,
 );

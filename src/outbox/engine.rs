@@ -123,7 +123,7 @@ impl Outbox {
                 db.clone(),
                 client.clone(),
                 clock.clone(),
-                settings.outbox.utc_offset_min,
+                settings.outbox.zone.clone(),
             )),
             people: Arc::new(AppRobotSender::new(client, userids, budgets, clock.clone())),
             db,

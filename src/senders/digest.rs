@@ -5,6 +5,7 @@
 use super::markdown;
 use super::render::{titled_text, to_dingtalk};
 use super::split::{split_markdown, split_text};
+use crate::clock::Zone;
 use crate::dingtalk::client::WEBHOOK_MAX_BODY;
 use crate::dingtalk::{At, Message};
 use crate::domain::message::{self as send, MsgKey};
@@ -33,7 +34,7 @@ pub fn single(m: &send::Message) -> (Message, At) {
 
 /// Several waiting messages in one markdown: "12 alerts — 09:41–09:43", then each one's title,
 /// time and content, oldest first; mentions of all of them.
-pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
+pub fn digest(items: &[Item<'_>], zone: &Zone) -> (Message, At) {
     let (first, last) = (
         items[0].accepted_at_ms,
         items[items.len() - 1].accepted_at_ms,
@@ -41,13 +42,13 @@ pub fn digest(items: &[Item<'_>], utc_offset_min: i32) -> (Message, At) {
     let title = format!(
         "{} alerts — {}–{}",
         items.len(),
-        hh_mm(first, utc_offset_min, false),
-        hh_mm(last, utc_offset_min, false)
+        zone.hh_mm(first, false),
+        zone.hh_mm(last, false)
     );
     let mut text = format!("#### {title}\n");
     let mut at = At::default();
     for item in items {
-        text.push_str(&render_item(item, utc_offset_min));
+        text.push_str(&render_item(item, zone));
         unite(&mut at.mobiles, &item.message.at_mobiles);
         unite(&mut at.user_ids, &item.message.at_user_ids);
         at.all |= item.message.at_all;
@@ -65,9 +66,9 @@ fn unite(all: &mut Vec<String>, more: &[String]) {
 
 /// Roughly what `item` adds to a digest's body (JSON-escaped), to size digests without
 /// building each candidate: its text, and each mention twice (in `at` and as `@who` text).
-pub fn item_len(item: &Item<'_>, utc_offset_min: i32) -> usize {
+pub fn item_len(item: &Item<'_>, zone: &Zone) -> usize {
     let m = item.message;
-    serde_json::to_string(&render_item(item, utc_offset_min)).map_or(usize::MAX, |s| s.len())
+    serde_json::to_string(&render_item(item, zone)).map_or(usize::MAX, |s| s.len())
         + m.at_mobiles
             .iter()
             .chain(&m.at_user_ids)
@@ -75,9 +76,9 @@ pub fn item_len(item: &Item<'_>, utc_offset_min: i32) -> usize {
             .sum::<usize>()
 }
 
-fn render_item(item: &Item<'_>, utc_offset_min: i32) -> String {
+fn render_item(item: &Item<'_>, zone: &Zone) -> String {
     let m = item.message;
-    let when = hh_mm(item.accepted_at_ms, utc_offset_min, true);
+    let when = zone.hh_mm(item.accepted_at_ms, true);
     let mut text = String::from("\n---\n\n");
     match &m.title {
         Some(t) => text.push_str(&format!("**{}** · {when}\n\n", markdown::inline(t))),
@@ -165,16 +166,6 @@ fn parts_within(
     }
 }
 
-/// `HH:MM` (or `HH:MM:SS`) of a Unix-ms time at a fixed UTC offset.
-fn hh_mm(ms: i64, offset_min: i32, seconds: bool) -> String {
-    let s = (ms / 1000 + i64::from(offset_min) * 60).rem_euclid(86_400);
-    if seconds {
-        format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
-    } else {
-        format!("{:02}:{:02}", s / 3600, s % 3600 / 60)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +215,7 @@ mod tests {
             message: m,
             accepted_at_ms: 0,
         });
-        let (m, at) = digest(&items, 0);
+        let (m, at) = digest(&items, &Zone::utc());
         assert_eq!(at.mobiles, ["13800000001", "+852-91234567"]);
         assert_eq!(at.user_ids, ["manager4220"]);
         for who in ["13800000001", "+852-91234567", "manager4220"] {
@@ -269,7 +260,7 @@ mod tests {
                     accepted_at_ms: t0 + 125_000,
                 },
             ],
-            480,
+            &Zone::parse("+08:00").unwrap(),
         );
         let Message::Markdown { title, text } = m else {
             panic!()
@@ -293,7 +284,7 @@ mod tests {
             message: &alert,
             accepted_at_ms: 0,
         };
-        let (m, at) = digest(&[item], 0);
+        let (m, at) = digest(&[item], &Zone::utc());
         let Message::Markdown { text, .. } = &m else {
             panic!()
         };
@@ -308,7 +299,7 @@ mod tests {
             message: &lines,
             accepted_at_ms: 0,
         };
-        let (m, at2) = digest(&[item], 0);
+        let (m, at2) = digest(&[item], &Zone::utc());
         let empty = msg(MsgKey::Text, None, "");
         let framing = body_len(
             &digest(
@@ -316,7 +307,7 @@ mod tests {
                     message: &empty,
                     accepted_at_ms: 0,
                 }],
-                0,
+                &Zone::utc(),
             )
             .0,
             &at,
@@ -326,7 +317,7 @@ mod tests {
                 message: &lines,
                 accepted_at_ms: 0,
             },
-            0,
+            &Zone::utc(),
         );
         assert!(
             estimate + framing >= body_len(&m, &at2),

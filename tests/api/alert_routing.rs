@@ -456,3 +456,59 @@ async fn grafana_alerts_are_routed_by_label_too() {
         db[0]
     );
 }
+
+#[tokio::test]
+async fn a_routes_template_renders_its_own_alerts_and_a_missing_one_falls_back() {
+    let (app, file) = app_with_routes(
+        r#"
+[[route]]
+matchers = ['severity="critical"']
+receivers = ["ops-robot"]
+template = "short"
+
+[[route]]
+matchers = ['severity="warning"']
+receivers = ["db-robot"]
+template = "not-stored"
+"#,
+    )
+    .await;
+    let tmpl = file.with_file_name("short.tmpl");
+    std::fs::write(
+        &tmpl,
+        "{{ status }} {{ commonLabels.alertname }}\n{{ alerts | length }} alert(s): {% for a in alerts %}{{ a.labels.instance }} {% endfor %}\n",
+    )
+    .unwrap();
+    let o = app.cli(&[
+        "templates",
+        "set",
+        "short",
+        "--file",
+        tmpl.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let body = notification(
+        "firing",
+        vec![
+            alert("firing", "c1", "host-1"),
+            warning("w1", "host-2"),
+            warning("w2", "host-3"),
+        ],
+    );
+    let (status, _, answer) = post(&app, "", DEMO, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let ops = texts_to(&app, "ops-robot");
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(
+        ops[0].starts_with("1 alert(s): host-1"),
+        "narrowed: {}",
+        ops[0]
+    );
+    let db = texts_to(&app, "db-robot");
+    assert_eq!(db.len(), 1, "{db:?}");
+    assert!(
+        db[0].starts_with("### \\[FIRING:2\\] HighCPU (prod)"),
+        "built-in: {}",
+        db[0]
+    );
+}

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["directory"],
     &["channels"],
     &["senders"],
+    &["templates"],
     &["outbox"],
     &["core", "http"],
     &["sources"],

@@ -23,6 +23,7 @@ mod robots;
 #[cfg(feature = "postgres")]
 mod scale_out;
 mod storage;
+mod templates;
 mod text_markdown;
 mod upstream;
 mod userids;

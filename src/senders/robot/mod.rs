@@ -9,7 +9,7 @@ pub mod pacing;
 pub mod plan;
 
 use super::{group_by, Gate, Sender, Tasks, Until, Verdict, Verdicts, Work};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Zone};
 use crate::db::models::DeliveryRow;
 use crate::db::Db;
 use crate::dingtalk::DingTalk;
@@ -33,7 +33,7 @@ pub struct RobotSender {
     client: Arc<DingTalk>,
     clock: SharedClock,
     /// Times in digests are shown at this offset from UTC.
-    utc_offset_min: i32,
+    zone: Zone,
     /// Per robot (a pool member): when it can send next, if saturated or paused.
     waits: Waits,
     /// Per robot user: when any of its robots can send next, if none can now.
@@ -42,12 +42,12 @@ pub struct RobotSender {
 }
 
 impl RobotSender {
-    pub fn new(db: Db, client: Arc<DingTalk>, clock: SharedClock, utc_offset_min: i32) -> Self {
+    pub fn new(db: Db, client: Arc<DingTalk>, clock: SharedClock, zone: Zone) -> Self {
         Self {
             db,
             client,
             clock,
-            utc_offset_min,
+            zone,
             waits: Waits::default(),
             pools: Waits::default(),
             benched: Benched::default(),
@@ -181,7 +181,7 @@ impl RobotSender {
         let sends = plan::plan(
             &rows,
             &messages,
-            self.utc_offset_min,
+            &self.zone,
             total,
             members::keyword_room(&members),
         );

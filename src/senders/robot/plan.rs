@@ -2,6 +2,7 @@
 //! continues, consecutive messages merge into digests as large as a body allows, and a message
 //! too large on its own goes in numbered parts.
 
+use crate::clock::Zone;
 use crate::db::models::DeliveryRow;
 use crate::dingtalk::{At, Message as DingMessage};
 use crate::domain::message::Message;
@@ -23,7 +24,7 @@ pub struct RobotSend {
 pub fn plan(
     rows: &[DeliveryRow],
     messages: &HashMap<String, Message>,
-    utc_offset_min: i32,
+    zone: &Zone,
     max_sends: usize,
     room: usize,
 ) -> Vec<RobotSend> {
@@ -60,9 +61,9 @@ pub fn plan(
         }
         // Grow the digest by estimate, then check the real body, giving back items if needed.
         let mut j = i + 1;
-        let mut size = digest::item_len(&item(&rows[i]), utc_offset_min);
+        let mut size = digest::item_len(&item(&rows[i]), zone);
         while j < rows.len() && rows[j].parts_sent == 0 {
-            let next = digest::item_len(&item(&rows[j]), utc_offset_min);
+            let next = digest::item_len(&item(&rows[j]), zone);
             if size + next > budget {
                 break;
             }
@@ -74,7 +75,7 @@ pub fn plan(
                 break (single, at);
             }
             let items: Vec<digest::Item<'_>> = rows[i..j].iter().map(item).collect();
-            let (m, at) = digest::digest(&items, utc_offset_min);
+            let (m, at) = digest::digest(&items, zone);
             if digest::fits(&m, &at, room) {
                 break (m, at);
             }

@@ -8,13 +8,15 @@ pub mod payload;
 pub mod render;
 pub mod routes;
 pub mod routing;
+pub mod templated;
 pub mod time;
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Zone};
 use crate::core::Receipt;
 use crate::db::Db;
 use crate::domain::message::{Message, MsgKey};
 use crate::domain::request::{Receivers, Route, SendRequest};
+use crate::templates::Template;
 use actix_web::http::StatusCode;
 use payload::{Notification, Refusal};
 use routing::{Dispatch, RouteTable};
@@ -28,7 +30,7 @@ pub struct Alertmanager {
     pub db: Db,
     pub clock: SharedClock,
     /// Where the message's times are shown (`DING_CHANNEL_UTC_OFFSET`).
-    pub utc_offset_min: i32,
+    pub zone: Zone,
     /// The routes by label (`DING_CHANNEL_ALERT_ROUTES`), swapped on reload.
     pub routes: Arc<RouteTable>,
     /// The labels naming who a notification mentions (`DING_CHANNEL_MENTION_KEYS`).
@@ -39,19 +41,26 @@ pub struct Alertmanager {
 
 /// A notification, the receivers named in the path, and the answer Alertmanager reads.
 pub struct Webhook {
-    pub utc_offset_min: i32,
+    pub zone: Zone,
     /// When the notification arrived (Unix milliseconds): the dedup key's time slot.
     pub now_ms: i64,
+    /// The payload as posted: what a template sees (`Null` when no template is used).
+    pub raw: Value,
 }
 
 impl super::Source for Webhook {
-    /// One dispatch of the notification (all of it without routes).
-    type Input<'a> = (Route, &'a Dispatch);
+    /// One dispatch of the notification (all of it without routes), and the template it is
+    /// rendered in (the route's, or the URL's `?template=NAME`).
+    type Input<'a> = (Route, &'a Dispatch, Option<&'a Template>);
     type Error = Refusal;
     type Answer = (StatusCode, Value);
 
-    fn request(&self, (route, dispatch): Self::Input<'_>) -> Result<SendRequest, Self::Error> {
-        let (title, content) = render::render(&dispatch.notification, self.utc_offset_min);
+    fn request(
+        &self,
+        (route, dispatch, template): Self::Input<'_>,
+    ) -> Result<SendRequest, Self::Error> {
+        let (title, content) =
+            templated::render(template, &self.raw, &dispatch.notification, &self.zone);
         Ok(SendRequest {
             route,
             receivers: Receivers::Usernames(dispatch.receivers.clone()),

@@ -4,20 +4,20 @@
 //! annotation value is escaped: they are free text written by whoever wrote the rule.
 
 use super::payload::{Alert, Labels, Notification, Status};
-use super::time;
+use crate::clock::Zone;
 use crate::senders::markdown::{from_text, inline};
 
 /// The title and the markdown content: Grafana's layout for Grafana's notifications.
-pub fn render(n: &Notification, utc_offset_min: i32) -> (String, String) {
+pub fn render(n: &Notification, zone: &Zone) -> (String, String) {
     if let Some(g) = &n.grafana {
-        return crate::sources::grafana::render::render(n, g, utc_offset_min);
+        return crate::sources::grafana::render::render(n, g, zone);
     }
     let title = title(n);
     let source = |a: &Alert| Extras {
         links: vec![("source", a.generator_url.clone())],
         ..Extras::default()
     };
-    let content = layout(n, &title, utc_offset_min, &source, "Alertmanager");
+    let content = layout(n, &title, zone, &source, "Alertmanager");
     (title, content)
 }
 
@@ -37,7 +37,7 @@ pub(in crate::sources) struct Extras {
 pub(in crate::sources) fn layout(
     n: &Notification,
     title: &str,
-    utc_offset_min: i32,
+    zone: &Zone,
     extras: &dyn Fn(&Alert) -> Extras,
     home: &str,
 ) -> String {
@@ -75,7 +75,7 @@ pub(in crate::sources) fn layout(
         }
         out.push_str(&format!("**{name}** ({})\n\n", alerts.len()));
         for a in alerts.iter() {
-            out.push_str(&item(a, &hidden, utc_offset_min, &extras(a)));
+            out.push_str(&item(a, &hidden, zone, &extras(a)));
         }
     }
     if n.truncated_alerts > 0 {
@@ -126,7 +126,7 @@ fn labels(l: &Labels) -> String {
 }
 
 /// `hidden`: the labels shown elsewhere (the title's, and those all the alerts share).
-fn item(a: &Alert, hidden: &Labels, utc_offset_min: i32, extras: &Extras) -> String {
+fn item(a: &Alert, hidden: &Labels, zone: &Zone, extras: &Extras) -> String {
     let mut head = String::from("- ");
     if let Some(sev) = a.labels.get("severity") {
         head.push_str(&format!("**{}** ", inline(sev)));
@@ -156,11 +156,11 @@ fn item(a: &Alert, hidden: &Labels, utc_offset_min: i32, extras: &Extras) -> Str
     if !own.is_empty() {
         lines.push(format!("labels: {}", labels(&own)));
     }
-    let since = time::local(a.starts_at, utc_offset_min);
+    let since = zone.format(a.starts_at);
     lines.push(match (a.status, a.ends_at) {
         (Status::Resolved, Some(end)) => format!(
             "started {since}, resolved after {}",
-            time::duration(end - a.starts_at)
+            crate::clock::duration(end - a.starts_at)
         ),
         _ => format!("started {since}"),
     });

@@ -23,11 +23,13 @@ use crate::sources::esb::args::MAX_RECEIVERS;
 use crate::sources::esb::auth::Credentials;
 use crate::sources::esb::error::EsbError;
 use crate::sources::{tokens, Source};
+use crate::templates;
 use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde_json::json;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long the answer waits for DingTalk's first attempt, at most half the webhook timeout.
@@ -198,6 +200,7 @@ async fn serve(
     .map_err(Problem::Invalid)?;
     let single_chat = mention_single_chat(req.query_string()).map_err(Problem::Invalid)?;
     let notification = (origin.parse)(body).map_err(Problem::Invalid)?;
+    let url_template = template_name(req.query_string()).map_err(Problem::Invalid)?;
     let mut split = routing::split(&routes, &notification, &receivers);
     // Each dispatch mentions whom its own alerts name (and, opted in, sends them the message).
     let wanted: Vec<(Vec<String>, Vec<Username>)> = split
@@ -208,6 +211,15 @@ async fn serve(
             (tokens, d.receivers.clone())
         })
         .collect();
+    // The templates named: the URL's (for the path's receivers) and the routes'.
+    let mut template_names: Vec<String> = split
+        .dispatches
+        .iter()
+        .filter_map(|d| d.template.clone())
+        .chain(url_template.clone())
+        .collect();
+    template_names.sort_unstable();
+    template_names.dedup();
     let now = am.clock.now_ms();
     let read = am
         .db
@@ -226,12 +238,18 @@ async fn serve(
                     let directory = Directory::read(conn, names, &[], &settings, now)?;
                     per_dispatch.push((mentioned, receivers, directory));
                 }
-                Ok::<_, EsbError>((app, channels, settings, per_dispatch))
+                let mut stored = HashMap::new();
+                for name in template_names {
+                    if let Some(t) = templates::store::get(conn, &name)? {
+                        stored.insert(name, t);
+                    }
+                }
+                Ok::<_, EsbError>((app, channels, settings, per_dispatch, stored))
             })
             .map(|read| (read, auth))
         })
         .await;
-    let ((app_code, channels, settings, per_dispatch), auth) = match read {
+    let ((app_code, channels, settings, per_dispatch, stored), auth) = match read {
         Ok(read) => read,
         Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
@@ -269,6 +287,14 @@ async fn serve(
             ));
         }
     }
+    if let Some(name) = url_template.as_ref().filter(|n| !stored.contains_key(*n)) {
+        return Err(Problem::Invalid(Refusal {
+            field: "template".into(),
+            problem: format!(
+                "no template named '{name}'; store it with `ding-channel templates set {name} --file FILE`"
+            ),
+        }));
+    }
     let channel = channels
         .iter()
         .find(|c| c.component == Component::SendDing && !c.is_hidden)
@@ -286,8 +312,14 @@ async fn serve(
         .ok_or_else(|| Problem::Unavailable(format!("channel {} does not send", channel.name)))?;
     route.wait = route.wait.min(FIRST_ATTEMPT_WAIT).min(am.timeout / 2);
     let source = Webhook {
-        utc_offset_min: am.utc_offset_min,
+        zone: am.zone.clone(),
         now_ms: now,
+        // Parsed above, so valid JSON: a template sees the payload as posted.
+        raw: if stored.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(body).unwrap_or_default()
+        },
     };
     let caller = Caller {
         app_code,
@@ -299,8 +331,17 @@ async fn serve(
     // notification again, and the dispatches stored already are answered from their keys.
     let mut answers = Vec::with_capacity(split.dispatches.len());
     for (dispatch, (mentioned, directory)) in split.dispatches.iter().zip(per_dispatch) {
+        let named = dispatch.template.as_ref().or(url_template.as_ref());
+        let template = named.and_then(|name| stored.get(name));
+        if let (Some(name), None) = (named, template) {
+            tracing::warn!(
+                source = origin.name,
+                template = %name,
+                "a route names a template that is not stored; the built-in layout is sent"
+            );
+        }
         let mut request = source
-            .request((route.clone(), dispatch))
+            .request((route.clone(), dispatch, template))
             .map_err(Problem::Invalid)?;
         mentioned.apply(&mut request.message);
         let known = Known {
@@ -446,4 +487,19 @@ fn receivers(raw: &str, origin: &Origin, routed: bool) -> Result<Vec<Username>, 
         )));
     }
     Ok(out)
+}
+
+/// `?template=NAME`: the stored template the notification is rendered in.
+fn template_name(query: &str) -> Result<Option<String>, Refusal> {
+    let refuse = |problem: String| Refusal {
+        field: "template".into(),
+        problem,
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| refuse(format!("the query string cannot be decoded ({e})")))?;
+    let Some((_, name)) = pairs.into_iter().find(|(k, _)| k == "template") else {
+        return Ok(None);
+    };
+    templates::check_name(&name).map_err(refuse)?;
+    Ok(Some(name))
 }

@@ -1,5 +1,5 @@
-//! RFC 3339 times as Alertmanager writes them, and local times for the message (no calendar
-//! crate: the civil-date arithmetic is a few lines, after Howard Hinnant's algorithms).
+//! RFC 3339 times as Alertmanager writes them (the civil-date arithmetic is a few lines, after
+//! Howard Hinnant's algorithms; the zone they are shown in is `clock::Zone`).
 
 /// Unix milliseconds of `2026-12-01T10:00:00.123456789Z` or `…+08:00`; before 1970 is
 /// negative (Alertmanager's zero time is year 1).
@@ -60,31 +60,6 @@ fn num_of(s: &str) -> Option<i64> {
         .flatten()
 }
 
-/// `2026-12-01 18:00:00` at `offset_min` from UTC.
-pub fn local(ms: i64, offset_min: i32) -> String {
-    let s = ms.div_euclid(1000) + i64::from(offset_min) * 60;
-    let (y, m, d) = crate::clock::civil_from_days(s.div_euclid(86_400));
-    let t = s.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        t / 3600,
-        t % 3600 / 60,
-        t % 60
-    )
-}
-
-/// `1h 5m`, `3m 20s`, `45s`, `2d 3h`.
-pub fn duration(ms: i64) -> String {
-    let s = ms.max(0) / 1000;
-    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,17 +85,5 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn local_times_and_durations() {
-        let t = parse_rfc3339("2026-12-01T10:00:00Z").unwrap();
-        assert_eq!(local(t, 480), "2026-12-01 18:00:00");
-        assert_eq!(local(t, -600), "2026-12-01 00:00:00");
-        assert_eq!(local(t, -660), "2026-11-30 23:00:00");
-        assert_eq!(duration(45_000), "45s");
-        assert_eq!(duration(200_000), "3m 20s");
-        assert_eq!(duration(3_900_000), "1h 5m");
-        assert_eq!(duration(183_600_000), "2d 3h");
     }
 }

@@ -8,12 +8,14 @@ use super::Cmsi;
 use crate::channels::manifest::{Component, Manifest};
 use crate::channels::registry::Channel;
 use crate::channels::settings::DeliverySettings;
+use crate::clock::Zone;
 use crate::core::plan::Directory;
 use crate::core::receipt::{Cause, Overall};
 use crate::core::service::{Known, SendService};
 use crate::core::{Receipt, SendError};
-use crate::domain::request::Caller;
+use crate::domain::request::{Caller, Receivers};
 use crate::sources::Source;
+use crate::templates::{self, message, Template};
 use serde_json::{json, Value};
 
 /// What a component knows about the request besides its arguments.
@@ -24,6 +26,12 @@ pub struct Context<'a> {
     pub idempotency_header: Option<&'a str>,
     /// The registry as read for this request.
     pub channels: &'a [Channel],
+    /// The templates the channels name, read with the registry.
+    pub templates: &'a [Template],
+    /// Where a template shows times.
+    pub zone: &'a Zone,
+    /// When the request arrived (Unix milliseconds).
+    pub now_ms: i64,
     /// The directory entries of the usernames named, read with the registry.
     pub directory: Option<Directory>,
     /// The `Blueking-Language` header, when sent.
@@ -55,13 +63,51 @@ pub async fn handle(
     let route = target
         .route()
         .ok_or_else(|| EsbError::Internal(format!("channel {} does not send", target.name)))?;
-    let request = Cmsi.request((route, params, ctx.idempotency_header))?;
+    let mut request = Cmsi.request((route, params, ctx.idempotency_header))?;
+    if let Some(t) = template(&ctx, channel, &target) {
+        let msg_type = params
+            .str("msg_type")?
+            .unwrap_or_else(|| target.name.clone());
+        let ctx_value = message::context(
+            params.as_map(),
+            &request.message,
+            msg_type.trim(),
+            receiver_names(&request.receivers),
+            request.sender.as_deref(),
+            ctx.now_ms,
+        );
+        message::apply(t, &ctx_value, ctx.zone, &mut request.message);
+    }
     let known = Known {
         settings: DeliverySettings::from_registry(ctx.channels),
         directory: ctx.directory,
     };
     let receipt = ctx.service.submit_with(request, &ctx.caller, known).await?;
     Ok(Cmsi.answer(&receipt))
+}
+
+/// The template of the channel called (`send_msg` itself) or else of the channel it sends by.
+/// One named but gone (removed between the two reads) is logged, and the message sent as is.
+fn template<'a>(ctx: &Context<'a>, called: &Channel, target: &Channel) -> Option<&'a Template> {
+    let name = called
+        .conf(templates::store::CONF_KEY)
+        .or_else(|| target.conf(templates::store::CONF_KEY))?;
+    let found = ctx.templates.iter().find(|t| t.name == name);
+    if found.is_none() {
+        tracing::warn!(
+            template = name,
+            "the channel's template is not stored; the message is sent as the caller wrote it"
+        );
+    }
+    found
+}
+
+fn receiver_names(receivers: &Receivers) -> Vec<String> {
+    match receivers {
+        Receivers::Usernames(u) => u.iter().map(ToString::to_string).collect(),
+        Receivers::UserIds(ids) => ids.iter().map(|i| i.as_str().to_owned()).collect(),
+        Receivers::Mobiles(m) => m.clone(),
+    }
 }
 
 impl From<SendError> for EsbError {

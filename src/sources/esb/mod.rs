@@ -13,7 +13,7 @@ pub mod routes;
 pub mod upstream;
 
 use crate::channels::manifest::Manifest;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Zone};
 use crate::db::Db;
 use crate::domain::request::{Route, SendRequest};
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub struct Esb {
     pub clock: SharedClock,
     /// Whose `X-Bkapi-JWT` is accepted (`DING_CHANNEL_APIGW_*`).
     pub gateway: crate::config::GatewaySettings,
+    /// Where a channel template shows times (`DING_CHANNEL_UTC_OFFSET`).
+    pub zone: Zone,
 }
 
 /// The CMSI component arguments of a send, and its CMSI answer.

@@ -77,6 +77,11 @@ impl Params {
         Self { map }
     }
 
+    /// Every argument as sent (a channel template's context).
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.map
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.map.get(key).is_some_and(|v| !is_empty(v))
     }

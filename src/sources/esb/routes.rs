@@ -18,6 +18,7 @@ use crate::directory::profile::Username;
 use crate::domain::request::Caller;
 use crate::domain::tenant::TenantId;
 use crate::http::request_id;
+use crate::templates;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -143,21 +144,22 @@ async fn serve_esb(
         .take(MAX_RECEIVERS)
         .collect();
     let now = esb.clock.now_ms();
-    let (channels, creds, directory) = esb
+    let (channels, templates, creds, directory) = esb
         .db
         .run(move |conn| {
             read_tx(conn, |conn| {
                 creds.verify(conn)?;
                 let channels = registry::list(conn)?;
+                let templates = templates::store::named_by(conn, &channels)?;
                 let directory = if names.is_empty() {
                     None
                 } else {
                     let settings = DeliverySettings::from_registry(&channels);
                     Some(Directory::read(conn, names, &[], &settings, now)?)
                 };
-                Ok::<_, EsbError>((channels, directory))
+                Ok::<_, EsbError>((channels, templates, directory))
             })
-            .map(|(channels, directory)| (channels, creds, directory))
+            .map(|(channels, templates, directory)| (channels, templates, creds, directory))
         })
         .await?;
     let channel = channels
@@ -196,6 +198,9 @@ async fn serve_esb(
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok()),
         channels: &channels,
+        templates: &templates,
+        zone: &esb.zone,
+        now_ms: now,
         directory,
         language: req
             .headers()

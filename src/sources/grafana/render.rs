@@ -3,12 +3,13 @@
 //! silence form and the rule, and the panel's image when Grafana took one.
 
 use super::payload::{GrafanaAlert, GrafanaNotification};
+use crate::clock::Zone;
 use crate::senders::markdown::inline;
 use crate::sources::alertmanager::payload::{Alert, Notification};
 use crate::sources::alertmanager::render::{layout, title, Extras};
 
 /// The title and the markdown content.
-pub fn render(n: &Notification, g: &GrafanaNotification, utc_offset_min: i32) -> (String, String) {
+pub fn render(n: &Notification, g: &GrafanaNotification, zone: &Zone) -> (String, String) {
     // Grafana's title is a template's output: it may span lines, or be empty.
     let own = g.title.split_whitespace().collect::<Vec<_>>().join(" ");
     let title = if own.is_empty() { title(n) } else { own };
@@ -18,7 +19,7 @@ pub fn render(n: &Notification, g: &GrafanaNotification, utc_offset_min: i32) ->
             .map(|ga| extras(a, ga))
             .unwrap_or_default()
     };
-    let content = layout(n, &title, utc_offset_min, &extras, "Grafana");
+    let content = layout(n, &title, zone, &extras, "Grafana");
     (title, content)
 }
 
@@ -74,7 +75,7 @@ mod tests {
             }],
         });
         let n = crate::sources::grafana::payload::parse(body.to_string().as_bytes()).unwrap();
-        let (title, text) = render(&n, n.grafana.as_ref().unwrap(), 0);
+        let (title, text) = render(&n, n.grafana.as_ref().unwrap(), &Zone::utc());
         assert_eq!(title, "[FIRING:1] DiskFull");
         assert_eq!(
             text,
