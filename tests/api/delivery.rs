@@ -1123,3 +1123,43 @@ async fn a_batch_that_lost_its_claim_sends_no_further_part() {
         "the first batch stopped after its part in flight"
     );
 }
+
+/// A part DingTalk refuses for good fails its message, and the message's later parts are not
+/// sent; the rest of the robot's queue goes on.
+#[tokio::test]
+async fn a_refused_middle_part_fails_its_message_and_sends_no_later_part() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let content = "disk at 95% on host-1\n".repeat(2500); // three webhook messages
+    let gate = app.sim.state.hold("robot_send", 1);
+    let a = app.clone();
+    let req = tokio::spawn(async move {
+        a.post(
+            "send_ding",
+            json!({"receiver__username": "ops-robot", "content": content}),
+        )
+        .await
+    });
+    gate.arrived(1).await;
+    // The first part is in flight; the second is refused as content not allowed.
+    app.sim.state.set_faults(Faults {
+        count: Some(1),
+        ..Faults::errcode(430101, &["robot_send"])
+    });
+    gate.open();
+    let env = req.await.unwrap();
+    assert_eq!(statuses(&env), pairs(&[("ops-robot", "failed")]), "{env}");
+    assert_eq!(api_calls(&app, "robot_send"), 1, "part 1 arrived");
+    assert_eq!(
+        app.sim.state.stats().requests["robot_send"],
+        2,
+        "part 2 was refused and part 3 not sent"
+    );
+    let later = app
+        .post(
+            "send_ding",
+            json!({"receiver__username": "ops-robot", "content": "next"}),
+        )
+        .await;
+    assert_eq!(statuses(&later), pairs(&[("ops-robot", "sent")]), "{later}");
+    assert_eq!(app.drain().await, 0);
+}

@@ -221,6 +221,10 @@ impl RobotSender {
         let mut resumed: Option<(Until, String)> = None;
         let mut parts_done: HashMap<i64, i32> = HashMap::new();
         'sends: for send in &sends {
+            // A message whose part failed for good has its verdict: its later parts stay unsent.
+            if !send.rows.iter().all(|id| rows.iter().any(|r| r.id == *id)) {
+                continue;
+            }
             if let Some(why) = gate.closed() {
                 resumed = Some((Until::At(self.clock.now_ms()), why.to_owned()));
                 break;
