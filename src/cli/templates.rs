@@ -140,7 +140,7 @@ fn preview(file: &Path, payload_file: &Path, settings: &Settings) -> anyhow::Res
     let calls = if digest::fits(&single, &at, 0) {
         1
     } else {
-        digest::parts(&m, 0).len()
+        digest::parts(&m, crate::senders::robot::keyword::MAX_ROOM).len()
     };
     println!("title: {title}");
     println!(

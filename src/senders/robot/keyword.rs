@@ -33,6 +33,11 @@ pub fn room(keyword: &str) -> usize {
     serde_json::to_string(&separator(keyword)).map_or(0, |s| s.len() - 2)
 }
 
+/// The room of the longest keyword a robot may have (64 characters of 4 bytes, or escaped):
+/// a message in parts is always split with it, so its parts stay the same whatever the
+/// robots' keywords are when each part is sent.
+pub const MAX_ROOM: usize = 4 + crate::directory::classify::KEYWORD_MAX_CHARS * 4;
+
 fn separator(keyword: &str) -> String {
     format!("\n\n{keyword}")
 }

@@ -2,6 +2,7 @@
 //! continues, consecutive messages merge into digests as large as a body allows, and a message
 //! too large on its own goes in numbered parts.
 
+use super::keyword;
 use crate::clock::Zone;
 use crate::db::models::DeliveryRow;
 use crate::dingtalk::{At, Message as DingMessage};
@@ -40,7 +41,7 @@ pub fn plan(
         let m = &messages[&rows[i].message_id];
         let (single, at) = digest::single(m);
         if rows[i].parts_sent > 0 || !digest::fits(&single, &at, room) {
-            let parts = digest::parts(m, room);
+            let parts = digest::parts(m, keyword::MAX_ROOM);
             let n = parts.len() as i32;
             let room = max_sends - sends.len();
             for (k, (message, at)) in parts
