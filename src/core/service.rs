@@ -81,7 +81,7 @@ impl SendService {
         known: Known,
     ) -> Result<Receipt, SendError> {
         let outbox = &*self.outbox;
-        let deadline = Instant::now() + request.route.wait.max(Duration::from_secs(1));
+        let deadline = Instant::now() + request.route.wait;
         let window_ms = self.idempotency_window.as_millis() as i64;
         if let Some(key) = request.idempotency_key.clone() {
             let (app, since) = (caller.app_code.clone(), outbox.clock.now_ms() - window_ms);

@@ -195,7 +195,7 @@ async fn serve(
     let receivers = receivers(
         req.match_info().query("receivers"),
         origin,
-        !routes.is_empty(),
+        am.routes.configured(),
     )
     .map_err(Problem::Invalid)?;
     let single_chat = mention_single_chat(req.query_string()).map_err(Problem::Invalid)?;
@@ -255,14 +255,14 @@ async fn serve(
         Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
     };
     if let Auth::Bearer { token, touch: true } = auth {
-        // Only the admin's `apps show` reads it: a failure costs the figure, not the alert.
-        if let Err(e) = am
-            .db
-            .write(move |conn| tokens::touch(conn, &token, now))
-            .await
-        {
-            tracing::warn!(error = %e, "a bearer token's last use was not recorded");
-        }
+        // Only the admin's `apps show` reads it: a failure costs the figure, not the alert,
+        // and the answer does not wait for it.
+        let db = am.db.clone();
+        tokio::spawn(async move {
+            if let Err(e) = db.write(move |conn| tokens::touch(conn, &token, now)).await {
+                tracing::warn!(error = %e, "a bearer token's last use was not recorded");
+            }
+        });
     }
     let per_dispatch: Vec<_> = split
         .dispatches
@@ -279,13 +279,6 @@ async fn serve(
             alerts = %serde_json::Value::from(routing::not_routed(&split.not_routed)),
             "alerts not routed: no route matches them and the path names no receivers"
         );
-        // The payload is fine; the routes are not yet: Alertmanager retries while an admin
-        // adds the route (and reloads), where a 4xx would drop the notification.
-        if split.dispatches.is_empty() {
-            return Err(Problem::Unavailable(
-                "no route matches the alerts and the path names no receivers; add a route without matchers at the end of the routes file (then reload), or name receivers in the path".into(),
-            ));
-        }
     }
     if let Some(name) = url_template.as_ref().filter(|n| !stored.contains_key(*n)) {
         return Err(Problem::Invalid(Refusal {
@@ -310,7 +303,14 @@ async fn serve(
     let mut route = channel
         .route()
         .ok_or_else(|| Problem::Unavailable(format!("channel {} does not send", channel.name)))?;
-    route.wait = route.wait.min(FIRST_ATTEMPT_WAIT).min(am.timeout / 2);
+    // The dispatches share one wait for DingTalk's first attempts, so however many there
+    // are, the answer comes well within the webhook timeout.
+    route.wait = route
+        .wait
+        .min(FIRST_ATTEMPT_WAIT)
+        .min(am.timeout / 2)
+        .checked_div(split.dispatches.len().max(1) as u32)
+        .unwrap_or_default();
     let source = Webhook {
         zone: am.zone.clone(),
         now_ms: now,
@@ -356,6 +356,21 @@ async fn serve(
                 SendError::Storage(e) => Problem::Unavailable(format!("storage: {e}")),
             })?;
         answers.push(source.answer(&receipt));
+    }
+    // The payload is fine; the routes are not yet. What was routed is stored (a retry replays
+    // it); the rest is answered 503, so the sender retries while an admin adds a route (and
+    // reloads), where a 2xx or 4xx would drop those alerts.
+    if !split.not_routed.is_empty() {
+        let fingerprints: Vec<&str> = split
+            .not_routed
+            .iter()
+            .map(|a| a.fingerprint.as_str())
+            .collect();
+        return Err(Problem::Unavailable(format!(
+            "{} alert(s) match no route and the path names no receivers (fingerprints {}); add a route without matchers at the end of the routes file (then reload), or name receivers in the path",
+            fingerprints.len(),
+            fingerprints.join(", ")
+        )));
     }
     Ok(routing::answer(&split, answers))
 }

@@ -336,6 +336,11 @@ impl RouteTable {
         })
     }
 
+    /// Whether a routes file is configured (its routes may be none until it is fixed).
+    pub fn configured(&self) -> bool {
+        self.file.is_some()
+    }
+
     pub fn current(&self) -> Arc<AlertRoutes> {
         self.current
             .read()
@@ -565,9 +570,9 @@ fn subset(n: &Notification, indices: &[usize]) -> Notification {
 }
 
 /// The answer to a split notification: one dispatch's answer as it is; otherwise each
-/// dispatch's answer with its receivers and template, and the alerts not routed.
+/// dispatch's answer with its receivers and template.
 pub fn answer(split: &Split, mut answers: Vec<(StatusCode, Value)>) -> (StatusCode, Value) {
-    if split.dispatches.len() == 1 && split.not_routed.is_empty() && answers.len() == 1 {
+    if split.dispatches.len() == 1 && answers.len() == 1 {
         return answers.remove(0);
     }
     let dispatches: Vec<Value> = split
@@ -586,12 +591,11 @@ pub fn answer(split: &Split, mut answers: Vec<(StatusCode, Value)>) -> (StatusCo
         json!({
             "status": "accepted",
             "dispatches": dispatches,
-            "not_routed": not_routed(&split.not_routed),
         }),
     )
 }
 
-/// The alerts no route took, as the answer and the log name them.
+/// The alerts no route took, as the log names them.
 pub fn not_routed(alerts: &[Alert]) -> Vec<Value> {
     alerts
         .iter()
@@ -1002,6 +1006,5 @@ send_resolved = false
         assert_eq!(body["dispatches"][0]["receivers"], json!(["oncall-robot"]));
         assert_eq!(body["dispatches"][1]["message_id"], "m2");
         assert_eq!(body["dispatches"][1]["alerts"], 1);
-        assert_eq!(body["not_routed"], json!([]));
     }
 }
