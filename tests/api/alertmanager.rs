@@ -737,3 +737,32 @@ async fn a_300_alert_group_arrives_whole_in_numbered_parts_within_the_limit() {
     }
     assert!(whole.contains("**Firing** (300)"), "{whole}");
 }
+
+#[tokio::test]
+async fn copies_on_both_sides_of_a_dedup_slots_end_are_sent_once() {
+    use ding_channel::clock::Clock;
+    let app = TestApp::spawn().await;
+    let slot = ding_channel::sources::alertmanager::DEDUP_WINDOW_MS;
+    let now = app.clock.now_ms();
+    app.clock.advance_ms(slot - now.rem_euclid(slot) - 1_000);
+    let body = notification("firing", vec![alert("firing", "a1", "host-1")]);
+    let (status, _, first) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!((status, &first["idempotent_replay"]), (200, &json!(false)));
+    app.clock.advance_ms(2_000); // the HA peer's copy, in the next slot
+    let (status, _, copy) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!(
+        (status, &copy["idempotent_replay"]),
+        (200, &json!(true)),
+        "{copy}"
+    );
+    assert_eq!(copy["message_id"], first["message_id"]);
+    // A reminder after the window is a notification of its own.
+    app.clock.advance_ms(slot);
+    let (status, _, later) = post(&app, "ops-robot", DEMO, &body).await;
+    assert_eq!(
+        (status, &later["idempotent_replay"]),
+        (200, &json!(false)),
+        "{later}"
+    );
+    assert_eq!(app.sim.state.messages().len(), 2);
+}

@@ -110,7 +110,7 @@ impl super::Source for Webhook {
 /// How long copies of one notification are taken as one. The copies of an HA pair arrive
 /// seconds apart and retries within minutes; Alertmanager's `repeat_interval` reminder (hours
 /// by default) carries the same payload and must still be sent, so the key holds the time slot.
-const DEDUP_SLOT_MS: i64 = 10 * 60 * 1000;
+pub const DEDUP_WINDOW_MS: i64 = 10 * 60 * 1000;
 
 /// The same group notification (from both members of an HA pair, or retried) gets the same
 /// key: the group, its status, each alert's state and the time slot it arrived in; for
@@ -123,7 +123,7 @@ pub fn dedup_key(n: &Notification, now_ms: i64) -> String {
         .collect();
     alerts.sort_unstable();
     let mut h = Sha256::new();
-    h.update(now_ms.div_euclid(DEDUP_SLOT_MS).to_be_bytes());
+    h.update(now_ms.div_euclid(DEDUP_WINDOW_MS).to_be_bytes());
     if let Some(g) = &n.grafana {
         h.update(g.org_id.to_be_bytes());
     }

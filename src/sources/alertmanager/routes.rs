@@ -7,7 +7,7 @@
 use super::mentions;
 use super::payload::{self, Refusal};
 use super::routing::{self, ReloadError};
-use super::{Alertmanager, Webhook};
+use super::{Alertmanager, Webhook, DEDUP_WINDOW_MS};
 use crate::channels::manifest::Component;
 use crate::channels::registry;
 use crate::channels::settings::DeliverySettings;
@@ -19,6 +19,7 @@ use crate::domain::request::Caller;
 use crate::domain::secrets::BearerToken;
 use crate::domain::username::Username;
 use crate::http::request_id;
+use crate::outbox;
 use crate::sources::esb::args::MAX_RECEIVERS;
 use crate::sources::esb::auth::Credentials;
 use crate::sources::esb::error::EsbError;
@@ -202,13 +203,17 @@ async fn serve(
     let notification = (origin.parse)(body).map_err(Problem::Invalid)?;
     let url_template = template_name(req.query_string()).map_err(Problem::Invalid)?;
     let mut split = routing::split(&routes, &notification, &receivers);
+    let now = am.clock.now_ms();
     // Each dispatch mentions whom its own alerts name (and, opted in, sends them the message).
-    let wanted: Vec<(Vec<String>, Vec<Username>)> = split
+    // Its dedup key is this time slot's, or the previous slot's when a copy took that one
+    // within the window: copies on both sides of a slot's end are one notification.
+    let wanted: Vec<(Vec<String>, Vec<Username>, [String; 2])> = split
         .dispatches
         .iter()
         .map(|d| {
             let tokens = mentions::tokens(&d.notification, &am.mention_keys);
-            (tokens, d.receivers.clone())
+            let keys = [d.dedup_key(now), d.dedup_key(now - DEDUP_WINDOW_MS)];
+            (tokens, d.receivers.clone(), keys)
         })
         .collect();
     // The templates named: the URL's (for the path's receivers) and the routes'.
@@ -220,7 +225,6 @@ async fn serve(
         .collect();
     template_names.sort_unstable();
     template_names.dedup();
-    let now = am.clock.now_ms();
     let read = am
         .db
         .run(move |conn| {
@@ -229,14 +233,20 @@ async fn serve(
                 let channels = registry::list(conn)?;
                 let settings = DeliverySettings::from_registry(&channels);
                 let mut per_dispatch = Vec::with_capacity(wanted.len());
-                for (tokens, mut receivers) in wanted {
+                for (tokens, mut receivers, [key, earlier]) in wanted {
+                    let since = now - DEDUP_WINDOW_MS;
+                    let key = match outbox::store::find_recent_by_key(conn, &app, &earlier, since)?
+                    {
+                        Some(_) => earlier,
+                        None => key,
+                    };
                     let mentioned = mentions::read(conn, &tokens, &settings.fields)?;
                     if single_chat {
                         mentioned.add_people(&mut receivers);
                     }
                     let names = receivers.iter().map(ToString::to_string).collect();
                     let directory = Directory::read(conn, names, &[], &settings, now)?;
-                    per_dispatch.push((mentioned, receivers, directory));
+                    per_dispatch.push((mentioned, receivers, directory, key));
                 }
                 let mut stored = HashMap::new();
                 for name in template_names {
@@ -268,9 +278,9 @@ async fn serve(
         .dispatches
         .iter_mut()
         .zip(per_dispatch)
-        .map(|(dispatch, (mentioned, receivers, directory))| {
+        .map(|(dispatch, (mentioned, receivers, directory, key))| {
             dispatch.receivers = receivers;
-            (mentioned, directory)
+            (mentioned, directory, key)
         })
         .collect();
     if !split.not_routed.is_empty() {
@@ -330,7 +340,7 @@ async fn serve(
     // One dispatch after the other: when one is not stored, the sender's retry sends the
     // notification again, and the dispatches stored already are answered from their keys.
     let mut answers = Vec::with_capacity(split.dispatches.len());
-    for (dispatch, (mentioned, directory)) in split.dispatches.iter().zip(per_dispatch) {
+    for (dispatch, (mentioned, directory, key)) in split.dispatches.iter().zip(per_dispatch) {
         let named = dispatch.template.as_ref().or(url_template.as_ref());
         let template = named.and_then(|name| stored.get(name));
         if let (Some(name), None) = (named, template) {
@@ -344,6 +354,7 @@ async fn serve(
             .request((route.clone(), dispatch, template))
             .map_err(Problem::Invalid)?;
         mentioned.apply(&mut request.message);
+        request.idempotency_key = Some(key);
         let known = Known {
             settings: settings.clone(),
             directory: Some(directory),
