@@ -42,30 +42,39 @@ pub fn parse(body: &[u8]) -> Result<Notification, Refusal> {
     let mut n = notification(&top)?;
     n.grafana = Some(GrafanaNotification {
         org_id: optional(&top, "", "orgId", "an integer")?.unwrap_or(0),
-        title: optional(&top, "", "title", "a string")?.unwrap_or_default(),
-        state: optional(&top, "", "state", "a string")?.unwrap_or_default(),
-        message: optional(&top, "", "message", "a string")?.unwrap_or_default(),
+        title: shown(optional(&top, "", "title", "a string")),
+        state: shown(optional(&top, "", "state", "a string")),
+        message: shown(optional(&top, "", "message", "a string")),
     });
     let objects = top["alerts"].as_array().expect("read as a list above");
     for (i, (alert, raw)) in n.alerts.iter_mut().zip(objects).enumerate() {
         let raw = raw.as_object().expect("read as an object above");
-        alert.grafana = Some(extras(&format!("alerts[{i}]."), raw)?);
+        alert.grafana = Some(extras(&format!("alerts[{i}]."), raw));
     }
     Ok(n)
 }
 
-fn extras(prefix: &str, a: &Map<String, Value>) -> Result<GrafanaAlert, Refusal> {
-    let url = |name: &str| -> Result<String, Refusal> {
-        Ok(optional(a, prefix, name, "a string")?.unwrap_or_default())
-    };
-    Ok(GrafanaAlert {
-        silence_url: url("silenceURL")?,
-        dashboard_url: url("dashboardURL")?,
-        panel_url: url("panelURL")?,
-        image_url: url("imageURL")?,
-        values: optional(a, prefix, "values", "an object of numbers")?.unwrap_or_default(),
-        value_string: optional(a, prefix, "valueString", "a string")?.unwrap_or_default(),
-    })
+/// A field that is only shown: Grafana does not retry a refused notification, so one of the
+/// wrong type is left out (and logged) rather than costing the alert.
+fn shown<T: Default>(field: Result<Option<T>, Refusal>) -> T {
+    field
+        .unwrap_or_else(|r| {
+            tracing::warn!(field = %r.field, error = %r, "Grafana field left out");
+            None
+        })
+        .unwrap_or_default()
+}
+
+fn extras(prefix: &str, a: &Map<String, Value>) -> GrafanaAlert {
+    let text = |name: &str| shown(optional(a, prefix, name, "a string"));
+    GrafanaAlert {
+        silence_url: text("silenceURL"),
+        dashboard_url: text("dashboardURL"),
+        panel_url: text("panelURL"),
+        image_url: text("imageURL"),
+        values: shown(optional(a, prefix, "values", "an object of numbers")),
+        value_string: text("valueString"),
+    }
 }
 
 #[cfg(test)]
@@ -115,17 +124,22 @@ mod tests {
     }
 
     #[test]
-    fn null_values_are_none_and_a_wrong_type_names_the_field() {
+    fn null_values_are_none_and_a_shown_field_of_a_wrong_type_is_left_out() {
         let mut a = alert();
         a["values"] = Value::Null;
         let n = parse(&body(a)).unwrap();
         assert!(n.alerts[0].grafana.as_ref().unwrap().values.is_empty());
         let mut a = alert();
         a["values"] = json!({"A": "high"});
-        assert_eq!(parse(&body(a)).unwrap_err().field, "alerts[0].values");
-        let mut a = alert();
         a["panelURL"] = json!(3);
-        assert_eq!(parse(&body(a)).unwrap_err().field, "alerts[0].panelURL");
+        let n = parse(&body(a)).unwrap();
+        let g = n.alerts[0].grafana.clone().unwrap();
+        assert!(g.values.is_empty() && g.panel_url.is_empty(), "{g:?}");
+        assert_eq!(g.dashboard_url, "http://grafana:3000/d/dash");
+        let mut v: Value = serde_json::from_slice(&body(alert())).unwrap();
+        v["orgId"] = json!("one");
+        let e = parse(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, "orgId", "the dedup key needs it");
     }
 
     #[test]
