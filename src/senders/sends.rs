@@ -75,7 +75,7 @@ pub fn of_message(conn: &mut DbConn, message_id: &str) -> Result<Vec<SendRow>, D
         .filter(d::message_id.eq(message_id))
         .select(SendRow::as_select())
         .order((s::delivery_id, s::sent_at));
-    Ok(crate::with_conn!(conn, |c| q.load(c))?)
+    Ok(q.load(conn)?)
 }
 
 /// Records that the person of each `(delivery, key)` read it at the time given.

@@ -218,3 +218,77 @@ async fn a_message_in_more_than_20_sends_is_recalled_in_two_calls_within_24_hour
     );
     assert_eq!(app.sim.state.stats().requests["batch_recall"], 2);
 }
+
+/// An access token of the simulator's demo app.
+async fn sim_token(http: &reqwest::Client, base: &str) -> String {
+    let answer: Value = http
+        .post(format!("{base}/v1.0/oauth2/accessToken"))
+        .json(&json!({"appKey": "dingsandboxappkey", "appSecret": "sandbox-app-secret-0123456789"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["accessToken"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_simulator_checks_the_token_the_key_count_and_the_window() {
+    let app = TestApp::spawn().await;
+    let id = send(&app, json!("alice")).await;
+    let key = app.sim.state.messages()[0]
+        .process_query_key
+        .clone()
+        .unwrap();
+    assert!(
+        key.contains('+') && key.contains('/') && key.ends_with('='),
+        "{key}"
+    );
+    let base = app.sim.base_url();
+    let http = reqwest::Client::new();
+    let read = |token: String| {
+        http.get(format!("{base}/v1.0/robot/oToMessages/readStatus"))
+            .query(&[
+                ("robotCode", "dingsandboxappkey"),
+                ("processQueryKey", &key),
+            ])
+            .header("x-acs-dingtalk-access-token", token)
+            .send()
+    };
+    let recall = |token: String, keys: Vec<String>| {
+        http.post(format!("{base}/v1.0/robot/otoMessages/batchRecall"))
+            .header("x-acs-dingtalk-access-token", token)
+            .json(&json!({"robotCode": "dingsandboxappkey", "processQueryKeys": keys}))
+            .send()
+    };
+    let token = sim_token(&http, &base).await;
+    assert_eq!(read("not-a-token".into()).await.unwrap().status(), 401);
+    assert_eq!(
+        recall("not-a-token".into(), vec![key.clone()])
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let ok: Value = read(token.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(ok["messageReadInfoList"][0]["readStatus"], "UNREAD", "{ok}");
+    let too_many = recall(token, vec![key.clone(); 21]).await.unwrap();
+    assert_eq!(too_many.status(), 400);
+
+    app.clock.advance_ms(DAY_MS + 1);
+    let token = sim_token(&http, &base).await;
+    assert_eq!(
+        read(token.clone()).await.unwrap().status(),
+        400,
+        "past 24 h"
+    );
+    let late: Value = recall(token, vec![key.clone()])
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(late["failedResult"][&key].is_string(), "{late}");
+    assert_eq!(app.sim.state.messages().len(), 1, "{id} is still there");
+}

@@ -168,7 +168,7 @@ impl AppRobotSender {
                 .pause(&app.key, self.clock.now_ms() + pause.as_millis() as i64);
         }
         if e.is_retryable() {
-            format!("{e}; ask again later")
+            format!("{e}; try again later")
         } else {
             e.to_string()
         }
