@@ -1,4 +1,4 @@
-//! `deliveries list|show|retry`: the delivery log.
+//! `deliveries list|show|retry|recall`: the delivery log.
 
 use super::{engine, format_ms, open, print_table};
 use crate::config::Settings;
@@ -15,10 +15,12 @@ pub enum DeliveriesCmd {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
-    /// A message and each delivery's history.
+    /// A message and each delivery's history, and who read it (asked of DingTalk).
     Show { message_id: String },
     /// Queue a message's failed deliveries again and attempt them now.
     Retry { message_id: String },
+    /// Recall a message from the people's single chats (within DingTalk's 24 h).
+    Recall { message_id: String },
 }
 
 pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> {
@@ -65,10 +67,10 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
             );
         }
         DeliveriesCmd::Show { message_id } => {
-            let db = open(&settings)?;
-            let v = view::message_view(&mut *db.get()?, &message_id)?.with_context(|| {
-                format!("no message '{message_id}' (see `ding-channel deliveries list`)")
-            })?;
+            let (runtime, outbox) = idle_engine(&settings)?;
+            let mut v = view::message_view(&mut *outbox.db.get()?, &message_id)?
+                .with_context(|| no_message(&message_id))?;
+            runtime.block_on(crate::outbox::readback::fill_reads(&outbox, &mut v))?;
             println!(
                 "message {}  {}  channel {}  app {}  sender {}",
                 v.message_id,
@@ -117,6 +119,9 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
                 if let Some(e) = &d.error {
                     println!("    {e}");
                 }
+                if let Some(r) = &d.read {
+                    println!("    {}", reading(r));
+                }
                 for h in &d.history {
                     let detail = h
                         .error
@@ -153,6 +158,65 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
                 );
             }
         }
+        DeliveriesCmd::Recall { message_id } => {
+            let (runtime, outbox) = idle_engine(&settings)?;
+            let report = runtime
+                .block_on(crate::outbox::readback::recall(&outbox, &message_id))?
+                .with_context(|| no_message(&message_id))?;
+            use crate::outbox::readback::Recall;
+            let mut failed = 0;
+            for (receiver, outcome) in &report {
+                let said = match outcome {
+                    Recall::Recalled { at } => format!("recalled {}", format_ms(*at)),
+                    Recall::AlreadyRecalled { at } => {
+                        format!("already recalled {}", format_ms(*at))
+                    }
+                    Recall::NotRecallable { why } => format!("not recallable: {why}"),
+                    Recall::Failed { why } => {
+                        failed += 1;
+                        format!("failed: {why}")
+                    }
+                };
+                println!("  {receiver:<24} {said}");
+            }
+            if failed > 0 {
+                bail!(
+                    "{failed} of {} receivers could not be recalled",
+                    report.len()
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// The engine with its DingTalk client and budgets, not delivering: for the commands that ask
+/// DingTalk about what was sent.
+fn idle_engine(
+    settings: &Settings,
+) -> anyhow::Result<(
+    tokio::runtime::Runtime,
+    std::sync::Arc<crate::outbox::Outbox>,
+)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let db = open(settings)?;
+    let outbox = runtime
+        .block_on(async { crate::startup::outbox(&db, settings, crate::clock::system()) })?;
+    Ok((runtime, outbox))
+}
+
+fn no_message(id: &str) -> String {
+    format!("no message '{id}' (see `ding-channel deliveries list`)")
+}
+
+fn reading(r: &crate::senders::sends::Reading) -> String {
+    use crate::senders::sends::Reading;
+    match r {
+        Reading::Read { at } => format!("read {}", format_ms(*at)),
+        Reading::Unread => "unread".into(),
+        Reading::Recalled { at } => format!("recalled {}", format_ms(*at)),
+        Reading::Unknown { why } => format!("read status unknown ({why})"),
+    }
 }

@@ -134,3 +134,16 @@ pub struct TemplateRow {
     pub body: String,
     pub updated_at: i64,
 }
+
+/// A DingTalk send that reached a person: what read status and recall ask about.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = dingtalk_sends)]
+pub struct SendRow {
+    pub delivery_id: i64,
+    pub send_key: String,
+    pub path: String,
+    pub user_id: String,
+    pub sent_at: i64,
+    pub read_at: Option<i64>,
+    pub recalled_at: Option<i64>,
+}

@@ -141,6 +141,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    dingtalk_sends (delivery_id, send_key) {
+        delivery_id -> BigInt,
+        send_key -> Text,
+        path -> Text,
+        user_id -> Text,
+        sent_at -> BigInt,
+        read_at -> Nullable<BigInt>,
+        recalled_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     templates (name) {
         name -> Text,
         title -> Text,
@@ -152,6 +164,7 @@ diesel::table! {
 diesel::joinable!(app_tokens -> apps (app_code));
 diesel::joinable!(deliveries -> messages (message_id));
 diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
+diesel::joinable!(dingtalk_sends -> deliveries (delivery_id));
 diesel::allow_tables_to_appear_in_same_query!(
     apps,
     app_tokens,
@@ -163,6 +176,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     delivery_attempts,
     robot_state,
     robot_sends,
+    dingtalk_sends,
     directory_syncs,
     templates,
 );

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub const BATCH_MAX_IDS: usize = 20;
+/// batchRecall takes at most this many processQueryKeys a call.
+pub const RECALL_MAX_KEYS: usize = 20;
 pub const WEBHOOK_MAX_BODY: usize = 20_000;
 /// Chunks of one batch_send in flight at once: fast for large sends, gentle on the app's QPS.
 pub const BATCH_CONCURRENCY: usize = 4;
@@ -79,6 +81,22 @@ pub enum UserOutcome {
     Filtered,
     /// The whole call for this id's chunk failed.
     Failed(DingTalkError),
+}
+
+/// One person of a batchSend, as readStatus lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadInfo {
+    pub user_id: String,
+    /// When they read it (DingTalk's `readTimestamp`, ms); `None`: not yet.
+    pub read_at: Option<i64>,
+}
+
+/// What batchRecall answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecallAnswer {
+    pub recalled: Vec<String>,
+    /// Keys not recalled, with DingTalk's reason.
+    pub failed: Vec<(String, String)>,
 }
 
 struct Token {
@@ -354,42 +372,116 @@ impl DingTalk {
         msg_param: &str,
     ) -> Result<Value, DingTalkError> {
         let body = json!({"robotCode": app.robot_code, "userIds": ids, "msgKey": msg_key, "msgParam": msg_param});
+        let url = self.api("/v1.0/robot/oToMessages/batchSend");
+        let v = self
+            .api_call(Api::BatchSend, app, |http| http.post(&url).json(&body))
+            .await?;
+        if v["processQueryKey"].is_string() {
+            Ok(v)
+        } else {
+            Err(DingTalkError::bad_answer(
+                Api::BatchSend,
+                200,
+                "no processQueryKey in the answer",
+            ))
+        }
+    }
+
+    /// Who of the people one batchSend reached has read it (`readStatus`, within DingTalk's
+    /// 24 h): one entry per person DingTalk lists.
+    pub async fn read_status(
+        &self,
+        app: &App,
+        process_query_key: &str,
+    ) -> Result<Vec<ReadInfo>, DingTalkError> {
+        let url = read_status_url(&self.cfg.api_base, &app.robot_code, process_query_key);
+        let v = self
+            .api_call(Api::ReadStatus, app, |http| http.get(url.clone()))
+            .await?;
+        let Some(list) = v["messageReadInfoList"].as_array() else {
+            return Err(DingTalkError::bad_answer(
+                Api::ReadStatus,
+                200,
+                "no messageReadInfoList in the answer",
+            ));
+        };
+        Ok(list
+            .iter()
+            .filter_map(|p| {
+                let user_id = p["userId"].as_str()?.to_owned();
+                let read_at = (p["readStatus"].as_str() == Some("READ"))
+                    .then(|| p["readTimestamp"].as_i64().unwrap_or(0));
+                Some(ReadInfo { user_id, read_at })
+            })
+            .collect())
+    }
+
+    /// Recalls the single-chat messages of up to [`RECALL_MAX_KEYS`] batchSend keys
+    /// (`batchRecall`, within DingTalk's 24 h); answers which keys were recalled and why the
+    /// others were not.
+    pub async fn batch_recall(
+        &self,
+        app: &App,
+        keys: &[String],
+    ) -> Result<RecallAnswer, DingTalkError> {
+        debug_assert!(
+            (1..=RECALL_MAX_KEYS).contains(&keys.len()),
+            "batchRecall takes 1 to {RECALL_MAX_KEYS} keys"
+        );
+        let body = json!({"robotCode": app.robot_code, "processQueryKeys": keys});
+        let url = self.api("/v1.0/robot/otoMessages/batchRecall");
+        let v = self
+            .api_call(Api::BatchRecall, app, |http| http.post(&url).json(&body))
+            .await?;
+        let recalled: Vec<String> = v["successResult"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let failed: Vec<(String, String)> = v["failedResult"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, why)| (k.clone(), why.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(RecallAnswer { recalled, failed })
+    }
+
+    /// A new-API call (api.dingtalk.com) with the token in `x-acs-dingtalk-access-token`;
+    /// refreshes the token and retries once when DingTalk says it is invalid. Answers the
+    /// body of a 200.
+    async fn api_call(
+        &self,
+        api: Api,
+        app: &App,
+        request: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Value, DingTalkError> {
         let mut retried = false;
         loop {
             let token = self.access_token(app).await?;
-            let req = self
-                .http
-                .post(self.api("/v1.0/robot/oToMessages/batchSend"))
-                .header(
-                    "x-acs-dingtalk-access-token",
-                    HeaderValue::from_str(&token).map_err(|_| {
-                        DingTalkError::bad_answer(
-                            Api::Token,
-                            200,
-                            "the access token is not a valid header value",
-                        )
-                    })?,
+            let header = HeaderValue::from_str(&token).map_err(|_| {
+                DingTalkError::bad_answer(
+                    Api::Token,
+                    200,
+                    "the access token is not a valid header value",
                 )
-                .json(&body);
-            let (status, headers, v) = self.exchange(Api::BatchSend, req).await?;
+            })?;
+            let req = request(&self.http).header("x-acs-dingtalk-access-token", header);
+            let (status, headers, v) = self.exchange(api, req).await?;
             if status == 200 {
-                return if v["processQueryKey"].is_string() {
-                    Ok(v)
-                } else {
-                    Err(DingTalkError::bad_answer(
-                        Api::BatchSend,
-                        200,
-                        "no processQueryKey in the answer",
-                    ))
-                };
+                return Ok(v);
             }
-            let code = v["code"].as_str();
-            if error::is_invalid_token(None, None, status, code) && !retried {
+            if error::is_invalid_token(None, None, status, v["code"].as_str()) && !retried {
                 self.invalidate(app, &token);
                 retried = true;
                 continue;
             }
-            return Err(api_error(Api::BatchSend, status, &headers, &v));
+            return Err(api_error(api, status, &headers, &v));
         }
     }
 
@@ -462,6 +554,20 @@ impl DingTalk {
             )),
         }
     }
+}
+
+/// readStatus's URL: the key holds `+`, `/` and `=`, so it goes through the query encoder
+/// (a `+` sent as is would reach DingTalk as a space).
+fn read_status_url(api_base: &Url, robot_code: &str, process_query_key: &str) -> Url {
+    let mut url = Url::parse(&format!(
+        "{}/v1.0/robot/oToMessages/readStatus",
+        api_base.as_str().trim_end_matches('/')
+    ))
+    .expect("base URL was validated");
+    url.query_pairs_mut()
+        .append_pair("robotCode", robot_code)
+        .append_pair("processQueryKey", process_query_key);
+    url
 }
 
 /// The URL with the credentials in its query (`access_token`, `sign`) masked, for logs.
@@ -549,6 +655,18 @@ fn with_request_id(mut e: DingTalkError, v: &Value) -> DingTalkError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_read_status_key_is_url_encoded() {
+        let base = "https://api.dingtalk.com/".parse().unwrap();
+        let url = super::read_status_url(&base, "dingcode", "a+b/c==");
+        assert_eq!(
+            url.as_str(),
+            "https://api.dingtalk.com/v1.0/robot/oToMessages/readStatus?robotCode=dingcode&processQueryKey=a%2Bb%2Fc%3D%3D"
+        );
+        let back: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(back[1].1, "a+b/c==", "decodes to the key DingTalk gave");
+    }
+
     #[test]
     fn logged_urls_hide_tokens_and_signatures() {
         let url =

@@ -11,6 +11,8 @@ pub enum Api {
     Token,
     GetByMobile,
     BatchSend,
+    ReadStatus,
+    BatchRecall,
     Webhook,
 }
 
@@ -20,6 +22,8 @@ impl Api {
             Self::Token => "token",
             Self::GetByMobile => "getbymobile",
             Self::BatchSend => "batch_send",
+            Self::ReadStatus => "read_status",
+            Self::BatchRecall => "batch_recall",
             Self::Webhook => "robot_send",
         }
     }

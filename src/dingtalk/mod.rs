@@ -6,6 +6,8 @@ pub mod error;
 pub mod message;
 pub mod sign;
 
-pub use client::{App, ClientConfig, DingTalk, MobileLookup, Robot, UserOutcome};
+pub use client::{
+    App, ClientConfig, DingTalk, MobileLookup, ReadInfo, RecallAnswer, Robot, UserOutcome,
+};
 pub use error::{Class, DingTalkError};
 pub use message::{At, Message};

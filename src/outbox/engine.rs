@@ -125,7 +125,13 @@ impl Outbox {
                 clock.clone(),
                 settings.outbox.zone.clone(),
             )),
-            people: Arc::new(AppRobotSender::new(client, userids, budgets, clock.clone())),
+            people: Arc::new(AppRobotSender::new(
+                db.clone(),
+                client,
+                userids,
+                budgets,
+                clock.clone(),
+            )),
             db,
             policy: Policy::new(
                 RetryPolicy {

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod lease;
 pub mod policy;
+pub mod readback;
 pub mod retry;
 pub mod store;
 pub mod view;

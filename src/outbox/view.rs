@@ -35,6 +35,10 @@ pub struct DeliveryView {
     pub dingtalk_code: Option<String>,
     pub dingtalk_request_id: Option<String>,
     pub digest_id: Option<String>,
+    /// Whether the person read it (single chat, within DingTalk's 24 h), or it was recalled;
+    /// filled by `outbox::readback::fill_reads`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<crate::senders::sends::Reading>,
     pub history: Vec<AttemptRow>,
 }
 
@@ -75,6 +79,7 @@ pub fn message_view(conn: &mut DbConn, id: &str) -> Result<Option<MessageView>, 
                 dingtalk_code: r.dingtalk_code,
                 dingtalk_request_id: r.dingtalk_request_id,
                 digest_id: r.digest_id,
+                read: None,
             })
             .collect(),
     }))

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod markdown;
 pub mod render;
 pub mod robot;
+pub mod sends;
 pub mod split;
 
 use crate::channels::settings::DeliverySettings;

@@ -82,7 +82,8 @@ pub struct Faults {
     pub errcode: Option<i64>,
     /// Fail only the next N requests, then heal.
     pub count: Option<u64>,
-    /// Only these endpoints: "token", "getbymobile", "batch_send", "robot_send" (all if empty).
+    /// Only these endpoints: "token", "getbymobile", "batch_send", "read_status",
+    /// "batch_recall", "robot_send" (all if empty).
     pub apis: Vec<String>,
     pub latency_ms: u64,
     /// userIds that the next batchSend naming them reports as flow-controlled (once each).
@@ -130,8 +131,9 @@ pub struct SimMessage {
     pub api: &'static str,
     /// Robot name (robot_send) or robotCode (batch_send).
     pub target: String,
-    /// batch_send: the ids the message reached.
+    /// batch_send: the ids the message reached, and the processQueryKey answered for it.
     pub user_ids: Vec<String>,
+    pub process_query_key: Option<String>,
     /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed.
     pub body: Value,
 }
@@ -158,10 +160,24 @@ struct Inner {
     stats: SimStats,
     faults: Faults,
     flow_controlled: HashSet<String>,
+    /// batchSend's accepted calls by processQueryKey, for readStatus and batchRecall.
+    oto: HashMap<String, OtoSend>,
     gates: HashMap<String, Arc<Gate>>,
     rng: u64,
     seq: u64,
 }
+
+/// One accepted batchSend call: who it reached, who read it, whether it was recalled.
+struct OtoSend {
+    app_key: String,
+    at_ms: i64,
+    user_ids: Vec<String>,
+    read: HashMap<String, i64>,
+    recalled: bool,
+}
+
+/// How long after a batchSend DingTalk answers readStatus and batchRecall for it.
+pub const OTO_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 pub struct SimState {
     inner: Mutex<Inner>,
@@ -223,6 +239,21 @@ impl SimState {
         });
         self.lock().gates.insert(api.to_owned(), gate.clone());
         gate
+    }
+
+    /// `user_id` opens the robot's chat: every message it has there (not recalled) is read now.
+    /// Answers how many batchSend calls that marks.
+    pub fn mark_read(&self, user_id: &str) -> usize {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let mut marked = 0;
+        for send in g.oto.values_mut() {
+            if !send.recalled && send.user_ids.iter().any(|u| u == user_id) {
+                send.read.entry(user_id.to_owned()).or_insert(now);
+                marked += 1;
+            }
+        }
+        marked
     }
 
     pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {

@@ -1,7 +1,7 @@
 //! The simulator's endpoints. Each checks what the real endpoint checks, in the same shape of
 //! answer (oapi: HTTP 200 + errcode; api: HTTP status + `{code, message}`).
 
-use super::{Faults, Inner, SimMessage, SimState};
+use super::{Faults, Inner, OtoSend, SimMessage, SimState, OTO_WINDOW_MS};
 use crate::dingtalk::sign;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
@@ -22,7 +22,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1.0/robot/oToMessages/batchSend",
             web::post().to(batch_send),
         )
+        .route(
+            "/v1.0/robot/oToMessages/readStatus",
+            web::get().to(read_status),
+        )
+        .route(
+            "/v1.0/robot/otoMessages/batchRecall",
+            web::post().to(batch_recall),
+        )
         .route("/robot/send", web::post().to(robot_send))
+        .route("/_sim/read", web::post().to(read))
         .route("/_sim/messages", web::get().to(messages))
         .route("/_sim/stats", web::get().to(stats))
         .route("/_sim/reset", web::post().to(reset))
@@ -36,6 +45,10 @@ fn oapi(errcode: i64, errmsg: &str) -> HttpResponse {
 fn api_error(status: u16, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid status"))
         .json(json!({"code": code, "message": message, "requestid": "sim"}))
+}
+
+fn unauthorized() -> HttpResponse {
+    api_error(401, "InvalidAuthentication", "不合法的access_token")
 }
 
 impl Inner {
@@ -80,11 +93,41 @@ impl Inner {
         token
     }
 
+    /// A processQueryKey as DingTalk's look: base64, so with `+`, `/` and `=` in it.
+    fn new_query_key(&mut self) -> String {
+        let id = self.new_id();
+        format!("{}+{}/{}==", &id[..8], &id[8..16], &id[16..])
+    }
+
+    /// The app whose token a new-API request carries; `None` (refusal counted): answer
+    /// [`unauthorized`].
+    fn api_token(&mut self, api: &str, req: &HttpRequest, now: i64) -> Option<String> {
+        let token = req
+            .headers()
+            .get("x-acs-dingtalk-access-token")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let app = self.token_app(token, now);
+        if app.is_none() {
+            self.refuse(api, 401);
+        }
+        app
+    }
+
+    /// Whether `robot_code` is the robot of the app `app_key`.
+    fn is_robot_of(&self, app_key: &str, robot_code: Option<&str>) -> bool {
+        self.config
+            .apps
+            .iter()
+            .any(|a| a.key == app_key && Some(a.robot_code.as_str()) == robot_code)
+    }
+
     fn record(
         &mut self,
         api: &'static str,
         target: String,
         user_ids: Vec<String>,
+        process_query_key: Option<String>,
         body: Value,
         now: i64,
     ) {
@@ -98,6 +141,7 @@ impl Inner {
             api,
             target,
             user_ids,
+            process_query_key,
             body,
         });
     }
@@ -254,14 +298,8 @@ async fn batch_send(state: State, req: HttpRequest, body: web::Bytes) -> HttpRes
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let token = req
-        .headers()
-        .get("x-acs-dingtalk-access-token")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let Some(app_key) = g.token_app(token, now) else {
-        g.refuse("batch_send", 401);
-        return api_error(401, "InvalidAuthentication", "不合法的access_token");
+    let Some(app_key) = g.api_token("batch_send", &req, now) else {
+        return unauthorized();
     };
     let bad = |g: &mut Inner, code: &str, msg: &str| {
         g.refuse("batch_send", code);
@@ -324,17 +362,28 @@ async fn batch_send(state: State, req: HttpRequest, body: web::Bytes) -> HttpRes
             sent.push(id);
         }
     }
+    let key = g.new_query_key();
     if !sent.is_empty() {
         let target = robot_code.unwrap_or_default();
+        g.oto.insert(
+            key.clone(),
+            OtoSend {
+                app_key,
+                at_ms: now,
+                user_ids: sent.clone(),
+                read: HashMap::new(),
+                recalled: false,
+            },
+        );
         g.record(
             "batch_send",
             target,
             sent,
+            Some(key.clone()),
             json!({"msgKey": msg_key, "msgParam": param}),
             now,
         );
     }
-    let key = g.new_id();
     HttpResponse::Ok().json(json!({
         "processQueryKey": key,
         "invalidStaffIdList": invalid,
@@ -487,8 +536,115 @@ async fn robot_send(state: State, q: Query, body: web::Bytes) -> HttpResponse {
         return refuse(&mut g, 410100, "send too fast, exceed 20 times per minute");
     }
     sends.push_back(now);
-    g.record("robot_send", robot.name, vec![], v, now);
+    g.record("robot_send", robot.name, vec![], None, v, now);
     oapi(0, "ok")
+}
+
+/// readStatus: who of a batchSend's people read it, within 24 h of the send, for the app that
+/// sent it.
+async fn read_status(state: State, req: HttpRequest, q: Query) -> HttpResponse {
+    if let Some(r) = fault(&state, "read_status", false).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    let Some(app_key) = g.api_token("read_status", &req, now) else {
+        return unauthorized();
+    };
+    if !g.is_robot_of(&app_key, q.get("robotCode").map(String::as_str)) {
+        g.refuse("read_status", "InvalidParameter.robotCode");
+        return api_error(
+            400,
+            "InvalidParameter.robotCode",
+            "robotCode is not this app's robot",
+        );
+    }
+    let key = q.get("processQueryKey").map_or("", String::as_str);
+    let Some(send) = g
+        .oto
+        .get(key)
+        .filter(|s| s.app_key == app_key && now - s.at_ms <= OTO_WINDOW_MS)
+    else {
+        g.refuse("read_status", "InvalidParameter.processQueryKey");
+        return api_error(
+            400,
+            "InvalidParameter.processQueryKey",
+            "no message with this processQueryKey in the last 24 hours",
+        );
+    };
+    let list: Vec<Value> = send
+        .user_ids
+        .iter()
+        .map(|u| match send.read.get(u) {
+            Some(at) => json!({"userId": u, "name": u, "readStatus": "READ", "readTimestamp": at}),
+            None => json!({"userId": u, "name": u, "readStatus": "UNREAD"}),
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"sendStatus": "SUCCESS", "messageReadInfoList": list}))
+}
+
+/// batchRecall: removes the messages of up to 20 keys from the chats, within 24 h of the send.
+async fn batch_recall(state: State, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Some(r) = fault(&state, "batch_recall", false).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    let Some(app_key) = g.api_token("batch_recall", &req, now) else {
+        return unauthorized();
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if !g.is_robot_of(&app_key, v["robotCode"].as_str()) {
+        g.refuse("batch_recall", "InvalidParameter.robotCode");
+        return api_error(
+            400,
+            "InvalidParameter.robotCode",
+            "robotCode is not this app's robot",
+        );
+    }
+    let keys: Option<Vec<String>> = v["processQueryKeys"]
+        .as_array()
+        .and_then(|a| a.iter().map(|k| k.as_str().map(str::to_owned)).collect());
+    let Some(keys) = keys.filter(|k| (1..=20).contains(&k.len())) else {
+        g.refuse("batch_recall", "InvalidParameter.processQueryKeys");
+        return api_error(
+            400,
+            "InvalidParameter.processQueryKeys",
+            "processQueryKeys must hold 1 to 20 keys",
+        );
+    };
+    let (mut recalled, mut failed) = (vec![], Map::new());
+    for key in keys {
+        match g.oto.get_mut(&key).filter(|s| s.app_key == app_key) {
+            Some(send) if now - send.at_ms > OTO_WINDOW_MS => {
+                failed.insert(key, "exceed 24 hours, cannot recall".into());
+            }
+            Some(send) => {
+                send.recalled = true;
+                recalled.push(key);
+            }
+            None => {
+                failed.insert(key, "message not found".into());
+            }
+        }
+    }
+    g.messages.retain(|m| {
+        m.process_query_key
+            .as_ref()
+            .is_none_or(|k| !recalled.contains(k))
+    });
+    HttpResponse::Ok().json(json!({"successResult": recalled, "failedResult": failed}))
+}
+
+#[derive(serde::Deserialize)]
+struct ReadBody {
+    user_id: String,
+}
+
+/// Test hook: the person opens the robot's chat and reads what is there.
+async fn read(state: State, body: web::Json<ReadBody>) -> HttpResponse {
+    let marked = state.mark_read(&body.user_id);
+    HttpResponse::Ok().json(json!({"marked": marked}))
 }
 
 async fn messages(state: State) -> HttpResponse {

@@ -18,6 +18,7 @@ mod layering;
 mod limits;
 mod logging;
 mod msg_type;
+mod readstatus;
 mod registry;
 mod robots;
 #[cfg(feature = "postgres")]

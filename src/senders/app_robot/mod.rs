@@ -3,10 +3,12 @@
 //! phone are looked up (`getbymobile`, cached) on the way.
 
 pub mod budget;
+pub mod readback;
 
 use super::{digest, group_by, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED};
 use crate::clock::SharedClock;
-use crate::db::models::DeliveryRow;
+use crate::db::models::{DeliveryRow, SendRow};
+use crate::db::Db;
 use crate::dingtalk::client::{BATCH_CONCURRENCY, BATCH_MAX_IDS};
 use crate::dingtalk::{App, DingTalk, DingTalkError, MobileLookup, UserOutcome};
 use crate::directory::userids::UserIdCache;
@@ -31,11 +33,16 @@ pub struct AppRobotSender {
     pub client: std::sync::Arc<DingTalk>,
     pub userids: UserIdCache,
     pub budgets: AppBudgets,
+    /// Where each batchSend's processQueryKey is kept (`dingtalk_sends`).
+    db: Db,
+    /// readStatus answers of the last minute.
+    reads: readback::ReadCache,
     clock: SharedClock,
 }
 
 impl AppRobotSender {
     pub fn new(
+        db: Db,
         client: std::sync::Arc<DingTalk>,
         userids: UserIdCache,
         budgets: AppBudgets,
@@ -45,6 +52,8 @@ impl AppRobotSender {
             client,
             userids,
             budgets,
+            db,
+            reads: readback::ReadCache::default(),
             clock,
         }
     }
@@ -101,7 +110,8 @@ impl AppRobotSender {
                 None => misses.push((mobile, row)),
             }
         }
-        out.extend(self.batch_send(&app, &msg, known, gate).await);
+        let mut keys = vec![];
+        out.extend(self.batch_send(&app, &msg, known, gate, &mut keys).await);
 
         let mut found = vec![];
         for (mobile, row) in misses {
@@ -130,8 +140,25 @@ impl AppRobotSender {
             };
             out.push((row, verdict));
         }
-        out.extend(self.batch_send(&app, &msg, found, gate).await);
+        out.extend(self.batch_send(&app, &msg, found, gate, &mut keys).await);
+        self.keep(keys).await;
         out
+    }
+
+    /// Keeps the processQueryKey of every part that reached someone, for read status and
+    /// recall. The messages went out whatever happens here: a failure only costs those.
+    async fn keep(&self, keys: Vec<SendRow>) {
+        if keys.is_empty() {
+            return;
+        }
+        let n = keys.len();
+        if let Err(e) = self
+            .db
+            .write(move |conn| crate::senders::sends::keep(conn, &keys))
+            .await
+        {
+            tracing::error!(error = %e, sends = n, "cannot keep DingTalk's processQueryKeys: read status and recall will not know these sends");
+        }
     }
 
     /// batchSend (in calls of ≤20 ids) within the app's call budget; per-user verdicts. A
@@ -143,6 +170,7 @@ impl AppRobotSender {
         msg: &Message,
         to: Vec<(String, DeliveryRow)>,
         gate: &dyn Gate,
+        keys: &mut Vec<SendRow>,
     ) -> Verdicts {
         let parts = digest::batch_parts(msg);
         let n = parts.len() as i32;
@@ -196,7 +224,19 @@ impl AppRobotSender {
                             }
                         };
                     for (uid, row) in std::mem::take(&mut remaining) {
-                        match self.user_outcome(app, &uid, by_id.remove(&uid)) {
+                        let outcome = self.user_outcome(app, &uid, by_id.remove(&uid));
+                        if let Ok(pqk) = &outcome {
+                            keys.push(SendRow {
+                                delivery_id: row.id,
+                                send_key: pqk.clone(),
+                                path: crate::senders::sends::ONE_TO_ONE.into(),
+                                user_id: uid.clone(),
+                                sent_at: now,
+                                read_at: None,
+                                recalled_at: None,
+                            });
+                        }
+                        match outcome {
                             Ok(pqk) if k + 1 == n => out.push((
                                 row,
                                 Verdict::Sent {

@@ -34,8 +34,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/c/compapi/{tail:.*}", web::post().to(esb));
 }
 
-/// One message's delivery log, for the app that sent it.
-async fn message(req: HttpRequest, esb: web::Data<Esb>, path: web::Path<String>) -> HttpResponse {
+/// One message's delivery log, for the app that sent it, with who read it.
+async fn message(
+    req: HttpRequest,
+    esb: web::Data<Esb>,
+    service: web::Data<SendService>,
+    path: web::Path<String>,
+) -> HttpResponse {
     let rid = request_id(&req);
     let id = path.into_inner();
     let answer = async {
@@ -51,11 +56,16 @@ async fn message(req: HttpRequest, esb: web::Data<Esb>, path: web::Path<String>)
             .await
     };
     match answer.await {
-        Ok(Some(view)) => HttpResponse::Ok().json(Envelope::ok(
-            serde_json::to_value(view).unwrap_or(Value::Null),
-            "ok",
-            &rid,
-        )),
+        Ok(Some(mut view)) => {
+            if let Err(e) = crate::outbox::readback::fill_reads(service.outbox(), &mut view).await {
+                tracing::warn!(error = %e, "cannot read the read status of the message; answered without it");
+            }
+            HttpResponse::Ok().json(Envelope::ok(
+                serde_json::to_value(view).unwrap_or(Value::Null),
+                "ok",
+                &rid,
+            ))
+        }
         Ok(None) => EsbError::NotFound("no such message for this app").respond(&rid, Surface::Rest),
         Err(e) => e.respond(&rid, Surface::Rest),
     }

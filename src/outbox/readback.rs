@@ -1,0 +1,198 @@
+//! Read status and recall of a message, for the delivery log and `deliveries recall`: the
+//! sends kept for its deliveries (`senders::sends`) asked about through the path that made
+//! them. A new path answers for its own `path` here (one arm in `readings_of` and `recall`).
+
+use super::view::MessageView;
+use super::Outbox;
+use crate::channels::settings::DeliverySettings;
+use crate::db::models::SendRow;
+use crate::db::DbError;
+use crate::domain::delivery::DeliveryKind;
+use crate::senders::sends::{self, Reading, ONE_TO_ONE, WINDOW_MS};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What a recall did for one receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Recall {
+    Recalled { at: i64 },
+    AlreadyRecalled { at: i64 },
+    NotRecallable { why: String },
+    Failed { why: String },
+}
+
+/// Fills each delivery's `read` from DingTalk (asked on demand) and stores who was seen to read.
+pub async fn fill_reads(outbox: &Outbox, view: &mut MessageView) -> Result<(), DbError> {
+    let id = view.message_id.clone();
+    let (rows, settings) = outbox
+        .db
+        .run(move |conn| {
+            Ok::<_, DbError>((sends::of_message(conn, &id)?, DeliverySettings::load(conn)?))
+        })
+        .await?;
+    let (readings, newly_read) = readings_of(outbox, &settings, &rows).await;
+    if !newly_read.is_empty() {
+        let read: Vec<(i64, String, i64)> = newly_read
+            .into_iter()
+            .filter_map(|s| Some((s.delivery_id, s.send_key, s.read_at?)))
+            .collect();
+        outbox
+            .db
+            .write(move |conn| sends::mark_read(conn, &read))
+            .await?;
+    }
+    let mut by_delivery: HashMap<i64, Vec<Reading>> = HashMap::new();
+    for (row, reading) in rows.iter().zip(readings) {
+        by_delivery
+            .entry(row.delivery_id)
+            .or_default()
+            .push(reading);
+    }
+    for d in &mut view.deliveries {
+        d.read = by_delivery.remove(&d.id).and_then(Reading::of_parts);
+    }
+    Ok(())
+}
+
+/// Each send's reading, through its path; and the sends newly seen read.
+async fn readings_of(
+    outbox: &Outbox,
+    settings: &DeliverySettings,
+    rows: &[SendRow],
+) -> (Vec<Reading>, Vec<SendRow>) {
+    let oto: Vec<SendRow> = rows
+        .iter()
+        .filter(|r| r.path == ONE_TO_ONE)
+        .cloned()
+        .collect();
+    let (mut oto_readings, newly_read) = match &settings.app {
+        Ok(app) => outbox.people.readings(app, &oto).await,
+        Err(why) => (
+            oto.iter().map(|_| Reading::unknown(why.clone())).collect(),
+            vec![],
+        ),
+    };
+    oto_readings.reverse();
+    let readings = rows
+        .iter()
+        .map(|r| match r.path.as_str() {
+            ONE_TO_ONE => oto_readings.pop().expect("one reading per send"),
+            other => Reading::unknown(format!("no read status for sends of path '{other}'")),
+        })
+        .collect();
+    (readings, newly_read)
+}
+
+/// Recalls what DingTalk still holds of message `id`; `None`: no such message. Answers each
+/// delivery's outcome by receiver, in the log's order.
+pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Recall)>>, DbError> {
+    let message_id = id.to_owned();
+    let loaded = outbox
+        .db
+        .run(move |conn| {
+            if super::store::message(conn, &message_id)?.is_none() {
+                return Ok::<_, DbError>(None);
+            }
+            Ok(Some((
+                super::store::deliveries_of(conn, &message_id)?,
+                sends::of_message(conn, &message_id)?,
+                DeliverySettings::load(conn)?,
+            )))
+        })
+        .await?;
+    let Some((deliveries, rows, settings)) = loaded else {
+        return Ok(None);
+    };
+    let now = outbox.clock.now_ms();
+    let mut sends_of: HashMap<i64, Vec<&SendRow>> = HashMap::new();
+    for r in &rows {
+        sends_of.entry(r.delivery_id).or_default().push(r);
+    }
+    let mut plan: Vec<(String, Result<Vec<String>, Recall>)> = vec![];
+    for d in &deliveries {
+        let mine = sends_of.remove(&d.id).unwrap_or_default();
+        let outcome = if d.delivery_kind() == Some(DeliveryKind::Robot) {
+            Err(Recall::NotRecallable {
+                why: "a group robot's message cannot be recalled: DingTalk's custom robot webhook has no recall".into(),
+            })
+        } else if mine.is_empty() {
+            Err(Recall::NotRecallable {
+                why: format!(
+                    "nothing of it reached DingTalk's single chat (status {})",
+                    d.status
+                ),
+            })
+        } else if let Some(at) = mine
+            .iter()
+            .map(|s| s.recalled_at)
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|ats| ats.into_iter().max())
+        {
+            Err(Recall::AlreadyRecalled { at })
+        } else if mine.iter().any(|s| s.path != ONE_TO_ONE) {
+            Err(Recall::NotRecallable {
+                why: "its path has no recall".into(),
+            })
+        } else {
+            let keys: Vec<String> = mine
+                .iter()
+                .filter(|s| s.recalled_at.is_none() && now - s.sent_at <= WINDOW_MS)
+                .map(|s| s.send_key.clone())
+                .collect();
+            if keys.is_empty() {
+                Err(Recall::NotRecallable {
+                    why: "older than 24 h: DingTalk recalls a message only within 24 hours".into(),
+                })
+            } else {
+                Ok(keys)
+            }
+        };
+        plan.push((d.receiver.clone(), outcome));
+    }
+    let keys: BTreeSet<String> = plan
+        .iter()
+        .filter_map(|(_, p)| p.as_ref().ok())
+        .flatten()
+        .cloned()
+        .collect();
+    let outcomes: BTreeMap<String, Result<(), String>> = if keys.is_empty() {
+        BTreeMap::new()
+    } else {
+        match &settings.app {
+            Ok(app) => outbox
+                .people
+                .recall(app, keys.into_iter().collect())
+                .await
+                .into_iter()
+                .collect(),
+            Err(why) => keys.into_iter().map(|k| (k, Err(why.clone()))).collect(),
+        }
+    };
+    let recalled: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| o.is_ok())
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !recalled.is_empty() {
+        let keys = recalled.clone();
+        outbox
+            .db
+            .write(move |conn| sends::mark_recalled(conn, ONE_TO_ONE, &keys, now))
+            .await?;
+    }
+    Ok(Some(
+        plan.into_iter()
+            .map(|(receiver, p)| {
+                let outcome = match p {
+                    Err(known) => known,
+                    Ok(keys) => match keys.iter().find_map(|k| outcomes[k].as_ref().err()) {
+                        Some(why) => Recall::Failed { why: why.clone() },
+                        None => Recall::Recalled { at: now },
+                    },
+                };
+                (receiver, outcome)
+            })
+            .collect(),
+    ))
+}
