@@ -86,16 +86,14 @@ impl Inner {
         c.users.iter().any(|u| u.userid == userid) || c.members.iter().any(|m| m.userid == userid)
     }
 
-    /// Answers 88 (as DingTalk does) unless `q` carries a live token.
-    fn check_token(&mut self, api: &str, q: &Query, now: i64) -> Result<(), HttpResponse> {
-        if self
-            .token_app(q.get("access_token").map_or("", String::as_str), now)
-            .is_some()
-        {
-            return Ok(());
-        }
-        self.refuse(api, 88);
-        Err(HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"})))
+    /// DingTalk's answer 88 unless `q` carries a live token.
+    fn bad_token(&mut self, api: &str, q: &Query, now: i64) -> Option<HttpResponse> {
+        self.token_app(q.get("access_token").map_or("", String::as_str), now)
+            .is_none()
+            .then(|| {
+                self.refuse(api, 88);
+                HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"}))
+            })
     }
 
     fn department_exists(&self, dept_id: i64) -> bool {
@@ -262,19 +260,17 @@ async fn getbymobile(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     }
 }
 
-/// `dept_id` of an oapi directory body; DingTalk answers 60003 for a department it does not
-/// have.
-fn dept_id(g: &mut Inner, api: &str, body: &[u8]) -> Result<(i64, Value), HttpResponse> {
+/// `dept_id` of an oapi directory body, or the errcode and message DingTalk refuses it with
+/// (60003 for a department it does not have).
+fn dept_id(g: &mut Inner, api: &str, body: &[u8]) -> Result<(i64, Value), (i64, &'static str)> {
     let v: Value = serde_json::from_slice(body).unwrap_or_default();
-    let Some(id) = v["dept_id"].as_i64() else {
-        g.refuse(api, 400002);
-        return Err(oapi(400002, "参数错误: dept_id"));
+    let refusal = match v["dept_id"].as_i64() {
+        Some(id) if g.department_exists(id) => return Ok((id, v)),
+        Some(_) => (60003, "部门不存在"),
+        None => (400002, "参数错误: dept_id"),
     };
-    if !g.department_exists(id) {
-        g.refuse(api, 60003);
-        return Err(oapi(60003, "部门不存在"));
-    }
-    Ok((id, v))
+    g.refuse(api, refusal.0);
+    Err(refusal)
 }
 
 /// One level of departments, whole.
@@ -285,12 +281,12 @@ async fn listsub(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    if let Err(r) = g.check_token(API, &q, now) {
+    if let Some(r) = g.bad_token(API, &q, now) {
         return r;
     }
     let (parent, _) = match dept_id(&mut g, API, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err((code, msg)) => return oapi(code, msg),
     };
     let result: Vec<Value> = g
         .config
@@ -312,12 +308,12 @@ async fn user_list(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    if let Err(r) = g.check_token(API, &q, now) {
+    if let Some(r) = g.bad_token(API, &q, now) {
         return r;
     }
     let (dept, v) = match dept_id(&mut g, API, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err((code, msg)) => return oapi(code, msg),
     };
     let (Some(cursor), Some(size)) = (
         v["cursor"].as_u64(),

@@ -69,8 +69,11 @@ impl fmt::Display for SyncReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     // Not a `#[source]`: the message includes it, and chained reports would print it twice.
-    #[error("DingTalk refused {what}: {error}; nothing was changed")]
-    DingTalk { what: String, error: DingTalkError },
+    #[error("cannot read {what} from DingTalk: {error}; nothing was changed")]
+    DingTalk {
+        what: String,
+        error: Box<DingTalkError>,
+    },
     #[error("the send_dingtalk channel has no DingTalk app: set ding_app_key and ding_app_secret (`ding-channel channels conf send_dingtalk ding_app_key=… ding_app_secret=…`); nothing was changed")]
     NotConfigured,
     /// The periodic sync ran past its claim: the next claim's run writes instead.
@@ -182,7 +185,10 @@ impl Reader<'_> {
                 self.clock.now_ms() + pause.as_millis() as i64,
             );
         }
-        SyncError::DingTalk { what, error }
+        SyncError::DingTalk {
+            what,
+            error: Box::new(error),
+        }
     }
 }
 
