@@ -398,44 +398,7 @@ impl DingTalk {
                 Context::default(),
             )
             .await?;
-        let bad = |why| DingTalkError::bad_answer(Api::UserList, 200, why);
-        let result = &v["result"];
-        let list = result["list"]
-            .as_array()
-            .ok_or_else(|| bad("no result.list in the answer"))?;
-        let text = |m: &Value, key: &str| {
-            m[key]
-                .as_str()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        };
-        let members = list
-            .iter()
-            .map(|m| {
-                Ok(Member {
-                    userid: text(m, "userid").ok_or_else(|| bad("a member without a userid"))?,
-                    name: text(m, "name"),
-                    mobile: text(m, "mobile"),
-                    state_code: text(m, "state_code"),
-                    email: text(m, "email").or_else(|| text(m, "org_email")),
-                    job_number: text(m, "job_number"),
-                })
-            })
-            .collect::<Result<Vec<_>, DingTalkError>>()?;
-        let next_cursor = match result["has_more"].as_bool() {
-            Some(true) => Some(
-                result["next_cursor"]
-                    .as_i64()
-                    .ok_or_else(|| bad("has_more without a numeric next_cursor"))?,
-            ),
-            Some(false) => None,
-            None => return Err(bad("no result.has_more in the answer")),
-        };
-        Ok(MemberPage {
-            members,
-            next_cursor,
-        })
+        member_page(&v["result"])
     }
 
     /// Sends `msg` to every userId, in calls of at most 20 ids (a few at once), and answers
@@ -608,6 +571,48 @@ pub fn redact_url(url: &Url) -> String {
     shown.to_string()
 }
 
+/// A `user/list` page's `result`: an answer without its list or paging fields is an error,
+/// never an empty department.
+fn member_page(result: &Value) -> Result<MemberPage, DingTalkError> {
+    let bad = |why| DingTalkError::bad_answer(Api::UserList, 200, why);
+    let list = result["list"]
+        .as_array()
+        .ok_or_else(|| bad("no result.list in the answer"))?;
+    let text = |m: &Value, key: &str| {
+        m[key]
+            .as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let members = list
+        .iter()
+        .map(|m| {
+            Ok(Member {
+                userid: text(m, "userid").ok_or_else(|| bad("a member without a userid"))?,
+                name: text(m, "name"),
+                mobile: text(m, "mobile"),
+                state_code: text(m, "state_code"),
+                email: text(m, "email").or_else(|| text(m, "org_email")),
+                job_number: text(m, "job_number"),
+            })
+        })
+        .collect::<Result<Vec<_>, DingTalkError>>()?;
+    let next_cursor = match result["has_more"].as_bool() {
+        Some(true) => Some(
+            result["next_cursor"]
+                .as_i64()
+                .ok_or_else(|| bad("has_more without a numeric next_cursor"))?,
+        ),
+        Some(false) => None,
+        None => return Err(bad("no result.has_more in the answer")),
+    };
+    Ok(MemberPage {
+        members,
+        next_cursor,
+    })
+}
+
 fn chunk_outcomes(
     chunk: &[String],
     outcome: Result<Value, DingTalkError>,
@@ -671,6 +676,44 @@ fn with_request_id(mut e: DingTalkError, v: &Value) -> DingTalkError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_member_page_says_where_the_next_starts_and_a_malformed_one_is_an_error() {
+        let page = super::member_page(&json!({
+            "has_more": true, "next_cursor": 100,
+            "list": [
+                {"userid": "u1", "name": "Alice", "mobile": "13800000001", "state_code": "86",
+                 "org_email": "alice@corp.example", "job_number": " ", "dept_id_list": [2, 3]},
+                {"userid": "u2"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(page.next_cursor, Some(100));
+        assert_eq!(page.members.len(), 2);
+        let alice = &page.members[0];
+        assert_eq!(alice.email.as_deref(), Some("alice@corp.example"));
+        assert_eq!(alice.job_number, None, "blank is absent");
+        assert_eq!(page.members[1].mobile, None);
+        let last = super::member_page(&json!({"has_more": false, "list": []})).unwrap();
+        assert_eq!(last.next_cursor, None);
+
+        let bad = |v| super::member_page(&v).unwrap_err().message;
+        assert_eq!(
+            bad(json!({"has_more": false})),
+            "no result.list in the answer"
+        );
+        assert_eq!(bad(json!({"list": []})), "no result.has_more in the answer");
+        assert_eq!(
+            bad(json!({"has_more": true, "list": []})),
+            "has_more without a numeric next_cursor"
+        );
+        assert_eq!(
+            bad(json!({"has_more": false, "list": [{"name": "x"}]})),
+            "a member without a userid"
+        );
+    }
+
     #[test]
     fn logged_urls_hide_tokens_and_signatures() {
         let url =

@@ -239,11 +239,8 @@ async fn getbymobile(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    if g.token_app(q.get("access_token").map_or("", String::as_str), now)
-        .is_none()
-    {
-        g.refuse("getbymobile", 88);
-        return HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"}));
+    if let Some(r) = g.bad_token("getbymobile", &q, now) {
+        return r;
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(mobile) = v["mobile"].as_str().filter(|m| !m.is_empty()) else {

@@ -105,13 +105,24 @@ pub struct Listing {
     pub departments: usize,
     pub listed: usize,
     pub calls: usize,
+    seen: HashSet<String>,
+}
+
+impl Listing {
+    /// A page of members: each counted as listed, and kept the first time their userid is
+    /// seen (a person in several departments is one person).
+    fn add(&mut self, page: Vec<Member>) {
+        self.listed += page.len();
+        let seen = &mut self.seen;
+        self.members
+            .extend(page.into_iter().filter(|m| seen.insert(m.userid.clone())));
+    }
 }
 
 impl Reader<'_> {
     /// Walks every department from the root and pages through each one's own members.
     pub async fn fetch(&self) -> Result<Listing, SyncError> {
         let mut listing = Listing::default();
-        let mut seen_people = HashSet::new();
         let mut seen_departments = HashSet::from([ROOT]);
         let mut pending = VecDeque::from([ROOT]);
         while let Some(dept) = pending.pop_front() {
@@ -139,12 +150,7 @@ impl Reader<'_> {
                     .list_members(self.app, dept, cursor, MEMBERS_PAGE_MAX)
                     .await
                     .map_err(|e| self.refused(what(), e))?;
-                listing.listed += page.members.len();
-                listing.members.extend(
-                    page.members
-                        .into_iter()
-                        .filter(|m| seen_people.insert(m.userid.clone())),
-                );
+                listing.add(page.members);
                 match page.next_cursor {
                     None => break,
                     Some(next) if next > cursor => cursor = next,
@@ -227,6 +233,7 @@ pub async fn write(
         departments,
         listed,
         calls,
+        ..
     } = listing;
     let mut report = SyncReport {
         departments,
@@ -379,5 +386,29 @@ impl Schedule {
             self.run_if_due().await;
             tokio::time::sleep(tick).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_person_listed_in_two_departments_counts_once() {
+        let m = |id: &str| Member {
+            userid: id.into(),
+            name: None,
+            mobile: None,
+            state_code: None,
+            email: None,
+            job_number: None,
+        };
+        let mut listing = Listing::default();
+        listing.add(vec![m("alice"), m("bob")]);
+        listing.add(vec![m("bob"), m("carol")]);
+        listing.add(vec![]);
+        let ids: Vec<_> = listing.members.iter().map(|m| m.userid.as_str()).collect();
+        assert_eq!(ids, ["alice", "bob", "carol"]);
+        assert_eq!(listing.listed, 4);
     }
 }
