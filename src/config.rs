@@ -65,6 +65,7 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_BKUSER_APP_CODE",
     "DING_CHANNEL_BKUSER_APP_SECRET",
     "DING_CHANNEL_BKUSER_SYNC_S",
+    "DING_CHANNEL_DINGTALK_SYNC_S",
     "DING_CHANNEL_ALERT_ROUTES",
     "DING_CHANNEL_MENTION_KEYS",
 ];
@@ -154,6 +155,9 @@ pub struct DirectorySettings {
     pub userid_ttl: Duration,
     /// How long "no DingTalk user has this phone" is trusted.
     pub userid_miss_ttl: Duration,
+    /// How often `serve` syncs the directory from DingTalk (`DING_CHANNEL_DINGTALK_SYNC_S`);
+    /// `None`: never (the default).
+    pub dingtalk_sync: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -393,6 +397,13 @@ impl Settings {
         let userid_miss_ttl = parse("DING_CHANNEL_USERID_MISS_TTL_S", "3600", &|v| {
             int_in(v, 0, 30 * 86_400)
         })?;
+        let dingtalk_sync = parse("DING_CHANNEL_DINGTALK_SYNC_S", "0", &|v| {
+            int_in(v, 0, 0)
+                .or_else(|_| int_in(v, 60, 7 * 86_400))
+                .map_err(|_| {
+                    format!("'{v}' is not 0 (off) or a whole number of seconds from 60 to 604800")
+                })
+        })?;
         let max_age = parse("DING_CHANNEL_MAX_AGE_S", "86400", &|v| {
             int_in(v, 60, 30 * 86_400)
         })?;
@@ -496,6 +507,7 @@ impl Settings {
             directory: DirectorySettings {
                 userid_ttl: secs(&userid_ttl),
                 userid_miss_ttl: secs(&userid_miss_ttl),
+                dingtalk_sync: Some(secs(&dingtalk_sync)).filter(|d| !d.is_zero()),
             },
             bkuser: (!bkuser_url.is_empty()).then(|| BkUserSettings {
                 url: http_url(&bkuser_url).expect("validated above"),
@@ -804,6 +816,29 @@ mod tests {
             err(&short),
             "DING_CHANNEL_BKUSER_SYNC_S (environment): '5' is not a whole number from 10 to 604800"
         );
+    }
+
+    #[test]
+    fn the_dingtalk_directory_sync_is_off_unless_an_interval_is_set() {
+        let sync = |v: &str| {
+            Settings::from_env_map(env(&[("DING_CHANNEL_DINGTALK_SYNC_S", v)]))
+                .map(|s| s.directory.dingtalk_sync)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            Settings::from_env_map(env(&[]))
+                .unwrap()
+                .directory
+                .dingtalk_sync,
+            None
+        );
+        assert_eq!(sync("0"), Ok(None));
+        assert_eq!(sync("3600"), Ok(Some(Duration::from_secs(3600))));
+        assert_eq!(
+            sync("30").unwrap_err(),
+            "DING_CHANNEL_DINGTALK_SYNC_S (environment): '30' is not 0 (off) or a whole number of seconds from 60 to 604800"
+        );
+        assert!(sync("hourly").is_err());
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub fn banner(addr: SocketAddr, sim_url: &str, bkuser_url: &str) -> String {
          -d '{{\"bk_app_code\": \"{APP}\", \"bk_app_secret\": \"{APP_SECRET}\", \"msg_type\": \"ding\", \"receiver__username\": \"alice,bob,ops-robot\", \"title\": \"Disk full\", \"content\": \"host-1 /data at 95%\"}}'\n\n\
          # carol and dave come from the simulated bk-user ({bkuser_url}), synced at start: carol is reached, dave has left\n\
          curl -X POST '{base}/send_msg/' -H 'Content-Type: application/json' \\\n  \
-         -d '{{\"bk_app_code\": \"{APP}\", \"bk_app_secret\": \"{APP_SECRET}\", \"msg_type\": \"ding\", \"receiver__username\": \"carol,dave\", \"title\": \"Disk full\", \"content\": \"host-1 /data at 95%\"}}'\n"
+         -d '{{\"bk_app_code\": \"{APP}\", \"bk_app_secret\": \"{APP_SECRET}\", \"msg_type\": \"ding\", \"receiver__username\": \"carol,dave\", \"title\": \"Disk full\", \"content\": \"host-1 /data at 95%\"}}'\n\n\
+         # read the simulated organisation's people into the phone cache (same DATABASE_URL as serve)\n\
+         DINGTALK_OAPI_BASE={sim_url} DINGTALK_API_BASE={sim_url} ding-channel users sync --from dingtalk\n"
     )
 }

@@ -3,6 +3,7 @@
 
 use crate::channels::manifest::Manifest;
 use crate::channels::registry;
+use crate::channels::settings::DingtalkConf;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::core::SendService;
@@ -10,6 +11,7 @@ use crate::db::Db;
 use crate::directory::bkuser::client::BkUserClient;
 use crate::directory::bkuser::lookup::BkUserLookup;
 use crate::directory::bkuser::sync::Schedule;
+use crate::directory::dingtalk::sync::{AppSource, Schedule as DingTalkSync};
 use crate::directory::lookup::UserLookup;
 use crate::outbox::Outbox;
 use crate::sources::alertmanager::routing::RouteTable;
@@ -69,6 +71,7 @@ pub struct Application {
     server: Server,
     outbox: Arc<Outbox>,
     bkuser: Option<Arc<Schedule>>,
+    dingtalk_sync: Option<Arc<DingTalkSync>>,
     alert_routes: Arc<RouteTable>,
 }
 
@@ -94,6 +97,26 @@ pub(crate) fn bkuser(
         clock,
     });
     Ok(Some((schedule, lookup)))
+}
+
+/// With `DING_CHANNEL_DINGTALK_SYNC_S`: the periodic DingTalk directory sync, on the engine's
+/// DingTalk client (its tokens) and call budget, with the app the `send_dingtalk` channel has
+/// at each run.
+fn dingtalk_sync(db: &Db, settings: &Settings, outbox: &Outbox) -> Option<Arc<DingTalkSync>> {
+    let interval = settings.directory.dingtalk_sync?;
+    let app: AppSource = Arc::new(|conn| {
+        let channel = registry::find(conn, "send_dingtalk")?;
+        Ok(DingtalkConf::from_channel(channel.as_ref()).app)
+    });
+    Some(Arc::new(DingTalkSync {
+        db: db.clone(),
+        client: outbox.people.client.clone(),
+        budgets: outbox.people.budgets.clone(),
+        app,
+        interval,
+        userid_ttl: settings.directory.userid_ttl,
+        clock: outbox.clock.clone(),
+    }))
 }
 
 impl Application {
@@ -135,6 +158,10 @@ impl Application {
             tokio::spawn(schedule.clone().run());
         }
         let (bkuser, lookup) = bkuser.unzip();
+        let dingtalk_sync = dingtalk_sync(&db, &settings, &outbox);
+        if let (true, Some(schedule)) = (poll, &dingtalk_sync) {
+            tokio::spawn(schedule.clone().run());
+        }
         let service = web::Data::new(
             SendService::new(outbox.clone(), settings.outbox.idempotency_window)
                 .with_lookup(lookup),
@@ -190,6 +217,7 @@ impl Application {
             server,
             outbox,
             bkuser,
+            dingtalk_sync,
             alert_routes,
         })
     }
@@ -202,6 +230,12 @@ impl Application {
     /// The periodic bk-user sync, when `DING_CHANNEL_BKUSER_URL` is set (tests run it).
     pub fn bkuser_sync(&self) -> Option<Arc<Schedule>> {
         self.bkuser.clone()
+    }
+
+    /// The periodic DingTalk directory sync, when `DING_CHANNEL_DINGTALK_SYNC_S` is set (tests
+    /// run it).
+    pub fn dingtalk_sync(&self) -> Option<Arc<DingTalkSync>> {
+        self.dingtalk_sync.clone()
     }
 
     /// The Alertmanager webhook's routes by label (`serve` reloads them on SIGHUP).

@@ -1,12 +1,16 @@
-//! `users import|list|show|remove`: the user directory.
+//! `users import|sync|list|show|remove`: the user directory.
 
 use super::{open, print_table};
 use crate::channels::registry;
-use crate::channels::settings::DingbotConf;
+use crate::channels::settings::{DingbotConf, DingtalkConf};
 use crate::config::Settings;
+use crate::dingtalk::budget::AppBudgets;
+use crate::dingtalk::DingTalk;
 use crate::directory::bkuser::client::BkUserClient;
 use crate::directory::bkuser::sync;
 use crate::directory::classify::{classify, Kind, RobotFields};
+use crate::directory::dingtalk::sync as dingtalk_sync;
+use crate::directory::dingtalk::UsernameFrom;
 use crate::directory::import::{FileImport, Format};
 use crate::directory::pool::POOL_KEY;
 use crate::directory::profile::Profile;
@@ -32,16 +36,25 @@ pub enum UsersCmd {
         #[arg(long)]
         skip_invalid: bool,
     },
-    /// Sync every profile from a directory service (today: bk-user, through the ESB).
+    /// Sync from a directory service: every profile from bk-user (through the ESB), or the
+    /// organisation's people from DingTalk into the phone → userid cache.
     Sync {
-        /// Where from: bk-user (DING_CHANNEL_BKUSER_URL, _APP_CODE, _APP_SECRET).
+        /// Where from: bk-user (DING_CHANNEL_BKUSER_URL, _APP_CODE, _APP_SECRET), or dingtalk
+        /// (the send_dingtalk channel's app).
         #[arg(long)]
         from: String,
-        /// Write even when bk-user lists none of the stored bk-user profiles, or would mark
-        /// more than half of them gone (refused without it: that looks like a wrong URL,
-        /// tenant or app permission, not people leaving).
+        /// bk-user: write even when bk-user lists none of the stored bk-user profiles, or
+        /// would mark more than half of them gone (refused without it: that looks like a
+        /// wrong URL, tenant or app permission, not people leaving).
         #[arg(long)]
         force: bool,
+        /// dingtalk: also create a profile for each member no profile has the phone of.
+        #[arg(long)]
+        create_profiles: bool,
+        /// dingtalk, with --create-profiles: the member field usernames come from:
+        /// email-local (the part of email before @), job_number or userid.
+        #[arg(long, default_value = "email-local")]
+        username_from: String,
     },
     List,
     Show {
@@ -53,8 +66,30 @@ pub enum UsersCmd {
 }
 
 pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
-    if let UsersCmd::Sync { from, force } = &cmd {
-        return sync(from, *force, settings);
+    if let UsersCmd::Sync {
+        from,
+        force,
+        create_profiles,
+        username_from,
+    } = &cmd
+    {
+        return match from.as_str() {
+            "bk-user" if *create_profiles => {
+                bail!("--create-profiles: bk-user's sync writes every profile already; it applies to --from dingtalk")
+            }
+            "bk-user" => sync(*force, settings),
+            "dingtalk" if *force => {
+                bail!("--force: applies to --from bk-user; a DingTalk sync marks nobody gone")
+            }
+            "dingtalk" => {
+                let from = UsernameFrom::parse(username_from)
+                    .map_err(|e| anyhow::anyhow!("--username-from: {e}"))?;
+                sync_dingtalk(create_profiles.then_some(from), settings)
+            }
+            _ => bail!(
+                "--from: '{from}' is not a directory ding-channel syncs from (use --from bk-user or --from dingtalk)"
+            ),
+        };
     }
     let db = open(settings)?;
     let mut conn = db.get()?;
@@ -187,10 +222,7 @@ pub(super) fn run(cmd: UsersCmd, settings: &Settings) -> anyhow::Result<()> {
 
 /// `users sync --from bk-user`: every page first, then one transaction; the skipped profiles
 /// on stderr, the report on stdout.
-fn sync(from: &str, force: bool, settings: &Settings) -> anyhow::Result<()> {
-    if from != "bk-user" {
-        bail!("--from: '{from}' is not a directory ding-channel syncs from (use --from bk-user)");
-    }
+fn sync(force: bool, settings: &Settings) -> anyhow::Result<()> {
     let bk = settings.bkuser.as_ref().context(
         "DING_CHANNEL_BKUSER_URL is not set: set it to the ESB's base URL (e.g. http://paas.example.com), \
          with DING_CHANNEL_BKUSER_APP_CODE and DING_CHANNEL_BKUSER_APP_SECRET",
@@ -204,6 +236,40 @@ fn sync(from: &str, force: bool, settings: &Settings) -> anyhow::Result<()> {
     let report = runtime.block_on(sync::sync(&db, &client, crate::clock::now_ms(), force))?;
     for r in &report.rejected {
         eprintln!("skipped {r}");
+    }
+    println!("{report}");
+    Ok(())
+}
+
+/// `users sync --from dingtalk`: the whole directory first, then one transaction; the members
+/// no profile was created for on stderr, the report on stdout.
+fn sync_dingtalk(create_profiles: Option<UsernameFrom>, settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings)?;
+    let conf =
+        DingtalkConf::from_channel(registry::find(&mut *db.get()?, "send_dingtalk")?.as_ref());
+    let app = conf.app.ok_or(dingtalk_sync::SyncError::NotConfigured)?;
+    let clock = crate::clock::system();
+    let client = DingTalk::new(settings.dingtalk.clone(), clock.clone())
+        .context("cannot set up the DingTalk client")?;
+    // This process's own share of the app's calls, as a second `serve` would have.
+    let budgets = AppBudgets::new(settings.outbox.app_qps, settings.outbox.app_qpm);
+    let reader = dingtalk_sync::Reader {
+        client: &client,
+        app: &app,
+        budgets: &budgets,
+        clock: &clock,
+    };
+    let options = dingtalk_sync::Options {
+        create_profiles,
+        userid_ttl: settings.directory.userid_ttl,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(dingtalk_sync::sync(&db, &reader, clock.now_ms(), options))?;
+    for s in &report.skipped {
+        eprintln!("skipped {s}");
     }
     println!("{report}");
     Ok(())

@@ -1,5 +1,6 @@
 //! The DingTalk client: one pooled HTTP client per process, a single-flight token cache per
-//! app key, and the three calls ding-channel makes (getbymobile, batchSend, robot webhook).
+//! app key, and the calls ding-channel makes (getbymobile, batchSend, robot webhook, and for
+//! the directory department listsub and user list).
 //! Base URLs come from config, so tests, the sandbox and benchmarks point it at the simulator.
 
 use super::error::{self, Api, Context, DingTalkError, Kind};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 pub const BATCH_MAX_IDS: usize = 20;
 /// batchRecall takes at most this many processQueryKeys a call.
 pub const RECALL_MAX_KEYS: usize = 20;
+/// The most members `topapi/v2/user/list` answers in one page.
+pub const MEMBERS_PAGE_MAX: usize = 100;
 pub const WEBHOOK_MAX_BODY: usize = 20_000;
 /// Chunks of one batch_send in flight at once: fast for large sends, gentle on the app's QPS.
 pub const BATCH_CONCURRENCY: usize = 4;
@@ -97,6 +100,34 @@ pub struct RecallAnswer {
     pub recalled: Vec<String>,
     /// Keys not recalled, with DingTalk's reason.
     pub failed: Vec<(String, String)>,
+}
+
+/// One department, as `topapi/v2/department/listsub` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Department {
+    pub dept_id: i64,
+    pub name: String,
+}
+
+/// One member of a department, as `topapi/v2/user/list` lists them: the fields the directory
+/// uses (the phone for the cache, the fields a username may come from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub userid: String,
+    pub name: Option<String>,
+    /// The national number; its country is `state_code` (DingTalk leaves it out for 86).
+    pub mobile: Option<String>,
+    pub state_code: Option<String>,
+    pub email: Option<String>,
+    pub job_number: Option<String>,
+}
+
+/// One page of a department's members; `next_cursor` is where the next page starts, `None`
+/// on the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberPage {
+    pub members: Vec<Member>,
+    pub next_cursor: Option<i64>,
 }
 
 struct Token {
@@ -332,6 +363,60 @@ impl DingTalk {
             Err(e) if e.is_retryable() => MobileLookup::Transient(e),
             Err(e) => MobileLookup::Failed(e),
         }
+    }
+
+    /// The departments directly under `dept_id` (1 is the organisation's root): one level,
+    /// listed whole in one call.
+    pub async fn list_departments(
+        &self,
+        app: &App,
+        dept_id: i64,
+    ) -> Result<Vec<Department>, DingTalkError> {
+        let v = self
+            .oapi_call(
+                Api::DepartmentList,
+                app,
+                "/topapi/v2/department/listsub",
+                &json!({"dept_id": dept_id}),
+                Context::default(),
+            )
+            .await?;
+        let bad = |why| DingTalkError::bad_answer(Api::DepartmentList, 200, why);
+        v["result"]
+            .as_array()
+            .ok_or_else(|| bad("no result list in the answer"))?
+            .iter()
+            .map(|d| {
+                Ok(Department {
+                    dept_id: d["dept_id"]
+                        .as_i64()
+                        .ok_or_else(|| bad("a department without a numeric dept_id"))?,
+                    name: d["name"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// One page (at most [`MEMBERS_PAGE_MAX`]) of the members directly in `dept_id`, from
+    /// `cursor` (0 for the first page).
+    pub async fn list_members(
+        &self,
+        app: &App,
+        dept_id: i64,
+        cursor: i64,
+        size: usize,
+    ) -> Result<MemberPage, DingTalkError> {
+        let size = size.clamp(1, MEMBERS_PAGE_MAX);
+        let v = self
+            .oapi_call(
+                Api::UserList,
+                app,
+                "/topapi/v2/user/list",
+                &json!({"dept_id": dept_id, "cursor": cursor, "size": size}),
+                Context::default(),
+            )
+            .await?;
+        member_page(&v["result"])
     }
 
     /// Sends `msg` to every userId, in calls of at most 20 ids (a few at once), and answers
@@ -592,6 +677,48 @@ pub fn redact_url(url: &Url) -> String {
     shown.to_string()
 }
 
+/// A `user/list` page's `result`: an answer without its list or paging fields is an error,
+/// never an empty department.
+fn member_page(result: &Value) -> Result<MemberPage, DingTalkError> {
+    let bad = |why| DingTalkError::bad_answer(Api::UserList, 200, why);
+    let list = result["list"]
+        .as_array()
+        .ok_or_else(|| bad("no result.list in the answer"))?;
+    let text = |m: &Value, key: &str| {
+        m[key]
+            .as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let members = list
+        .iter()
+        .map(|m| {
+            Ok(Member {
+                userid: text(m, "userid").ok_or_else(|| bad("a member without a userid"))?,
+                name: text(m, "name"),
+                mobile: text(m, "mobile"),
+                state_code: text(m, "state_code"),
+                email: text(m, "email").or_else(|| text(m, "org_email")),
+                job_number: text(m, "job_number"),
+            })
+        })
+        .collect::<Result<Vec<_>, DingTalkError>>()?;
+    let next_cursor = match result["has_more"].as_bool() {
+        Some(true) => Some(
+            result["next_cursor"]
+                .as_i64()
+                .ok_or_else(|| bad("has_more without a numeric next_cursor"))?,
+        ),
+        Some(false) => None,
+        None => return Err(bad("no result.has_more in the answer")),
+    };
+    Ok(MemberPage {
+        members,
+        next_cursor,
+    })
+}
+
 fn chunk_outcomes(
     chunk: &[String],
     outcome: Result<Value, DingTalkError>,
@@ -655,6 +782,44 @@ fn with_request_id(mut e: DingTalkError, v: &Value) -> DingTalkError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_member_page_says_where_the_next_starts_and_a_malformed_one_is_an_error() {
+        let page = super::member_page(&json!({
+            "has_more": true, "next_cursor": 100,
+            "list": [
+                {"userid": "u1", "name": "Alice", "mobile": "13800000001", "state_code": "86",
+                 "org_email": "alice@corp.example", "job_number": " ", "dept_id_list": [2, 3]},
+                {"userid": "u2"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(page.next_cursor, Some(100));
+        assert_eq!(page.members.len(), 2);
+        let alice = &page.members[0];
+        assert_eq!(alice.email.as_deref(), Some("alice@corp.example"));
+        assert_eq!(alice.job_number, None, "blank is absent");
+        assert_eq!(page.members[1].mobile, None);
+        let last = super::member_page(&json!({"has_more": false, "list": []})).unwrap();
+        assert_eq!(last.next_cursor, None);
+
+        let bad = |v| super::member_page(&v).unwrap_err().message;
+        assert_eq!(
+            bad(json!({"has_more": false})),
+            "no result.list in the answer"
+        );
+        assert_eq!(bad(json!({"list": []})), "no result.has_more in the answer");
+        assert_eq!(
+            bad(json!({"has_more": true, "list": []})),
+            "has_more without a numeric next_cursor"
+        );
+        assert_eq!(
+            bad(json!({"has_more": false, "list": [{"name": "x"}]})),
+            "a member without a userid"
+        );
+    }
+
     #[test]
     fn the_read_status_key_is_url_encoded() {
         let base = "https://api.dingtalk.com/".parse().unwrap();

@@ -14,6 +14,10 @@ pub enum Api {
     ReadStatus,
     BatchRecall,
     Webhook,
+    /// `topapi/v2/department/listsub`: one level of the organisation's departments.
+    DepartmentList,
+    /// `topapi/v2/user/list`: one page of a department's own members.
+    UserList,
 }
 
 impl Api {
@@ -25,6 +29,8 @@ impl Api {
             Self::ReadStatus => "read_status",
             Self::BatchRecall => "batch_recall",
             Self::Webhook => "robot_send",
+            Self::DepartmentList => "department_listsub",
+            Self::UserList => "user_list",
         }
     }
 }
@@ -215,7 +221,8 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         40089 | 40096 => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
         40014 | 88 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
         60121 => (PERMANENT, Kind::UnknownMobile, format!("no DingTalk user has the mobile {}: the telephone in the profile must equal the phone registered in DingTalk", ctx.mobile.unwrap_or("given"))),
-        60011 => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission 根据手机号获取成员基本信息 (qyapi_get_member_by_mobile): grant it in the DingTalk developer console".to_owned()),
+        60011 => (PERMANENT, Kind::NoPermission, format!("the DingTalk app lacks the permission {}: grant it in the DingTalk developer console", permission(api))),
+        60003 => (PERMANENT, Kind::Other, "the department is not in the organisation (deleted while the directory was read?); run the sync again".to_owned()),
         60020 => (PERMANENT, Kind::IpNotWhitelisted, "this server's IP is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP".to_owned()),
         310000 => (PERMANENT, Kind::RobotRefused, format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings")),
         300001 | 300005 | 400101 => (PERMANENT, Kind::RobotRefused, format!("the robot's access_token is not valid: check field {token_field}{robot} (the access_token= value of the webhook URL)")),
@@ -231,6 +238,15 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         _ => (PERMANENT, Kind::Other, format!("DingTalk refused the {} call", api.name())),
     };
     DingTalkError::new(api, (class, kind), errcode.to_string(), errmsg, explanation)
+}
+
+/// The permission an oapi call needs, as the developer console names it.
+fn permission(api: Api) -> &'static str {
+    match api {
+        Api::DepartmentList => "通讯录部门信息读权限 (qyapi_get_department_list)",
+        Api::UserList => "通讯录部门成员读权限 (qyapi_get_department_member)",
+        _ => "根据手机号获取成员基本信息 (qyapi_get_member_by_mobile)",
+    }
 }
 
 /// Classifies a new-API (api.dingtalk.com) failure: HTTP status plus `{code, message}`.
@@ -273,8 +289,8 @@ mod tests {
     #[test]
     fn every_documented_oapi_code_is_classified() {
         let permanent = [
-            40089, 40096, 60121, 60011, 60020, 310000, 300001, 300005, 400101, 400102, 400105,
-            400106, 400013, 430101, 430102, 430103, 430104, 460101,
+            40089, 40096, 60121, 60011, 60003, 60020, 310000, 300001, 300005, 400101, 400102,
+            400105, 400106, 400013, 430101, 430102, 430103, 430104, 460101,
         ];
         let retryable = [40014, 88, 410100, 130101, 660026, 90018, 90006, -1];
         for code in permanent {
@@ -363,6 +379,12 @@ mod tests {
             e.to_string().contains("check field qq of user ops-robot"),
             "{e}"
         );
+        let e = classify_oapi(Api::UserList, 60011, "no permission", ctx);
+        assert!(e.to_string().contains("qyapi_get_department_member"), "{e}");
+        let e = classify_oapi(Api::DepartmentList, 60011, "no permission", ctx);
+        assert!(e.to_string().contains("qyapi_get_department_list"), "{e}");
+        let e = classify_oapi(Api::GetByMobile, 60011, "no permission", ctx);
+        assert!(e.to_string().contains("qyapi_get_member_by_mobile"), "{e}");
         assert!(is_invalid_token(Some(88), Some("40014"), 200, None));
         assert!(!is_invalid_token(Some(88), Some("60011"), 200, None));
         assert!(is_invalid_token(None, None, 401, None));

@@ -16,13 +16,17 @@ pub enum ProfileSource {
     /// `ding-channel users sync --from bk-user`, the periodic sync, and a username looked up
     /// in bk-user at send time.
     BkUser,
+    /// `ding-channel users sync --from dingtalk --create-profiles`: a DingTalk member no
+    /// profile had the phone of.
+    DingTalk,
 }
 
 impl ProfileSource {
-    const ALL: [ProfileSource; 3] = [
+    const ALL: [ProfileSource; 4] = [
         ProfileSource::File,
         ProfileSource::Sandbox,
         ProfileSource::BkUser,
+        ProfileSource::DingTalk,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +34,7 @@ impl ProfileSource {
             ProfileSource::File => "file",
             ProfileSource::Sandbox => "sandbox",
             ProfileSource::BkUser => "bk-user",
+            ProfileSource::DingTalk => "dingtalk",
         }
     }
 
@@ -173,7 +178,7 @@ mod tests {
             assert_eq!(
                 ProfileSource::parse(bad),
                 Err(format!(
-                    "'{bad}' is not a profile source (expected file or sandbox or bk-user)"
+                    "'{bad}' is not a profile source (expected file or sandbox or bk-user or dingtalk)"
                 ))
             );
         }

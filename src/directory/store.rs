@@ -273,7 +273,7 @@ mod tests {
         let e = get(&mut conn, "b").unwrap_err().to_string();
         assert!(
             e.contains(
-                "user b: stored source 'ldap' is not a profile source (expected file or sandbox or bk-user)"
+                "user b: stored source 'ldap' is not a profile source (expected file or sandbox or bk-user or dingtalk)"
             ),
             "{e}"
         );

@@ -23,6 +23,11 @@ pub struct SimConfig {
     pub apps: Vec<SimApp>,
     /// The organisation's directory: who getbymobile finds, and which userIds batchSend knows.
     pub users: Vec<SimUser>,
+    /// The departments under the root (department 1), for `department/listsub`.
+    pub departments: Vec<SimDepartment>,
+    /// People as the directory lists them (`user/list`), each in one or more departments;
+    /// getbymobile and batchSend know them as they know `users`.
+    pub members: Vec<SimMember>,
     pub robots: Vec<SimRobot>,
     /// Messages a robot takes per window before DingTalk throttles it.
     pub throttle_limit: usize,
@@ -46,6 +51,25 @@ pub struct SimUser {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimDepartment {
+    pub dept_id: i64,
+    pub name: String,
+    pub parent_id: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimMember {
+    pub userid: String,
+    pub name: String,
+    pub mobile: Option<String>,
+    pub email: Option<String>,
+    pub job_number: Option<String>,
+    /// The departments listing them (1 is the root).
+    pub departments: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimRobot {
     /// A label for records and stats (the token itself is never shown).
     pub name: String,
@@ -61,6 +85,8 @@ impl Default for SimConfig {
         Self {
             apps: vec![],
             users: vec![],
+            departments: vec![],
+            members: vec![],
             robots: vec![],
             throttle_limit: 20,
             throttle_window_ms: 60_000,
@@ -82,8 +108,10 @@ pub struct Faults {
     pub errcode: Option<i64>,
     /// Fail only the next N requests, then heal.
     pub count: Option<u64>,
+    /// Let this many requests the fault applies to through first (e.g. fail the second page).
+    pub skip: u64,
     /// Only these endpoints: "token", "getbymobile", "batch_send", "read_status",
-    /// "batch_recall", "robot_send" (all if empty).
+    /// "batch_recall", "robot_send", "department_listsub", "user_list" (all if empty).
     pub apis: Vec<String>,
     pub latency_ms: u64,
     /// userIds that the next batchSend naming them reports as flow-controlled (once each).
@@ -111,6 +139,11 @@ impl Faults {
             apis: apis.iter().map(|a| a.to_string()).collect(),
             ..Self::default()
         }
+    }
+
+    /// The first `n` requests the fault applies to pass; the later ones fail.
+    pub fn after(self, n: u64) -> Self {
+        Self { skip: n, ..self }
     }
 
     /// Only the next `n` requests fail; then the fault heals.
@@ -228,8 +261,7 @@ impl SimState {
         g.faults = faults;
     }
 
-    /// Holds the next `n` requests to `api` ("token", "getbymobile", "batch_send",
-    /// "robot_send") in flight until the gate opens: a test acts while a call is under way.
+    /// Holds the next `n` requests to `api` (a name as [`Faults::apis`] takes them) in flight until the gate opens: a test acts while a call is under way.
     pub fn hold(&self, api: &str, n: usize) -> Arc<Gate> {
         let gate = Arc::new(Gate {
             hold: n,
@@ -344,7 +376,6 @@ impl Simulator {
     }
 }
 
-/// The sandbox's DingTalk: one app, two people, one signed robot.
 /// Serves `routes` with `data` on `listener` on the current runtime (the simulators' servers:
 /// no signal handling of their own, stopped with the handle).
 pub(crate) fn serve<T: ?Sized + Send + Sync + 'static>(
@@ -363,6 +394,8 @@ pub(crate) fn serve<T: ?Sized + Send + Sync + 'static>(
     Ok(handle)
 }
 
+/// The sandbox's DingTalk: one app, four people, one signed robot, and a small organisation
+/// (Engineering with its Platform team, and Operations; bob is in two departments).
 pub fn demo_config() -> SimConfig {
     SimConfig {
         apps: vec![SimApp {
@@ -396,6 +429,36 @@ pub fn demo_config() -> SimConfig {
             ),
             keyword: None,
         }],
+        departments: vec![
+            department(2, "Engineering", 1),
+            department(3, "Platform", 2),
+            department(4, "Operations", 1),
+        ],
+        members: vec![
+            member("alice-ding", "Alice", "13800000001", "alice", &[3]),
+            member("bob-ding", "Bob", "13800000002", "bob", &[3, 4]),
+            member("carol-ding", "Carol", "13800000031", "carol", &[2]),
+            member("dave-ding", "Dave", "13800000041", "dave", &[4]),
+        ],
         ..SimConfig::default()
+    }
+}
+
+fn department(dept_id: i64, name: &str, parent_id: i64) -> SimDepartment {
+    SimDepartment {
+        dept_id,
+        name: name.into(),
+        parent_id,
+    }
+}
+
+fn member(userid: &str, name: &str, mobile: &str, login: &str, departments: &[i64]) -> SimMember {
+    SimMember {
+        userid: userid.into(),
+        name: name.into(),
+        mobile: Some(mobile.into()),
+        email: Some(format!("{login}@example.com")),
+        job_number: None,
+        departments: departments.to_vec(),
     }
 }

@@ -18,6 +18,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/gettoken", web::get().to(gettoken))
         .route("/v1.0/oauth2/accessToken", web::post().to(oauth2_token))
         .route("/topapi/v2/user/getbymobile", web::post().to(getbymobile))
+        .route("/topapi/v2/department/listsub", web::post().to(listsub))
+        .route("/topapi/v2/user/list", web::post().to(user_list))
         .route(
             "/v1.0/robot/oToMessages/batchSend",
             web::post().to(batch_send),
@@ -75,6 +77,40 @@ impl Inner {
             self.rng.wrapping_mul(self.seq),
             self.seq
         )
+    }
+
+    /// The userid of whoever has `mobile`, in `users` or among the directory's members.
+    fn userid_of(&self, mobile: &str) -> Option<String> {
+        let c = &self.config;
+        c.users
+            .iter()
+            .find(|u| u.mobile == mobile)
+            .map(|u| u.userid.clone())
+            .or_else(|| {
+                c.members
+                    .iter()
+                    .find(|m| m.mobile.as_deref() == Some(mobile))
+                    .map(|m| m.userid.clone())
+            })
+    }
+
+    fn knows(&self, userid: &str) -> bool {
+        let c = &self.config;
+        c.users.iter().any(|u| u.userid == userid) || c.members.iter().any(|m| m.userid == userid)
+    }
+
+    /// DingTalk's answer 88 unless `q` carries a live token.
+    fn bad_token(&mut self, api: &str, q: &Query, now: i64) -> Option<HttpResponse> {
+        self.token_app(q.get("access_token").map_or("", String::as_str), now)
+            .is_none()
+            .then(|| {
+                self.refuse(api, 88);
+                HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"}))
+            })
+    }
+
+    fn department_exists(&self, dept_id: i64) -> bool {
+        dept_id == 1 || self.config.departments.iter().any(|d| d.dept_id == dept_id)
     }
 
     fn token_app(&self, token: &str, now: i64) -> Option<String> {
@@ -158,7 +194,11 @@ async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Option<HttpResp
             && (f.apis.is_empty() || f.apis.iter().any(|a| a == api))
             && f.count != Some(0);
         let (rate, latency) = (f.error_rate, f.latency_ms);
-        let fail = applies && g.next_random() < rate;
+        let skipped = applies && g.faults.skip > 0;
+        if skipped {
+            g.faults.skip -= 1;
+        }
+        let fail = applies && !skipped && g.next_random() < rate;
         if fail {
             g.stats.faults_injected += 1;
             if let Some(n) = g.faults.count.as_mut() {
@@ -243,11 +283,8 @@ async fn getbymobile(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    if g.token_app(q.get("access_token").map_or("", String::as_str), now)
-        .is_none()
-    {
-        g.refuse("getbymobile", 88);
-        return HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"}));
+    if let Some(r) = g.bad_token("getbymobile", &q, now) {
+        return r;
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(mobile) = v["mobile"].as_str().filter(|m| !m.is_empty()) else {
@@ -255,13 +292,103 @@ async fn getbymobile(state: State, q: Query, body: web::Bytes) -> HttpResponse {
         return oapi(400002, "参数错误: mobile");
     };
     let request_id = g.new_id();
-    match g.config.users.iter().find(|u| u.mobile == mobile) {
-        Some(u) => HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "result": {"userid": u.userid}, "request_id": request_id})),
+    match g.userid_of(mobile) {
+        Some(userid) => HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "result": {"userid": userid}, "request_id": request_id})),
         None => {
             g.refuse("getbymobile", 60121);
             HttpResponse::Ok().json(json!({"errcode": 60121, "errmsg": "找不到该用户", "request_id": request_id}))
         }
     }
+}
+
+/// `dept_id` of an oapi directory body, or the errcode and message DingTalk refuses it with
+/// (60003 for a department it does not have).
+fn dept_id(g: &mut Inner, api: &str, body: &[u8]) -> Result<(i64, Value), (i64, &'static str)> {
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    let refusal = match v["dept_id"].as_i64() {
+        Some(id) if g.department_exists(id) => return Ok((id, v)),
+        Some(_) => (60003, "部门不存在"),
+        None => (400002, "参数错误: dept_id"),
+    };
+    g.refuse(api, refusal.0);
+    Err(refusal)
+}
+
+/// One level of departments, whole.
+async fn listsub(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+    const API: &str = "department_listsub";
+    if let Some(r) = fault(&state, API, true).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    if let Some(r) = g.bad_token(API, &q, now) {
+        return r;
+    }
+    let (parent, _) = match dept_id(&mut g, API, &body) {
+        Ok(v) => v,
+        Err((code, msg)) => return oapi(code, msg),
+    };
+    let result: Vec<Value> = g
+        .config
+        .departments
+        .iter()
+        .filter(|d| d.parent_id == parent)
+        .map(|d| json!({"dept_id": d.dept_id, "name": d.name, "parent_id": d.parent_id, "auto_add_user": true, "create_dept_group": false}))
+        .collect();
+    let request_id = g.new_id();
+    HttpResponse::Ok()
+        .json(json!({"errcode": 0, "errmsg": "ok", "result": result, "request_id": request_id}))
+}
+
+/// A department's own members, paged by cursor (an offset) and size (1 to 100).
+async fn user_list(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+    const API: &str = "user_list";
+    if let Some(r) = fault(&state, API, true).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    if let Some(r) = g.bad_token(API, &q, now) {
+        return r;
+    }
+    let (dept, v) = match dept_id(&mut g, API, &body) {
+        Ok(v) => v,
+        Err((code, msg)) => return oapi(code, msg),
+    };
+    let (Some(cursor), Some(size)) = (
+        v["cursor"].as_u64(),
+        v["size"].as_u64().filter(|s| (1..=100).contains(s)),
+    ) else {
+        g.refuse(API, 40035);
+        return oapi(40035, "不合法的参数: cursor, size (1 to 100)");
+    };
+    let own: Vec<Value> = g
+        .config
+        .members
+        .iter()
+        .filter(|m| m.departments.contains(&dept))
+        .map(|m| {
+            json!({"userid": m.userid, "name": m.name, "mobile": m.mobile, "state_code": "86",
+                   "email": m.email, "job_number": m.job_number, "dept_id_list": m.departments,
+                   "active": true})
+        })
+        .collect();
+    let (start, end) = (cursor as usize, (cursor + size) as usize);
+    let page: Vec<Value> = own
+        .iter()
+        .skip(start)
+        .take(size as usize)
+        .cloned()
+        .collect();
+    let more = end < own.len();
+    let mut result = json!({"has_more": more, "list": page});
+    if more {
+        result["next_cursor"] = end.into();
+    }
+    let request_id = g.new_id();
+    HttpResponse::Ok()
+        .json(json!({"errcode": 0, "errmsg": "ok", "result": result, "request_id": request_id}))
 }
 
 /// Required msgParam keys per msgKey.
@@ -354,7 +481,7 @@ async fn batch_send(state: State, req: HttpRequest, body: web::Bytes) -> HttpRes
 
     let (mut invalid, mut flow, mut sent) = (vec![], vec![], vec![]);
     for id in ids {
-        if !g.config.users.iter().any(|u| u.userid == id) {
+        if !g.knows(&id) {
             invalid.push(id);
         } else if g.flow_controlled.remove(&id) {
             flow.push(id);

@@ -332,7 +332,7 @@ async fn users_sync_needs_the_bkuser_settings_and_a_known_source() {
     let out = app.cli(&["users", "sync", "--from", "ldap"]);
     assert!(
         stderr(&out).contains(
-            "--from: 'ldap' is not a directory ding-channel syncs from (use --from bk-user)"
+            "--from: 'ldap' is not a directory ding-channel syncs from (use --from bk-user or --from dingtalk)"
         ),
         "{}",
         stderr(&out)

@@ -86,6 +86,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     /// The periodic bk-user sync, with `DING_CHANNEL_BKUSER_URL` in the settings.
     pub bkuser: Option<Arc<ding_channel::directory::bkuser::sync::Schedule>>,
+    /// The periodic DingTalk directory sync, with `DING_CHANNEL_DINGTALK_SYNC_S` set.
+    pub dingtalk_sync: Option<Arc<ding_channel::directory::dingtalk::sync::Schedule>>,
 }
 
 /// Settings of a test: no config file from the working directory, a free port.
@@ -168,6 +170,7 @@ impl TestApp {
         let address = format!("http://127.0.0.1:{}", app.port());
         let outbox = app.outbox();
         let bkuser = app.bkuser_sync();
+        let dingtalk_sync = app.dingtalk_sync();
         tokio::spawn(app.run_until_stopped());
         let db = Db::connect(&settings.storage.database, 2).unwrap();
         if seed {
@@ -192,6 +195,7 @@ impl TestApp {
             sim,
             clock,
             bkuser,
+            dingtalk_sync,
         }
     }
 

@@ -9,6 +9,7 @@ mod cli_config;
 mod crash;
 mod delivery;
 mod dingtalk;
+mod dingtalk_directory;
 mod envelope;
 mod esb_compat;
 mod gateway_jwt;

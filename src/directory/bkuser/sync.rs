@@ -10,12 +10,11 @@
 
 use super::client::{BkUserClient, BkUserError};
 use super::{BkUserPages, Rejection};
-use crate::db::schema::directory_syncs as ds;
 use crate::db::{write_tx, Db, DbConn, DbError};
 use crate::directory::profile::{Profile, ProfileSource};
 use crate::directory::provider::Provider;
-use crate::directory::store;
-use diesel::prelude::*;
+pub use crate::directory::schedule::Lease;
+use crate::directory::{schedule, store};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -133,7 +132,7 @@ pub async fn write(
         .run(move |conn| {
             write_tx(conn, |conn| {
                 if let Some(lease) = lease {
-                    if !holds(conn, lease)? {
+                    if !schedule::holds(conn, lease)? {
                         return Err(SyncError::Outlasted);
                     }
                 }
@@ -210,42 +209,9 @@ fn apply(
     Ok(report)
 }
 
-/// A claim of the periodic sync: no other process claims it before `until`, and the claim is
-/// lost once another one moved the schedule on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    until: i64,
-}
-
-/// Claims the periodic sync if it is due at `now`, moving the next one `interval` on; only
-/// the caller that moves it runs the sync, so processes sharing the database sync once per
-/// interval between them.
+/// Claims the periodic bk-user sync if it is due at `now` (see [`schedule::claim`]).
 pub fn claim(conn: &mut DbConn, now: i64, interval: Duration) -> Result<Option<Lease>, DbError> {
-    write_tx(conn, |conn| {
-        crate::with_conn!(&mut *conn, |c| diesel::insert_into(ds::table)
-            .values((ds::provider.eq(SCHEDULE), ds::next_sync_at.eq(now)))
-            .on_conflict_do_nothing()
-            .execute(c))?;
-        let until = now + interval.as_millis() as i64;
-        let claimed = diesel::update(ds::table.find(SCHEDULE).filter(ds::next_sync_at.le(now)))
-            .set(ds::next_sync_at.eq(until))
-            .execute(conn)?;
-        Ok((claimed == 1).then_some(Lease { until }))
-    })
-}
-
-/// Whether `lease` still holds: the schedule says what its claim wrote (a later claim writes a
-/// later time). Rewriting it locks the row until the caller's transaction ends, so a claim
-/// made meanwhile waits for the write to finish.
-fn holds(conn: &mut DbConn, lease: Lease) -> Result<bool, DbError> {
-    let same = diesel::update(
-        ds::table
-            .find(SCHEDULE)
-            .filter(ds::next_sync_at.eq(lease.until)),
-    )
-    .set(ds::next_sync_at.eq(lease.until))
-    .execute(conn)?;
-    Ok(same == 1)
+    schedule::claim(conn, SCHEDULE, now, interval)
 }
 
 /// The periodic sync of `serve`.

@@ -2,8 +2,9 @@
 //! `oToMessages/batchSend` (≤20 ids a call), within the app's call budget. People named by
 //! phone are looked up (`getbymobile`, cached) on the way.
 
-pub mod budget;
 pub mod readback;
+/// The budget lives with the client: the DingTalk directory sync takes from it too.
+pub use crate::dingtalk::budget;
 
 use super::{digest, group_by, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED};
 use crate::clock::SharedClock;

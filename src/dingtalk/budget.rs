@@ -1,10 +1,11 @@
 //! The single-chat call budget per DingTalk app key (about 40 calls/s and 1500 calls/min):
 //! every getbymobile and batchSend call takes from it, and a throttle answer from DingTalk
-//! pauses the app. Shared by the workers of this process; with several processes, give each a
-//! share (`DING_CHANNEL_APP_QPS` / `DING_CHANNEL_APP_QPM`).
+//! pauses the app. Shared by the workers of this process and the DingTalk directory sync (a
+//! clone shares the same windows); with several processes, give each a share
+//! (`DING_CHANNEL_APP_QPS` / `DING_CHANNEL_APP_QPM`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct Window {
@@ -15,11 +16,11 @@ struct Window {
     paused_until: i64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AppBudgets {
     qps: u32,
     qpm: u32,
-    apps: Mutex<HashMap<String, Window>>,
+    apps: Arc<Mutex<HashMap<String, Window>>>,
 }
 
 impl AppBudgets {
@@ -27,7 +28,7 @@ impl AppBudgets {
         Self {
             qps: qps.max(1),
             qpm: qpm.max(1),
-            apps: Mutex::new(HashMap::new()),
+            apps: Arc::default(),
         }
     }
 
