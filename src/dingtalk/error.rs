@@ -12,6 +12,9 @@ pub enum Api {
     GetByMobile,
     BatchSend,
     Webhook,
+    /// Work notifications: `asyncsend_v2` and `getsendresult`.
+    WorkNotice,
+    WorkNoticeResult,
 }
 
 impl Api {
@@ -21,6 +24,8 @@ impl Api {
             Self::GetByMobile => "getbymobile",
             Self::BatchSend => "batch_send",
             Self::Webhook => "robot_send",
+            Self::WorkNotice => "asyncsend_v2",
+            Self::WorkNoticeResult => "getsendresult",
         }
     }
 }
@@ -211,6 +216,7 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         40089 | 40096 => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
         40014 | 88 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
         60121 => (PERMANENT, Kind::UnknownMobile, format!("no DingTalk user has the mobile {}: the telephone in the profile must equal the phone registered in DingTalk", ctx.mobile.unwrap_or("given"))),
+        60011 if matches!(api, Api::WorkNotice | Api::WorkNoticeResult) => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission for work notifications (qyapi_base), or ding_agent_id is not this app's AgentId: grant it in the DingTalk developer console, or fix ding_agent_id in the send_dingtalk channel's comp_conf".to_owned()),
         60011 => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission 根据手机号获取成员基本信息 (qyapi_get_member_by_mobile): grant it in the DingTalk developer console".to_owned()),
         60020 => (PERMANENT, Kind::IpNotWhitelisted, "this server's IP is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP".to_owned()),
         310000 => (PERMANENT, Kind::RobotRefused, format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings")),
