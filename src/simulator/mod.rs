@@ -5,6 +5,7 @@
 
 pub mod bkuser;
 mod routes;
+mod work_notice;
 
 use crate::clock::SharedClock;
 use actix_web::dev::ServerHandle;
@@ -30,6 +31,8 @@ pub struct SimConfig {
     /// How long a throttled robot stays silenced (DingTalk: about 10 minutes).
     pub throttle_penalty_ms: i64,
     pub token_ttl_s: i64,
+    /// Work notifications one person takes from one app a day (DingTalk: 500), then 143105.
+    pub notice_daily_cap: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +40,9 @@ pub struct SimApp {
     pub key: String,
     pub secret: String,
     pub robot_code: String,
+    /// The app's AgentId, for work notifications (none: asyncsend_v2 is refused).
+    #[serde(default)]
+    pub agent_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +72,7 @@ impl Default for SimConfig {
             throttle_window_ms: 60_000,
             throttle_penalty_ms: 600_000,
             token_ttl_s: 7200,
+            notice_daily_cap: 500,
         }
     }
 }
@@ -82,7 +89,8 @@ pub struct Faults {
     pub errcode: Option<i64>,
     /// Fail only the next N requests, then heal.
     pub count: Option<u64>,
-    /// Only these endpoints: "token", "getbymobile", "batch_send", "robot_send" (all if empty).
+    /// Only these endpoints: "token", "getbymobile", "batch_send", "robot_send",
+    /// "asyncsend_v2", "getsendresult" (all if empty).
     pub apis: Vec<String>,
     pub latency_ms: u64,
     /// userIds that the next batchSend naming them reports as flow-controlled (once each).
@@ -126,13 +134,14 @@ impl Faults {
 pub struct SimMessage {
     pub seq: u64,
     pub at_ms: i64,
-    /// "robot_send" or "batch_send".
+    /// "robot_send", "batch_send" or "work_notice".
     pub api: &'static str,
-    /// Robot name (robot_send) or robotCode (batch_send).
+    /// Robot name (robot_send), robotCode (batch_send) or agent id (work_notice).
     pub target: String,
-    /// batch_send: the ids the message reached.
+    /// batch_send, work_notice: the ids the message reached.
     pub user_ids: Vec<String>,
-    /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed.
+    /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed;
+    /// work_notice: asyncsend_v2's `msg`.
     pub body: Value,
 }
 
@@ -159,6 +168,7 @@ struct Inner {
     faults: Faults,
     flow_controlled: HashSet<String>,
     gates: HashMap<String, Arc<Gate>>,
+    notices: work_notice::Notices,
     rng: u64,
     seq: u64,
 }
@@ -332,12 +342,16 @@ pub(crate) fn serve<T: ?Sized + Send + Sync + 'static>(
     Ok(handle)
 }
 
+/// The AgentId of the sandbox's app, for `single_chat_mode=work_notice`.
+pub const DEMO_AGENT_ID: &str = "3000000001";
+
 pub fn demo_config() -> SimConfig {
     SimConfig {
         apps: vec![SimApp {
             key: "dingsandboxappkey".into(),
             secret: "sandbox-app-secret-0123456789".into(),
             robot_code: "dingsandboxappkey".into(),
+            agent_id: Some(DEMO_AGENT_ID.into()),
         }],
         users: vec![
             SimUser {
