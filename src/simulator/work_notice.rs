@@ -43,14 +43,18 @@ struct Task {
     forbidden: Vec<(String, &'static str)>,
 }
 
-/// The app of a valid token, or the errcode answer.
-fn app_of(g: &mut super::Inner, api: &str, q: &Query, now: i64) -> Result<String, HttpResponse> {
-    g.token_app(q.get("access_token").map_or("", String::as_str), now)
-        .ok_or_else(|| {
-            g.refuse(api, 88);
-            HttpResponse::Ok()
-                .json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token"}))
-        })
+/// The app of a valid token (`None`: refused as DingTalk refuses it, [`invalid_token`]).
+fn app_of(g: &mut super::Inner, api: &str, q: &Query, now: i64) -> Option<String> {
+    let app = g.token_app(q.get("access_token").map_or("", String::as_str), now);
+    if app.is_none() {
+        g.refuse(api, 88);
+    }
+    app
+}
+
+fn invalid_token() -> HttpResponse {
+    HttpResponse::Ok()
+        .json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token"}))
 }
 
 /// The body's `agent_id`, if it is the app's.
@@ -87,9 +91,8 @@ pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> Ht
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let app = match app_of(&mut g, API, &q, now) {
-        Ok(app) => app,
-        Err(r) => return r,
+    let Some(app) = app_of(&mut g, API, &q, now) else {
+        return invalid_token();
     };
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(agent_id) = agent_of(&g, &app, &v) else {
@@ -168,9 +171,8 @@ pub(super) async fn getsendresult(state: State, q: Query, body: web::Bytes) -> H
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let app = match app_of(&mut g, API, &q, now) {
-        Ok(app) => app,
-        Err(r) => return r,
+    let Some(app) = app_of(&mut g, API, &q, now) else {
+        return invalid_token();
     };
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(agent_id) = agent_of(&g, &app, &v) else {
