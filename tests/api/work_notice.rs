@@ -293,3 +293,55 @@ async fn the_mode_is_refused_without_an_agent_id_naming_the_fix() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn a_long_message_goes_part_by_part_each_confirmed_before_the_next() {
+    let app = work_notice_app().await;
+    let long = "a line of the incident log\n".repeat(150);
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"receiver__username": "alice", "content": long}),
+        )
+        .await;
+    let first = notices(&app)[0].body["text"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n: usize = first
+        .strip_prefix("(1/")
+        .and_then(|r| r.split_once(')'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("numbered: {first}"));
+    assert!(n >= 2, "{n}");
+    for k in 1..n {
+        assert_eq!(
+            notices(&app).len(),
+            k,
+            "part {} waits for part {k}'s report",
+            k + 1
+        );
+        assert_eq!(poll(&app).await, 1);
+        assert_eq!(
+            statuses(&log(&app, &env).await),
+            pairs(&[("alice", "queued")])
+        );
+    }
+    assert_eq!(poll(&app).await, 1);
+    assert_eq!(
+        statuses(&log(&app, &env).await),
+        pairs(&[("alice", "sent")])
+    );
+    let got = notices(&app);
+    assert_eq!(got.len(), n);
+    for (k, m) in got.iter().enumerate() {
+        let c = m.body["text"]["content"].as_str().unwrap();
+        assert!(c.starts_with(&format!("({}/{n})", k + 1)), "{c}");
+        assert!(m.body.to_string().len() <= 2048, "part {k}");
+    }
+    assert_eq!(
+        app.sim.state.stats().requests["getsendresult"],
+        n as u64,
+        "one poll per part"
+    );
+}
