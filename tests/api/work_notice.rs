@@ -345,3 +345,33 @@ async fn a_long_message_goes_part_by_part_each_confirmed_before_the_next() {
         "one poll per part"
     );
 }
+
+#[tokio::test]
+async fn a_task_dingtalk_no_longer_knows_is_sent_again() {
+    let app = work_notice_app().await;
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"receiver__username": "alice", "content": "x"}),
+        )
+        .await;
+    app.sim.state.reset(); // DingTalk forgets the task
+    assert_eq!(poll(&app).await, 1);
+    let d = &log(&app, &env).await["data"]["deliveries"][0];
+    assert_eq!(d["status"], "queued", "{d}");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot ask DingTalk about work notification task"),
+        "{d}"
+    );
+    app.clock.advance_ms(600_000);
+    app.drain().await;
+    assert_eq!(notices(&app).len(), 1, "sent again");
+    assert_eq!(poll(&app).await, 1);
+    assert_eq!(
+        statuses(&log(&app, &env).await),
+        pairs(&[("alice", "sent")])
+    );
+}

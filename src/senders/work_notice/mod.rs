@@ -173,12 +173,20 @@ impl WorkNoticeSender {
                 return (hold(at, &why, group), vec![]);
             }
             Err(e) => {
-                // The task cannot be asked about (gone, or the agent changed): send again.
+                // The task cannot be asked about (gone, the agent changed, a permission
+                // withdrawn): whether it arrived is unknown, so it is sent again — after the
+                // backoff, until the delivery's maximum age, with this error kept.
                 let ids: Vec<i64> = group.iter().map(|(_, r)| r.id).collect();
                 self.forget(ids).await;
+                let verdict = Verdict::Retry {
+                    code: e.code.clone(),
+                    error: format!("cannot ask DingTalk about work notification task {task_id}, so it is sent again: {e}"),
+                    at_least: e.retry_after(),
+                    parts_sent: progress,
+                };
                 let verdicts = group
                     .into_iter()
-                    .map(|(_, r)| (r, of_error(&e).with_progress(progress)))
+                    .map(|(_, r)| (r, verdict.clone()))
                     .collect();
                 return (verdicts, vec![]);
             }
