@@ -129,6 +129,16 @@ mod tests {
         ] {
             assert_eq!(Target::from_stored(t.kind(), &t.stored()), Some(t));
         }
+        // Work notifications reach people by the same targets.
+        let uid = Target::UserId(DingUserId::from_stored("alice-ding"));
+        assert_eq!(
+            Target::from_stored(DeliveryKind::WorkNotice, &uid.stored()),
+            Some(uid)
+        );
+        assert_eq!(
+            Target::from_stored(DeliveryKind::WorkNotice, "mobile:13800000001"),
+            Some(Target::Mobile("13800000001".into()))
+        );
         assert_eq!(Target::from_stored(DeliveryKind::User, ""), None);
         assert_eq!(Target::from_stored(DeliveryKind::User, "uid:"), None);
         assert_eq!(Target::from_stored(DeliveryKind::User, "alice"), None);
