@@ -90,6 +90,22 @@ impl Zone {
         format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
     }
 
+    /// The next local midnight after `ms` (the start of tomorrow, DST-correct): when a daily
+    /// limit counted in this zone is free again.
+    pub fn next_midnight(&self, ms: i64) -> i64 {
+        let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::MAX);
+        self.0
+            .to_datetime(ts)
+            .date()
+            .tomorrow()
+            .and_then(|d| {
+                self.0
+                    .to_ambiguous_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+                    .compatible()
+            })
+            .map_or(ms + 86_400_000, |t| t.as_millisecond())
+    }
+
     /// `18:00` or, with `seconds`, `18:00:00`.
     pub fn hh_mm(&self, ms: i64, seconds: bool) -> String {
         let (_, _, _, h, mi, s) = self.civil(ms);

@@ -11,7 +11,7 @@ use crate::directory::store as users;
 use crate::domain::mobile::Mobile;
 use crate::domain::secrets::AppSecret;
 use crate::simulator::bkuser::{demo_bkuser, BkUserSimulator, DEMO_APP, DEMO_SECRET};
-use crate::simulator::{demo_config, Simulator};
+use crate::simulator::{demo_config, Simulator, DEMO_AGENT_ID};
 use crate::sources::esb::auth;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -130,6 +130,11 @@ pub fn refuse_production(db: &Db) -> anyhow::Result<()> {
     }
 }
 
+/// The one line that switches the sandbox's people to work notifications.
+pub fn work_notice_conf() -> String {
+    format!("ding-channel channels conf send_dingtalk single_chat_mode=work_notice ding_agent_id={DEMO_AGENT_ID}")
+}
+
 /// Copy-paste examples against the real bound address.
 pub fn banner(addr: SocketAddr, sim_url: &str, bkuser_url: &str) -> String {
     let host = if addr.ip().is_unspecified() {
@@ -149,6 +154,9 @@ pub fn banner(addr: SocketAddr, sim_url: &str, bkuser_url: &str) -> String {
          curl -X POST '{base}/send_msg/' -H 'Content-Type: application/json' \\\n  \
          -d '{{\"bk_app_code\": \"{APP}\", \"bk_app_secret\": \"{APP_SECRET}\", \"msg_type\": \"ding\", \"receiver__username\": \"carol,dave\", \"title\": \"Disk full\", \"content\": \"host-1 /data at 95%\"}}'\n\n\
          # read the simulated organisation's people into the phone cache (same DATABASE_URL as serve)\n\
-         DINGTALK_OAPI_BASE={sim_url} DINGTALK_API_BASE={sim_url} ding-channel users sync --from dingtalk\n"
+         DINGTALK_OAPI_BASE={sim_url} DINGTALK_API_BASE={sim_url} ding-channel users sync --from dingtalk\n\n\
+         # reach people by work notifications instead of the app robot's single chat (api work_notice in /_sim/messages)\n\
+         {}\n",
+        work_notice_conf()
     )
 }

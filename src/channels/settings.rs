@@ -29,6 +29,18 @@ pub struct DingtalkConf {
     /// `None` until both `ding_app_key` and `ding_app_secret` are set (an admin may set them
     /// one command at a time); the robot code defaults to the app key.
     pub app: Option<App>,
+    /// How people are reached: `single_chat_mode` and, for work notifications, `ding_agent_id`.
+    pub single_chat: SingleChat,
+}
+
+/// The path a person's message takes (`single_chat_mode`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SingleChat {
+    /// The app robot's single chat (`oToMessages/batchSend`).
+    #[default]
+    Robot,
+    /// A work notification in the app's name (`asyncsend_v2`), under the app's AgentId.
+    WorkNotice { agent_id: String },
 }
 
 /// `send_dingbot`'s comp_conf: where robot users keep their credentials, and robot pacing.
@@ -80,7 +92,49 @@ impl DingtalkConf {
             }),
             _ => None,
         };
-        Self { app }
+        let single_chat = Self::single_chat(conf, bad);
+        Self { app, single_chat }
+    }
+
+    fn single_chat(conf: &BTreeMap<String, String>, bad: &mut dyn FnMut(ConfError)) -> SingleChat {
+        let agent_id = value(conf, "ding_agent_id");
+        if let Some(v) = agent_id.filter(|v| !is_agent_id(v)) {
+            bad(ConfError {
+                channel: Self::CHANNEL,
+                key: "ding_agent_id",
+                problem: format!("'{v}' is not an AgentId (a whole number)"),
+                fix: "set it to the AgentId the DingTalk developer console shows on the app's page"
+                    .to_owned(),
+            });
+        }
+        match value(conf, "single_chat_mode") {
+            None | Some("robot") => SingleChat::Robot,
+            Some("work_notice") => match agent_id.filter(|v| is_agent_id(v)) {
+                Some(agent_id) => SingleChat::WorkNotice {
+                    agent_id: agent_id.to_owned(),
+                },
+                None => {
+                    if agent_id.is_none() {
+                        bad(ConfError {
+                            channel: Self::CHANNEL,
+                            key: "ding_agent_id",
+                            problem: "single_chat_mode=work_notice sends in the name of the app's agent, and none is set".to_owned(),
+                            fix: "set ding_agent_id=… (the app's AgentId in the DingTalk developer console) in the same command".to_owned(),
+                        });
+                    }
+                    SingleChat::Robot
+                }
+            },
+            Some(other) => {
+                bad(ConfError {
+                    channel: Self::CHANNEL,
+                    key: "single_chat_mode",
+                    problem: format!("'{other}' is not a single-chat mode"),
+                    fix: "set single_chat_mode=robot (the app robot's single chat) or single_chat_mode=work_notice (work notifications, with ding_agent_id)".to_owned(),
+                });
+                SingleChat::Robot
+            }
+        }
     }
 }
 
@@ -207,6 +261,11 @@ fn lenient<T>(parse: impl FnOnce(&mut dyn FnMut(ConfError)) -> T) -> T {
         }
     }
     parsed
+}
+
+/// DingTalk's AgentId: a positive whole number (an int64 on the wire).
+fn is_agent_id(v: &str) -> bool {
+    v.parse::<i64>().is_ok_and(|n| n > 0)
 }
 
 /// A set value; empty means unset, as the manifest declares keys with empty defaults.
@@ -364,6 +423,7 @@ pub const SINGLE_CHAT_NOT_CONFIGURED: &str =
 #[derive(Clone)]
 pub struct DeliverySettings {
     pub app: Result<App, String>,
+    pub single_chat: SingleChat,
     pub fields: RobotFields,
     pub robot_limits: RobotLimits,
 }
@@ -380,10 +440,10 @@ impl DeliverySettings {
             fields,
             robot_limits,
         } = DingbotConf::from_channel(dingbot);
+        let DingtalkConf { app, single_chat } = DingtalkConf::from_channel(dingtalk);
         Self {
-            app: DingtalkConf::from_channel(dingtalk)
-                .app
-                .ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
+            app: app.ok_or_else(|| SINGLE_CHAT_NOT_CONFIGURED.to_owned()),
+            single_chat,
             fields,
             robot_limits,
         }
@@ -486,6 +546,47 @@ mod tests {
         assert!(!e.contains("top-secret"));
         assert!(err(&[("ding_robot_code", "\trobot")])
             .starts_with("send_dingtalk ding_robot_code: '\trobot' contains"));
+    }
+
+    #[test]
+    fn work_notice_mode_needs_an_agent_id_and_says_how_to_set_it() {
+        let mode =
+            |pairs: &[(&str, &str)]| DingtalkConf::from_conf(&conf(pairs)).map(|c| c.single_chat);
+        assert_eq!(mode(&[]), Ok(SingleChat::Robot));
+        assert_eq!(
+            mode(&[("single_chat_mode", "robot"), ("ding_agent_id", "")]),
+            Ok(SingleChat::Robot)
+        );
+        assert_eq!(
+            mode(&[
+                ("single_chat_mode", "work_notice"),
+                ("ding_agent_id", "3000001")
+            ]),
+            Ok(SingleChat::WorkNotice {
+                agent_id: "3000001".into()
+            })
+        );
+        let err = |pairs: &[(&str, &str)]| mode(pairs).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("single_chat_mode", "work_notice")]),
+            "send_dingtalk ding_agent_id: single_chat_mode=work_notice sends in the name of the app's agent, and none is set; set ding_agent_id=… (the app's AgentId in the DingTalk developer console) in the same command"
+        );
+        assert!(err(&[
+            ("single_chat_mode", "work_notice"),
+            ("ding_agent_id", "abc")
+        ])
+        .starts_with("send_dingtalk ding_agent_id: 'abc' is not an AgentId"));
+        assert!(err(&[("single_chat_mode", "notice")])
+            .contains("set single_chat_mode=robot (the app robot's single chat) or single_chat_mode=work_notice"));
+        // Stored before the check: the robot path, with one warning.
+        let stored = channel(
+            Component::SendDingtalk,
+            &[("single_chat_mode", "work_notice")],
+        );
+        assert_eq!(
+            DingtalkConf::from_channel(Some(&stored)).single_chat,
+            SingleChat::Robot
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! receiver with the reason; a phone lookup that doesn't answer in time leaves the delivery
 //! queued for the outbox to resolve, so a slow DingTalk never fails a request.
 
-use crate::channels::settings::DeliverySettings;
+use crate::channels::settings::{DeliverySettings, SingleChat};
 use crate::db::{DbConn, DbError};
 use crate::dingtalk::MobileLookup;
 use crate::directory::classify::{classify, robot_problem, Kind};
@@ -138,6 +138,12 @@ pub async fn plan(
     )
     .await?;
     resolve_phones(outbox, &mut plan, &settings, lookups, &cached, deadline).await;
+    // People go by the channel's single-chat path; their targets are the same either way.
+    if matches!(settings.single_chat, SingleChat::WorkNotice { .. }) {
+        for d in plan.iter_mut().filter(|d| d.kind == DeliveryKind::User) {
+            d.kind = DeliveryKind::WorkNotice;
+        }
+    }
     // A robot known to be saturated takes its delivery at its next slot (with what else waits
     // for it, as a digest): queued for then, there is nothing to attempt now.
     let now = outbox.clock.now_ms();

@@ -124,6 +124,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    work_notice_tasks (delivery_id) {
+        delivery_id -> BigInt,
+        agent_id -> Text,
+        task_id -> Text,
+        part -> Integer,
+        user_id -> Text,
+        sent_at -> BigInt,
+    }
+}
+
+diesel::table! {
     robot_state (robot) {
         robot -> Text,
         tat -> BigInt,
@@ -165,6 +176,7 @@ diesel::joinable!(app_tokens -> apps (app_code));
 diesel::joinable!(deliveries -> messages (message_id));
 diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
 diesel::joinable!(dingtalk_sends -> deliveries (delivery_id));
+diesel::joinable!(work_notice_tasks -> deliveries (delivery_id));
 diesel::allow_tables_to_appear_in_same_query!(
     apps,
     app_tokens,
@@ -179,4 +191,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     dingtalk_sends,
     directory_syncs,
     templates,
+    work_notice_tasks,
 );

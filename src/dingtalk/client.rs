@@ -130,6 +130,86 @@ pub struct MemberPage {
     pub next_cursor: Option<i64>,
 }
 
+/// What getsendresult says of one person of a work-notification task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeOutcome {
+    /// In `read_user_id_list` or `unread_user_id_list`: it reached them.
+    Delivered { read: bool },
+    /// In `invalid_user_id_list`.
+    Invalid,
+    /// In `forbidden_user_id_list` / `forbidden_list`, with the code DingTalk gave, if any.
+    Forbidden { code: Option<String> },
+    /// In `failed_user_id_list`.
+    Failed,
+    /// In no list yet: DingTalk is still sending.
+    Pending,
+}
+
+/// getsendresult's `send_result`, by userid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendResult {
+    by_user: HashMap<String, NoticeOutcome>,
+}
+
+impl SendResult {
+    pub fn read(v: &Value) -> Self {
+        let ids = |key: &str| -> Vec<String> {
+            v[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut by_user = HashMap::new();
+        // Later lists win: a refusal outweighs a read state.
+        for (key, o) in [
+            (
+                "unread_user_id_list",
+                NoticeOutcome::Delivered { read: false },
+            ),
+            ("read_user_id_list", NoticeOutcome::Delivered { read: true }),
+            ("failed_user_id_list", NoticeOutcome::Failed),
+            (
+                "forbidden_user_id_list",
+                NoticeOutcome::Forbidden { code: None },
+            ),
+            ("invalid_user_id_list", NoticeOutcome::Invalid),
+        ] {
+            for id in ids(key) {
+                by_user.insert(id, o.clone());
+            }
+        }
+        for f in v["forbidden_list"].as_array().into_iter().flatten() {
+            if let Some(id) = f["userid"].as_str() {
+                let code = match &f["code"] {
+                    Value::String(c) => Some(c.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                by_user.insert(id.to_owned(), NoticeOutcome::Forbidden { code });
+            }
+        }
+        Self { by_user }
+    }
+
+    pub fn of(&self, user_id: &str) -> NoticeOutcome {
+        self.by_user
+            .get(user_id)
+            .cloned()
+            .unwrap_or(NoticeOutcome::Pending)
+    }
+}
+
+/// The AgentId as DingTalk takes it (a number; validated as one in the channel settings).
+fn agent_number(agent_id: &str) -> Value {
+    agent_id
+        .parse::<i64>()
+        .map_or_else(|_| agent_id.into(), Value::from)
+}
+
 struct Token {
     value: String,
     expires_at_ms: i64,
@@ -570,6 +650,59 @@ impl DingTalk {
         }
     }
 
+    /// Sends a work notification (`msg`: its `msg` object) to up to 100 people in the name of
+    /// the app's agent; answers DingTalk's task id, which only [`Self::work_notice_result`]
+    /// turns into what reached whom.
+    pub async fn work_notice_send(
+        &self,
+        app: &App,
+        agent_id: &str,
+        user_ids: &[String],
+        msg: &Value,
+    ) -> Result<String, DingTalkError> {
+        let body = json!({"agent_id": agent_number(agent_id), "userid_list": user_ids.join(","), "msg": msg});
+        let v = self
+            .oapi_call(
+                Api::WorkNotice,
+                app,
+                "/topapi/message/corpconversation/asyncsend_v2",
+                &body,
+                Context::default(),
+            )
+            .await?;
+        match &v["task_id"] {
+            Value::Number(n) => Ok(n.to_string()),
+            Value::String(t) if !t.is_empty() => Ok(t.clone()),
+            _ => Err(DingTalkError::bad_answer(
+                Api::WorkNotice,
+                200,
+                "no task_id in the answer",
+            )),
+        }
+    }
+
+    /// What became of a work-notification task (DingTalk keeps it for 24 hours).
+    pub async fn work_notice_result(
+        &self,
+        app: &App,
+        agent_id: &str,
+        task_id: &str,
+    ) -> Result<SendResult, DingTalkError> {
+        let task: Value = task_id
+            .parse::<i64>()
+            .map_or_else(|_| task_id.into(), Value::from);
+        let v = self
+            .oapi_call(
+                Api::WorkNoticeResult,
+                app,
+                "/topapi/message/corpconversation/getsendresult",
+                &json!({"agent_id": agent_number(agent_id), "task_id": task}),
+                Context::default(),
+            )
+            .await?;
+        Ok(SendResult::read(&v["send_result"]))
+    }
+
     /// Posts `msg` to a group robot's webhook, signed when the robot has a secret.
     pub async fn send_webhook(
         &self,
@@ -830,6 +963,29 @@ mod tests {
         );
         let back: Vec<(String, String)> = url.query_pairs().into_owned().collect();
         assert_eq!(back[1].1, "a+b/c==", "decodes to the key DingTalk gave");
+    }
+
+    #[test]
+    fn a_send_result_names_each_persons_outcome() {
+        use super::{NoticeOutcome as O, SendResult};
+        let r = SendResult::read(&serde_json::json!({
+            "read_user_id_list": ["alice"], "unread_user_id_list": ["bob"],
+            "invalid_user_id_list": ["ghost"], "failed_user_id_list": ["carol"],
+            "forbidden_user_id_list": ["dave", "erin"],
+            "forbidden_list": [{"code": "143106", "count": 1, "userid": "dave"}],
+        }));
+        assert_eq!(r.of("alice"), O::Delivered { read: true });
+        assert_eq!(r.of("bob"), O::Delivered { read: false });
+        assert_eq!(r.of("ghost"), O::Invalid);
+        assert_eq!(r.of("carol"), O::Failed);
+        assert_eq!(
+            r.of("dave"),
+            O::Forbidden {
+                code: Some("143106".into())
+            }
+        );
+        assert_eq!(r.of("erin"), O::Forbidden { code: None });
+        assert_eq!(r.of("frank"), O::Pending);
     }
 
     #[test]

@@ -232,6 +232,73 @@ impl Message {
     }
 }
 
+impl Message {
+    /// The `msg` of a work notification (`asyncsend_v2`).
+    pub fn to_work_notice(&self) -> Result<Value, ConversionError> {
+        Ok(match self {
+            Self::Text { content } => json!({"msgtype": "text", "text": {"content": content}}),
+            Self::Markdown { title, text } => {
+                json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}})
+            }
+            Self::Link {
+                title,
+                text,
+                message_url,
+                pic_url,
+            } => json!({"msgtype": "link", "link": {
+                "title": title, "text": text, "messageUrl": message_url,
+                "picUrl": pic_url.as_deref().unwrap_or(""),
+            }}),
+            Self::ActionCard {
+                title,
+                text,
+                buttons,
+            } => {
+                let mut card = Map::new();
+                card.insert("title".into(), title.as_str().into());
+                card.insert("markdown".into(), text.as_str().into());
+                match buttons {
+                    Buttons::Single { title, url } => {
+                        card.insert("single_title".into(), title.as_str().into());
+                        card.insert("single_url".into(), url.as_str().into());
+                    }
+                    Buttons::Multi {
+                        buttons,
+                        horizontal,
+                    } => {
+                        card.insert(
+                            "btn_orientation".into(),
+                            if *horizontal { "1" } else { "0" }.into(),
+                        );
+                        card.insert(
+                            "btn_json_list".into(),
+                            buttons
+                                .iter()
+                                .map(|b| json!({"title": b.title, "action_url": b.url}))
+                                .collect(),
+                        );
+                    }
+                }
+                json!({"msgtype": "action_card", "action_card": card})
+            }
+            Self::Image { .. } => {
+                return Err(ConversionError {
+                    kind: "image",
+                    path: "as a work notification",
+                    why: "work notifications take images by media_id only; send a markdown with ![](url) instead",
+                })
+            }
+            Self::FeedCard { .. } => {
+                return Err(ConversionError {
+                    kind: "feedCard",
+                    path: "as a work notification",
+                    why: "feed cards exist only for group robots; send a link or markdown instead",
+                })
+            }
+        })
+    }
+}
+
 /// `text` with `@who` for each mention it does not name yet, each once.
 fn with_mentions(text: &str, at: &At, markdown: bool) -> String {
     let mut missing: Vec<&str> = vec![];

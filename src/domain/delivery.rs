@@ -10,15 +10,19 @@ pub enum DeliveryKind {
     User,
     /// A group's custom robot, by its webhook.
     Robot,
+    /// A person, by a work notification in the name of the app (asyncsend_v2); same targets
+    /// as `User`.
+    WorkNotice,
 }
 
 impl DeliveryKind {
-    pub const ALL: [Self; 2] = [Self::User, Self::Robot];
+    pub const ALL: [Self; 3] = [Self::User, Self::Robot, Self::WorkNotice];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::User => "user",
             Self::Robot => "robot",
+            Self::WorkNotice => "work_notice",
         }
     }
 
@@ -101,7 +105,7 @@ impl Target {
         let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_owned());
         match kind {
             DeliveryKind::Robot => non_empty(s).map(Self::Robot),
-            DeliveryKind::User => {
+            DeliveryKind::User | DeliveryKind::WorkNotice => {
                 if let Some(id) = s.strip_prefix(USER_ID) {
                     non_empty(id).map(|id| Self::UserId(DingUserId::from_stored(id)))
                 } else {
@@ -125,6 +129,16 @@ mod tests {
         ] {
             assert_eq!(Target::from_stored(t.kind(), &t.stored()), Some(t));
         }
+        // Work notifications reach people by the same targets.
+        let uid = Target::UserId(DingUserId::from_stored("alice-ding"));
+        assert_eq!(
+            Target::from_stored(DeliveryKind::WorkNotice, &uid.stored()),
+            Some(uid)
+        );
+        assert_eq!(
+            Target::from_stored(DeliveryKind::WorkNotice, "mobile:13800000001"),
+            Some(Target::Mobile("13800000001".into()))
+        );
         assert_eq!(Target::from_stored(DeliveryKind::User, ""), None);
         assert_eq!(Target::from_stored(DeliveryKind::User, "uid:"), None);
         assert_eq!(Target::from_stored(DeliveryKind::User, "alice"), None);

@@ -21,7 +21,7 @@ use crate::domain::ids::ClaimToken;
 use crate::domain::message::Message;
 use crate::metrics::Metrics;
 use crate::senders::app_robot::budget::AppBudgets;
-use crate::senders::{AppRobotSender, Gate, RobotSender, Sender, Work};
+use crate::senders::{AppRobotSender, Gate, RobotSender, Sender, Work, WorkNoticeSender};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -85,6 +85,8 @@ pub struct Outbox {
     pub robots: Arc<RobotSender>,
     /// People, by the app robot's single chat.
     pub people: Arc<AppRobotSender>,
+    /// People, by work notifications (`single_chat_mode=work_notice`).
+    pub notices: Arc<WorkNoticeSender>,
     queue: QueueBound,
     /// Set by [`Outbox::stop`]: the poller takes no new work.
     stopping: AtomicBool,
@@ -118,19 +120,26 @@ impl Outbox {
             settings.directory.userid_miss_ttl,
         );
         let budgets = AppBudgets::new(settings.outbox.app_qps, settings.outbox.app_qpm);
+        let people = Arc::new(AppRobotSender::new(
+            db.clone(),
+            client.clone(),
+            userids,
+            budgets,
+            clock.clone(),
+        ));
         Ok(Arc::new(Self {
+            notices: Arc::new(WorkNoticeSender::new(
+                people.clone(),
+                db.clone(),
+                clock.clone(),
+                settings.outbox.zone.clone(),
+            )),
+            people,
             robots: Arc::new(RobotSender::new(
                 db.clone(),
                 client.clone(),
                 clock.clone(),
                 settings.outbox.zone.clone(),
-            )),
-            people: Arc::new(AppRobotSender::new(
-                db.clone(),
-                client,
-                userids,
-                budgets,
-                clock.clone(),
             )),
             db,
             policy: Policy::new(
@@ -527,6 +536,7 @@ impl Outbox {
         match kind {
             DeliveryKind::Robot => &*self.robots,
             DeliveryKind::User => &*self.people,
+            DeliveryKind::WorkNotice => &*self.notices,
         }
     }
 

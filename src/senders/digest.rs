@@ -116,6 +116,26 @@ pub fn batch_parts(m: &send::Message) -> Vec<Message> {
     parts_within(m, BATCH_PARAM_MAX, param_len)
 }
 
+/// DingTalk's limit on a work notification's content: about 2048 bytes.
+pub const WORK_NOTICE_MAX: usize = 2_048;
+
+/// The work-notification form of a message: one `Message`, or numbered parts when its `msg`
+/// would exceed [`WORK_NOTICE_MAX`] less `room` (for what a retry adds to make it differ).
+/// A message work notifications cannot carry stays whole, for its sender to refuse.
+pub fn work_notice_parts(m: &send::Message, room: usize) -> Vec<Message> {
+    let (one, _) = to_dingtalk(m, false);
+    let max = WORK_NOTICE_MAX.saturating_sub(room);
+    if one.to_work_notice().is_err() || notice_len(&one) <= max {
+        return vec![one];
+    }
+    parts_within(m, max, notice_len)
+}
+
+fn notice_len(msg: &Message) -> usize {
+    msg.to_work_notice()
+        .map_or(usize::MAX, |v| v.to_string().len())
+}
+
 fn param_len(msg: &Message) -> usize {
     msg.to_batch().map_or(usize::MAX, |(_, p)| p.len())
 }

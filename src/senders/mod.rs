@@ -3,7 +3,7 @@
 //! ([`Verdict`]); retry timing and giving up are the engine's. A sender knows its path: how to
 //! group, pace, render and call DingTalk, and what each answer means for a delivery.
 //!
-//! To add a path (work notifications, an upstream CMSI): implement [`Sender`] in a file of its
+//! To add a path (an upstream CMSI): implement [`Sender`] in a file of its
 //! own and map its `DeliveryKind` to it in `Outbox::sender` (src/outbox/engine.rs), built in `Outbox::from_settings`.
 
 pub mod app_robot;
@@ -13,6 +13,7 @@ pub mod render;
 pub mod robot;
 pub mod sends;
 pub mod split;
+pub mod work_notice;
 
 use crate::channels::settings::DeliverySettings;
 use crate::db::models::DeliveryRow;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use app_robot::AppRobotSender;
 pub use robot::RobotSender;
+pub use work_notice::WorkNoticeSender;
 
 /// What a sender says of one delivery after its turn.
 #[derive(Debug, Clone, PartialEq)]

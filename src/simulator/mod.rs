@@ -5,6 +5,7 @@
 
 pub mod bkuser;
 mod routes;
+mod work_notice;
 
 use crate::clock::SharedClock;
 use actix_web::dev::ServerHandle;
@@ -35,6 +36,8 @@ pub struct SimConfig {
     /// How long a throttled robot stays silenced (DingTalk: about 10 minutes).
     pub throttle_penalty_ms: i64,
     pub token_ttl_s: i64,
+    /// Work notifications one person takes from one app a day (DingTalk: 500), then 143105.
+    pub notice_daily_cap: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +45,9 @@ pub struct SimApp {
     pub key: String,
     pub secret: String,
     pub robot_code: String,
+    /// The app's AgentId, for work notifications (none: asyncsend_v2 is refused).
+    #[serde(default)]
+    pub agent_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +98,7 @@ impl Default for SimConfig {
             throttle_window_ms: 60_000,
             throttle_penalty_ms: 600_000,
             token_ttl_s: 7200,
+            notice_daily_cap: 500,
         }
     }
 }
@@ -111,7 +118,8 @@ pub struct Faults {
     /// Let this many requests the fault applies to through first (e.g. fail the second page).
     pub skip: u64,
     /// Only these endpoints: "token", "getbymobile", "batch_send", "read_status",
-    /// "batch_recall", "robot_send", "department_listsub", "user_list" (all if empty).
+    /// "batch_recall", "robot_send", "department_listsub", "user_list", "asyncsend_v2",
+    /// "getsendresult" (all if empty).
     pub apis: Vec<String>,
     pub latency_ms: u64,
     /// userIds that the next batchSend naming them reports as flow-controlled (once each).
@@ -160,14 +168,16 @@ impl Faults {
 pub struct SimMessage {
     pub seq: u64,
     pub at_ms: i64,
-    /// "robot_send" or "batch_send".
+    /// "robot_send", "batch_send" or "work_notice".
     pub api: &'static str,
-    /// Robot name (robot_send) or robotCode (batch_send).
+    /// Robot name (robot_send), robotCode (batch_send) or agent id (work_notice).
     pub target: String,
-    /// batch_send: the ids the message reached, and the processQueryKey answered for it.
+    /// batch_send, work_notice: the ids the message reached; batch_send: the processQueryKey
+    /// answered for it.
     pub user_ids: Vec<String>,
     pub process_query_key: Option<String>,
-    /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed.
+    /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed;
+    /// work_notice: asyncsend_v2's `msg`.
     pub body: Value,
 }
 
@@ -196,6 +206,7 @@ struct Inner {
     /// batchSend's accepted calls by processQueryKey, for readStatus and batchRecall.
     oto: HashMap<String, OtoSend>,
     gates: HashMap<String, Arc<Gate>>,
+    notices: work_notice::Notices,
     rng: u64,
     seq: u64,
 }
@@ -394,6 +405,9 @@ pub(crate) fn serve<T: ?Sized + Send + Sync + 'static>(
     Ok(handle)
 }
 
+/// The AgentId of the sandbox's app, for `single_chat_mode=work_notice`.
+pub const DEMO_AGENT_ID: &str = "3000000001";
+
 /// The sandbox's DingTalk: one app, four people, one signed robot, and a small organisation
 /// (Engineering with its Platform team, and Operations; bob is in two departments).
 pub fn demo_config() -> SimConfig {
@@ -402,6 +416,7 @@ pub fn demo_config() -> SimConfig {
             key: "dingsandboxappkey".into(),
             secret: "sandbox-app-secret-0123456789".into(),
             robot_code: "dingsandboxappkey".into(),
+            agent_id: Some(DEMO_AGENT_ID.into()),
         }],
         users: vec![
             SimUser {

@@ -34,13 +34,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/robot/send", web::post().to(robot_send))
         .route("/_sim/read", web::post().to(read))
+        .route(
+            "/topapi/message/corpconversation/asyncsend_v2",
+            web::post().to(super::work_notice::asyncsend_v2),
+        )
+        .route(
+            "/topapi/message/corpconversation/getsendresult",
+            web::post().to(super::work_notice::getsendresult),
+        )
         .route("/_sim/messages", web::get().to(messages))
         .route("/_sim/stats", web::get().to(stats))
         .route("/_sim/reset", web::post().to(reset))
         .route("/_sim/faults", web::post().to(faults));
 }
 
-fn oapi(errcode: i64, errmsg: &str) -> HttpResponse {
+pub(super) fn oapi(errcode: i64, errmsg: &str) -> HttpResponse {
     HttpResponse::Ok().json(json!({"errcode": errcode, "errmsg": errmsg}))
 }
 
@@ -54,7 +62,7 @@ fn unauthorized() -> HttpResponse {
 }
 
 impl Inner {
-    fn next_random(&mut self) -> f64 {
+    pub(super) fn next_random(&mut self) -> f64 {
         // xorshift64: deterministic, good enough to pick which requests fail.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -62,7 +70,7 @@ impl Inner {
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn refuse(&mut self, api: &str, code: impl std::fmt::Display) {
+    pub(super) fn refuse(&mut self, api: &str, code: impl std::fmt::Display) {
         *self
             .stats
             .refusals
@@ -70,7 +78,7 @@ impl Inner {
             .or_default() += 1;
     }
 
-    fn new_id(&mut self) -> String {
+    pub(super) fn new_id(&mut self) -> String {
         self.seq += 1;
         format!(
             "sim{:016x}{:08x}",
@@ -113,7 +121,7 @@ impl Inner {
         dept_id == 1 || self.config.departments.iter().any(|d| d.dept_id == dept_id)
     }
 
-    fn token_app(&self, token: &str, now: i64) -> Option<String> {
+    pub(super) fn token_app(&self, token: &str, now: i64) -> Option<String> {
         self.tokens
             .get(token)
             .filter(|(_, exp)| *exp > now)
@@ -158,7 +166,7 @@ impl Inner {
             .any(|a| a.key == app_key && Some(a.robot_code.as_str()) == robot_code)
     }
 
-    fn record(
+    pub(super) fn record(
         &mut self,
         api: &'static str,
         target: String,
@@ -184,7 +192,7 @@ impl Inner {
 }
 
 /// Counts the request and, when a fault applies, answers for the endpoint.
-async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Option<HttpResponse> {
+pub(super) async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Option<HttpResponse> {
     let (gate, latency, fail) = {
         let mut g = state.lock();
         *g.stats.requests.entry(api.to_owned()).or_default() += 1;

@@ -30,3 +30,4 @@ mod text_markdown;
 mod upstream;
 mod userids;
 mod users;
+mod work_notice;

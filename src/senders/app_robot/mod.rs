@@ -13,7 +13,7 @@ use crate::db::Db;
 use crate::dingtalk::client::{BATCH_CONCURRENCY, BATCH_MAX_IDS};
 use crate::dingtalk::{App, DingTalk, DingTalkError, MobileLookup, UserOutcome};
 use crate::directory::userids::UserIdCache;
-use crate::domain::delivery::{DeliveryKind, Target};
+use crate::domain::delivery::Target;
 use crate::domain::message::Message;
 use budget::AppBudgets;
 use futures_util::FutureExt;
@@ -24,7 +24,9 @@ use std::time::Duration;
 const ROUND: usize = BATCH_MAX_IDS * BATCH_CONCURRENCY;
 /// How long a user DingTalk flow-controlled waits at least.
 const FLOW_CONTROL_PAUSE: Duration = Duration::from_secs(60);
-const WAITING_FOR_BUDGET: &str =
+/// People of one message: (userid or mobile, their delivery).
+pub type People = Vec<(String, DeliveryRow)>;
+pub const WAITING_FOR_BUDGET: &str =
     "waiting for the DingTalk app's call budget (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM)";
 
 /// DingTalk's code for "no user has this mobile".
@@ -79,11 +81,27 @@ impl AppRobotSender {
                     .collect()
             }
         };
+        let (known, misses, mut out) = self.targets(&app, rows).await;
+        let mut keys = vec![];
+        out.extend(self.batch_send(&app, &msg, known, gate, &mut keys).await);
+        let (found, looked) = self.look_up(&app, misses).await;
+        out.extend(looked);
+        out.extend(self.batch_send(&app, &msg, found, gate, &mut keys).await);
+        self.keep(keys).await;
+        out
+    }
+
+    /// The userid of each row where it is known (given, or cached): `(known, phones still to
+    /// look up, verdicts of rows that have none)`.
+    pub async fn targets(&self, app: &App, rows: Vec<DeliveryRow>) -> (People, People, Verdicts) {
         let mut out = vec![];
-        let mut known: Vec<(String, DeliveryRow)> = vec![];
-        let mut phones: Vec<(String, DeliveryRow)> = vec![];
+        let mut known: People = vec![];
+        let mut phones: People = vec![];
         for row in rows {
-            match Target::from_stored(DeliveryKind::User, &row.target) {
+            match row
+                .delivery_kind()
+                .and_then(|k| Target::from_stored(k, &row.target))
+            {
                 Some(Target::UserId(uid)) => known.push((uid.to_string(), row)),
                 Some(Target::Mobile(mobile)) => phones.push((mobile, row)),
                 _ => out.push((
@@ -111,16 +129,18 @@ impl AppRobotSender {
                 None => misses.push((mobile, row)),
             }
         }
-        let mut keys = vec![];
-        out.extend(self.batch_send(&app, &msg, known, gate, &mut keys).await);
+        (known, misses, out)
+    }
 
-        let mut found = vec![];
-        for (mobile, row) in misses {
+    /// Looks `phones` up as the app's call budget allows: `(found, verdicts of the rest)`.
+    pub async fn look_up(&self, app: &App, phones: People) -> (People, Verdicts) {
+        let (mut found, mut out) = (vec![], vec![]);
+        for (mobile, row) in phones {
             if let Err(at) = self.budgets.take(&app.key, 1, self.clock.now_ms()) {
                 out.push((row, Verdict::wait(at, WAITING_FOR_BUDGET, None)));
                 continue;
             }
-            let verdict = match self.userids.resolve(&self.client, &app, &mobile).await {
+            let verdict = match self.userids.resolve(&self.client, app, &mobile).await {
                 Ok(MobileLookup::Found(uid)) => {
                     found.push((uid, row));
                     continue;
@@ -141,9 +161,7 @@ impl AppRobotSender {
             };
             out.push((row, verdict));
         }
-        out.extend(self.batch_send(&app, &msg, found, gate, &mut keys).await);
-        self.keep(keys).await;
-        out
+        (found, out)
     }
 
     /// Keeps the processQueryKey of every part that reached someone, for read status and
