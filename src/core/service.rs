@@ -51,12 +51,12 @@ impl SendService {
         }
     }
 
-    /// Looks usernames the directory does not know up in `lookup` before refusing them.
     /// The engine it hands messages to (the delivery log asks its senders for read status).
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
 
+    /// Looks usernames the directory does not know up in `lookup` before refusing them.
     pub fn with_lookup(self, lookup: Option<Arc<dyn UserLookup>>) -> Self {
         Self { lookup, ..self }
     }

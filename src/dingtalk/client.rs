@@ -574,8 +574,12 @@ impl DingTalk {
             .iter()
             .filter_map(|p| {
                 let user_id = p["userId"].as_str()?.to_owned();
-                let read_at = (p["readStatus"].as_str() == Some("READ"))
-                    .then(|| p["readTimestamp"].as_i64().unwrap_or(0));
+                // A read without its time is taken as read now rather than in 1970.
+                let read_at = (p["readStatus"].as_str() == Some("READ")).then(|| {
+                    p["readTimestamp"]
+                        .as_i64()
+                        .unwrap_or_else(crate::clock::now_ms)
+                });
                 Some(ReadInfo { user_id, read_at })
             })
             .collect())
@@ -700,6 +704,14 @@ impl DingTalk {
                 Context::default(),
             )
             .await?;
+        // Without it every person would read as still pending, polled for a day for nothing.
+        if !v["send_result"].is_object() {
+            return Err(DingTalkError::bad_answer(
+                Api::WorkNoticeResult,
+                200,
+                "no send_result in the answer",
+            ));
+        }
         Ok(SendResult::read(&v["send_result"]))
     }
 

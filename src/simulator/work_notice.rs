@@ -126,7 +126,9 @@ pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> Ht
     }
     let day = (now + CHINA_MS).div_euclid(DAY_MS);
     let cap = g.config.notice_daily_cap;
-    let known: HashSet<String> = g.config.users.iter().map(|u| u.userid.clone()).collect();
+    let known: HashSet<String> = (g.config.users.iter().map(|u| u.userid.clone()))
+        .chain(g.config.members.iter().map(|m| m.userid.clone()))
+        .collect();
     let n = &mut g.notices;
     let mut task = Task {
         app: app.clone(),

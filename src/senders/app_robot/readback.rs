@@ -69,6 +69,11 @@ fn reading_in(list: &[ReadInfo], user_id: &str) -> Reading {
     }
 }
 
+/// At most this many readStatus calls for one look at a message, within [`ASK_WITHIN`].
+const MAX_ASKED: usize = 40;
+const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+const NOT_ASKED: &str = "not asked this time (many sends, or DingTalk slow to answer): look again";
+
 /// What became of one key of a recall.
 pub type KeyRecall = Result<(), String>;
 
@@ -81,18 +86,24 @@ impl AppRobotSender {
             .filter(|s| settled(s, now).is_none())
             .map(|s| s.send_key.as_str())
             .collect();
-        let answers: HashMap<&str, Result<Vec<ReadInfo>, String>> =
-            futures_util::stream::iter(to_ask)
-                .map(|key| async move { (key, self.read_status(app, key, now).await) })
-                .buffer_unordered(BATCH_CONCURRENCY)
-                .collect()
-                .await;
+        // A look at the log costs a bounded share of the send budget and answers in time;
+        // what is not asked now says so, and the next look asks it.
+        let mut answers: HashMap<&str, Result<Vec<ReadInfo>, String>> = HashMap::new();
+        let asking = futures_util::stream::iter(to_ask.into_iter().take(MAX_ASKED))
+            .map(|key| async move { (key, self.read_status(app, key, now).await) })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .for_each(|(key, answer)| {
+                answers.insert(key, answer);
+                futures_util::future::ready(())
+            });
+        let _ = tokio::time::timeout(ASK_WITHIN, asking).await;
         let mut newly_read = vec![];
         let readings = sends
             .iter()
             .map(|s| {
-                settled(s, now).unwrap_or_else(|| match &answers[s.send_key.as_str()] {
-                    Ok(list) => {
+                settled(s, now).unwrap_or_else(|| match answers.get(s.send_key.as_str()) {
+                    None => Reading::unknown(NOT_ASKED),
+                    Some(Ok(list)) => {
                         let r = reading_in(list, &s.user_id);
                         if let Reading::Read { at } = r {
                             newly_read.push(SendRow {
@@ -102,7 +113,7 @@ impl AppRobotSender {
                         }
                         r
                     }
-                    Err(why) => Reading::unknown(why.clone()),
+                    Some(Err(why)) => Reading::unknown(why.clone()),
                 })
             })
             .collect();
