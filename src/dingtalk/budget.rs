@@ -32,6 +32,12 @@ impl AppBudgets {
         }
     }
 
+    /// A limiter of its own at `1/part` of these rates: a background job takes from it and
+    /// from this one, so it never has more than its part, and sends keep the rest.
+    pub fn share(&self, part: u32) -> Self {
+        Self::new(self.qps / part.max(1), self.qpm / part.max(1))
+    }
+
     /// Takes `calls` from the app's budget, or answers when enough will be free.
     pub fn take(&self, app_key: &str, calls: u32, now_ms: i64) -> Result<(), i64> {
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());

@@ -297,24 +297,31 @@ async fn serve_repeats_the_sync_once_per_interval() {
 }
 
 #[tokio::test]
-async fn the_periodic_sync_takes_from_the_call_budget_the_sender_uses() {
-    // Exactly the sync's 8 calls a minute: a send right after it must wait for the budget.
+async fn the_periodic_sync_takes_a_quarter_of_the_call_budget_the_sender_uses() {
+    use ding_channel::clock::Clock;
+    // 32 calls a minute: the sync's 8 calls are its whole quarter, and they count for the
+    // sender too, which has 24 left this minute.
     let app = app_with(
         org(),
         &[
             ("DING_CHANNEL_DINGTALK_SYNC_S", "600"),
-            ("DING_CHANNEL_APP_QPM", "8"),
+            ("DING_CHANNEL_APP_QPM", "32"),
         ],
     )
     .await;
     let schedule = app.dingtalk_sync.clone().unwrap();
     let report = schedule.run_if_due().await.unwrap().unwrap();
     assert_eq!(report.calls, 8);
+    let (budgets, key) = (&app.outbox.people.budgets, &demo_config().apps[0].key);
+    let now = app.clock.now_ms();
+    assert!(budgets.take(key, 24, now).is_ok(), "24 of 32 left");
+    assert!(
+        budgets.take(key, 1, now).is_err(),
+        "the sync's 8 were taken"
+    );
+    app.clock.advance_ms(60_000);
     let body = json!({"receiver__username": "alice", "title": "Deploy", "content": "done"});
     let env = app.post("send_ding", body).await;
-    assert_eq!(requests(&app, "batch_send"), 0, "{env}");
-    app.clock.advance_ms(60_000);
-    app.drain().await;
-    assert_eq!(requests(&app, "batch_send"), 1);
+    assert_eq!(requests(&app, "batch_send"), 1, "{env}");
     assert_eq!(requests(&app, "getbymobile"), 0);
 }

@@ -21,6 +21,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Phone cache entries written per transaction.
+const WRITE_CHUNK: usize = 500;
+
 /// The `directory_syncs` row of the periodic DingTalk sync.
 const SCHEDULE: &str = "dingtalk";
 /// The organisation's root department.
@@ -93,9 +96,15 @@ impl From<diesel::result::Error> for SyncError {
 pub struct Reader<'a> {
     pub client: &'a DingTalk,
     pub app: &'a App,
+    /// The app's call budget, which the sends take from too; the sync takes from it at
+    /// most [`BUDGET_SHARE`] of its rates.
     pub budgets: &'a AppBudgets,
     pub clock: &'a SharedClock,
 }
+
+/// The sync's part of the app's calls: a quarter, so sends keep most of the budget while a
+/// large organisation is read.
+pub const BUDGET_SHARE: u32 = 4;
 
 /// Everyone DingTalk lists, fetched before anything is written.
 #[derive(Debug, Default)]
@@ -123,11 +132,12 @@ impl Reader<'_> {
     /// Walks every department from the root and pages through each one's own members.
     pub async fn fetch(&self) -> Result<Listing, SyncError> {
         let mut listing = Listing::default();
+        let share = self.budgets.share(BUDGET_SHARE);
         let mut seen_departments = HashSet::from([ROOT]);
         let mut pending = VecDeque::from([ROOT]);
         while let Some(dept) = pending.pop_front() {
             listing.departments += 1;
-            self.take_budget().await;
+            self.take_budget(&share).await;
             listing.calls += 1;
             let subs = self
                 .client
@@ -142,7 +152,7 @@ impl Reader<'_> {
             );
             let mut cursor = 0;
             loop {
-                self.take_budget().await;
+                self.take_budget(&share).await;
                 listing.calls += 1;
                 let what = || format!("the members of department {dept} (from cursor {cursor})");
                 let page = self
@@ -169,10 +179,13 @@ impl Reader<'_> {
     }
 
     /// Waits until the app's call budget has room for one call.
-    async fn take_budget(&self) {
+    async fn take_budget(&self, share: &AppBudgets) {
         loop {
             let now = self.clock.now_ms();
-            match self.budgets.take(&self.app.key, 1, now) {
+            let taken = share
+                .take(&self.app.key, 1, now)
+                .and_then(|()| self.budgets.take(&self.app.key, 1, now));
+            match taken {
                 Ok(()) => return,
                 Err(at) => {
                     tokio::time::sleep(Duration::from_millis((at - now).clamp(1, 60_000) as u64))
@@ -271,27 +284,45 @@ pub async fn write(
             .collect();
         (profiles, batch.rejected)
     });
-    let key = app_key.to_owned();
     let ttl = options.userid_ttl;
-    let (cached, planned) = db
-        .run(move |conn| {
-            write_tx(conn, |conn| {
-                if let Some(lease) = lease {
-                    if !schedule::holds(conn, lease)? {
-                        return Err(SyncError::Outlasted);
+    // Fetched whole before anything is written; written in short transactions, so a large
+    // organisation never holds the database's writer for long (the cache entries are
+    // independent; the profiles go in one transaction of their own).
+    let mut cached = 0;
+    for chunk in phones.chunks(WRITE_CHUNK) {
+        let (chunk, key) = (chunk.to_vec(), app_key.to_owned());
+        cached += db
+            .run(move |conn| {
+                write_tx(conn, |conn| {
+                    if let Some(lease) = lease {
+                        if !schedule::holds(conn, lease)? {
+                            return Err(SyncError::Outlasted);
+                        }
                     }
-                }
-                for (mobile, userid) in &phones {
-                    userids::store(conn, &key, mobile, Some(userid), now, ttl)?;
-                }
-                let planned = match candidates {
-                    Some((profiles, rejected)) => Some((create(conn, profiles)?, rejected)),
-                    None => None,
-                };
-                Ok::<_, SyncError>((phones.len(), planned))
+                    for (mobile, userid) in &chunk {
+                        userids::store(conn, &key, mobile, Some(userid), now, ttl)?;
+                    }
+                    Ok::<_, SyncError>(chunk.len())
+                })
             })
-        })
-        .await?;
+            .await?;
+    }
+    let planned = match candidates {
+        Some((profiles, rejected)) => Some(
+            db.run(move |conn| {
+                write_tx(conn, |conn| {
+                    if let Some(lease) = lease {
+                        if !schedule::holds(conn, lease)? {
+                            return Err(SyncError::Outlasted);
+                        }
+                    }
+                    Ok::<_, SyncError>((create(conn, profiles)?, rejected))
+                })
+            })
+            .await?,
+        ),
+        None => None,
+    };
     report.cached = cached;
     if let Some((plan, rejected)) = planned {
         report.created = plan.create.len();
