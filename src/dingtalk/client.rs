@@ -1025,6 +1025,22 @@ mod tests {
         );
         assert_eq!(r.of("erin"), O::Forbidden { code: None });
         assert_eq!(r.of("frank"), O::Pending);
+        let mut reached = r.reached(7);
+        reached.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        assert_eq!(
+            reached,
+            [
+                super::ReadInfo {
+                    user_id: "alice".into(),
+                    read_at: Some(7)
+                },
+                super::ReadInfo {
+                    user_id: "bob".into(),
+                    read_at: None
+                },
+            ],
+            "only who it reached, read at when it was seen"
+        );
     }
 
     #[test]

@@ -98,6 +98,9 @@ async fn readings_of(
     (readings, newly_read)
 }
 
+/// A send to recall: its path and DingTalk's key.
+type PathKey<'a> = (&'a str, String);
+
 /// Recalls what DingTalk still holds of message `id`; `None`: no such message. Answers each
 /// delivery's outcome by receiver, in the log's order.
 pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Recall)>>, DbError> {
@@ -123,7 +126,7 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
     for r in &rows {
         sends_of.entry(r.delivery_id).or_default().push(r);
     }
-    let mut plan: Vec<(String, Result<Vec<(&str, String)>, Recall>)> = vec![];
+    let mut plan: Vec<(String, Result<Vec<PathKey>, Recall>)> = vec![];
     for d in &deliveries {
         let mine = sends_of.remove(&d.id).unwrap_or_default();
         let outcome = if d.delivery_kind() == Some(DeliveryKind::Robot) {
@@ -152,10 +155,10 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
                 why: format!("sends of path '{}' have no recall", other.path),
             })
         } else {
-            let keys: Vec<(&str, String)> = mine
+            let keys: Vec<PathKey> = mine
                 .iter()
                 .filter(|s| s.recalled_at.is_none() && now - s.sent_at <= WINDOW_MS)
-                .map(|s| (path_of(&s.path), s.send_key.clone()))
+                .map(|s| (s.path.as_str(), s.send_key.clone()))
                 .collect();
             if keys.is_empty() {
                 Err(Recall::NotRecallable {
@@ -190,7 +193,7 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
             (failed(oto), failed(notices))
         }
     };
-    let mut outcomes: BTreeMap<(&str, String), Result<(), String>> = BTreeMap::new();
+    let mut outcomes: BTreeMap<PathKey, Result<(), String>> = BTreeMap::new();
     for (path, answers) in [(ONE_TO_ONE, oto), (WORK_NOTICE, notices)] {
         let recalled: Vec<String> = answers
             .iter()
@@ -219,13 +222,4 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
             })
             .collect(),
     ))
-}
-
-/// A recallable send's path, as the `'static` name the recall is planned under.
-fn path_of(path: &str) -> &'static str {
-    if path == WORK_NOTICE {
-        WORK_NOTICE
-    } else {
-        ONE_TO_ONE
-    }
 }
