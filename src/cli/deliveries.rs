@@ -19,7 +19,8 @@ pub enum DeliveriesCmd {
     Show { message_id: String },
     /// Queue a message's failed deliveries again and attempt them now.
     Retry { message_id: String },
-    /// Recall a message from the people's single chats (within DingTalk's 24 h).
+    /// Recall a message from the people's single chats and work notifications (within
+    /// DingTalk's 24 h).
     Recall { message_id: String },
 }
 

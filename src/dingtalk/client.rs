@@ -195,12 +195,34 @@ impl SendResult {
         Self { by_user }
     }
 
+    /// The people the task reached, as read status lists them: getsendresult gives no time
+    /// of reading, so a person in its read list is taken as read at `seen_at`.
+    pub fn reached(&self, seen_at: i64) -> Vec<ReadInfo> {
+        self.by_user
+            .iter()
+            .filter_map(|(user_id, o)| match o {
+                NoticeOutcome::Delivered { read } => Some(ReadInfo {
+                    user_id: user_id.clone(),
+                    read_at: read.then_some(seen_at),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn of(&self, user_id: &str) -> NoticeOutcome {
         self.by_user
             .get(user_id)
             .cloned()
             .unwrap_or(NoticeOutcome::Pending)
     }
+}
+
+/// A task id as DingTalk answered it (a number).
+fn task_number(task_id: &str) -> Value {
+    task_id
+        .parse::<i64>()
+        .map_or_else(|_| task_id.into(), Value::from)
 }
 
 /// The AgentId as DingTalk takes it (a number; validated as one in the channel settings).
@@ -692,15 +714,12 @@ impl DingTalk {
         agent_id: &str,
         task_id: &str,
     ) -> Result<SendResult, DingTalkError> {
-        let task: Value = task_id
-            .parse::<i64>()
-            .map_or_else(|_| task_id.into(), Value::from);
         let v = self
             .oapi_call(
                 Api::WorkNoticeResult,
                 app,
                 "/topapi/message/corpconversation/getsendresult",
-                &json!({"agent_id": agent_number(agent_id), "task_id": task}),
+                &json!({"agent_id": agent_number(agent_id), "task_id": task_number(task_id)}),
                 Context::default(),
             )
             .await?;
@@ -713,6 +732,26 @@ impl DingTalk {
             ));
         }
         Ok(SendResult::read(&v["send_result"]))
+    }
+
+    /// Recalls a work-notification task from everyone it reached
+    /// (`topapi/message/corpconversation/recall`); DingTalk answers only `errcode`.
+    pub async fn work_notice_recall(
+        &self,
+        app: &App,
+        agent_id: &str,
+        task_id: &str,
+    ) -> Result<(), DingTalkError> {
+        let body = json!({"agent_id": agent_number(agent_id), "msg_task_id": task_number(task_id)});
+        self.oapi_call(
+            Api::WorkNoticeRecall,
+            app,
+            "/topapi/message/corpconversation/recall",
+            &body,
+            Context::default(),
+        )
+        .await
+        .map(drop)
     }
 
     /// Posts `msg` to a group robot's webhook, signed when the robot has a secret.
@@ -998,6 +1037,22 @@ mod tests {
         );
         assert_eq!(r.of("erin"), O::Forbidden { code: None });
         assert_eq!(r.of("frank"), O::Pending);
+        let mut reached = r.reached(7);
+        reached.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        assert_eq!(
+            reached,
+            [
+                super::ReadInfo {
+                    user_id: "alice".into(),
+                    read_at: Some(7)
+                },
+                super::ReadInfo {
+                    user_id: "bob".into(),
+                    read_at: None
+                },
+            ],
+            "only who it reached, read at when it was seen"
+        );
     }
 
     #[test]

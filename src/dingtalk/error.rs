@@ -18,9 +18,10 @@ pub enum Api {
     DepartmentList,
     /// `topapi/v2/user/list`: one page of a department's own members.
     UserList,
-    /// Work notifications: `asyncsend_v2` and `getsendresult`.
+    /// Work notifications: `asyncsend_v2`, `getsendresult` and `corpconversation/recall`.
     WorkNotice,
     WorkNoticeResult,
+    WorkNoticeRecall,
 }
 
 impl Api {
@@ -36,6 +37,7 @@ impl Api {
             Self::UserList => "user_list",
             Self::WorkNotice => "asyncsend_v2",
             Self::WorkNoticeResult => "getsendresult",
+            Self::WorkNoticeRecall => "work_notice_recall",
         }
     }
 }
@@ -226,7 +228,7 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         40089 | 40096 => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
         40014 | 88 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
         60121 => (PERMANENT, Kind::UnknownMobile, format!("no DingTalk user has the mobile {}: the telephone in the profile must equal the phone registered in DingTalk", ctx.mobile.unwrap_or("given"))),
-        60011 if matches!(api, Api::WorkNotice | Api::WorkNoticeResult) => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission for work notifications (qyapi_base), or ding_agent_id is not this app's AgentId: grant it in the DingTalk developer console, or fix ding_agent_id in the send_dingtalk channel's comp_conf".to_owned()),
+        60011 if matches!(api, Api::WorkNotice | Api::WorkNoticeResult | Api::WorkNoticeRecall) => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission for work notifications (qyapi_base), or ding_agent_id is not this app's AgentId: grant it in the DingTalk developer console, or fix ding_agent_id in the send_dingtalk channel's comp_conf".to_owned()),
         60011 => (PERMANENT, Kind::NoPermission, format!("the DingTalk app lacks the permission {}: grant it in the DingTalk developer console", permission(api))),
         60003 => (PERMANENT, Kind::Other, "the department is not in the organisation (deleted while the directory was read?); run the sync again".to_owned()),
         60020 => (PERMANENT, Kind::IpNotWhitelisted, "this server's IP is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP".to_owned()),

@@ -1,6 +1,7 @@
 //! Read status and recall of a message, for the delivery log and `deliveries recall`: the
 //! sends kept for its deliveries (`senders::sends`) asked about through the path that made
-//! them. A new path answers for its own `path` here (one arm in `readings_of` and `recall`).
+//! them (the app robot's single chat, work notifications). A new path answers for its own
+//! `path` here (one arm in `readings_of` and `recall`).
 
 use super::view::MessageView;
 use super::Outbox;
@@ -8,7 +9,7 @@ use crate::channels::settings::DeliverySettings;
 use crate::db::models::SendRow;
 use crate::db::DbError;
 use crate::domain::delivery::DeliveryKind;
-use crate::senders::sends::{self, Reading, ONE_TO_ONE, WINDOW_MS};
+use crate::senders::sends::{self, Reading, ONE_TO_ONE, WINDOW_MS, WORK_NOTICE};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -61,28 +62,44 @@ async fn readings_of(
     settings: &DeliverySettings,
     rows: &[SendRow],
 ) -> (Vec<Reading>, Vec<SendRow>) {
-    let oto: Vec<SendRow> = rows
-        .iter()
-        .filter(|r| r.path == ONE_TO_ONE)
-        .cloned()
-        .collect();
-    let (mut oto_readings, newly_read) = match &settings.app {
-        Ok(app) => outbox.people.readings(app, &oto).await,
-        Err(why) => (
-            oto.iter().map(|_| Reading::unknown(why.clone())).collect(),
-            vec![],
-        ),
-    };
+    let of_path =
+        |path: &str| -> Vec<SendRow> { rows.iter().filter(|r| r.path == path).cloned().collect() };
+    let (oto, notices) = (of_path(ONE_TO_ONE), of_path(WORK_NOTICE));
+    let ((mut oto_readings, mut newly_read), (mut notice_readings, notices_read)) =
+        match &settings.app {
+            Ok(app) => tokio::join!(
+                outbox.people.readings(app, &oto),
+                outbox.notices.readings(app, &notices)
+            ),
+            Err(why) => {
+                let unknown = |sends: &[SendRow]| -> (Vec<Reading>, Vec<SendRow>) {
+                    (
+                        sends
+                            .iter()
+                            .map(|_| Reading::unknown(why.clone()))
+                            .collect(),
+                        vec![],
+                    )
+                };
+                (unknown(&oto), unknown(&notices))
+            }
+        };
+    newly_read.extend(notices_read);
     oto_readings.reverse();
+    notice_readings.reverse();
     let readings = rows
         .iter()
         .map(|r| match r.path.as_str() {
             ONE_TO_ONE => oto_readings.pop().expect("one reading per send"),
+            WORK_NOTICE => notice_readings.pop().expect("one reading per send"),
             other => Reading::unknown(format!("no read status for sends of path '{other}'")),
         })
         .collect();
     (readings, newly_read)
 }
+
+/// A send to recall: its path and DingTalk's key.
+type PathKey<'a> = (&'a str, String);
 
 /// Recalls what DingTalk still holds of message `id`; `None`: no such message. Answers each
 /// delivery's outcome by receiver, in the log's order.
@@ -109,7 +126,7 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
     for r in &rows {
         sends_of.entry(r.delivery_id).or_default().push(r);
     }
-    let mut plan: Vec<(String, Result<Vec<String>, Recall>)> = vec![];
+    let mut plan: Vec<(String, Result<Vec<PathKey>, Recall>)> = vec![];
     for d in &deliveries {
         let mine = sends_of.remove(&d.id).unwrap_or_default();
         let outcome = if d.delivery_kind() == Some(DeliveryKind::Robot) {
@@ -119,7 +136,7 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
         } else if mine.is_empty() {
             Err(Recall::NotRecallable {
                 why: format!(
-                    "nothing of it reached DingTalk's single chat (status {})",
+                    "nothing of it is known to have reached the person (status {})",
                     d.status
                 ),
             })
@@ -130,15 +147,18 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
             .and_then(|ats| ats.into_iter().max())
         {
             Err(Recall::AlreadyRecalled { at })
-        } else if mine.iter().any(|s| s.path != ONE_TO_ONE) {
+        } else if let Some(other) = mine
+            .iter()
+            .find(|s| s.path != ONE_TO_ONE && s.path != WORK_NOTICE)
+        {
             Err(Recall::NotRecallable {
-                why: "its path has no recall".into(),
+                why: format!("sends of path '{}' have no recall", other.path),
             })
         } else {
-            let keys: Vec<String> = mine
+            let keys: Vec<PathKey> = mine
                 .iter()
                 .filter(|s| s.recalled_at.is_none() && now - s.sent_at <= WINDOW_MS)
-                .map(|s| s.send_key.clone())
+                .map(|s| (s.path.as_str(), s.send_key.clone()))
                 .collect();
             if keys.is_empty() {
                 Err(Recall::NotRecallable {
@@ -150,44 +170,51 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
         };
         plan.push((d.receiver.clone(), outcome));
     }
-    let keys: BTreeSet<String> = plan
-        .iter()
-        .filter_map(|(_, p)| p.as_ref().ok())
-        .flatten()
-        .cloned()
-        .collect();
-    let outcomes: BTreeMap<String, Result<(), String>> = if keys.is_empty() {
-        BTreeMap::new()
-    } else {
-        match &settings.app {
-            Ok(app) => outbox
-                .people
-                .recall(app, keys.into_iter().collect())
-                .await
-                .into_iter()
-                .collect(),
-            Err(why) => keys.into_iter().map(|k| (k, Err(why.clone()))).collect(),
+    let keys_of = |path: &str| -> Vec<String> {
+        let keys: BTreeSet<&String> = plan
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok())
+            .flatten()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, k)| k)
+            .collect();
+        keys.into_iter().cloned().collect()
+    };
+    let (oto, notices) = (keys_of(ONE_TO_ONE), keys_of(WORK_NOTICE));
+    let (oto, notices) = match &settings.app {
+        Ok(app) => tokio::join!(
+            outbox.people.recall(app, oto),
+            outbox.notices.recall(app, notices)
+        ),
+        Err(why) => {
+            let failed = |keys: Vec<String>| -> Vec<(String, Result<(), String>)> {
+                keys.into_iter().map(|k| (k, Err(why.clone()))).collect()
+            };
+            (failed(oto), failed(notices))
         }
     };
-    let recalled: Vec<String> = outcomes
-        .iter()
-        .filter(|(_, o)| o.is_ok())
-        .map(|(k, _)| k.clone())
-        .collect();
-    if !recalled.is_empty() {
-        let keys = recalled.clone();
-        outbox
-            .db
-            .write(move |conn| sends::mark_recalled(conn, ONE_TO_ONE, &keys, now))
-            .await?;
+    let mut outcomes: BTreeMap<PathKey, Result<(), String>> = BTreeMap::new();
+    for (path, answers) in [(ONE_TO_ONE, oto), (WORK_NOTICE, notices)] {
+        let recalled: Vec<String> = answers
+            .iter()
+            .filter(|(_, o)| o.is_ok())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !recalled.is_empty() {
+            outbox
+                .db
+                .write(move |conn| sends::mark_recalled(conn, path, &recalled, now))
+                .await?;
+        }
+        outcomes.extend(answers.into_iter().map(|(k, o)| ((path, k), o)));
     }
     Ok(Some(
         plan.into_iter()
             .map(|(receiver, p)| {
                 let outcome = match p {
                     Err(known) => known,
-                    Ok(keys) => match keys.iter().find_map(|k| outcomes[k].as_ref().err()) {
-                        Some(why) => Recall::Failed { why: why.clone() },
+                    Ok(keys) => match keys.into_iter().find_map(|k| outcomes[&k].clone().err()) {
+                        Some(why) => Recall::Failed { why },
                         None => Recall::Recalled { at: now },
                     },
                 };

@@ -11,6 +11,9 @@ use serde::Serialize;
 
 /// The app robot's single chat (`oToMessages/batchSend`): the key is its processQueryKey.
 pub const ONE_TO_ONE: &str = "oto";
+/// Work notifications (`asyncsend_v2`): the key names the agent and its task
+/// (`senders::work_notice::readback::key`).
+pub const WORK_NOTICE: &str = "work_notice";
 
 /// How long after a send DingTalk answers read status and recall for it.
 pub const WINDOW_MS: i64 = 24 * 3600 * 1000;

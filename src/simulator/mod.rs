@@ -119,7 +119,7 @@ pub struct Faults {
     pub skip: u64,
     /// Only these endpoints: "token", "getbymobile", "batch_send", "read_status",
     /// "batch_recall", "robot_send", "department_listsub", "user_list", "asyncsend_v2",
-    /// "getsendresult" (all if empty).
+    /// "getsendresult", "work_notice_recall" (all if empty).
     pub apis: Vec<String>,
     pub latency_ms: u64,
     /// userIds that the next batchSend naming them reports as flow-controlled (once each).
@@ -284,12 +284,13 @@ impl SimState {
         gate
     }
 
-    /// `user_id` opens the robot's chat: every message it has there (not recalled) is read now.
-    /// Answers how many batchSend calls that marks.
+    /// `user_id` opens the robot's chat and their work notifications: every message they have
+    /// there (not recalled) is read now. Answers how many batchSend calls and work-notification
+    /// tasks that marks.
     pub fn mark_read(&self, user_id: &str) -> usize {
         let now = self.clock.now_ms();
         let mut g = self.lock();
-        let mut marked = 0;
+        let mut marked = g.notices.mark_read(user_id);
         for send in g.oto.values_mut() {
             if !send.recalled && send.user_ids.iter().any(|u| u == user_id) {
                 send.read.entry(user_id.to_owned()).or_insert(now);

@@ -42,6 +42,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/topapi/message/corpconversation/getsendresult",
             web::post().to(super::work_notice::getsendresult),
         )
+        .route(
+            "/topapi/message/corpconversation/recall",
+            web::post().to(super::work_notice::recall),
+        )
         .route("/_sim/messages", web::get().to(messages))
         .route("/_sim/stats", web::get().to(stats))
         .route("/_sim/reset", web::post().to(reset))
@@ -776,7 +780,8 @@ struct ReadBody {
     user_id: String,
 }
 
-/// Test hook: the person opens the robot's chat and reads what is there.
+/// Test hook: the person opens the robot's chat and their work notifications and reads what
+/// is there.
 async fn read(state: State, body: web::Json<ReadBody>) -> HttpResponse {
     let marked = state.mark_read(&body.user_id);
     HttpResponse::Ok().json(json!({"marked": marked}))

@@ -2,7 +2,9 @@
 //! names, and decides per person, silently, what getsendresult then reports: delivered
 //! (unread), an unknown userid (invalid), or held back (forbidden, with a code: 143105 past the
 //! daily cap per person and app, 143106 for the same content to the same person the same day).
-//! Tasks are answered for 24 hours, and only for tasks of at most 100 people.
+//! Tasks are answered for 24 hours, and only for tasks of at most 100 people. A person who
+//! opens their notifications (`POST /_sim/read`) moves to the read list; `recall` takes a
+//! task's message back from everyone it reached, within the same 24 hours.
 
 use super::routes::{fault, oapi};
 use super::SimState;
@@ -16,6 +18,7 @@ type Query = web::Query<HashMap<String, String>>;
 /// DingTalk's days for its limits: calendar days in China (+08:00).
 const DAY_MS: i64 = 86_400_000;
 const CHINA_MS: i64 = 8 * 3_600_000;
+/// How long getsendresult and recall answer for a task.
 const RESULT_WINDOW_MS: i64 = DAY_MS;
 /// getsendresult times out for larger tasks.
 const RESULT_MAX_IDS: usize = 100;
@@ -39,8 +42,27 @@ struct Task {
     at_ms: i64,
     ids: usize,
     unread: Vec<String>,
+    read: Vec<String>,
+    /// The message it left in `/_sim/messages`, while not recalled.
+    seq: Option<u64>,
     invalid: Vec<String>,
     forbidden: Vec<(String, &'static str)>,
+}
+
+impl Notices {
+    /// `user_id` opens their work notifications: each task that reached them, not recalled,
+    /// lists them as read. Answers how many tasks that marks.
+    pub(super) fn mark_read(&mut self, user_id: &str) -> usize {
+        let mut marked = 0;
+        for task in self.tasks.values_mut().filter(|t| t.seq.is_some()) {
+            if let Some(i) = task.unread.iter().position(|u| u == user_id) {
+                let id = task.unread.remove(i);
+                task.read.push(id);
+                marked += 1;
+            }
+        }
+        marked
+    }
 }
 
 /// The app of a valid token (`None`: refused as DingTalk refuses it, [`invalid_token`]).
@@ -136,6 +158,8 @@ pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> Ht
         at_ms: now,
         ids: ids.len(),
         unread: vec![],
+        read: vec![],
+        seq: None,
         invalid: vec![],
         forbidden: vec![],
     };
@@ -157,10 +181,11 @@ pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> Ht
     n.last_task += 1;
     let task_id = n.last_task;
     let delivered = task.unread.clone();
-    n.tasks.insert(task_id, task);
     if !delivered.is_empty() {
         g.record("work_notice", agent_id, delivered, None, msg.clone(), now);
+        task.seq = Some(g.seq);
     }
+    g.notices.tasks.insert(task_id, task);
     let request_id = g.new_id();
     HttpResponse::Ok()
         .json(json!({"errcode": 0, "errmsg": "ok", "task_id": task_id, "request_id": request_id}))
@@ -204,7 +229,7 @@ pub(super) async fn getsendresult(state: State, q: Query, body: web::Bytes) -> H
         "errcode": 0, "errmsg": "ok",
         "send_result": {
             "unread_user_id_list": task.unread,
-            "read_user_id_list": [],
+            "read_user_id_list": task.read,
             "invalid_user_id_list": task.invalid,
             "forbidden_user_id_list": forbidden,
             "failed_user_id_list": [],
@@ -212,4 +237,37 @@ pub(super) async fn getsendresult(state: State, q: Query, body: web::Bytes) -> H
             "forbidden_list": forbidden_list,
         },
     }))
+}
+
+pub(super) async fn recall(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+    const API: &str = "work_notice_recall";
+    if let Some(r) = fault(&state, API, true).await {
+        return r;
+    }
+    let now = state.clock.now_ms();
+    let mut g = state.lock();
+    let Some(app) = app_of(&mut g, API, &q, now) else {
+        return invalid_token();
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Some(agent_id) = agent_of(&g, &app, &v) else {
+        g.refuse(API, 60011);
+        return oapi(60011, "没有调用该接口的权限: agent_id 不属于该应用");
+    };
+    let task = v["msg_task_id"]
+        .as_i64()
+        .and_then(|id| g.notices.tasks.get_mut(&id))
+        .filter(|t| t.app == app && t.agent_id == agent_id);
+    let Some(task) = task else {
+        g.refuse(API, 40035);
+        return oapi(40035, "不合法的参数: msg_task_id 不存在");
+    };
+    if now - task.at_ms > RESULT_WINDOW_MS {
+        g.refuse(API, 40035);
+        return oapi(40035, "不合法的参数: 消息已超过 24 小时, 不能撤回");
+    }
+    if let Some(seq) = task.seq.take() {
+        g.messages.retain(|m| m.seq != seq);
+    }
+    oapi(0, "ok")
 }

@@ -259,6 +259,27 @@ impl TestApp {
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.test_db.url, &self.manifest, args, &[])
     }
+
+    /// Runs the real binary against the simulator, off this test's runtime (the simulator
+    /// serves on it).
+    pub async fn cli_at_sim(&self, args: &[&str]) -> Output {
+        let (db, manifest, base) = (
+            self.test_db.url.clone(),
+            self.manifest.clone(),
+            self.sim.base_url(),
+        );
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env = [
+                ("DINGTALK_OAPI_BASE", base.as_str()),
+                ("DINGTALK_API_BASE", base.as_str()),
+            ];
+            cli(&db, &manifest, &args, &env)
+        })
+        .await
+        .unwrap()
+    }
 }
 
 pub fn cli(db_url: &str, manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -45,26 +45,6 @@ async fn reads(app: &TestApp, id: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// The real binary, off this test's runtime (the simulator serves on it), against the simulator.
-async fn run(app: &TestApp, args: &[&str]) -> std::process::Output {
-    let (db, manifest, base) = (
-        app.test_db.url.clone(),
-        app.manifest.clone(),
-        app.sim.base_url(),
-    );
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env = [
-            ("DINGTALK_OAPI_BASE", base.as_str()),
-            ("DINGTALK_API_BASE", base.as_str()),
-        ];
-        cli(&db, &manifest, &args, &env)
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn the_log_says_who_read_it_and_after_24_hours_that_it_is_unknown() {
     let app = TestApp::spawn().await;
@@ -81,7 +61,7 @@ async fn the_log_says_who_read_it_and_after_24_hours_that_it_is_unknown() {
         "one key for both"
     );
 
-    let show = run(&app, &["deliveries", "show", &id]).await;
+    let show = app.cli_at_sim(&["deliveries", "show", &id]).await;
     assert!(show.status.success(), "{}", stderr(&show));
     let out = stdout(&show);
     let alice = out.split("alice (user)").nth(1).unwrap();
@@ -128,7 +108,7 @@ async fn a_recall_removes_the_message_and_the_log_records_it() {
     let id = send(&app, json!("alice,ops-robot")).await;
     assert_eq!(app.sim.state.messages().len(), 2);
 
-    let o = run(&app, &["deliveries", "recall", &id]).await;
+    let o = app.cli_at_sim(&["deliveries", "recall", &id]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(
@@ -148,17 +128,19 @@ async fn a_recall_removes_the_message_and_the_log_records_it() {
     let r = reads(&app, &id).await;
     assert_eq!(r[0].1["state"], "recalled", "{r:?}");
     assert_eq!(r[1].1, Value::Null, "a robot's reading is not known: {r:?}");
-    let show = stdout(&run(&app, &["deliveries", "show", &id]).await);
+    let show = stdout(&app.cli_at_sim(&["deliveries", "show", &id]).await);
     assert!(show.contains("    recalled 20"), "{show}");
 
-    let again = stdout(&run(&app, &["deliveries", "recall", &id]).await);
+    let again = stdout(&app.cli_at_sim(&["deliveries", "recall", &id]).await);
     assert!(
         again.contains("alice                    already recalled 20"),
         "{again}"
     );
     assert_eq!(app.sim.state.stats().requests["batch_recall"], 1);
 
-    let o = run(&app, &["deliveries", "recall", "no-such-message"]).await;
+    let o = app
+        .cli_at_sim(&["deliveries", "recall", "no-such-message"])
+        .await;
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("no message 'no-such-message'"),

@@ -375,3 +375,244 @@ async fn a_task_dingtalk_no_longer_knows_is_sent_again() {
         pairs(&[("alice", "sent")])
     );
 }
+
+/// Each receiver's `read` in the delivery log.
+fn reads(log: &Value) -> Vec<(String, Value)> {
+    log["data"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["receiver"].as_str().unwrap().to_owned(),
+                d["read"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Sends `content` to alice and bob and lets getsendresult report it delivered.
+async fn sent_to_alice_and_bob(app: &TestApp, content: &str) -> Value {
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"receiver__username": "alice,bob", "content": content}),
+        )
+        .await;
+    assert_eq!(env["result"], true, "{env}");
+    assert_eq!(poll(app).await, 2);
+    assert_eq!(
+        statuses(&log(app, &env).await),
+        pairs(&[("alice", "sent"), ("bob", "sent")])
+    );
+    env
+}
+
+#[tokio::test]
+async fn the_log_says_who_read_a_work_notification_and_a_recall_takes_it_back() {
+    let app = work_notice_app().await;
+    let env = sent_to_alice_and_bob(&app, "host-1 95%").await;
+    let id = env["data"]["message_id"].as_str().unwrap();
+    assert_eq!(app.sim.state.mark_read("alice-ding"), 1);
+    let r = reads(&log(&app, &env).await);
+    assert_eq!(
+        r[0].1["state"], "unread",
+        "getsendresult's answer is trusted for a minute: {r:?}"
+    );
+    app.clock.advance_ms(60_000);
+    let asked = app.sim.state.stats().requests["getsendresult"];
+
+    let r = reads(&log(&app, &env).await);
+    assert_eq!(r[0].0, "alice");
+    assert_eq!(r[0].1["state"], "read", "{r:?}");
+    assert_eq!(r[1].1["state"], "unread", "{r:?}");
+    assert_eq!(
+        app.sim.state.stats().requests["getsendresult"],
+        asked + 1,
+        "one getsendresult for the task of both"
+    );
+    let show = app.cli_at_sim(&["deliveries", "show", id]).await;
+    assert!(show.status.success(), "{}", stderr(&show));
+    let out = stdout(&show);
+    assert!(
+        out.split("alice (work_notice)")
+            .nth(1)
+            .unwrap()
+            .contains("    read 20"),
+        "{out}"
+    );
+    assert!(
+        out.split("bob (work_notice)")
+            .nth(1)
+            .unwrap()
+            .contains("    unread"),
+        "{out}"
+    );
+
+    // Bob's unread is trusted for a minute; alice is stored as read and not asked about.
+    app.clock.advance_ms(60_000);
+    let r = reads(&log(&app, &env).await);
+    assert_eq!(r[0].1["state"], "read", "{r:?}");
+    let asked = app.sim.state.stats().requests["getsendresult"];
+
+    let o = app.cli_at_sim(&["deliveries", "recall", id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("alice                    recalled 20"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bob                      recalled 20"),
+        "{out}"
+    );
+    assert_eq!(
+        app.sim.state.stats().requests["work_notice_recall"],
+        1,
+        "one recall for the task of both"
+    );
+    assert!(notices(&app).is_empty(), "{:?}", notices(&app));
+
+    let r = reads(&log(&app, &env).await);
+    assert!(
+        r.iter().all(|(_, read)| read["state"] == "recalled"),
+        "{r:?}"
+    );
+    assert_eq!(
+        app.sim.state.stats().requests["getsendresult"],
+        asked,
+        "a recalled send is not asked about"
+    );
+    let show = stdout(&app.cli_at_sim(&["deliveries", "show", id]).await);
+    assert!(show.contains("    recalled 20"), "{show}");
+
+    let again = stdout(&app.cli_at_sim(&["deliveries", "recall", id]).await);
+    assert!(
+        again.contains("alice                    already recalled 20"),
+        "{again}"
+    );
+    assert!(
+        again.contains("bob                      already recalled 20"),
+        "{again}"
+    );
+    assert_eq!(app.sim.state.stats().requests["work_notice_recall"], 1);
+}
+
+#[tokio::test]
+async fn past_24_hours_a_work_notification_is_neither_asked_about_nor_recalled() {
+    let app = work_notice_app().await;
+    let env = sent_to_alice_and_bob(&app, "old news").await;
+    let id = env["data"]["message_id"].as_str().unwrap();
+    assert_eq!(app.sim.state.mark_read("alice-ding"), 1);
+    app.clock.advance_ms(60_000);
+    let r = reads(&log(&app, &env).await);
+    assert_eq!(r[0].1["state"], "read", "{r:?}");
+
+    app.clock.advance_ms(24 * 3_600_000 + 1);
+    let asked = app.sim.state.stats().requests["getsendresult"];
+    let r = reads(&log(&app, &env).await);
+    assert_eq!(
+        r[0].1["state"], "read",
+        "a person who read it stays read: {r:?}"
+    );
+    assert_eq!(r[1].1["state"], "unknown", "{r:?}");
+    assert_eq!(app.sim.state.stats().requests["getsendresult"], asked);
+
+    let report = ding_channel::outbox::readback::recall(&app.outbox, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        report.iter().all(|(_, o)| matches!(o,
+            ding_channel::outbox::readback::Recall::NotRecallable { why } if why.starts_with("older than 24 h"))),
+        "{report:?}"
+    );
+    assert!(!app
+        .sim
+        .state
+        .stats()
+        .requests
+        .contains_key("work_notice_recall"));
+    assert_eq!(notices(&app).len(), 1, "still there");
+}
+
+#[tokio::test]
+async fn the_simulators_recall_checks_the_token_the_agent_the_task_and_the_window() {
+    let app = TestApp::spawn().await;
+    let (base, http) = (app.sim.base_url(), reqwest::Client::new());
+    let new_token = || async {
+        let answer: Value = http
+            .get(format!("{base}/gettoken"))
+            .query(&[
+                ("appkey", "dingsandboxappkey"),
+                ("appsecret", "sandbox-app-secret-0123456789"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["access_token"].as_str().unwrap().to_owned()
+    };
+    let token = new_token().await;
+    let call = |path: &str, token: &str, body: Value| {
+        http.post(format!("{base}/topapi/message/corpconversation/{path}"))
+            .query(&[("access_token", token)])
+            .json(&body)
+            .send()
+    };
+    let agent: i64 = DEMO_AGENT_ID.parse().unwrap();
+    let sent: Value = call(
+        "asyncsend_v2",
+        &token,
+        json!({"agent_id": agent, "userid_list": "alice-ding,bob-ding",
+            "msg": {"msgtype": "text", "text": {"content": "x"}}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let task = sent["task_id"].as_i64().unwrap();
+    let recall = |token: &str, agent: i64, task: i64| {
+        let answer = call(
+            "recall",
+            token,
+            json!({"agent_id": agent, "msg_task_id": task}),
+        );
+        async move { answer.await.unwrap().json::<Value>().await.unwrap()["errcode"].clone() }
+    };
+    assert_eq!(recall("not-a-token", agent, task).await, 88);
+    assert_eq!(
+        recall(&token, agent + 1, task).await,
+        60011,
+        "another agent"
+    );
+    assert_eq!(recall(&token, agent, task + 1).await, 40035, "no such task");
+
+    assert_eq!(app.sim.state.mark_read("alice-ding"), 1);
+    let result: Value = call(
+        "getsendresult",
+        &token,
+        json!({"agent_id": agent, "task_id": task}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        result["send_result"]["read_user_id_list"],
+        json!(["alice-ding"])
+    );
+    assert_eq!(
+        result["send_result"]["unread_user_id_list"],
+        json!(["bob-ding"])
+    );
+
+    app.clock.advance_ms(24 * 3_600_000 + 1);
+    let token = new_token().await;
+    assert_eq!(recall(&token, agent, task).await, 40035, "past 24 h");
+    assert_eq!(notices(&app).len(), 1, "still there");
+}

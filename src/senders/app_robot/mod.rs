@@ -166,7 +166,7 @@ impl AppRobotSender {
 
     /// Keeps the processQueryKey of every part that reached someone, for read status and
     /// recall. The messages went out whatever happens here: a failure only costs those.
-    async fn keep(&self, keys: Vec<SendRow>) {
+    pub(in crate::senders) async fn keep(&self, keys: Vec<SendRow>) {
         if keys.is_empty() {
             return;
         }
@@ -176,7 +176,7 @@ impl AppRobotSender {
             .write(move |conn| crate::senders::sends::keep(conn, &keys))
             .await
         {
-            tracing::error!(error = %e, sends = n, "cannot keep DingTalk's processQueryKeys: read status and recall will not know these sends");
+            tracing::error!(error = %e, sends = n, "cannot keep DingTalk's send keys (processQueryKeys, work-notification tasks): read status and recall will not know these sends");
         }
     }
 

@@ -10,12 +10,13 @@ use crate::dingtalk::{App, DingTalkError, ReadInfo};
 use crate::senders::sends::{Reading, WINDOW_MS};
 use futures_util::StreamExt;
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long a readStatus answer is used before DingTalk is asked again.
 pub const UNREAD_TTL_MS: i64 = 60_000;
-const OUT_OF_BUDGET: &str = "not asked: the DingTalk app's call budget is spent for now (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM); ask again shortly";
+pub(in crate::senders) const OUT_OF_BUDGET: &str = "not asked: the DingTalk app's call budget is spent for now (DING_CHANNEL_APP_QPS / DING_CHANNEL_APP_QPM); ask again shortly";
 pub const TOO_OLD: &str = "older than 24 h: DingTalk keeps read status for 24 hours";
 
 /// readStatus answers by processQueryKey, with when they were fetched.
@@ -25,7 +26,7 @@ pub struct ReadCache {
 }
 
 impl ReadCache {
-    fn get(&self, key: &str, now: i64) -> Option<Vec<ReadInfo>> {
+    pub(in crate::senders) fn get(&self, key: &str, now: i64) -> Option<Vec<ReadInfo>> {
         let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         answers
             .get(key)
@@ -33,13 +34,13 @@ impl ReadCache {
             .map(|(_, list)| list.clone())
     }
 
-    fn put(&self, key: String, list: Vec<ReadInfo>, now: i64) {
+    pub(in crate::senders) fn put(&self, key: String, list: Vec<ReadInfo>, now: i64) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         answers.retain(|_, (at, _)| now - *at < UNREAD_TTL_MS);
         answers.insert(key, (now, list));
     }
 
-    fn forget(&self, keys: &[String]) {
+    pub(in crate::senders) fn forget(&self, keys: &[String]) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         for k in keys {
             answers.remove(k);
@@ -59,7 +60,7 @@ pub fn settled(send: &SendRow, now: i64) -> Option<Reading> {
 }
 
 /// One person's reading in readStatus's answer for their send.
-fn reading_in(list: &[ReadInfo], user_id: &str) -> Reading {
+pub(in crate::senders) fn reading_in(list: &[ReadInfo], user_id: &str) -> Reading {
     match list.iter().find(|p| p.user_id == user_id) {
         Some(ReadInfo {
             read_at: Some(at), ..
@@ -74,6 +75,59 @@ const MAX_ASKED: usize = 40;
 const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 const NOT_ASKED: &str = "not asked this time (many sends, or DingTalk slow to answer): look again";
 
+/// The reading of each send (same order), and the sends newly seen read: what is settled
+/// without asking, else what `ask` answers for its key (each key asked once) lists.
+pub(in crate::senders) async fn readings_by<'a, F, Fut>(
+    sends: &'a [SendRow],
+    now: i64,
+    ask: F,
+) -> (Vec<Reading>, Vec<SendRow>)
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: Future<Output = Result<Vec<ReadInfo>, String>>,
+{
+    let to_ask: BTreeSet<&str> = sends
+        .iter()
+        .filter(|s| settled(s, now).is_none())
+        .map(|s| s.send_key.as_str())
+        .collect();
+    // A look at the log costs a bounded share of the send budget and answers in time; what
+    // is not asked now says so, and the next look asks it.
+    let mut answers: HashMap<&str, Result<Vec<ReadInfo>, String>> = HashMap::new();
+    let asking = futures_util::stream::iter(to_ask.into_iter().take(MAX_ASKED))
+        .map(|key| {
+            let answer = ask(key);
+            async move { (key, answer.await) }
+        })
+        .buffer_unordered(BATCH_CONCURRENCY)
+        .for_each(|(key, answer)| {
+            answers.insert(key, answer);
+            futures_util::future::ready(())
+        });
+    let _ = tokio::time::timeout(ASK_WITHIN, asking).await;
+    let mut newly_read = vec![];
+    let readings = sends
+        .iter()
+        .map(|s| {
+            settled(s, now).unwrap_or_else(|| match answers.get(s.send_key.as_str()) {
+                None => Reading::unknown(NOT_ASKED),
+                Some(Ok(list)) => {
+                    let r = reading_in(list, &s.user_id);
+                    if let Reading::Read { at } = r {
+                        newly_read.push(SendRow {
+                            read_at: Some(at),
+                            ..s.clone()
+                        });
+                    }
+                    r
+                }
+                Some(Err(why)) => Reading::unknown(why.clone()),
+            })
+        })
+        .collect();
+    (readings, newly_read)
+}
+
 /// What became of one key of a recall.
 pub type KeyRecall = Result<(), String>;
 
@@ -81,43 +135,7 @@ impl AppRobotSender {
     /// The reading of each send (same order), and the sends newly seen read (to store).
     pub async fn readings(&self, app: &App, sends: &[SendRow]) -> (Vec<Reading>, Vec<SendRow>) {
         let now = self.clock.now_ms();
-        let to_ask: BTreeSet<&str> = sends
-            .iter()
-            .filter(|s| settled(s, now).is_none())
-            .map(|s| s.send_key.as_str())
-            .collect();
-        // A look at the log costs a bounded share of the send budget and answers in time;
-        // what is not asked now says so, and the next look asks it.
-        let mut answers: HashMap<&str, Result<Vec<ReadInfo>, String>> = HashMap::new();
-        let asking = futures_util::stream::iter(to_ask.into_iter().take(MAX_ASKED))
-            .map(|key| async move { (key, self.read_status(app, key, now).await) })
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .for_each(|(key, answer)| {
-                answers.insert(key, answer);
-                futures_util::future::ready(())
-            });
-        let _ = tokio::time::timeout(ASK_WITHIN, asking).await;
-        let mut newly_read = vec![];
-        let readings = sends
-            .iter()
-            .map(|s| {
-                settled(s, now).unwrap_or_else(|| match answers.get(s.send_key.as_str()) {
-                    None => Reading::unknown(NOT_ASKED),
-                    Some(Ok(list)) => {
-                        let r = reading_in(list, &s.user_id);
-                        if let Reading::Read { at } = r {
-                            newly_read.push(SendRow {
-                                read_at: Some(at),
-                                ..s.clone()
-                            });
-                        }
-                        r
-                    }
-                    Some(Err(why)) => Reading::unknown(why.clone()),
-                })
-            })
-            .collect();
-        (readings, newly_read)
+        readings_by(sends, now, |key| self.read_status(app, key, now)).await
     }
 
     async fn read_status(&self, app: &App, key: &str, now: i64) -> Result<Vec<ReadInfo>, String> {
@@ -172,7 +190,7 @@ impl AppRobotSender {
     }
 
     /// A failed call's error for people to read; a throttle pauses the app as a send's does.
-    fn unanswered(&self, app: &App, e: &DingTalkError) -> String {
+    pub(in crate::senders) fn unanswered(&self, app: &App, e: &DingTalkError) -> String {
         if e.is_throttle() {
             let pause = e.retry_after().unwrap_or(Duration::from_secs(1));
             self.budgets

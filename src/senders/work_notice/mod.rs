@@ -7,6 +7,7 @@
 //! robot, whose lookups this path shares.
 
 pub mod codes;
+pub mod readback;
 pub mod tasks;
 
 use super::app_robot::{of_error, AppRobotSender, People, WAITING_FOR_BUDGET};
@@ -42,6 +43,8 @@ pub struct WorkNoticeSender {
     clock: SharedClock,
     /// Where DingTalk's daily limit ends (local midnight).
     zone: Zone,
+    /// getsendresult's read lists of the last minute, for read status.
+    reads: super::app_robot::readback::ReadCache,
 }
 
 /// Who a message goes to: (userid, delivery, the part it needs next).
@@ -54,6 +57,7 @@ impl WorkNoticeSender {
             db,
             clock,
             zone,
+            reads: Default::default(),
         }
     }
 
@@ -166,7 +170,12 @@ impl WorkNoticeSender {
             .work_notice_result(app, agent_id, task_id)
             .await
         {
-            Ok(r) => r,
+            Ok(r) => {
+                // The same answer serves read status for its minute.
+                let key = readback::key(agent_id, task_id);
+                self.reads.put(key, r.reached(now), now);
+                r
+            }
             Err(e) if e.is_retryable() => {
                 let at = now + poll_delay(now - sent_at);
                 let why = format!("asking DingTalk about work notification task {task_id} failed, asked again later: {e}");
@@ -191,10 +200,20 @@ impl WorkNoticeSender {
                 return (verdicts, vec![]);
             }
         };
-        let (mut out, mut next, mut decided) = (vec![], vec![], vec![]);
+        let (mut out, mut next, mut decided, mut reached) = (vec![], vec![], vec![], vec![]);
         for (task, row) in group {
             let uid = task.user_id;
-            let verdict = match result.of(&uid) {
+            let outcome = result.of(&uid);
+            if let NoticeOutcome::Delivered { .. } = outcome {
+                reached.push(readback::send_of(
+                    row.id,
+                    agent_id,
+                    task_id,
+                    &uid,
+                    task.sent_at,
+                ));
+            }
+            let verdict = match outcome {
                 NoticeOutcome::Delivered { .. } if part + 1 < parts => {
                     next.push((uid, row, part + 1));
                     continue;
@@ -225,6 +244,8 @@ impl WorkNoticeSender {
             decided.push(row.id);
             out.push((row, verdict.with_progress(progress)));
         }
+        // Kept before the deliveries are decided: read status and recall know every part sent.
+        self.people.keep(reached).await;
         self.forget(decided).await;
         (out, next)
     }
