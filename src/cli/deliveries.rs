@@ -169,6 +169,7 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
             for (receiver, outcome) in &report {
                 let said = match outcome {
                     Recall::Recalled { at } => format!("recalled {}", format_ms(*at)),
+                    Recall::Withdrawn => "not sent yet: withdrawn, it will not be sent".into(),
                     Recall::AlreadyRecalled { at } => {
                         format!("already recalled {}", format_ms(*at))
                     }

@@ -17,11 +17,24 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Recall {
-    Recalled { at: i64 },
-    AlreadyRecalled { at: i64 },
-    NotRecallable { why: String },
-    Failed { why: String },
+    Recalled {
+        at: i64,
+    },
+    /// Not sent yet: it will not be.
+    Withdrawn,
+    AlreadyRecalled {
+        at: i64,
+    },
+    NotRecallable {
+        why: String,
+    },
+    Failed {
+        why: String,
+    },
 }
+
+/// The error a delivery withdrawn by a recall is failed with.
+const WITHDRAWN: &str = "recalled before it was sent (`deliveries recall`)";
 
 /// Fills each delivery's `read` from DingTalk (asked on demand) and stores who was seen to read.
 pub async fn fill_reads(outbox: &Outbox, view: &mut MessageView) -> Result<(), DbError> {
@@ -122,6 +135,15 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
         return Ok(None);
     };
     let now = outbox.clock.now_ms();
+    // What is still waiting is stopped first, so nothing arrives after the recall; a delivery
+    // being sent this moment is recalled by what it sent.
+    let message_id = id.to_owned();
+    let withdrawn: BTreeSet<i64> = outbox
+        .db
+        .write(move |conn| super::store::withdraw_queued(conn, &message_id, now, WITHDRAWN))
+        .await?
+        .into_iter()
+        .collect();
     let mut sends_of: HashMap<i64, Vec<&SendRow>> = HashMap::new();
     for r in &rows {
         sends_of.entry(r.delivery_id).or_default().push(r);
@@ -129,7 +151,9 @@ pub async fn recall(outbox: &Outbox, id: &str) -> Result<Option<Vec<(String, Rec
     let mut plan: Vec<(String, Result<Vec<PathKey>, Recall>)> = vec![];
     for d in &deliveries {
         let mine = sends_of.remove(&d.id).unwrap_or_default();
-        let outcome = if d.delivery_kind() == Some(DeliveryKind::Robot) {
+        let outcome = if withdrawn.contains(&d.id) && mine.is_empty() {
+            Err(Recall::Withdrawn)
+        } else if d.delivery_kind() == Some(DeliveryKind::Robot) {
             Err(Recall::NotRecallable {
                 why: "a group robot's message cannot be recalled: DingTalk's custom robot webhook has no recall".into(),
             })

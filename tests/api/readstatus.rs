@@ -274,3 +274,36 @@ async fn the_simulator_checks_the_token_the_key_count_and_the_window() {
     assert!(late["failedResult"][&key].is_string(), "{late}");
     assert_eq!(app.sim.state.messages().len(), 1, "{id} is still there");
 }
+
+#[tokio::test]
+async fn a_recall_withdraws_what_is_not_sent_yet_so_nothing_arrives_after_it() {
+    let app = TestApp::spawn().await;
+    // bob is flow-controlled: his delivery waits for a retry while alice's was sent.
+    app.sim.state.set_faults(ding_channel::simulator::Faults {
+        flow_controlled: vec!["bob-ding".into()],
+        ..Default::default()
+    });
+    let id = send(&app, json!("alice,bob")).await;
+    let o = app.cli_at_sim(&["deliveries", "recall", &id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("alice                    recalled 20"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bob                      not sent yet: withdrawn, it will not be sent"),
+        "{out}"
+    );
+    let sends = app.sim.state.stats().requests["batch_send"];
+    app.clock.advance_ms(600_000);
+    assert_eq!(app.drain().await, 0, "nothing is due any more");
+    assert_eq!(app.sim.state.stats().requests["batch_send"], sends);
+    assert!(
+        app.sim.state.messages().is_empty(),
+        "{:?}",
+        app.sim.state.messages()
+    );
+    let show = stdout(&app.cli_at_sim(&["deliveries", "show", &id]).await);
+    assert!(show.contains("recalled before it was sent"), "{show}");
+}

@@ -91,6 +91,35 @@ pub fn retry_failed(
     .execute(conn)?)
 }
 
+/// Fails a message's queued deliveries no process is sending now (`deliveries recall`): what
+/// was not sent yet is not sent after the recall. Answers their ids.
+pub fn withdraw_queued(
+    conn: &mut DbConn,
+    message_id: &str,
+    now: i64,
+    why: &str,
+) -> Result<Vec<i64>, DbError> {
+    conn.transaction(|conn| {
+        let idle = d::claimed_until.is_null().or(d::claimed_until.lt(now));
+        let ids: Vec<i64> = d::table
+            .filter(d::message_id.eq(message_id))
+            .filter(d::status.eq(QUEUED))
+            .filter(idle)
+            .select(d::id)
+            .load(conn)?;
+        diesel::update(d::table.filter(d::id.eq_any(&ids)))
+            .set((
+                d::status.eq(FAILED),
+                d::last_error.eq(why),
+                d::claimed_by.eq(None::<String>),
+                d::claimed_until.eq(None::<i64>),
+                d::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        Ok(ids)
+    })
+}
+
 /// Queued deliveries: the queue depth.
 pub fn queue_depth(conn: &mut DbConn) -> Result<i64, DbError> {
     Ok(d::table
