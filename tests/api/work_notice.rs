@@ -616,3 +616,23 @@ async fn the_simulators_recall_checks_the_token_the_agent_the_task_and_the_windo
     assert_eq!(recall(&token, agent, task).await, 40035, "past 24 h");
     assert_eq!(notices(&app).len(), 1, "still there");
 }
+
+#[tokio::test]
+async fn a_task_sent_before_the_mode_is_switched_back_is_still_followed_up() {
+    let app = work_notice_app().await;
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"receiver__username": "alice", "title": "Disk full", "content": "host-1 95%"}),
+        )
+        .await;
+    assert_eq!(statuses(&env), pairs(&[("alice", "queued")]), "{env}");
+    let conf = BTreeMap::from([("single_chat_mode".to_owned(), "robot".to_owned())]);
+    ding_channel::channels::registry::set_conf(&mut app.db.get().unwrap(), "send_dingtalk", &conf)
+        .unwrap()
+        .unwrap();
+    poll(&app).await;
+    let after = log(&app, &env).await;
+    assert_eq!(statuses(&after), pairs(&[("alice", "sent")]), "{after}");
+    assert_eq!(notices(&app).len(), 1, "sent once, by the task before");
+}

@@ -79,9 +79,6 @@ impl WorkNoticeSender {
             Ok(app) => app,
             Err(why) => return fail_all(rows, &why),
         };
-        let SingleChat::WorkNotice { agent_id } = single_chat else {
-            return fail_all(rows, NOT_WORK_NOTICE);
-        };
         let parts = digest::work_notice_parts(&msg, RETRY_ROOM);
         if let Err(e) = parts[0].to_work_notice() {
             return rows
@@ -118,6 +115,15 @@ impl WorkNoticeSender {
             out.extend(verdicts);
             sends.extend(next);
         }
+        // Tasks sent before are followed up whatever the mode is now (by their own agent);
+        // only what is still to send needs work notifications to be on.
+        let SingleChat::WorkNotice { agent_id } = single_chat else {
+            let unsent = fresh
+                .into_iter()
+                .chain(sends.into_iter().map(|(_, row, _)| row));
+            out.extend(fail_all(unsent.collect(), NOT_WORK_NOTICE));
+            return out;
+        };
         let (known, misses, unreachable) = self.people.targets(&app, fresh).await;
         out.extend(unreachable);
         let (found, looked) = self.people.look_up(&app, misses).await;
