@@ -67,6 +67,15 @@ impl AppBudgets {
     }
 
     /// DingTalk throttled the app: no call until `until`.
+    /// Pauses the app as DingTalk's "too fast" answer `e` asks (a second when it does not
+    /// say); answers until when.
+    pub fn pause_for(&self, app_key: &str, e: &super::DingTalkError, now_ms: i64) -> i64 {
+        let wait = e.retry_after().unwrap_or(std::time::Duration::from_secs(1));
+        let until = now_ms + wait.as_millis() as i64;
+        self.pause(app_key, until);
+        until
+    }
+
     pub fn pause(&self, app_key: &str, until_ms: i64) {
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
         let w = apps.entry(app_key.to_owned()).or_default();

@@ -198,11 +198,8 @@ impl Reader<'_> {
     /// A refused call; DingTalk's "too fast" pauses the app for the senders too.
     fn refused(&self, what: String, error: DingTalkError) -> SyncError {
         if error.is_throttle() {
-            let pause = error.retry_after().unwrap_or(Duration::from_secs(1));
-            self.budgets.pause(
-                &self.app.key,
-                self.clock.now_ms() + pause.as_millis() as i64,
-            );
+            self.budgets
+                .pause_for(&self.app.key, &error, self.clock.now_ms());
         }
         SyncError::DingTalk {
             what,

@@ -294,8 +294,7 @@ impl AppRobotSender {
             },
             Some(UserOutcome::Failed(e)) if e.is_throttle() => {
                 // DingTalk says the app is over its limits: pause the app, keep the message.
-                let until = self.clock.now_ms() + e.retry_after().unwrap_or(Duration::from_secs(1)).as_millis() as i64;
-                self.budgets.pause(&app.key, until);
+                let until = self.budgets.pause_for(&app.key, &e, self.clock.now_ms());
                 Verdict::wait(until, e.to_string(), None)
             }
             Some(UserOutcome::Failed(e)) => of_error(&e),

@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// How long a readStatus answer is used before DingTalk is asked again.
 pub const UNREAD_TTL_MS: i64 = 60_000;
@@ -192,9 +191,7 @@ impl AppRobotSender {
     /// A failed call's error for people to read; a throttle pauses the app as a send's does.
     pub(in crate::senders) fn unanswered(&self, app: &App, e: &DingTalkError) -> String {
         if e.is_throttle() {
-            let pause = e.retry_after().unwrap_or(Duration::from_secs(1));
-            self.budgets
-                .pause(&app.key, self.clock.now_ms() + pause.as_millis() as i64);
+            self.budgets.pause_for(&app.key, e, self.clock.now_ms());
         }
         if e.is_retryable() {
             format!("{e}; try again later")

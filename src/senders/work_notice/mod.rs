@@ -22,7 +22,6 @@ use crate::domain::message::Message as SendMessage;
 use futures_util::FutureExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tasks::Task;
 
 /// getsendresult answers only for tasks of at most 100 people.
@@ -322,11 +321,7 @@ impl WorkNoticeSender {
                 {
                     Ok(t) => t,
                     Err(e) if e.is_throttle() => {
-                        let until = now
-                            + e.retry_after()
-                                .unwrap_or(Duration::from_secs(1))
-                                .as_millis() as i64;
-                        self.people.budgets.pause(&app.key, until);
+                        let until = self.people.budgets.pause_for(&app.key, &e, now);
                         let why = e.to_string();
                         out.extend(
                             chunk
