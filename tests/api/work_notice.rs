@@ -636,3 +636,46 @@ async fn a_task_sent_before_the_mode_is_switched_back_is_still_followed_up() {
     assert_eq!(statuses(&after), pairs(&[("alice", "sent")]), "{after}");
     assert_eq!(notices(&app).len(), 1, "sent once, by the task before");
 }
+
+#[tokio::test]
+async fn a_task_dingtalk_cannot_be_asked_about_for_a_day_is_sent_again() {
+    let app = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[("DING_CHANNEL_MAX_AGE_S", "259200")],
+    )
+    .await;
+    let conf = BTreeMap::from([
+        ("single_chat_mode".to_owned(), "work_notice".to_owned()),
+        ("ding_agent_id".to_owned(), DEMO_AGENT_ID.to_owned()),
+    ]);
+    ding_channel::channels::registry::set_conf(&mut app.db.get().unwrap(), "send_dingtalk", &conf)
+        .unwrap()
+        .unwrap();
+    let env = app
+        .post(
+            "send_dingtalk",
+            json!({"receiver__username": "alice", "title": "Disk full", "content": "host-1 95%"}),
+        )
+        .await;
+    assert_eq!(statuses(&env), pairs(&[("alice", "queued")]), "{env}");
+    app.sim
+        .state
+        .set_faults(ding_channel::simulator::Faults::http(
+            503,
+            &["getsendresult"],
+        ));
+    // Asked about every 10 minutes at most, for DingTalk's whole window.
+    for _ in 0..150 {
+        app.clock.advance_ms(600_000);
+        app.drain().await;
+    }
+    app.sim.state.set_faults(Default::default());
+    for _ in 0..3 {
+        app.clock.advance_ms(600_000);
+        app.drain().await;
+    }
+    assert_eq!(notices(&app).len(), 2, "sent again once the window passed");
+    let after = log(&app, &env).await;
+    assert_eq!(statuses(&after), pairs(&[("alice", "sent")]), "{after}");
+}

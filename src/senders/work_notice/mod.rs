@@ -181,7 +181,11 @@ impl WorkNoticeSender {
                 self.reads.put(key, r.reached(now), now);
                 r
             }
-            Err(e) if e.is_retryable() => {
+            // Within DingTalk's window the task is asked about again; past it, it is as gone.
+            Err(e) if e.is_retryable() && now - sent_at < RESULT_WINDOW_MS => {
+                if e.is_throttle() {
+                    self.people.budgets.pause_for(&app.key, &e, now);
+                }
                 let at = now + poll_delay(now - sent_at);
                 let why = format!("asking DingTalk about work notification task {task_id} failed, asked again later: {e}");
                 return (hold(at, &why, group), vec![]);
