@@ -24,6 +24,7 @@ mod registry;
 mod robots;
 #[cfg(feature = "postgres")]
 mod scale_out;
+mod secrets;
 mod storage;
 mod templates;
 mod text_markdown;
