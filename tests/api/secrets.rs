@@ -88,7 +88,11 @@ async fn run_flows(format: &str) -> (String, Vec<String>) {
     );
     let mut seen = String::new();
     let run = |seen: &mut String, args: &[&str], ok: bool| {
-        let o = cli(&db.url, &manifest, args, &[("DING_CHANNEL_LOG", "debug")]);
+        let env = [
+            ("DING_CHANNEL_LOG", "debug"),
+            ("DING_CHANNEL_LOG_FORMAT", format),
+        ];
+        let o = cli(&db.url, &manifest, args, &env);
         assert_eq!(o.status.success(), ok, "{args:?}: {}", stderr(&o));
         let out = stdout(&o);
         *seen += &out;
@@ -255,6 +259,10 @@ async fn run_flows(format: &str) -> (String, Vec<String>) {
             &format!("ding_app_secret={BAD_CONF_SECRET}"),
         ],
         false,
+    );
+    assert!(
+        seen.contains("send_dingtalk ding_app_secret: the value contains spaces"),
+        "{seen}"
     );
     // A pool member's malformed token is refused at import; a robot user's own is taken,
     // and reported when a message is sent to it.
