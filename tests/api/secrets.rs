@@ -23,10 +23,16 @@ const BAD_ROBOT_TOKEN: &str = "n31l2MaFdt!8G1wd7GOWq";
 
 const SECAPP: &str = "secapp";
 
-/// Every 8-character piece of `secret`.
+/// Every 8-character piece of `secret`; 12 for one of hex digits only, which the log's own
+/// random hex ids (request and message ids) could otherwise match by chance.
 fn pieces(secret: &str) -> Vec<String> {
     let chars: Vec<char> = secret.chars().collect();
-    chars.windows(8).map(|w| w.iter().collect()).collect()
+    let n = if chars.iter().all(char::is_ascii_hexdigit) {
+        12
+    } else {
+        8
+    };
+    chars.windows(n).map(|w| w.iter().collect()).collect()
 }
 
 /// Fails naming the secret and where it showed if any piece of one is in `text`.
