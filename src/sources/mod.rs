@@ -23,6 +23,41 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
     grafana::configure(cfg);
 }
 
+/// Where in `value` a string holds a NUL (as `key`, `key.inner` or `key[2]`, under `at`): no
+/// store takes it (PostgreSQL refuses it in text) and DingTalk shows nothing sensible for it.
+pub fn nul_at(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, &format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let key = if k.contains('\0') {
+                k.escape_debug().to_string()
+            } else {
+                k.clone()
+            };
+            let path = if at.is_empty() {
+                key
+            } else {
+                format!("{at}.{key}")
+            };
+            if k.contains('\0') {
+                Some(path)
+            } else {
+                nul_at(v, &path)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// The refusal's wording for [`nul_at`].
+pub const NUL_PROBLEM: &str =
+    "contains a NUL character (\\u0000), which cannot be stored or sent; remove it";
+
 pub trait Source {
     /// What the caller sent, as the source reads it.
     type Input<'a>;

@@ -52,10 +52,31 @@ impl Params {
         } else {
             params.merge_form(body, "form body")?;
         }
+        if let Some(field) = params
+            .map
+            .iter()
+            .find_map(|(k, v)| crate::sources::nul_at(v, k))
+        {
+            return Err(EsbError::bad(field, crate::sources::NUL_PROBLEM));
+        }
         Ok(params)
     }
 
     fn merge_form(&mut self, raw: &[u8], what: &str) -> Result<(), EsbError> {
+        // The decoder replaces bytes that are not UTF-8 with U+FFFD: refused here instead, so
+        // no garbled text is ever sent.
+        for pair in raw.split(|b| *b == b'&') {
+            let mut halves = pair.splitn(2, |b| *b == b'=');
+            let key = percent_decoded(halves.next().unwrap_or_default());
+            let value = percent_decoded(halves.next().unwrap_or_default());
+            let key = String::from_utf8_lossy(&key);
+            if std::str::from_utf8(&value).is_err() || key.contains('\u{fffd}') {
+                return Err(EsbError::bad(
+                    key.escape_debug().take(64).collect::<String>(),
+                    format!("is not UTF-8 text in the {what}; percent-encode the UTF-8 bytes of the text"),
+                ));
+            }
+        }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(raw)
             .map_err(|e| EsbError::bad(what, format!("cannot be decoded ({e})")))?;
         let mut seen = Map::new();
@@ -200,6 +221,28 @@ fn is_empty(v: &Value) -> bool {
         Value::Array(a) => a.is_empty(),
         _ => false,
     }
+}
+
+/// `raw` as a form decoder reads it (`+` is a space, `%XX` a byte), without assuming UTF-8.
+fn percent_decoded(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < raw.len() => match (hex(raw[i + 1]), hex(raw[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
