@@ -33,16 +33,11 @@ pub fn nul_at(value: &serde_json::Value, at: &str) -> Option<String> {
             .iter()
             .enumerate()
             .find_map(|(i, v)| nul_at(v, &format!("{at}[{i}]"))),
+        // Keys are shown escaped: the path goes into the answer and a log line.
         Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let key = if k.contains('\0') {
-                k.escape_debug().to_string()
-            } else {
-                k.clone()
-            };
-            let path = if at.is_empty() {
-                key
-            } else {
-                format!("{at}.{key}")
+            let path = match at {
+                "" => k.escape_debug().to_string(),
+                at => format!("{at}.{}", k.escape_debug()),
             };
             if k.contains('\0') {
                 Some(path)
@@ -68,4 +63,21 @@ pub trait Source {
 
     fn request(&self, input: Self::Input<'_>) -> Result<SendRequest, Self::Error>;
     fn answer(&self, receipt: &Receipt) -> Self::Answer;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_nul_is_found_by_its_path_in_values_and_keys() {
+        let v = json!({"ok": "x", "labels": {"env": "pr\u{0}od"}});
+        assert_eq!(super::nul_at(&v, "").as_deref(), Some("labels.env"));
+        let v = json!([1, {"a\u{0}": 2}]);
+        assert_eq!(
+            super::nul_at(&v, "alerts").as_deref(),
+            Some("alerts[1].a\\0")
+        );
+        assert_eq!(super::nul_at(&json!({"a": ["b", 3, null]}), ""), None);
+    }
 }

@@ -198,6 +198,12 @@ fn table() -> Vec<Row> {
         row("NUL in a receiver", "POST", ESB)
             .json(send(json!({"receiver__username": "ali\u{0}ce"})))
             .esb(200, 1306406, "receiver__username"),
+        row(
+            "NUL in a query argument",
+            "GET",
+            format!("{ESB}?{CREDS}&receiver__username=al%00ice&content=x"),
+        )
+        .esb(200, 1306406, "receiver__username: contains a NUL"),
         row("NUL in a form field", "POST", ESB)
             .form(format!("{CREDS}&receiver__username=alice&content=a%00b"))
             .esb(200, 1306406, "content"),

@@ -16,6 +16,18 @@ impl Params {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Self, EsbError> {
+        let params = Self::read(query, content_type, body)?;
+        if let Some(field) = params
+            .map
+            .iter()
+            .find_map(|(k, v)| crate::sources::nul_at(v, k))
+        {
+            return Err(EsbError::bad(field, crate::sources::NUL_PROBLEM));
+        }
+        Ok(params)
+    }
+
+    fn read(query: &str, content_type: Option<&str>, body: &[u8]) -> Result<Self, EsbError> {
         let mut params = Self::default();
         params.merge_form(query.as_bytes(), "query string")?;
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -51,13 +63,6 @@ impl Params {
             params.map.extend(obj);
         } else {
             params.merge_form(body, "form body")?;
-        }
-        if let Some(field) = params
-            .map
-            .iter()
-            .find_map(|(k, v)| crate::sources::nul_at(v, k))
-        {
-            return Err(EsbError::bad(field, crate::sources::NUL_PROBLEM));
         }
         Ok(params)
     }
@@ -248,6 +253,38 @@ fn percent_decoded(raw: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_bytes_are_decoded_without_assuming_utf8() {
+        assert_eq!(percent_decoded(b"a+b%41%e9%zz%4"), b"a bA\xe9%zz%4");
+        let form =
+            |raw: &[u8]| Params::from_request("", Some("application/x-www-form-urlencoded"), raw);
+        let refused = form(b"title=ok&content=caf%E9").unwrap_err().to_string();
+        assert!(
+            refused.starts_with("content: is not UTF-8 text in the form body"),
+            "{refused}"
+        );
+        let refused = Params::from_request("x=%ff", None, b"")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("in the query string"), "{refused}");
+        let ok = form("content=caf%C3%A9+%E9%92%89".as_bytes()).unwrap();
+        assert_eq!(ok.str("content").unwrap().as_deref(), Some("café 钉"));
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_naming_the_argument() {
+        for (query, body, field) in [
+            ("content=a%00b", &b""[..], "content: contains a NUL"),
+            ("", br#"{"to":["a","b\u0000"]}"#, "to[1]: contains a NUL"),
+            ("", br#"{"ext":{"k":"\u0000"}}"#, "ext.k: contains a NUL"),
+        ] {
+            let refused = Params::from_request(query, None, body)
+                .unwrap_err()
+                .to_string();
+            assert!(refused.starts_with(field), "{refused}");
+        }
+    }
 
     #[test]
     fn query_and_bodies_merge_with_the_body_winning() {
