@@ -63,6 +63,20 @@ pub fn request_id(req: &HttpRequest) -> String {
         .map_or_else(String::new, |r| r.0.clone())
 }
 
+/// What no route serves (an unknown path, or a method the path does not take): the path and
+/// method named, escaped and cut short, as they go into the answer.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let mut path: String = req.path().escape_debug().take(200).collect();
+    if path.len() < req.path().escape_debug().count() {
+        path.push('…');
+    }
+    HttpResponse::NotFound().json(json!({
+        "status": "error",
+        "error": format!("path: nothing is served for {} {path}; see the README for the routes and their methods", req.method()),
+        "request_id": request_id(&req),
+    }))
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }

@@ -208,6 +208,7 @@ impl Application {
                 .wrap(from_fn(http::request_context))
                 .configure(http::configure)
                 .configure(sources::configure)
+                .default_service(web::to(http::not_found))
         })
         .workers(http_workers)
         .listen(listener)?

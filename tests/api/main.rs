@@ -15,6 +15,7 @@ mod esb_compat;
 mod gateway_jwt;
 mod grafana;
 mod helpers;
+mod hostile;
 mod layering;
 mod limits;
 mod logging;

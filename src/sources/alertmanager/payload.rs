@@ -95,6 +95,9 @@ pub(in crate::sources) fn object(body: &[u8], what: &str) -> Result<Map<String, 
     let Value::Object(top) = value else {
         return Err(refuse("body", format!("must be a JSON object ({what})")));
     };
+    if let Some(field) = top.iter().find_map(|(k, v)| super::super::nul_at(v, k)) {
+        return Err(refuse(field, super::super::NUL_PROBLEM));
+    }
     Ok(top)
 }
 

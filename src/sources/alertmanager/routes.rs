@@ -5,7 +5,7 @@
 //! retry can fix. `POST /-/reload` reads the routes by label again, by the same credentials.
 
 use super::mentions;
-use super::payload::{self, Refusal};
+use super::payload::{self, refuse, Refusal};
 use super::routing::{self, ReloadError};
 use super::{Alertmanager, Webhook, DEDUP_WINDOW_MS};
 use crate::channels::manifest::Component;
@@ -78,17 +78,19 @@ where
 enum Problem {
     Unauthorized(&'static str),
     Invalid(Refusal),
+    /// A body beyond `DING_CHANNEL_MAX_BODY`: answered 413.
+    TooLarge(Refusal),
     /// An admin (or time) can fix it: Alertmanager retries, Grafana sends it again later.
     Unavailable(String),
 }
 
 async fn webhook(
     req: HttpRequest,
-    body: web::Bytes,
+    body: Result<web::Bytes, actix_web::Error>,
     am: web::Data<Alertmanager>,
     service: web::Data<SendService>,
 ) -> HttpResponse {
-    handle(&ALERTMANAGER, &req, &body, &am, &service).await
+    handle(&ALERTMANAGER, &req, body, &am, &service).await
 }
 
 /// `POST /-/reload`: the routes file read again (as on SIGHUP), by an app's credentials.
@@ -135,12 +137,16 @@ async fn verify(req: &HttpRequest, am: &Alertmanager) -> Result<(), Problem> {
 pub async fn handle(
     origin: &Origin,
     req: &HttpRequest,
-    body: &[u8],
+    body: Result<web::Bytes, actix_web::Error>,
     am: &Alertmanager,
     service: &SendService,
 ) -> HttpResponse {
     let rid = request_id(req);
-    let served = tokio::time::timeout(am.timeout, serve(origin, req, body, am, service, &rid))
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return respond(origin, Err(unreadable(&e)), &rid),
+    };
+    let served = tokio::time::timeout(am.timeout, serve(origin, req, &body, am, service, &rid))
         .await
         .unwrap_or_else(|_| {
             Err(Problem::Unavailable(format!(
@@ -151,12 +157,30 @@ pub async fn handle(
     respond(origin, served, &rid)
 }
 
+/// Why the body could not be read, naming the setting when it is the size limit.
+fn unreadable(e: &actix_web::Error) -> Problem {
+    if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::TooLarge(refuse(
+            "body",
+            "is larger than DING_CHANNEL_MAX_BODY allows; raise it, or send fewer alerts per notification (max_alerts)",
+        ))
+    } else {
+        Problem::Invalid(refuse("body", format!("cannot be read ({e})")))
+    }
+}
+
 fn respond(
     origin: &Origin,
     served: Result<(StatusCode, serde_json::Value), Problem>,
     rid: &str,
 ) -> HttpResponse {
     let source = origin.name;
+    let refused = |status: StatusCode, r: Refusal| {
+        tracing::info!(source, field = %r.field, error = %r, "webhook request refused");
+        HttpResponse::build(status).json(json!({
+            "status": "error", "field": r.field, "error": r.to_string(), "request_id": rid,
+        }))
+    };
     match served {
         Ok((status, body)) => HttpResponse::build(status).json(body),
         Err(Problem::Unauthorized(why)) => {
@@ -168,12 +192,8 @@ fn respond(
                 ))
                 .json(json!({"status": "error", "error": why, "request_id": rid}))
         }
-        Err(Problem::Invalid(r)) => {
-            tracing::info!(source, field = %r.field, error = %r, "webhook request refused");
-            HttpResponse::BadRequest().json(json!({
-                "status": "error", "field": r.field, "error": r.to_string(), "request_id": rid,
-            }))
-        }
+        Err(Problem::Invalid(r)) => refused(StatusCode::BAD_REQUEST, r),
+        Err(Problem::TooLarge(r)) => refused(StatusCode::PAYLOAD_TOO_LARGE, r),
         Err(Problem::Unavailable(why)) => {
             tracing::warn!(source, error = %why, "webhook notification not stored");
             HttpResponse::ServiceUnavailable().json(json!({

@@ -16,6 +16,18 @@ impl Params {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Self, EsbError> {
+        let params = Self::read(query, content_type, body)?;
+        if let Some(field) = params
+            .map
+            .iter()
+            .find_map(|(k, v)| crate::sources::nul_at(v, k))
+        {
+            return Err(EsbError::bad(field, crate::sources::NUL_PROBLEM));
+        }
+        Ok(params)
+    }
+
+    fn read(query: &str, content_type: Option<&str>, body: &[u8]) -> Result<Self, EsbError> {
         let mut params = Self::default();
         params.merge_form(query.as_bytes(), "query string")?;
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -56,6 +68,20 @@ impl Params {
     }
 
     fn merge_form(&mut self, raw: &[u8], what: &str) -> Result<(), EsbError> {
+        // The decoder replaces bytes that are not UTF-8 with U+FFFD: refused here instead, so
+        // no garbled text is ever sent.
+        for pair in raw.split(|b| *b == b'&') {
+            let mut halves = pair.splitn(2, |b| *b == b'=');
+            let key = percent_decoded(halves.next().unwrap_or_default());
+            let value = percent_decoded(halves.next().unwrap_or_default());
+            let key = String::from_utf8_lossy(&key);
+            if std::str::from_utf8(&value).is_err() || key.contains('\u{fffd}') {
+                return Err(EsbError::bad(
+                    key.escape_debug().take(64).collect::<String>(),
+                    format!("is not UTF-8 text in the {what}; percent-encode the UTF-8 bytes of the text"),
+                ));
+            }
+        }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(raw)
             .map_err(|e| EsbError::bad(what, format!("cannot be decoded ({e})")))?;
         let mut seen = Map::new();
@@ -202,9 +228,63 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
+/// `raw` as a form decoder reads it (`+` is a space, `%XX` a byte), without assuming UTF-8.
+fn percent_decoded(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < raw.len() => match (hex(raw[i + 1]), hex(raw[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_bytes_are_decoded_without_assuming_utf8() {
+        assert_eq!(percent_decoded(b"a+b%41%e9%zz%4"), b"a bA\xe9%zz%4");
+        let form =
+            |raw: &[u8]| Params::from_request("", Some("application/x-www-form-urlencoded"), raw);
+        let refused = form(b"title=ok&content=caf%E9").unwrap_err().to_string();
+        assert!(
+            refused.starts_with("content: is not UTF-8 text in the form body"),
+            "{refused}"
+        );
+        let refused = Params::from_request("x=%ff", None, b"")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("in the query string"), "{refused}");
+        let ok = form("content=caf%C3%A9+%E9%92%89".as_bytes()).unwrap();
+        assert_eq!(ok.str("content").unwrap().as_deref(), Some("café 钉"));
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_naming_the_argument() {
+        for (query, body, field) in [
+            ("content=a%00b", &b""[..], "content: contains a NUL"),
+            ("", br#"{"to":["a","b\u0000"]}"#, "to[1]: contains a NUL"),
+            ("", br#"{"ext":{"k":"\u0000"}}"#, "ext.k: contains a NUL"),
+        ] {
+            let refused = Params::from_request(query, None, body)
+                .unwrap_err()
+                .to_string();
+            assert!(refused.starts_with(field), "{refused}");
+        }
+    }
 
     #[test]
     fn query_and_bodies_merge_with_the_body_winning() {

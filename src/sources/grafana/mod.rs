@@ -24,9 +24,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn webhook(
     req: HttpRequest,
-    body: web::Bytes,
+    body: Result<web::Bytes, actix_web::Error>,
     shared: web::Data<Alertmanager>,
     service: web::Data<SendService>,
 ) -> HttpResponse {
-    handle(&GRAFANA, &req, &body, &shared, &service).await
+    handle(&GRAFANA, &req, body, &shared, &service).await
 }
