@@ -5,26 +5,6 @@ use ding_channel::simulator::{Faults, SimUser};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn statuses(env: &Value) -> Vec<(String, String)> {
-    env["data"]["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["receiver"].as_str().unwrap().to_owned(),
-                d["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_mixed_send_reaches_people_and_robots_and_reports_the_rest() {
     let app = TestApp::spawn().await;

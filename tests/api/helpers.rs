@@ -438,3 +438,25 @@ pub async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Each receiver and its status in an ESB answer (or a delivery log).
+pub fn statuses(env: &Value) -> Vec<(String, String)> {
+    env["data"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["receiver"].as_str().unwrap().to_owned(),
+                d["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `pairs(&[("alice", "sent")])`, as [`statuses`] answers.
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}

@@ -18,26 +18,6 @@ async fn work_notice_app() -> TestApp {
     app
 }
 
-fn statuses(v: &Value) -> Vec<(String, String)> {
-    v["data"]["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["receiver"].as_str().unwrap().to_owned(),
-                d["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
-
 async fn log(app: &TestApp, env: &Value) -> Value {
     let id = env["data"]["message_id"].as_str().unwrap();
     let (status, log) = app
