@@ -106,6 +106,24 @@ fn msg_fields(msgtype: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// The app of the token, the agent the body names (the app's own) and the body; or DingTalk's
+/// refusal.
+fn caller(
+    g: &mut super::Inner,
+    api: &str,
+    q: &Query,
+    body: &[u8],
+    now: i64,
+) -> Result<(String, String, Value), HttpResponse> {
+    let app = app_of(g, api, q, now).ok_or_else(invalid_token)?;
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    let Some(agent_id) = agent_of(g, &app, &v) else {
+        g.refuse(api, 60011);
+        return Err(oapi(60011, "没有调用该接口的权限: agent_id 不属于该应用"));
+    };
+    Ok((app, agent_id, v))
+}
+
 pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     const API: &str = "asyncsend_v2";
     if let Some(r) = fault(&state, API, true).await {
@@ -113,13 +131,9 @@ pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> Ht
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let Some(app) = app_of(&mut g, API, &q, now) else {
-        return invalid_token();
-    };
-    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let Some(agent_id) = agent_of(&g, &app, &v) else {
-        g.refuse(API, 60011);
-        return oapi(60011, "没有调用该接口的权限: agent_id 不属于该应用");
+    let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
+        Ok(c) => c,
+        Err(refused) => return refused,
     };
     let ids: Vec<String> = v["userid_list"]
         .as_str()
@@ -198,13 +212,9 @@ pub(super) async fn getsendresult(state: State, q: Query, body: web::Bytes) -> H
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let Some(app) = app_of(&mut g, API, &q, now) else {
-        return invalid_token();
-    };
-    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let Some(agent_id) = agent_of(&g, &app, &v) else {
-        g.refuse(API, 60011);
-        return oapi(60011, "没有调用该接口的权限: agent_id 不属于该应用");
+    let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
+        Ok(c) => c,
+        Err(refused) => return refused,
     };
     let task = v["task_id"]
         .as_i64()
@@ -246,13 +256,9 @@ pub(super) async fn recall(state: State, q: Query, body: web::Bytes) -> HttpResp
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let Some(app) = app_of(&mut g, API, &q, now) else {
-        return invalid_token();
-    };
-    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let Some(agent_id) = agent_of(&g, &app, &v) else {
-        g.refuse(API, 60011);
-        return oapi(60011, "没有调用该接口的权限: agent_id 不属于该应用");
+    let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
+        Ok(c) => c,
+        Err(refused) => return refused,
     };
     let task = v["msg_task_id"]
         .as_i64()
