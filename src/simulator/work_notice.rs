@@ -114,12 +114,15 @@ fn caller(
     q: &Query,
     body: &[u8],
     now: i64,
-) -> Result<(String, String, Value), HttpResponse> {
-    let app = app_of(g, api, q, now).ok_or_else(invalid_token)?;
+) -> Result<(String, String, Value), Box<HttpResponse>> {
+    let app = app_of(g, api, q, now).ok_or_else(|| Box::new(invalid_token()))?;
     let v: Value = serde_json::from_slice(body).unwrap_or_default();
     let Some(agent_id) = agent_of(g, &app, &v) else {
         g.refuse(api, 60011);
-        return Err(oapi(60011, "没有调用该接口的权限: agent_id 不属于该应用"));
+        return Err(Box::new(oapi(
+            60011,
+            "没有调用该接口的权限: agent_id 不属于该应用",
+        )));
     };
     Ok((app, agent_id, v))
 }
@@ -133,7 +136,7 @@ pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> Ht
     let mut g = state.lock();
     let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
         Ok(c) => c,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let ids: Vec<String> = v["userid_list"]
         .as_str()
@@ -214,7 +217,7 @@ pub(super) async fn getsendresult(state: State, q: Query, body: web::Bytes) -> H
     let mut g = state.lock();
     let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
         Ok(c) => c,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let task = v["task_id"]
         .as_i64()
@@ -258,7 +261,7 @@ pub(super) async fn recall(state: State, q: Query, body: web::Bytes) -> HttpResp
     let mut g = state.lock();
     let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
         Ok(c) => c,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let task = v["msg_task_id"]
         .as_i64()
