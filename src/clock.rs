@@ -106,6 +106,29 @@ impl Zone {
             .map_or(ms + 86_400_000, |t| t.as_millisecond())
     }
 
+    /// The start of the month after the one `ms` falls in (local midnight of its 1st): when a
+    /// monthly limit counted in this zone is free again.
+    pub fn next_month(&self, ms: i64) -> i64 {
+        let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::MAX);
+        self.0
+            .to_datetime(ts)
+            .date()
+            .last_of_month()
+            .tomorrow()
+            .and_then(|d| {
+                self.0
+                    .to_ambiguous_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+                    .compatible()
+            })
+            .map_or(ms + 31 * 86_400_000, |t| t.as_millisecond())
+    }
+
+    /// `2026-12`: the month `ms` falls in.
+    pub fn month(&self, ms: i64) -> String {
+        let (y, m, ..) = self.civil(ms);
+        format!("{y:04}-{m:02}")
+    }
+
     /// `18:00` or, with `seconds`, `18:00:00`.
     pub fn hh_mm(&self, ms: i64, seconds: bool) -> String {
         let (_, _, _, h, mi, s) = self.civil(ms);
@@ -215,6 +238,30 @@ mod tests {
         let spring = 1_774_746_000_000; // 2026-03-29T01:00:00Z
         assert_eq!(berlin.format(spring - 1000), "2026-03-29 01:59:59");
         assert_eq!(berlin.format(spring), "2026-03-29 03:00:00");
+    }
+
+    #[test]
+    fn months_turn_at_local_midnight() {
+        let shanghai = Zone::parse("Asia/Shanghai").unwrap();
+        // 2026-12-31T15:59:59Z is the last second of December in Shanghai.
+        let last = 1_798_732_799_000;
+        assert_eq!(shanghai.month(last), "2026-12");
+        assert_eq!(
+            shanghai.next_month(last),
+            last + 1000,
+            "2027-01-01 00:00 +08:00"
+        );
+        assert_eq!(shanghai.month(last + 1000), "2027-01");
+        assert_eq!(Zone::utc().month(last), "2026-12");
+        assert_eq!(
+            shanghai.format(shanghai.next_month(T)),
+            "2027-01-01 00:00:00"
+        );
+        assert_eq!(
+            Zone::utc().format(Zone::utc().next_month(1_769_904_000_000)),
+            "2026-03-01 00:00:00",
+            "February 2026 has 28 days"
+        );
     }
 
     #[test]

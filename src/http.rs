@@ -2,7 +2,7 @@
 //! the sources ([`crate::sources`]) add theirs in [`crate::startup`].
 
 use crate::db::Db;
-use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -95,9 +95,12 @@ async fn readyz(db: web::Data<Db>) -> HttpResponse {
     }
 }
 
-async fn metrics(db: web::Data<Db>, metrics: web::Data<Arc<Metrics>>) -> HttpResponse {
-    let depth = db.run(crate::outbox::store::queue_depth).await.ok();
+async fn metrics(outbox: web::Data<Arc<Outbox>>) -> HttpResponse {
+    let depth = outbox.db.run(crate::outbox::store::queue_depth).await.ok();
+    let egress = outbox.egress_gauges().await;
+    let mut body = outbox.metrics.render(depth);
+    body.push_str(&outbox.metrics.render_egress(&egress));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(metrics.render(depth))
+        .body(body)
 }

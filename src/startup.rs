@@ -144,6 +144,7 @@ impl Application {
         outbox.start(settings.outbox.workers, poll);
         if poll {
             outbox.keep_leases();
+            outbox.keep_egress();
         }
         let listener = TcpListener::bind(settings.server.bind).with_context(|| {
             format!(
@@ -190,7 +191,7 @@ impl Application {
             )),
             None => None,
         };
-        let (db, metrics) = (web::Data::new(db), web::Data::new(outbox.metrics.clone()));
+        let (db, engine) = (web::Data::new(db), web::Data::new(outbox.clone()));
         let server = HttpServer::new(move || {
             let app = App::new();
             // Absent when DING_CHANNEL_UPSTREAM_CMSI is not set: nothing is passed on.
@@ -204,7 +205,7 @@ impl Application {
                 // Bodies read whole (the webhook sources'): larger ones are answered 413.
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(db.clone())
-                .app_data(metrics.clone())
+                .app_data(engine.clone())
                 .wrap(from_fn(http::request_context))
                 .configure(http::configure)
                 .configure(sources::configure)

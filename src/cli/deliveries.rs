@@ -72,6 +72,7 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
             let mut v = view::message_view(&mut *outbox.db.get()?, &message_id)?
                 .with_context(|| no_message(&message_id))?;
             runtime.block_on(crate::outbox::readback::fill_reads(&outbox, &mut v))?;
+            runtime.block_on(outbox.sync_egress()); // the calls it made are counted
             println!(
                 "message {}  {}  channel {}  app {}  sender {}",
                 v.message_id,
@@ -148,6 +149,7 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
                 bail!("message '{message_id}' has no failed delivery that can be retried");
             }
             runtime.block_on(outbox.deliver_message(&message_id));
+            runtime.block_on(outbox.sync_egress()); // the calls it made are counted
             let ds = store::deliveries_of(&mut *outbox.db.get()?, &message_id)?;
             println!("requeued {n} delivery(ies) of {message_id}; now:");
             for d in ds {
@@ -164,6 +166,7 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
             let report = runtime
                 .block_on(crate::outbox::readback::recall(&outbox, &message_id))?
                 .with_context(|| no_message(&message_id))?;
+            runtime.block_on(outbox.sync_egress()); // the calls it made are counted
             use crate::outbox::readback::Recall;
             let mut failed = 0;
             for (receiver, outcome) in &report {

@@ -7,6 +7,7 @@
 mod apps;
 mod channels;
 mod deliveries;
+mod dingtalk;
 mod send;
 mod serve;
 mod simulator;
@@ -16,6 +17,7 @@ mod users;
 pub use apps::AppsCmd;
 pub use channels::ChannelsCmd;
 pub use deliveries::DeliveriesCmd;
+pub use dingtalk::DingtalkCmd;
 pub use send::SendArgs;
 pub use templates::TemplatesCmd;
 pub use users::UsersCmd;
@@ -61,6 +63,10 @@ pub enum Command {
     /// The delivery log.
     #[command(subcommand)]
     Deliveries(DeliveriesCmd),
+    /// Calls made to DingTalk per month, and what DingTalk holds back (its anti-abuse pause,
+    /// the organisation's monthly quota).
+    #[command(subcommand)]
+    Dingtalk(DingtalkCmd),
     /// Templates of alerts and messages (`?template=NAME`, comp_conf `template`).
     #[command(subcommand)]
     Templates(TemplatesCmd),
@@ -102,6 +108,7 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Users(cmd) => users::run(cmd, &settings),
         Command::Send(args) => send::run(*args, settings),
         Command::Deliveries(cmd) => deliveries::run(cmd, settings),
+        Command::Dingtalk(cmd) => dingtalk::run(cmd, &settings),
         Command::Templates(cmd) => templates::run(cmd, &settings),
         Command::Simulator {
             port,
@@ -145,6 +152,7 @@ pub(super) fn engine(
         let outbox = crate::startup::outbox(&db, settings, crate::clock::system())?;
         outbox.start(1, false);
         outbox.keep_leases();
+        outbox.keep_egress();
         Ok::<_, anyhow::Error>(outbox)
     })?;
     Ok((runtime, outbox))

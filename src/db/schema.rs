@@ -164,6 +164,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    dingtalk_egress (scope) {
+        scope -> Text,
+        until_ms -> BigInt,
+        code -> Text,
+        message -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    dingtalk_calls (month, api) {
+        month -> Text,
+        api -> Text,
+        calls -> BigInt,
+    }
+}
+
+diesel::table! {
     templates (name) {
         name -> Text,
         title -> Text,
@@ -189,6 +207,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     robot_state,
     robot_sends,
     dingtalk_sends,
+    dingtalk_egress,
+    dingtalk_calls,
     directory_syncs,
     templates,
     work_notice_tasks,

@@ -2,7 +2,10 @@
 //! app key, and the calls ding-channel makes (getbymobile, batchSend, robot webhook, and for
 //! the directory department listsub and user list).
 //! Base URLs come from config, so tests, the sandbox and benchmarks point it at the simulator.
+//! Every call goes through the [`Egress`]: not made while DingTalk holds it, counted when
+//! answered, and a gateway or quota refusal starts a hold.
 
+use super::egress::Egress;
 use super::error::{self, Api, Context, DingTalkError, Kind};
 use super::message::{At, ConversionError, Message};
 use super::sign;
@@ -251,6 +254,7 @@ pub struct DingTalk {
     clock: SharedClock,
     tokens: Mutex<HashMap<String, Arc<TokenSlot>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    egress: Arc<Egress>,
 }
 
 impl DingTalk {
@@ -277,8 +281,24 @@ impl DingTalk {
             cfg,
             clock,
             tokens: Mutex::new(HashMap::new()),
+            egress: Arc::new(Egress::new(metrics.clone(), crate::clock::Zone::utc())),
             metrics,
         })
+    }
+
+    /// The same client, its calls held and counted by `egress` (the outbox's, kept in the
+    /// database).
+    pub fn with_egress(self, egress: Arc<Egress>) -> Self {
+        Self { egress, ..self }
+    }
+
+    pub fn egress(&self) -> &Arc<Egress> {
+        &self.egress
+    }
+
+    /// `e` as the egress sees it: a quota refusal starts its hold.
+    async fn refused(&self, e: DingTalkError) -> DingTalkError {
+        self.egress.observe(e, self.clock.now_ms()).await
     }
 
     fn oapi(&self, path: &str) -> String {
@@ -339,7 +359,9 @@ impl DingTalk {
             .json(&json!({"appKey": app.key, "appSecret": app.secret.expose()}));
         let (status, headers, body) = self.exchange(Api::Token, req).await?;
         if status != 200 {
-            return Err(api_error(Api::Token, status, &headers, &body));
+            return Err(self
+                .refused(api_error(Api::Token, status, &headers, &body))
+                .await);
         }
         let token = body["accessToken"].as_str().filter(|t| !t.is_empty());
         let expires_in = body["expireIn"].as_i64().filter(|e| *e > 0);
@@ -356,13 +378,17 @@ impl DingTalk {
         }
     }
 
-    /// Sends one request; answers the status, headers and JSON body. A body that is not JSON
-    /// is an error, never a success.
+    /// Sends one request, unless the egress is held; answers the status, headers and JSON body.
+    /// A body that is not JSON is an error, never a success; the gateway's anti-abuse answers
+    /// hold the egress.
     async fn exchange(
         &self,
         api: Api,
         req: RequestBuilder,
     ) -> Result<(u16, HeaderMap, Value), DingTalkError> {
+        if let Some(held) = self.egress.held(api, self.clock.now_ms()) {
+            return Err(held);
+        }
         let started = Instant::now();
         let req = req.build().map_err(|e| DingTalkError::transport(api, e))?;
         let url = redact_url(req.url());
@@ -384,7 +410,15 @@ impl DingTalk {
                 _ => "http_5xx",
             },
         );
+        self.egress.count(api, self.clock.now_ms());
         tracing::debug!(api = api.name(), %url, status, elapsed_ms = started.elapsed().as_millis() as u64, "dingtalk call");
+        let html = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|t| t.to_ascii_lowercase().contains("text/html"));
+        if let Some(e) = error::gateway_refusal(api, status, html, &bytes) {
+            return Err(self.refused(e).await);
+        }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) if v.is_object() => Ok((status, headers, v)),
             _ => Err(DingTalkError::bad_answer(
@@ -418,14 +452,16 @@ impl DingTalk {
                 continue;
             }
             if status != 200 {
-                return Err(api_error(api, status, &headers, &v));
+                return Err(self.refused(api_error(api, status, &headers, &v)).await);
             }
             return match errcode {
                 Some(0) => Ok(v),
-                Some(code) => Err(with_request_id(
-                    error::classify_oapi(api, code, v["errmsg"].as_str().unwrap_or(""), ctx),
-                    &v,
-                )),
+                Some(code) => Err(self
+                    .refused(with_request_id(
+                        error::classify_oapi(api, code, v["errmsg"].as_str().unwrap_or(""), ctx),
+                        &v,
+                    ))
+                    .await),
                 None => Err(DingTalkError::bad_answer(
                     api,
                     status,
@@ -672,7 +708,7 @@ impl DingTalk {
                 retried = true;
                 continue;
             }
-            return Err(api_error(api, status, &headers, &v));
+            return Err(self.refused(api_error(api, status, &headers, &v)).await);
         }
     }
 

@@ -3,6 +3,7 @@
 //! `Retryable` (try again, not before `after` when DingTalk imposes a pause). The callers
 //! decide retries from the class, never from strings. No secret is ever put in an error.
 
+use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
 
@@ -40,6 +41,13 @@ impl Api {
             Self::WorkNoticeRecall => "work_notice_recall",
         }
     }
+
+    /// Whether DingTalk counts the call against the organisation's monthly API quota: every
+    /// call with the app's access token is an OpenAPI call (and the token serves only those);
+    /// a custom robot's webhook is not.
+    pub fn metered(self) -> bool {
+        self != Self::Webhook
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +78,13 @@ pub enum Kind {
     Throttled,
     /// DingTalk is busy or had a server error.
     Busy,
+    /// DingTalk's gateway refused the call as abuse or per-IP flow control (its
+    /// `{"status":1111,"wait":…}` answer, or an HTML page): every call of this egress waits,
+    /// robots included.
+    AntiAbuse,
+    /// The organisation used up its monthly API call quota: the metered calls wait for the
+    /// next month.
+    QuotaExhausted,
     /// The exchange failed on the way: connect, timeout, an answer that is not DingTalk's.
     Transport,
     /// Anything else DingTalk refused.
@@ -113,6 +128,13 @@ impl DingTalkError {
     /// attempt against the message.
     pub fn is_throttle(&self) -> bool {
         self.kind == Kind::Throttled
+    }
+
+    /// DingTalk holds back the egress (its anti-abuse pause, the organisation's monthly quota):
+    /// neither the call nor the message is at fault. Wait for the hold to end (`retry_after`),
+    /// don't count an attempt.
+    pub fn holds_egress(&self) -> bool {
+        matches!(self.kind, Kind::AntiAbuse | Kind::QuotaExhausted)
     }
 
     /// A refusal of the robot itself (signature, token, disabled): every message to it fails
@@ -184,6 +206,90 @@ impl DingTalkError {
     }
 }
 
+/// The longest pause taken from DingTalk's anti-abuse `wait` (a longer one is asked again
+/// then), and the one taken when the answer names none (an HTML page).
+pub const GATEWAY_WAIT_MAX: Duration = Duration::from_secs(600);
+pub const GATEWAY_WAIT_DEFAULT: Duration = Duration::from_secs(60);
+
+const QUOTA: &str = "the organisation's monthly DingTalk API call quota is used up: the app's calls wait for the next month";
+
+/// DingTalk's gateway refuses abuse and per-IP flow control in shapes of its own, not an API's
+/// errcode JSON: `{"status":1111,"wait":5,"punish":"deny",…}` (sometimes beside an errcode),
+/// or an HTML page (with HTTP 200 or an error status). Answers the error when `body` is one of
+/// those (`html`: the answer said `text/html`).
+pub fn gateway_refusal(api: Api, status: u16, html: bool, body: &[u8]) -> Option<DingTalkError> {
+    let wait_for = |wait: Duration| Class::Retryable { after: Some(wait) };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v.is_object() => {
+            let code = v["status"].as_i64().filter(|s| *s == 1111);
+            if code.is_none() && v.get("punish").is_none() {
+                return None;
+            }
+            let wait = gateway_wait(&v["wait"]);
+            let message = format!("punish {}, wait {}", short(&v["punish"]), short(&v["wait"]));
+            let explanation = "DingTalk's gateway refused the call as too many (anti-abuse, per-IP flow control): every call to DingTalk from this server, robots included, waits as it asks, then sending resumes";
+            let code = code.map_or_else(|| "punish".to_owned(), |c| c.to_string());
+            Some(DingTalkError::new(
+                api,
+                (wait_for(wait), Kind::AntiAbuse),
+                code,
+                message,
+                explanation,
+            ))
+        }
+        Ok(_) => None,
+        Err(_) if html || body.trim_ascii_start().starts_with(b"<") => {
+            let explanation = "DingTalk (or a proxy on the way) answered an HTML page instead of its JSON, as its gateway does for abuse and flow control: every call to DingTalk from this server, robots included, waits a minute, then sending resumes";
+            Some(DingTalkError::new(
+                api,
+                (wait_for(GATEWAY_WAIT_DEFAULT), Kind::AntiAbuse),
+                format!("html_{status}"),
+                html_title(body),
+                explanation,
+            ))
+        }
+        Err(_) => None,
+    }
+}
+
+/// The anti-abuse answer's `wait` (seconds, a number or a string), bounded.
+fn gateway_wait(v: &Value) -> Duration {
+    let secs = v
+        .as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|s| s.is_finite() && *s > 0.0);
+    secs.map_or(GATEWAY_WAIT_DEFAULT, |s| {
+        Duration::from_secs_f64(s.max(1.0)).min(GATEWAY_WAIT_MAX)
+    })
+}
+
+/// A JSON value as a short text for a message.
+fn short(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    s.chars().take(40).collect()
+}
+
+/// The page's `<title>`, to quote: left out when it looks like it holds a URL (a proxy may
+/// echo the request's, with its access_token).
+fn html_title(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    let lower = text.to_ascii_lowercase();
+    let title = lower
+        .find("<title")
+        .and_then(|i| Some(i + lower[i..].find('>')? + 1))
+        .and_then(|start| Some(&text[start..start + lower[start..].find("</title")?]))
+        .map(str::trim)
+        .unwrap_or("");
+    if title.contains(['/', '?', '=', '&']) {
+        return String::new();
+    }
+    title.chars().take(80).collect()
+}
+
 pub(crate) const RETRY: Class = Class::Retryable { after: None };
 const RETRY_1S: Class = Class::Retryable {
     after: Some(Duration::from_secs(1)),
@@ -242,6 +348,7 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         410100 | 130101 | 660026 => (RETRY_10M, Kind::Throttled, format!("DingTalk throttled the group robot{robot} (over 20 messages a minute); it stays silent for about 10 minutes, then sending resumes")),
         90018 => (RETRY_1S, Kind::Throttled, "the DingTalk app is over its calls-per-second limit; retried shortly".to_owned()),
         90006 => (RETRY_1M, Kind::Throttled, "the DingTalk app is over its calls-per-minute limit; retried after a minute".to_owned()),
+        90020 => (RETRY, Kind::QuotaExhausted, QUOTA.to_owned()),
         -1 => (RETRY, Kind::Busy, "DingTalk is busy; retried".to_owned()),
         _ => (PERMANENT, Kind::Other, format!("DingTalk refused the {} call", api.name())),
     };
@@ -271,6 +378,7 @@ pub fn classify_api(
         after: retry_after.or(Some(Duration::from_secs(1))),
     };
     let (class, kind, explanation) = match status {
+        _ if code == "Forbidden.AccessDenied.ApiCountLimitForOrg" => (RETRY, Kind::QuotaExhausted, QUOTA.to_owned()),
         401 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
         400 if code == "invalidClientIdOrSecret" => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
         400 if code.contains("robot") || code.contains("Robot") => (PERMANENT, Kind::AppCredentials, "DingTalk refused the robot: check ding_robot_code in the send_dingtalk channel's comp_conf (usually the app key)".to_owned()),
@@ -369,6 +477,78 @@ mod tests {
             classify_api(Api::BatchSend, 503, "", "", None).code,
             "http_503"
         );
+    }
+
+    #[test]
+    fn the_gateways_answers_hold_the_egress_for_a_bounded_wait() {
+        let refusal = |body: &str| gateway_refusal(Api::BatchSend, 200, false, body.as_bytes());
+        let e = refusal(r#"{"status":1111,"wait":5,"punish":"deny","rgv587_flag":"sm"}"#).unwrap();
+        assert_eq!((e.kind, e.code.as_str()), (Kind::AntiAbuse, "1111"));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+        assert!(e.holds_egress() && e.is_retryable() && !e.is_throttle());
+        assert_eq!(e.message, "punish deny, wait 5");
+        let beside =
+            refusal(r#"{"errcode":130101,"errmsg":"send too fast","status":1111,"wait":"12"}"#);
+        assert_eq!(beside.unwrap().retry_after(), Some(Duration::from_secs(12)));
+        let no_wait = refusal(r#"{"punish":"deny"}"#).unwrap();
+        assert_eq!(no_wait.retry_after(), Some(GATEWAY_WAIT_DEFAULT));
+        let a_day = refusal(r#"{"status":1111,"wait":86400}"#).unwrap();
+        assert_eq!(a_day.retry_after(), Some(GATEWAY_WAIT_MAX));
+
+        let page = "<html><head><title> 访问受限 </title></head></html>";
+        let e = gateway_refusal(Api::Webhook, 405, true, page.as_bytes()).unwrap();
+        assert_eq!(
+            (e.kind, e.code.as_str(), e.message.as_str()),
+            (Kind::AntiAbuse, "html_405", "访问受限")
+        );
+        assert_eq!(e.retry_after(), Some(GATEWAY_WAIT_DEFAULT));
+        let echo = refusal(
+            " <!DOCTYPE html><TITLE>502: GET https://oapi.dingtalk.com/robot/send?access_token=abc</TITLE>",
+        );
+        assert_eq!(
+            echo.unwrap().message,
+            "",
+            "a title with a URL is not quoted"
+        );
+
+        for body in [
+            r#"{"errcode":0}"#,
+            r#"{"status":200}"#,
+            "gateway timeout",
+            "[1]",
+        ] {
+            assert!(refusal(body).is_none(), "{body}");
+        }
+    }
+
+    #[test]
+    fn the_monthly_quota_is_retryable_and_holds_the_egress() {
+        let oapi = classify_oapi(
+            Api::GetByMobile,
+            90020,
+            "本月api调用量已超过限制",
+            Context::default(),
+        );
+        let api = classify_api(
+            Api::BatchSend,
+            403,
+            "Forbidden.AccessDenied.ApiCountLimitForOrg",
+            "m",
+            None,
+        );
+        for e in [oapi, api] {
+            assert_eq!(e.kind, Kind::QuotaExhausted);
+            assert!(e.is_retryable() && e.holds_egress() && !e.is_throttle());
+        }
+        assert!(!classify_api(
+            Api::BatchSend,
+            403,
+            "Forbidden.AccessDenied.QpsLimitForApi",
+            "m",
+            None
+        )
+        .holds_egress());
+        assert!(Api::BatchSend.metered() && Api::Token.metered() && !Api::Webhook.metered());
     }
 
     #[test]

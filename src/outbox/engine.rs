@@ -12,6 +12,7 @@ use crate::channels::settings::DeliverySettings;
 use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
 use crate::db::{Db, DbError};
+use crate::dingtalk::egress::Egress;
 use crate::dingtalk::DingTalk;
 use crate::directory::profile::Profile;
 use crate::directory::store as users;
@@ -19,7 +20,7 @@ use crate::directory::userids::UserIdCache;
 use crate::domain::delivery::DeliveryKind;
 use crate::domain::ids::ClaimToken;
 use crate::domain::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{EgressGauges, Metrics};
 use crate::senders::app_robot::budget::AppBudgets;
 use crate::senders::{AppRobotSender, Gate, RobotSender, Sender, Work, WorkNoticeSender};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -41,6 +42,8 @@ const CLAIM_BATCH: i64 = 200;
 const SEND_CONCURRENCY: usize = 32;
 /// The longest the poller sleeps when nothing is due (new work wakes it sooner).
 const IDLE_POLL: Duration = Duration::from_millis(1000);
+/// How often the calls counted are written and the other processes' holds on the egress read.
+const EGRESS_SYNC: Duration = Duration::from_secs(2);
 
 /// Why a delivery was not sent by the batch that held it.
 const STOPPING: &str = "the server was stopping; the queue sends it after the restart";
@@ -103,8 +106,26 @@ impl Outbox {
         clock: SharedClock,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let metrics = Arc::new(Metrics::default());
+        let egress = Arc::new(Egress::new(metrics.clone(), settings.outbox.zone.clone()));
+        egress.keep_in(Arc::new(super::egress::Store {
+            db: db.clone(),
+            clock: clock.clone(),
+        }));
+        // What DingTalk holds back is known before the first call (and its admin message
+        // logged as the process starts).
+        match db
+            .get()
+            .map_err(DbError::from)
+            .and_then(|mut c| super::egress::holds(&mut c))
+        {
+            Ok(kept) => egress.adopt(kept, egress.epoch(), clock.now_ms()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read DingTalk's holds on the egress from the database")
+            }
+        }
         let client =
-            DingTalk::with_metrics(settings.dingtalk.clone(), clock.clone(), metrics.clone())?;
+            DingTalk::with_metrics(settings.dingtalk.clone(), clock.clone(), metrics.clone())?
+                .with_egress(egress);
         let (handovers, rx) = mpsc::channel(1024);
         let budget_ms = settings.round_budget().as_millis() as i64;
         let leases = Leases::new(
@@ -232,9 +253,11 @@ impl Outbox {
             );
         }
         let grace = Duration::from_millis(self.leases.budget_ms() as u64 + 1000);
-        tokio::time::timeout(grace, self.leases.settled())
+        let settled = tokio::time::timeout(grace, self.leases.settled())
             .await
-            .is_ok()
+            .is_ok();
+        self.sync_egress().await;
+        settled
     }
 
     /// Renews the leases of the batches in flight, on the current runtime, for as long as the
@@ -249,6 +272,60 @@ impl Outbox {
                 this.renew_leases().await;
             }
         });
+    }
+
+    /// Writes the DingTalk calls counted and reads every process's holds on the egress, on the
+    /// current runtime, every [`EGRESS_SYNC`] for as long as the outbox lives.
+    pub fn keep_egress(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EGRESS_SYNC).await;
+                let Some(this) = this.upgrade() else { return };
+                this.sync_egress().await;
+            }
+        });
+    }
+
+    /// DingTalk's holds on the egress and the calls counted, as this process knows them.
+    pub fn egress(&self) -> &Arc<Egress> {
+        self.people.client.egress()
+    }
+
+    /// Writes the DingTalk calls counted, and takes in the holds of every process.
+    pub async fn sync_egress(&self) {
+        super::egress::sync(&self.db, self.egress(), self.clock.now_ms()).await;
+    }
+
+    /// The egress for `/metrics`: the holds in effect, and every process's calls of this month
+    /// and the last (this process's written first).
+    pub async fn egress_gauges(&self) -> EgressGauges {
+        self.sync_egress().await;
+        let now = self.clock.now_ms();
+        let egress = self.egress();
+        let holds = egress.holds(now);
+        let paused_ms = holds
+            .iter()
+            .filter(|h| h.scope == crate::dingtalk::egress::Scope::Pause)
+            .map(|h| h.until - now)
+            .max()
+            .unwrap_or(0);
+        let last_month = egress.month_before(now);
+        let calls = self
+            .db
+            .run(move |c| super::egress::calls_since(c, &last_month))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the DingTalk calls counted");
+                vec![]
+            });
+        EgressGauges {
+            paused_s: paused_ms as f64 / 1000.0,
+            quota_exhausted: holds
+                .iter()
+                .any(|h| h.scope == crate::dingtalk::egress::Scope::Quota),
+            calls,
+        }
     }
 
     /// Extends the leases of the batches held that are due ([`Leases::renew`]).

@@ -2,6 +2,7 @@
 //! sent; the engine claims due deliveries under leases, hands them to the sender of their kind
 //! ([`crate::senders`]), records each outcome and schedules retries. It knows no DingTalk API.
 
+pub mod egress;
 pub mod engine;
 pub mod lease;
 pub mod policy;

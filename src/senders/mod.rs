@@ -17,6 +17,7 @@ pub mod work_notice;
 
 use crate::channels::settings::DeliverySettings;
 use crate::db::models::DeliveryRow;
+use crate::dingtalk::DingTalkError;
 use crate::directory::profile::Profile;
 use crate::domain::message::Message;
 use futures_util::future::BoxFuture;
@@ -79,6 +80,31 @@ impl Verdict {
         }
         self
     }
+}
+
+/// A delivery DingTalk's hold on the egress (`e`: its anti-abuse pause, the organisation's
+/// monthly quota) keeps from going now: it waits for the hold to end, no attempt counted, but
+/// not past its maximum age, where it fails with the hold's reason — never before it, as a
+/// hold may be lifted early (a quota raised).
+pub fn held(row: &DeliveryRow, e: &DingTalkError, now: i64) -> Verdict {
+    if now >= row.give_up_at {
+        return Verdict::failed(
+            Some(e.code.clone()),
+            format!("gave up at its maximum age (DING_CHANNEL_MAX_AGE_S): {e}"),
+        );
+    }
+    let until = now + e.retry_after().map_or(0, |d| d.as_millis() as i64);
+    Verdict::wait(until.min(row.give_up_at), e.to_string(), None)
+}
+
+/// Every row [`held`] by `e`.
+pub fn hold_all(rows: Vec<DeliveryRow>, e: &DingTalkError, now: i64) -> Verdicts {
+    rows.into_iter()
+        .map(|r| {
+            let v = held(&r, e, now);
+            (r, v)
+        })
+        .collect()
 }
 
 /// When a waiting delivery is due again.
@@ -144,3 +170,56 @@ pub struct Work {
 /// The error code of a delivery this server is not set up to make (kept with the delivery
 /// where DingTalk's own codes are).
 pub const NOT_CONFIGURED: &str = "not_configured";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dingtalk::error::{classify_oapi, Api, Context};
+
+    #[test]
+    fn a_held_delivery_waits_for_the_hold_but_fails_only_at_its_maximum_age() {
+        let now = 1_700_000_000_000;
+        let row = DeliveryRow {
+            id: 1,
+            message_id: "m".into(),
+            receiver: "alice".into(),
+            kind: "user".into(),
+            target: "alice-ding".into(),
+            status: "queued".into(),
+            attempts: 0,
+            next_attempt_at: now,
+            give_up_at: now + 60_000,
+            sent_at: None,
+            parts_sent: 0,
+            claimed_until: None,
+            claimed_by: None,
+            last_error: None,
+            dingtalk_code: None,
+            dingtalk_request_id: None,
+            digest_id: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut e = classify_oapi(Api::BatchSend, 90020, "quota", Context::default());
+        e.class = crate::dingtalk::Class::Retryable {
+            after: Some(Duration::from_secs(10)),
+        };
+        assert!(
+            matches!(held(&row, &e, now), Verdict::Wait { until: Until::At(at), .. } if at == now + 10_000)
+        );
+        e.class = crate::dingtalk::Class::Retryable {
+            after: Some(Duration::from_secs(3600)),
+        };
+        assert!(
+            matches!(held(&row, &e, now), Verdict::Wait { until: Until::At(at), .. } if at == now + 60_000),
+            "not past its maximum age"
+        );
+        match held(&row, &e, now + 60_000) {
+            Verdict::Failed { code, error } => {
+                assert_eq!(code.as_deref(), Some("90020"));
+                assert!(error.starts_with("gave up at its maximum age (DING_CHANNEL_MAX_AGE_S): the organisation's monthly"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -113,6 +113,8 @@ pub struct Faults {
     pub http_status: Option<u16>,
     /// … or, with HTTP 200, this oapi errcode (e.g. -1, 410100). Default: HTTP 503.
     pub errcode: Option<i64>,
+    /// … or one of DingTalk's less polite answers (an HTML page with `http_status`).
+    pub impolite: Option<Impolite>,
     /// Fail only the next N requests, then heal.
     pub count: Option<u64>,
     /// Let this many requests the fault applies to through first (e.g. fail the second page).
@@ -128,7 +130,31 @@ pub struct Faults {
     pub expire_tokens: bool,
 }
 
+/// What DingTalk answers beyond its APIs' documented errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Impolite {
+    /// The gateway's anti-abuse answer, HTTP 200: `{"status":1111,"wait":N,"punish":"deny"}`.
+    AntiAbuse { wait_s: u64 },
+    /// An HTML page (HTTP 200 unless `http_status` says otherwise).
+    Html,
+    /// The organisation's monthly API quota: errcode 90020 (oapi) or 403
+    /// `Forbidden.AccessDenied.ApiCountLimitForOrg` (the new API). Never the custom robots'
+    /// webhook, which is not metered.
+    Quota,
+}
+
 impl Faults {
+    /// Every request to `apis` (all when empty) gets the `answer`.
+    pub fn impolite(answer: Impolite, apis: &[&str]) -> Self {
+        Self {
+            error_rate: 1.0,
+            impolite: Some(answer),
+            apis: apis.iter().map(|a| a.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
     /// Every request to `apis` (all when empty) fails with HTTP `status`.
     pub fn http(status: u16, apis: &[&str]) -> Self {
         Self {

@@ -1,7 +1,7 @@
 //! The simulator's endpoints. Each checks what the real endpoint checks, in the same shape of
 //! answer (oapi: HTTP 200 + errcode; api: HTTP status + `{code, message}`).
 
-use super::{Faults, Inner, OtoSend, SimMessage, SimState, OTO_WINDOW_MS};
+use super::{Faults, Impolite, Inner, OtoSend, SimMessage, SimState, OTO_WINDOW_MS};
 use crate::dingtalk::sign;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
@@ -204,7 +204,8 @@ pub(super) async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Opti
         let f: &Faults = &g.faults;
         let applies = f.error_rate > 0.0
             && (f.apis.is_empty() || f.apis.iter().any(|a| a == api))
-            && f.count != Some(0);
+            && f.count != Some(0)
+            && !(f.impolite == Some(Impolite::Quota) && api == "robot_send");
         let (rate, latency) = (f.error_rate, f.latency_ms);
         let skipped = applies && g.faults.skip > 0;
         if skipped {
@@ -220,7 +221,7 @@ pub(super) async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Opti
         (
             gate,
             latency,
-            fail.then(|| (g.faults.http_status, g.faults.errcode)),
+            fail.then(|| (g.faults.http_status, g.faults.errcode, g.faults.impolite)),
         )
     };
     if let Some(gate) = gate {
@@ -229,7 +230,10 @@ pub(super) async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Opti
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let (status, errcode) = fail?;
+    let (status, errcode, impolite) = fail?;
+    if let Some(answer) = impolite {
+        return Some(impolite_answer(answer, status, oapi_style));
+    }
     Some(match (status, errcode) {
         (None, Some(code)) if oapi_style => oapi(code, "injected fault"),
         (None, Some(code)) => api_error(
@@ -240,6 +244,22 @@ pub(super) async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Opti
         (Some(s), _) => api_error(s, "InjectedFault", "injected fault"),
         (None, None) => api_error(503, "ServiceUnavailable", "injected fault"),
     })
+}
+
+fn impolite_answer(answer: Impolite, status: Option<u16>, oapi_style: bool) -> HttpResponse {
+    const QUOTA: &str = "您的企业本月api调用量已超过限制,调用量:10001次,额度:10000次,请登录开发者后台-资源管理-查看用量明细";
+    match answer {
+        Impolite::AntiAbuse { wait_s } => {
+            HttpResponse::Ok().json(json!({"status": 1111, "wait": wait_s, "punish": "deny"}))
+        }
+        Impolite::Html => HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status.unwrap_or(200)).expect("valid status"),
+        )
+        .content_type("text/html; charset=utf-8")
+        .body("<!DOCTYPE html><html><head><title>访问受限</title></head><body><p>您的访问过于频繁，请稍后再试。</p></body></html>"),
+        Impolite::Quota if oapi_style => oapi(90020, QUOTA),
+        Impolite::Quota => api_error(403, "Forbidden.AccessDenied.ApiCountLimitForOrg", QUOTA),
+    }
 }
 
 async fn gettoken(state: State, q: Query) -> HttpResponse {

@@ -1,16 +1,20 @@
 //! The single-chat path: the internal app's robot sends to people by DingTalk userid with
 //! `oToMessages/batchSend` (≤20 ids a call), within the app's call budget. People named by
-//! phone are looked up (`getbymobile`, cached) on the way.
+//! phone are looked up (`getbymobile`, cached) on the way. While DingTalk holds the egress
+//! (anti-abuse, the monthly quota) they wait.
 
 pub mod readback;
 /// The budget lives with the client: the DingTalk directory sync takes from it too.
 pub use crate::dingtalk::budget;
 
-use super::{digest, group_by, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED};
+use super::{
+    digest, group_by, hold_all, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED,
+};
 use crate::clock::SharedClock;
 use crate::db::models::{DeliveryRow, SendRow};
 use crate::db::Db;
 use crate::dingtalk::client::{BATCH_CONCURRENCY, BATCH_MAX_IDS};
+use crate::dingtalk::error::Api;
 use crate::dingtalk::{App, DingTalk, DingTalkError, MobileLookup, UserOutcome};
 use crate::directory::userids::UserIdCache;
 use crate::domain::delivery::Target;
@@ -81,6 +85,10 @@ impl AppRobotSender {
                     .collect()
             }
         };
+        let now = self.clock.now_ms();
+        if let Some(e) = self.client.egress().held(Api::BatchSend, now) {
+            return hold_all(rows, &e, now);
+        }
         let (known, misses, mut out) = self.targets(&app, rows).await;
         let mut keys = vec![];
         out.extend(self.batch_send(&app, &msg, known, gate, &mut keys).await);
@@ -146,7 +154,7 @@ impl AppRobotSender {
                     continue;
                 }
                 Ok(MobileLookup::NotFound) => not_found(&mobile),
-                Ok(MobileLookup::Transient(e)) => of_error(&e),
+                Ok(MobileLookup::Transient(e)) => of_error(&row, &e, self.clock.now_ms()),
                 Ok(
                     MobileLookup::NoPermission(e)
                     | MobileLookup::IpNotWhitelisted(e)
@@ -243,7 +251,7 @@ impl AppRobotSender {
                             }
                         };
                     for (uid, row) in std::mem::take(&mut remaining) {
-                        let outcome = self.user_outcome(app, &uid, by_id.remove(&uid));
+                        let outcome = self.user_outcome(app, &uid, &row, by_id.remove(&uid));
                         if let Ok(pqk) = &outcome {
                             keys.push(SendRow {
                                 delivery_id: row.id,
@@ -280,6 +288,7 @@ impl AppRobotSender {
         &self,
         app: &App,
         uid: &str,
+        row: &DeliveryRow,
         answer: Option<UserOutcome>,
     ) -> Result<String, Verdict> {
         Err(match answer {
@@ -297,7 +306,7 @@ impl AppRobotSender {
                 let until = self.budgets.pause_for(&app.key, &e, self.clock.now_ms());
                 Verdict::wait(until, e.to_string(), None)
             }
-            Some(UserOutcome::Failed(e)) => of_error(&e),
+            Some(UserOutcome::Failed(e)) => of_error(row, &e, self.clock.now_ms()),
             None => Verdict::Retry {
                 code: "missing".into(),
                 error: "DingTalk's answer did not mention this user".into(),
@@ -322,9 +331,12 @@ impl Sender for AppRobotSender {
     }
 }
 
-/// A DingTalk error as a delivery's verdict: retried when its class says so.
-pub fn of_error(e: &DingTalkError) -> Verdict {
-    if e.is_retryable() {
+/// A DingTalk error as a delivery's verdict: held while DingTalk holds the egress, retried
+/// when its class says so.
+pub fn of_error(row: &DeliveryRow, e: &DingTalkError, now: i64) -> Verdict {
+    if e.holds_egress() {
+        super::held(row, e, now)
+    } else if e.is_retryable() {
         Verdict::Retry {
             code: e.code.clone(),
             error: e.to_string(),

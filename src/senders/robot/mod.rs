@@ -1,17 +1,19 @@
 //! The group robot path: each robot's custom webhook, signed with its `SEC…` secret. Paced per
 //! robot (shared through the database), everything waiting for a robot rides along in each
 //! send (one message, a digest, or the next part of a large one), and a throttle pauses the
-//! robot instead of failing its messages.
+//! robot instead of failing its messages. While DingTalk's gateway holds the whole egress
+//! (anti-abuse), every robot waits.
 
 pub mod keyword;
 pub mod members;
 pub mod pacing;
 pub mod plan;
 
-use super::{group_by, Gate, Sender, Tasks, Until, Verdict, Verdicts, Work};
+use super::{group_by, hold_all, Gate, Sender, Tasks, Until, Verdict, Verdicts, Work};
 use crate::clock::{SharedClock, Zone};
 use crate::db::models::DeliveryRow;
 use crate::db::Db;
+use crate::dingtalk::error::Api;
 use crate::dingtalk::DingTalk;
 use crate::directory::classify::RobotFields;
 use crate::directory::profile::Profile;
@@ -140,9 +142,12 @@ impl RobotSender {
             Err(why) => return fail_all(rows, None, &why),
         };
         let pooled = members.len() > 1;
+        let now = self.clock.now_ms();
+        if let Some(e) = self.client.egress().held(Api::Webhook, now) {
+            return hold_all(rows, &e, now);
+        }
         // Nothing can go now: wait for the slot without building anything (the common case
         // during a storm).
-        let now = self.clock.now_ms();
         if let Some(wait) = self.pools.get(&name, now) {
             return wait_all(rows, wait.next_at, &wait.reason());
         }
@@ -219,6 +224,8 @@ impl RobotSender {
         // Rows not finished by the sends made now wait until `resume`, for `reason`; `None`:
         // until the pool's soonest slot.
         let mut resumed: Option<(Until, String)> = None;
+        // DingTalk holds every call: the rest waits for the hold to end.
+        let mut hold = None;
         let mut parts_done: HashMap<i64, i32> = HashMap::new();
         'sends: for send in &sends {
             // A message whose part failed for good has its verdict: its later parts stay unsent.
@@ -252,6 +259,10 @@ impl RobotSender {
                     .await
                 {
                     Ok(()) => break m,
+                    Err(e) if e.holds_egress() => {
+                        hold = Some(e);
+                        break 'sends;
+                    }
                     Err(e) if e.is_throttle() => {
                         let now = self.clock.now_ms();
                         let until =
@@ -354,10 +365,13 @@ impl RobotSender {
         let (resume, reason) = resumed.unwrap_or_else(|| (Until::At(wait.next_at), wait.reason()));
         for row in rows {
             let parts = parts_done.get(&row.id).copied();
-            let wait = Verdict::Wait {
-                until: resume,
-                reason: reason.clone(),
-                parts_sent: parts,
+            let wait = match &hold {
+                Some(e) => super::held(&row, e, now).with_progress(parts),
+                None => Verdict::Wait {
+                    until: resume,
+                    reason: reason.clone(),
+                    parts_sent: parts,
+                },
             };
             out.push((row, wait));
         }

@@ -11,12 +11,15 @@ pub mod readback;
 pub mod tasks;
 
 use super::app_robot::{of_error, AppRobotSender, People, WAITING_FOR_BUDGET};
-use super::{digest, group_by, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED};
+use super::{
+    digest, group_by, hold_all, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED,
+};
 use crate::channels::settings::SingleChat;
 use crate::clock::{SharedClock, Zone};
 use crate::db::models::DeliveryRow;
 use crate::db::Db;
 use crate::dingtalk::client::NoticeOutcome;
+use crate::dingtalk::error::Api;
 use crate::dingtalk::{App, Message};
 use crate::domain::message::Message as SendMessage;
 use futures_util::FutureExt;
@@ -84,6 +87,10 @@ impl WorkNoticeSender {
                 .into_iter()
                 .map(|r| (r, Verdict::failed(None, e.to_string())))
                 .collect();
+        }
+        let now = self.clock.now_ms();
+        if let Some(e) = self.people.client.egress().held(Api::WorkNotice, now) {
+            return hold_all(rows, &e, now);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let waiting = match self.db.run(move |c| tasks::of(c, &ids)).await {
@@ -180,6 +187,16 @@ impl WorkNoticeSender {
                 let key = readback::key(agent_id, task_id);
                 self.reads.put(key, r.reached(now), now);
                 r
+            }
+            Err(e) if e.holds_egress() => {
+                let verdicts = group
+                    .into_iter()
+                    .map(|(_, r)| {
+                        let v = super::held(&r, &e, now).with_progress(progress);
+                        (r, v)
+                    })
+                    .collect();
+                return (verdicts, vec![]);
             }
             // Within DingTalk's window the task is asked about again; past it, it is as gone.
             Err(e) if e.is_retryable() && now - sent_at < RESULT_WINDOW_MS => {
@@ -335,11 +352,10 @@ impl WorkNoticeSender {
                         continue;
                     }
                     Err(e) => {
-                        out.extend(
-                            chunk
-                                .into_iter()
-                                .map(|(_, r)| (r, of_error(&e).with_progress(progress))),
-                        );
+                        out.extend(chunk.into_iter().map(|(_, r)| {
+                            let v = of_error(&r, &e, now).with_progress(progress);
+                            (r, v)
+                        }));
                         continue;
                     }
                 };

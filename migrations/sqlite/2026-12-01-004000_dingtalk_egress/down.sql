@@ -1,0 +1,2 @@
+DROP TABLE dingtalk_calls;
+DROP TABLE dingtalk_egress;
