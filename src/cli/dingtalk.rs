@@ -68,17 +68,19 @@ pub(super) fn run(cmd: DingtalkCmd, settings: &Settings) -> anyhow::Result<()> {
             }
         }
         DingtalkCmd::Resume => {
-            let lifted = egress::resume(&mut *db.get()?, now)?;
+            let (lifted, due) = egress::resume(&mut *db.get()?, now)?;
             if lifted.is_empty() {
                 println!("DingTalk held nothing back; nothing to lift");
+                return Ok(());
             }
             for h in lifted {
                 println!(
-                    "lifted the {} hold (was until {}); the servers call DingTalk again within seconds (if DingTalk still refuses, the hold starts again)",
+                    "lifted the {} hold (was until {})",
                     h.scope.name(),
                     settings.outbox.zone.format(h.until)
                 );
             }
+            println!("{due} queued delivery(ies) it held are due now; the servers call DingTalk again within seconds (if DingTalk still refuses, the hold starts again)");
         }
     }
     Ok(())

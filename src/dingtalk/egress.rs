@@ -126,7 +126,8 @@ impl Egress {
 
     /// What a refusal means for the egress: an anti-abuse answer or the quota starts (or
     /// extends) a hold, kept for every process; answers the error, retryable when the hold
-    /// ends. Other errors pass as they are.
+    /// ends (the quota's explaining when that is and what to do). Other errors pass as they
+    /// are.
     pub async fn observe(&self, e: DingTalkError, now: i64) -> DingTalkError {
         let (scope, until) = match e.kind {
             Kind::AntiAbuse => {
@@ -146,9 +147,13 @@ impl Egress {
         if let (Some(kept), Some(book)) = (taken, self.book.get()) {
             book.keep(kept).await;
         }
-        let mut held = self.error(e.api, &in_effect, now);
-        held.request_id = e.request_id;
-        held
+        let mut e = e;
+        let after = Duration::from_millis((in_effect.until - now).max(0) as u64);
+        e.class = Class::Retryable { after: Some(after) };
+        if scope == Scope::Quota {
+            e.explanation = explain(&in_effect, &self.shown);
+        }
+        e
     }
 
     /// Notes `hold`: answers the hold in effect for its scope, and `hold` again when it is new

@@ -5,9 +5,10 @@
 //! ([`Store`]), and [`sync`] writes the counts and reads every process's holds back.
 
 use crate::clock::SharedClock;
-use crate::db::schema::{dingtalk_calls as c, dingtalk_egress as t};
+use crate::db::schema::{deliveries as d, dingtalk_calls as c, dingtalk_egress as t};
 use crate::db::{write_tx, Db, DbConn, DbError};
 use crate::dingtalk::egress::{Book, Egress, Hold, Scope};
+use crate::domain::delivery::{DeliveryKind, DeliveryStatus};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use futures_util::future::BoxFuture;
@@ -87,14 +88,33 @@ pub fn holds(conn: &mut DbConn) -> Result<Vec<Hold>, DbError> {
         .collect())
 }
 
-/// Lifts the holds in effect (an admin raised the quota); answers those lifted.
-pub fn resume(conn: &mut DbConn, now: i64) -> Result<Vec<Hold>, DbError> {
+/// Lifts the holds in effect (an admin raised the quota), and makes the deliveries they kept
+/// waiting due now (those of the kinds held that wait no longer than the hold would have):
+/// answers the holds lifted and how many deliveries are due.
+pub fn resume(conn: &mut DbConn, now: i64) -> Result<(Vec<Hold>, usize), DbError> {
     write_tx(conn, |conn| {
         let lifted: Vec<Hold> = holds(conn)?.into_iter().filter(|h| h.until > now).collect();
         diesel::update(t::table.filter(t::until_ms.gt(now)))
             .set((t::until_ms.eq(now), t::updated_at.eq(now)))
             .execute(conn)?;
-        Ok(lifted)
+        let mut due = 0;
+        for h in &lifted {
+            let kinds: Vec<&str> = DeliveryKind::ALL
+                .into_iter()
+                .filter(|k| h.scope == Scope::Pause || *k != DeliveryKind::Robot)
+                .map(DeliveryKind::as_str)
+                .collect();
+            due += diesel::update(
+                d::table
+                    .filter(d::status.eq(DeliveryStatus::Queued.as_str()))
+                    .filter(d::kind.eq_any(kinds))
+                    .filter(d::next_attempt_at.gt(now))
+                    .filter(d::next_attempt_at.le(h.until)),
+            )
+            .set(d::next_attempt_at.eq(now))
+            .execute(conn)?;
+        }
+        Ok((lifted, due))
     })
 }
 

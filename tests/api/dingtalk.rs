@@ -548,7 +548,7 @@ async fn the_proxy_setting_is_honoured() {
 #[tokio::test]
 async fn a_non_json_answer_is_an_error_never_a_success() {
     let f = fixture().await;
-    let (url, _seen) = one_shot("<html>gateway</html>");
+    let (url, _seen) = one_shot("Bad Gateway");
     let client = DingTalk::new(config(&url, None), f.clock.clone()).unwrap();
     let e = client
         .send_webhook(&robot(&f, "plain-robot"), &text("x"), &At::default())
@@ -556,6 +556,61 @@ async fn a_non_json_answer_is_an_error_never_a_success() {
         .unwrap_err();
     assert_eq!(e.code, "http_200");
     assert!(e.to_string().contains("not the documented JSON"), "{e}");
+}
+
+#[tokio::test]
+async fn the_gateways_answers_hold_every_call_of_the_client_for_their_wait() {
+    use ding_channel::clock::Clock;
+    use ding_channel::dingtalk::error::Kind;
+    use ding_channel::simulator::Impolite;
+    let f = fixture().await;
+    f.sim
+        .state
+        .set_faults(Faults::impolite(Impolite::AntiAbuse { wait_s: 5 }, &["batch_send"]).times(1));
+    let out = f
+        .client
+        .batch_send(&f.app, &["u1".into()], &text("1"))
+        .await
+        .unwrap();
+    let UserOutcome::Failed(e) = &out[0].1 else {
+        panic!("{out:?}")
+    };
+    assert_eq!((e.kind, e.code.as_str()), (Kind::AntiAbuse, "1111"));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+    // The robot's webhook is held too, without a request.
+    let e = f
+        .client
+        .send_webhook(&robot(&f, "ops-robot"), &text("x"), &At::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, Kind::AntiAbuse);
+    assert!(!f.sim.state.stats().requests.contains_key("robot_send"));
+    f.clock.advance_ms(5_000);
+    f.client
+        .send_webhook(&robot(&f, "ops-robot"), &text("x"), &At::default())
+        .await
+        .unwrap();
+
+    // An HTML page: a minute's pause.
+    f.sim.state.set_faults(Faults {
+        http_status: Some(503),
+        ..Faults::impolite(Impolite::Html, &["robot_send"]).times(1)
+    });
+    let e = f
+        .client
+        .send_webhook(&robot(&f, "ops-robot"), &text("y"), &At::default())
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (Kind::AntiAbuse, "html_503"));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(60)));
+    assert!(f
+        .client
+        .egress()
+        .held(
+            ding_channel::dingtalk::error::Api::Token,
+            f.clock.now_ms() + 59_999
+        )
+        .is_some());
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod gateway_jwt;
 mod grafana;
 mod helpers;
 mod hostile;
+mod impolite;
 mod layering;
 mod limits;
 mod logging;
