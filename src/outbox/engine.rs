@@ -113,11 +113,7 @@ impl Outbox {
         }));
         // What DingTalk holds back is known before the first call (and its admin message
         // logged as the process starts).
-        match db
-            .get()
-            .map_err(DbError::from)
-            .and_then(|mut c| super::egress::holds(&mut c))
-        {
+        match db.get().and_then(|mut c| super::egress::holds(&mut c)) {
             Ok(kept) => egress.adopt(kept, egress.epoch(), clock.now_ms()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read DingTalk's holds on the egress from the database")
