@@ -305,3 +305,54 @@ async fn a_server_starting_while_the_quota_is_used_up_says_so_once() {
         lines[0]
     );
 }
+
+#[tokio::test]
+async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
+    let app = TestApp::spawn().await;
+    let conf = std::collections::BTreeMap::from([
+        ("single_chat_mode".to_owned(), "work_notice".to_owned()),
+        (
+            "ding_agent_id".to_owned(),
+            ding_channel::simulator::DEMO_AGENT_ID.to_owned(),
+        ),
+    ]);
+    ding_channel::channels::registry::set_conf(&mut app.db.get().unwrap(), "send_dingtalk", &conf)
+        .unwrap()
+        .unwrap();
+    app.clock.set_ms(NEW_YEARS_EVE);
+    // Sent, and waiting for getsendresult to report it when the quota runs out.
+    let (first, state) = send(&app, "alice", "cpu high").await;
+    assert_eq!(state, pairs(&[("alice", "queued")]));
+    assert_eq!(taken(&app.sim, "work_notice"), 1);
+    app.sim
+        .state
+        .set_faults(Faults::impolite(Impolite::Quota, &[]));
+    app.clock.advance_ms(3_000);
+    app.drain().await;
+    let (second, _) = send(&app, "bob", "cpu high").await;
+    let asked_then = asked(&app.sim);
+    app.clock.set_ms(JANUARY - 1);
+    app.drain().await;
+    assert_eq!(asked(&app.sim), asked_then, "nothing asked while held");
+    for id in [&first, &second] {
+        let d = delivery(&app, id).await;
+        assert_eq!(d["status"], "queued", "{d}");
+        assert!(
+            d["error"]
+                .as_str()
+                .unwrap()
+                .contains("monthly DingTalk API call quota"),
+            "{d}"
+        );
+    }
+
+    app.sim.state.set_faults(Faults::default());
+    app.clock.set_ms(JANUARY);
+    app.drain().await; // alice's task asked about, bob's sent
+    app.clock.advance_ms(3_000);
+    app.drain().await; // bob's asked about
+    for id in [&first, &second] {
+        assert_eq!(delivery(&app, id).await["status"], "sent");
+    }
+    assert_eq!(taken(&app.sim, "work_notice"), 2);
+}
