@@ -91,6 +91,28 @@ pub enum RobotSecurity {
     Other,
 }
 
+impl RobotSecurity {
+    fn read(errmsg: &str) -> Self {
+        if errmsg.contains("keywords not in content") {
+            Self::Keyword
+        } else if errmsg.contains("invalid timestamp") {
+            Self::Timestamp
+        } else if errmsg.contains("sign not match") {
+            Self::Signature
+        } else if errmsg.contains("not in whitelist") {
+            // "ip 203.0.113.9 not in whitelist"
+            let ip = errmsg
+                .split_whitespace()
+                .skip_while(|w| *w != "ip")
+                .nth(1)
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+            Self::Ip(ip.map(str::to_owned))
+        } else {
+            Self::Other
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DingTalkError {
     pub api: Api,
@@ -139,27 +161,8 @@ impl DingTalkError {
     /// Which of a group robot's security settings refused a webhook call (310000), as
     /// DingTalk's errmsg says (its custom-robot guide lists the messages; docs/dingtalk.md).
     pub fn robot_security(&self) -> Option<RobotSecurity> {
-        if self.api != Api::Webhook || self.code != "310000" {
-            return None;
-        }
-        let m = self.message.as_str();
-        Some(if m.contains("keywords not in content") {
-            RobotSecurity::Keyword
-        } else if m.contains("invalid timestamp") {
-            RobotSecurity::Timestamp
-        } else if m.contains("sign not match") {
-            RobotSecurity::Signature
-        } else if m.contains("not in whitelist") {
-            // "ip 203.0.113.9 not in whitelist"
-            let ip = m
-                .split_whitespace()
-                .skip_while(|w| *w != "ip")
-                .nth(1)
-                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
-            RobotSecurity::Ip(ip.map(str::to_owned))
-        } else {
-            RobotSecurity::Other
-        })
+        (self.api == Api::Webhook && self.code == "310000")
+            .then(|| RobotSecurity::read(&self.message))
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -285,7 +288,12 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         60011 => (PERMANENT, Kind::NoPermission, format!("the DingTalk app lacks the permission {}: grant it in the DingTalk developer console", permission(api))),
         60003 => (PERMANENT, Kind::Other, "the department is not in the organisation (deleted while the directory was read?); run the sync again".to_owned()),
         60020 => (PERMANENT, Kind::IpNotWhitelisted, format!("this server's IP{} is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP", request_ip(errmsg).map_or_else(String::new, |ip| format!(" {ip} (as DingTalk saw it)")))),
-        310000 => (PERMANENT, Kind::RobotRefused, format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings")),
+        310000 => (PERMANENT, Kind::RobotRefused, match RobotSecurity::read(errmsg) {
+            RobotSecurity::Keyword => format!("the group robot{robot} is secured by keywords and the message holds none of them: store one of its keywords in the robot user's keyword field (send_dingbot's keyword_field)"),
+            RobotSecurity::Timestamp => "DingTalk refused the signature's timestamp: this server's clock is over an hour off DingTalk's; set it right (NTP)".to_owned(),
+            RobotSecurity::Ip(ip) => format!("the group robot{robot} is secured by IP ranges and this server's address{} is not in them: add it to the robot's security settings, or send through DINGTALK_PROXY", ip.map_or_else(String::new, |ip| format!(" {ip}"))),
+            RobotSecurity::Signature | RobotSecurity::Other => format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings"),
+        }),
         300001 | 300005 | 400101 => (PERMANENT, Kind::RobotRefused, format!("the robot's access_token is not valid: check field {token_field}{robot} (the access_token= value of the webhook URL)")),
         400102 => (PERMANENT, Kind::RobotRefused, format!("the group robot{robot} is disabled: re-enable it in the group's robot settings")),
         400105 => (PERMANENT, Kind::MessageRefused, "DingTalk does not support this message type for custom robots".to_owned()),
@@ -488,6 +496,15 @@ mod tests {
         for (msg, security) in cases {
             assert_eq!(refusal(msg).robot_security(), Some(security), "{msg}");
         }
+        assert!(refusal("invalid timestamp")
+            .explanation
+            .contains("clock is over an hour off"));
+        assert!(refusal("keywords not in content")
+            .explanation
+            .contains("keyword_field"));
+        assert!(refusal("ip 203.0.113.9 not in whitelist")
+            .explanation
+            .contains("address 203.0.113.9 is not in them"));
         let other = classify_oapi(
             Api::Webhook,
             300001,
