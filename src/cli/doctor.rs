@@ -1,8 +1,9 @@
 //! `doctor`: what an admin runs when a robot or the app does not work. It checks, in order,
 //! what a send needs (the settings, the database, the channels and apps, the DingTalk app, each
 //! robot user) and prints each check as ok / warn / FAIL / skip with what to fix. It reads and
-//! asks DingTalk only; `--send` also sends test messages. Exit code 1 when a check failed,
-//! 0 otherwise (warnings alone included). No secret is printed: tokens show masked.
+//! asks DingTalk only; `--send` also sends test messages (a robot's taking one of its send
+//! slots, as any send does). Exit code 1 when a check failed, 0 otherwise (warnings alone
+//! included). No secret is printed: tokens show masked.
 
 use crate::channels::manifest::Manifest;
 use crate::channels::registry;
@@ -100,7 +101,9 @@ fn skip(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check
 
 /// What DingTalk answered, quoted.
 fn answered(e: &DingTalkError) -> String {
-    if e.message.is_empty() {
+    if e.kind == Kind::Transport {
+        format!("no answer from DingTalk ({}: {})", e.code, e.message)
+    } else if e.message.is_empty() {
         format!("DingTalk answered {}", e.code)
     } else {
         format!("DingTalk answered {} \"{}\"", e.code, e.message)
@@ -233,8 +236,13 @@ fn checks(args: &DoctorArgs, settings: Result<Settings, ConfigError>) -> Report 
         .dingtalk
         .proxy
         .as_ref()
+        // Host and port only: a proxy URL may carry a password.
         .map_or_else(String::new, |p| {
-            format!(" through {}", crate::dingtalk::client::redact_url(p))
+            format!(
+                " through the proxy {}:{}",
+                p.host_str().unwrap_or_default(),
+                p.port_or_known_default().unwrap_or_default()
+            )
         });
     report.add(
         SETUP,
@@ -732,22 +740,23 @@ impl Doctor<'_> {
     /// and with `--send` a test message through each of its robots.
     async fn robots(&mut self) -> Result<(), DbError> {
         let dingbot = registry::find(&mut self.conn, "send_dingbot")?;
-        let fields = match dingbot
+        let conf = match dingbot
             .as_ref()
             .map(|c| DingbotConf::from_conf(&c.comp_conf))
         {
             Some(Err(e)) => {
                 let detail = format!("{} {}: {}", e.channel, e.key, e.problem);
                 self.report.add(ROBOTS, fail("settings", detail, e.fix));
-                DingbotConf::from_channel(dingbot.as_ref()).fields
+                DingbotConf::from_channel(dingbot.as_ref())
             }
-            Some(Ok(conf)) => conf.fields,
-            None => RobotFields::default(),
+            Some(Ok(conf)) => conf,
+            None => DingbotConf::default(),
         };
+        let fields = &conf.fields;
         let profiles = if self.args.robots.is_empty() {
             let all: Vec<Profile> = store::list(&mut self.conn)?
                 .into_iter()
-                .filter(|p| matches!(classify(p, &fields), classify::Kind::Robot { .. }))
+                .filter(|p| matches!(classify(p, fields), classify::Kind::Robot { .. }))
                 .collect();
             if all.is_empty() {
                 self.report.add(
@@ -778,12 +787,13 @@ impl Doctor<'_> {
             named
         };
         for p in &profiles {
-            self.robot(p, &fields).await?;
+            self.robot(p, &conf).await?;
         }
         Ok(())
     }
 
-    async fn robot(&mut self, p: &Profile, fields: &RobotFields) -> Result<(), DbError> {
+    async fn robot(&mut self, p: &Profile, conf: &DingbotConf) -> Result<(), DbError> {
+        let fields = &conf.fields;
         let name = p.username.to_string();
         let group = format!("robot {name}");
         let checks = credentials(p, fields);
@@ -813,7 +823,23 @@ impl Doctor<'_> {
             );
             return Ok(());
         }
+        let limit = conf.robot_limits.for_robot(&name);
         for m in &members {
+            // A slot of its own, as any send takes: a test never pushes a robot over DingTalk's
+            // limit, nor speaks during DingTalk's pause.
+            let slots =
+                pacing::take_slots(&mut self.conn, &m.id, 1, crate::clock::now_ms(), limit)?;
+            if slots.granted == 0 {
+                self.report.add(
+                    &group,
+                    warn(
+                        "test message",
+                        format!("{}: not sent, {}", m.id, slots.reason()),
+                        "run it again once the robot has a free slot",
+                    ),
+                );
+                continue;
+            }
             let msg = Message::Text {
                 content: test_text(),
             };

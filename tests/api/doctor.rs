@@ -584,6 +584,22 @@ async fn a_throttled_robot_shows_its_pause_as_a_warning() {
         "lower robot_rate_limit of send_dingbot or add robots of the group to its pool",
     );
     run.has(ROBOT, "throttling", "warn", "(last throttled ", "");
+
+    let sent = app.sim.state.messages().len();
+    let run = doctor(&app, &["--robot", "ops-robot", "--send"]).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.failed());
+    run.has(
+        ROBOT,
+        "test message",
+        "warn",
+        "ops-robot: not sent, waiting for a send slot: DingTalk paused this robot after throttling it",
+        "once the robot has a free slot",
+    );
+    assert_eq!(
+        app.sim.state.messages().len(),
+        sent,
+        "nothing sent during the pause"
+    );
 }
 
 #[tokio::test]
