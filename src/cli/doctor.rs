@@ -1038,7 +1038,14 @@ fn robot_refused(m: &Member, f: &RobotFields, e: &DingTalkError, skew: Option<i6
             ),
             None => fail(
                 "security mode",
-                format!("{said}: the robot is secured by keywords (自定义关键词) and none is stored"),
+                format!(
+                    "{said}: the robot is secured by keywords (自定义关键词) and none is stored{}",
+                    if m.robot.secret.is_some() {
+                        " (the signature sent does not stand in for one)"
+                    } else {
+                        ""
+                    }
+                ),
                 format!("store one of its keywords in {}", keyword_field(m, f)),
             ),
         },
