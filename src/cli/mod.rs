@@ -8,6 +8,7 @@ mod apps;
 mod channels;
 mod deliveries;
 mod dingtalk;
+mod doctor;
 mod send;
 mod serve;
 mod simulator;
@@ -18,6 +19,7 @@ pub use apps::AppsCmd;
 pub use channels::ChannelsCmd;
 pub use deliveries::DeliveriesCmd;
 pub use dingtalk::DingtalkCmd;
+pub use doctor::{run as doctor, DoctorArgs};
 pub use send::SendArgs;
 pub use templates::TemplatesCmd;
 pub use users::UsersCmd;
@@ -70,6 +72,9 @@ pub enum Command {
     /// Templates of alerts and messages (`?template=NAME`, comp_conf `template`).
     #[command(subcommand)]
     Templates(TemplatesCmd),
+    /// Check the settings, the database, the DingTalk app and the robots, and say what to fix
+    /// (exit code 1 when a check fails).
+    Doctor(DoctorArgs),
     /// Run the DingTalk simulator alone (for demos, tests and benchmarks).
     Simulator {
         #[arg(long, default_value_t = 18080)]
@@ -110,6 +115,7 @@ pub fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Deliveries(cmd) => deliveries::run(cmd, settings),
         Command::Dingtalk(cmd) => dingtalk::run(cmd, &settings),
         Command::Templates(cmd) => templates::run(cmd, &settings),
+        Command::Doctor(args) => doctor::run(&args, Ok(settings)),
         Command::Simulator {
             port,
             config,

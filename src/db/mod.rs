@@ -180,6 +180,16 @@ impl Db {
         Ok(applied)
     }
 
+    /// The names of the migrations not applied yet (diesel's bookkeeping table is created if
+    /// missing, nothing else is changed).
+    pub fn pending_migrations(&self) -> Result<Vec<String>, DbError> {
+        let mut conn = self.get()?;
+        with_conn!(&mut *conn, |c| pending_migrations(
+            c,
+            migrations_for_backend(c)
+        ))
+    }
+
     /// Runs blocking database work off the async executor.
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
@@ -269,6 +279,18 @@ where
 {
     conn.run_pending_migrations(migrations)
         .map(|v| v.iter().map(|m| m.to_string()).collect())
+        .map_err(|e| DbError::Migration(e.to_string()))
+}
+
+fn pending_migrations<C>(
+    conn: &mut C,
+    migrations: EmbeddedMigrations,
+) -> Result<Vec<String>, DbError>
+where
+    C: MigrationHarness<C::Backend> + Connection,
+{
+    conn.pending_migrations(migrations)
+        .map(|v| v.iter().map(|m| m.name().to_string()).collect())
         .map_err(|e| DbError::Migration(e.to_string()))
 }
 

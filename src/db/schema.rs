@@ -139,6 +139,7 @@ diesel::table! {
         robot -> Text,
         tat -> BigInt,
         paused_until -> BigInt,
+        throttled_at -> Nullable<BigInt>,
     }
 }
 

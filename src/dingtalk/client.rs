@@ -12,7 +12,7 @@ use super::sign;
 use crate::clock::SharedClock;
 use crate::domain::secrets::{AppSecret, RobotToken, SignSecret};
 use futures_util::StreamExt;
-use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, DATE, RETRY_AFTER};
 use reqwest::{RequestBuilder, Url};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -103,6 +103,14 @@ pub struct RecallAnswer {
     pub recalled: Vec<String>,
     /// Keys not recalled, with DingTalk's reason.
     pub failed: Vec<(String, String)>,
+}
+
+/// An answer with DingTalk's clock when it gave it (its `Date` header; `None` when the
+/// exchange failed or the answer had none): what tells a clock skew apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dated<T> {
+    pub answer: T,
+    pub date_ms: Option<i64>,
 }
 
 /// One department, as `topapi/v2/department/listsub` lists it.
@@ -327,10 +335,23 @@ impl DingTalk {
         if let Some(t) = self.fresh(&slot) {
             return Ok(t); // another caller refreshed it while we waited
         }
-        let token = self.fetch_token(app).await?;
+        let (token, _) = self.fetch_token(app).await?;
         let value = token.value.clone();
         *slot.current.write().expect("token lock") = Some(token);
         Ok(value)
+    }
+
+    /// Fetches a new access token for `app` whatever the cache holds (and caches it): whether
+    /// DingTalk takes the app's credentials now, and its clock.
+    pub async fn check_token(&self, app: &App) -> Result<Dated<()>, DingTalkError> {
+        let slot = self.slot(&app.key);
+        let _refreshing = slot.refresh.lock().await;
+        let (token, date_ms) = self.fetch_token(app).await?;
+        *slot.current.write().expect("token lock") = Some(token);
+        Ok(Dated {
+            answer: (),
+            date_ms,
+        })
     }
 
     fn fresh(&self, slot: &TokenSlot) -> Option<String> {
@@ -352,7 +373,7 @@ impl DingTalk {
         }
     }
 
-    async fn fetch_token(&self, app: &App) -> Result<Token, DingTalkError> {
+    async fn fetch_token(&self, app: &App) -> Result<(Token, Option<i64>), DingTalkError> {
         let req = self
             .http
             .post(self.api("/v1.0/oauth2/accessToken"))
@@ -366,10 +387,13 @@ impl DingTalk {
         let token = body["accessToken"].as_str().filter(|t| !t.is_empty());
         let expires_in = body["expireIn"].as_i64().filter(|e| *e > 0);
         match (token, expires_in) {
-            (Some(t), Some(e)) => Ok(Token {
-                value: t.to_owned(),
-                expires_at_ms: self.clock.now_ms() + e * 1000,
-            }),
+            (Some(t), Some(e)) => Ok((
+                Token {
+                    value: t.to_owned(),
+                    expires_at_ms: self.clock.now_ms() + e * 1000,
+                },
+                date_ms(&headers),
+            )),
             _ => Err(DingTalkError::bad_answer(
                 Api::Token,
                 status,
@@ -445,7 +469,10 @@ impl DingTalk {
             let mut url = Url::parse(&self.oapi(path)).expect("base URL was validated");
             url.query_pairs_mut().append_pair("access_token", &token);
             let (status, headers, v) = self.exchange(api, self.http.post(url).json(body)).await?;
-            let errcode = v["errcode"].as_i64();
+            let errmsg = v["errmsg"].as_str().unwrap_or("");
+            let errcode = v["errcode"]
+                .as_i64()
+                .map(|c| error::effective_code(c, v["sub_code"].as_str(), errmsg));
             if error::is_invalid_token(errcode, v["sub_code"].as_str(), status, None) && !retried {
                 self.invalidate(app, &token);
                 retried = true;
@@ -458,7 +485,7 @@ impl DingTalk {
                 Some(0) => Ok(v),
                 Some(code) => Err(self
                     .refused(with_request_id(
-                        error::classify_oapi(api, code, v["errmsg"].as_str().unwrap_or(""), ctx),
+                        error::classify_oapi(api, code, errmsg, ctx),
                         &v,
                     ))
                     .await),
@@ -797,6 +824,58 @@ impl DingTalk {
         msg: &Message,
         at: &At,
     ) -> Result<(), DingTalkError> {
+        self.send_webhook_dated(robot, msg, at).await.answer
+    }
+
+    /// [`Self::send_webhook`], with DingTalk's clock when it answered (a signed call is
+    /// refused when its timestamp is an hour off DingTalk's).
+    pub async fn send_webhook_dated(
+        &self,
+        robot: &Robot,
+        msg: &Message,
+        at: &At,
+    ) -> Dated<Result<(), DingTalkError>> {
+        let (status, headers, v) = match self.post_webhook(robot, msg, at).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                return Dated {
+                    answer: Err(e),
+                    date_ms: None,
+                }
+            }
+        };
+        let date_ms = date_ms(&headers);
+        if status != 200 {
+            let answer = Err(api_error(Api::Webhook, status, &headers, &v));
+            return Dated { answer, date_ms };
+        }
+        let ctx = Context {
+            robot: Some((&robot.name, &robot.token_field, &robot.sign_field)),
+            mobile: None,
+        };
+        let answer = match v["errcode"].as_i64() {
+            Some(0) => Ok(()),
+            Some(code) => Err(error::classify_oapi(
+                Api::Webhook,
+                code,
+                v["errmsg"].as_str().unwrap_or(""),
+                ctx,
+            )),
+            None => Err(DingTalkError::bad_answer(
+                Api::Webhook,
+                status,
+                "no errcode in the answer",
+            )),
+        };
+        Dated { answer, date_ms }
+    }
+
+    async fn post_webhook(
+        &self,
+        robot: &Robot,
+        msg: &Message,
+        at: &At,
+    ) -> Result<(u16, HeaderMap, Value), DingTalkError> {
         let body = msg.to_webhook(at).map_err(|e| {
             DingTalkError::new(
                 Api::Webhook,
@@ -836,28 +915,7 @@ impl DingTalk {
             .post(url)
             .header("content-type", "application/json")
             .body(bytes);
-        let (status, headers, v) = self.exchange(Api::Webhook, req).await?;
-        if status != 200 {
-            return Err(api_error(Api::Webhook, status, &headers, &v));
-        }
-        let ctx = Context {
-            robot: Some((&robot.name, &robot.token_field, &robot.sign_field)),
-            mobile: None,
-        };
-        match v["errcode"].as_i64() {
-            Some(0) => Ok(()),
-            Some(code) => Err(error::classify_oapi(
-                Api::Webhook,
-                code,
-                v["errmsg"].as_str().unwrap_or(""),
-                ctx,
-            )),
-            None => Err(DingTalkError::bad_answer(
-                Api::Webhook,
-                status,
-                "no errcode in the answer",
-            )),
-        }
+        self.exchange(Api::Webhook, req).await
     }
 }
 
@@ -982,14 +1040,37 @@ fn api_error(api: Api, status: u16, headers: &HeaderMap, v: &Value) -> DingTalkE
         .and_then(|h| h.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(3600)));
+    let message = v["message"].as_str().unwrap_or("");
+    // A 403 for a missing permission names it in `accessdenieddetail.requiredScopes`.
+    let mut scopes: Vec<String> = v["accessdenieddetail"]["requiredScopes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if scopes.is_empty() {
+        scopes = error::named_scopes(message);
+    }
     let e = error::classify_api(
         api,
         status,
         v["code"].as_str().unwrap_or(""),
-        v["message"].as_str().unwrap_or(""),
+        message,
         retry_after,
-    );
+    )
+    .lacking(&scopes);
     with_request_id(e, v)
+}
+
+/// DingTalk's clock when it answered: the `Date` header (RFC 9110), in ms.
+fn date_ms(headers: &HeaderMap) -> Option<i64> {
+    let text = headers.get(DATE)?.to_str().ok()?;
+    let ts = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(text)
+        .ok()?;
+    Some(ts.as_millisecond())
 }
 
 fn with_request_id(mut e: DingTalkError, v: &Value) -> DingTalkError {
@@ -1089,6 +1170,17 @@ mod tests {
             ],
             "only who it reached, read at when it was seen"
         );
+    }
+
+    #[test]
+    fn dingtalks_clock_is_read_from_the_date_header() {
+        use reqwest::header::{HeaderMap, DATE};
+        let mut h = HeaderMap::new();
+        assert_eq!(super::date_ms(&h), None);
+        h.insert(DATE, "Tue, 14 Nov 2023 22:13:20 GMT".parse().unwrap());
+        assert_eq!(super::date_ms(&h), Some(1_700_000_000_000));
+        h.insert(DATE, "yesterday".parse().unwrap());
+        assert_eq!(super::date_ms(&h), None);
     }
 
     #[test]

@@ -91,6 +91,43 @@ pub enum Kind {
     Other,
 }
 
+/// A group robot's security setting that refused a call ([`DingTalkError::robot_security`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RobotSecurity {
+    /// "keywords not in content": the text holds none of its custom keywords.
+    Keyword,
+    /// "sign not match": the signature is not the robot's secret's (or there is none).
+    Signature,
+    /// "invalid timestamp": the signed timestamp is over an hour off DingTalk's clock.
+    Timestamp,
+    /// "ip … not in whitelist": the caller's address (as DingTalk names it) is outside its ranges.
+    Ip(Option<String>),
+    /// Another 310000 message.
+    Other,
+}
+
+impl RobotSecurity {
+    fn read(errmsg: &str) -> Self {
+        if errmsg.contains("keywords not in content") {
+            Self::Keyword
+        } else if errmsg.contains("invalid timestamp") {
+            Self::Timestamp
+        } else if errmsg.contains("sign not match") {
+            Self::Signature
+        } else if errmsg.contains("not in whitelist") {
+            // "ip 203.0.113.9 not in whitelist"
+            let ip = errmsg
+                .split_whitespace()
+                .skip_while(|w| *w != "ip")
+                .nth(1)
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+            Self::Ip(ip.map(str::to_owned))
+        } else {
+            Self::Other
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DingTalkError {
     pub api: Api,
@@ -143,6 +180,13 @@ impl DingTalkError {
         self.api == Api::Webhook && self.kind == Kind::RobotRefused
     }
 
+    /// Which of a group robot's security settings refused a webhook call (310000), as
+    /// DingTalk's errmsg says (its custom-robot guide lists the messages; docs/dingtalk.md).
+    pub fn robot_security(&self) -> Option<RobotSecurity> {
+        (self.api == Api::Webhook && self.code == "310000")
+            .then(|| RobotSecurity::read(&self.message))
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self.class {
             Class::Retryable { after } => after,
@@ -189,6 +233,18 @@ impl DingTalkError {
             source = s.source();
         }
         Self::new(api, (RETRY, Kind::Transport), code, detail, what)
+    }
+
+    /// A missing permission as DingTalk names it, in place of the one the call is assumed to
+    /// need (DingTalk knows; our table may be out of date).
+    pub(crate) fn lacking(mut self, scopes: &[String]) -> Self {
+        if self.kind == Kind::NoPermission && !scopes.is_empty() {
+            self.explanation = format!(
+                "the DingTalk app lacks the permission {} (as DingTalk names it): grant it in the DingTalk developer console (权限管理), then have an admin authorise the app again if DingTalk asks",
+                scopes.join(", ")
+            );
+        }
+        self
     }
 
     pub(crate) fn bad_answer(api: Api, status: u16, why: &str) -> Self {
@@ -337,8 +393,13 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         60011 if matches!(api, Api::WorkNotice | Api::WorkNoticeResult | Api::WorkNoticeRecall) => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission for work notifications (qyapi_base), or ding_agent_id is not this app's AgentId: grant it in the DingTalk developer console, or fix ding_agent_id in the send_dingtalk channel's comp_conf".to_owned()),
         60011 => (PERMANENT, Kind::NoPermission, format!("the DingTalk app lacks the permission {}: grant it in the DingTalk developer console", permission(api))),
         60003 => (PERMANENT, Kind::Other, "the department is not in the organisation (deleted while the directory was read?); run the sync again".to_owned()),
-        60020 => (PERMANENT, Kind::IpNotWhitelisted, "this server's IP is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP".to_owned()),
-        310000 => (PERMANENT, Kind::RobotRefused, format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings")),
+        60020 => (PERMANENT, Kind::IpNotWhitelisted, format!("this server's IP{} is not in the DingTalk app's IP whitelist: add it in the developer console, or set DINGTALK_PROXY to egress from a whitelisted IP", request_ip(errmsg).map_or_else(String::new, |ip| format!(" {ip} (as DingTalk saw it)")))),
+        310000 => (PERMANENT, Kind::RobotRefused, match RobotSecurity::read(errmsg) {
+            RobotSecurity::Keyword => format!("the group robot{robot} is secured by keywords and the message holds none of them: store one of its keywords in the robot user's keyword field (send_dingbot's keyword_field)"),
+            RobotSecurity::Timestamp => "DingTalk refused the signature's timestamp: this server's clock is over an hour off DingTalk's; set it right (NTP)".to_owned(),
+            RobotSecurity::Ip(ip) => format!("the group robot{robot} is secured by IP ranges and this server's address{} is not in them: add it to the robot's security settings, or send through DINGTALK_PROXY", ip.map_or_else(String::new, |ip| format!(" {ip}"))),
+            RobotSecurity::Signature | RobotSecurity::Other => format!("robot security check failed (signature, keyword or IP — DingTalk's message says which): check the SEC secret stored in field {sign_field}{robot} and the robot's security settings"),
+        }),
         300001 | 300005 | 400101 => (PERMANENT, Kind::RobotRefused, format!("the robot's access_token is not valid: check field {token_field}{robot} (the access_token= value of the webhook URL)")),
         400102 => (PERMANENT, Kind::RobotRefused, format!("the group robot{robot} is disabled: re-enable it in the group's robot settings")),
         400105 => (PERMANENT, Kind::MessageRefused, "DingTalk does not support this message type for custom robots".to_owned()),
@@ -353,6 +414,53 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         _ => (PERMANENT, Kind::Other, format!("DingTalk refused the {} call", api.name())),
     };
     DingTalkError::new(api, (class, kind), errcode.to_string(), errmsg, explanation)
+        .lacking(&named_scopes(errmsg))
+}
+
+/// The permissions a refusal names, in order: the first bracketed list of permission names
+/// ("应用尚未开通所需的权限：[qyapi_get_member_by_mobile]…{requiredScopes=[…]}").
+pub(crate) fn named_scopes(text: &str) -> Vec<String> {
+    let scope_like = |s: &&str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    };
+    text.split('[')
+        .skip(1)
+        .filter_map(|after| after.split_once(']').map(|(list, _)| list))
+        .map(|list| list.split(',').map(str::trim).collect::<Vec<_>>())
+        .find(|items| items.iter().all(scope_like))
+        .map(|items| items.into_iter().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The code an oapi answer means. topapi wraps many refusals in errcode 88 with the real code
+/// as `sub_code` (and in the errmsg, "ding talk error[subcode=60011,submsg=…]"): that is the
+/// one classified, so a missing permission is not taken for an expired token.
+pub fn effective_code(errcode: i64, sub_code: Option<&str>, errmsg: &str) -> i64 {
+    if errcode != 88 {
+        return errcode;
+    }
+    let in_msg = || {
+        let (_, rest) = errmsg.split_once("subcode=")?;
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        Some(&rest[..end])
+    };
+    sub_code
+        .or_else(in_msg)
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(errcode)
+}
+
+/// The caller's IP a 60020 names ("…,request ip=203.0.113.9 appKey(…)").
+fn request_ip(errmsg: &str) -> Option<&str> {
+    let (_, rest) = errmsg.split_once("request ip=")?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|ip| !ip.is_empty())
 }
 
 /// The permission an oapi call needs, as the developer console names it.
@@ -552,6 +660,41 @@ mod tests {
     }
 
     #[test]
+    fn a_robot_security_refusal_says_which_setting() {
+        let refusal = |msg| classify_oapi(Api::Webhook, 310000, msg, Context::default());
+        let cases = [
+            ("keywords not in content", RobotSecurity::Keyword),
+            ("sign not match", RobotSecurity::Signature),
+            ("invalid timestamp", RobotSecurity::Timestamp),
+            (
+                "ip 203.0.113.9 not in whitelist",
+                RobotSecurity::Ip(Some("203.0.113.9".into())),
+            ),
+            ("ip X.X.X.X not in whitelist", RobotSecurity::Ip(None)),
+            ("something new", RobotSecurity::Other),
+        ];
+        for (msg, security) in cases {
+            assert_eq!(refusal(msg).robot_security(), Some(security), "{msg}");
+        }
+        assert!(refusal("invalid timestamp")
+            .explanation
+            .contains("clock is over an hour off"));
+        assert!(refusal("keywords not in content")
+            .explanation
+            .contains("keyword_field"));
+        assert!(refusal("ip 203.0.113.9 not in whitelist")
+            .explanation
+            .contains("address 203.0.113.9 is not in them"));
+        let other = classify_oapi(
+            Api::Webhook,
+            300001,
+            "token is not exist",
+            Context::default(),
+        );
+        assert_eq!(other.robot_security(), None);
+    }
+
+    #[test]
     fn explanations_name_what_to_fix() {
         let ctx = Context {
             robot: Some(("ops-robot", "qq", "wx_userid")),
@@ -573,6 +716,49 @@ mod tests {
         assert!(e.to_string().contains("qyapi_get_department_list"), "{e}");
         let e = classify_oapi(Api::GetByMobile, 60011, "no permission", ctx);
         assert!(e.to_string().contains("qyapi_get_member_by_mobile"), "{e}");
+        let e = classify_oapi(
+            Api::GetByMobile,
+            60011,
+            "应用尚未开通所需的权限：[qyapi_get_member_by_mobile]，请参考文档",
+            ctx,
+        );
+        assert!(
+            e.explanation
+                .starts_with("the DingTalk app lacks the permission qyapi_get_member_by_mobile (as DingTalk names it)"),
+            "{e}"
+        );
+        let e = classify_oapi(
+            Api::WorkNotice,
+            60011,
+            "应用尚未开通所需的权限：[a.b, c_d]",
+            ctx,
+        );
+        assert!(e.explanation.contains("permission a.b, c_d "), "{e}");
+        let e = classify_oapi(
+            Api::GetByMobile,
+            60020,
+            "访问ip不在白名单之中，请参考FAQ：https://open.dingtalk.com/document/org-faq/app-faq,request ip=203.0.113.9 appKey(dingkey)",
+            ctx,
+        );
+        assert!(
+            e.explanation
+                .starts_with("this server's IP 203.0.113.9 (as DingTalk saw it) is not in"),
+            "{e}"
+        );
+        let e = classify_oapi(Api::GetByMobile, 60020, "访问ip不在白名单之中", ctx);
+        assert!(
+            e.explanation.starts_with("this server's IP is not in"),
+            "{e}"
+        );
+        let real = "ding talk error[subcode=60011,submsg=应用尚未开通所需的权限：[qyapi_get_member_by_mobile]，点击链接申请并开通即可：https://open-dev.dingtalk.com/appscope/apply?content=dingkey%23qyapi_get_member_by_mobile, {requiredScopes=[qyapi_get_member_by_mobile]}]";
+        assert_eq!(named_scopes(real), ["qyapi_get_member_by_mobile"]);
+        assert_eq!(effective_code(88, None, real), 60011);
+        assert_eq!(effective_code(88, Some("60020"), ""), 60020);
+        assert_eq!(effective_code(88, Some("40014"), ""), 40014);
+        assert_eq!(effective_code(88, None, "系统繁忙"), 88);
+        assert_eq!(effective_code(60121, Some("1"), ""), 60121);
+        assert_eq!(named_scopes("no list [here"), Vec::<String>::new());
+        assert_eq!(named_scopes("[not a scope!]"), Vec::<String>::new());
         assert!(is_invalid_token(Some(88), Some("40014"), 200, None));
         assert!(!is_invalid_token(Some(88), Some("60011"), 200, None));
         assert!(is_invalid_token(None, None, 401, None));

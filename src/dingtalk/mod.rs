@@ -11,7 +11,7 @@ pub mod message;
 pub mod sign;
 
 pub use client::{
-    App, ClientConfig, Department, DingTalk, Member, MemberPage, MobileLookup, ReadInfo,
+    App, ClientConfig, Dated, Department, DingTalk, Member, MemberPage, MobileLookup, ReadInfo,
     RecallAnswer, Robot, UserOutcome,
 };
 pub use error::{Class, DingTalkError};

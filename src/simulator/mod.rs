@@ -38,6 +38,27 @@ pub struct SimConfig {
     pub token_ttl_s: i64,
     /// Work notifications one person takes from one app a day (DingTalk: 500), then 143105.
     pub notice_daily_cap: usize,
+    /// The organisation's security settings and clock, which refuse calls as DingTalk does.
+    pub security: SimSecurity,
+}
+
+/// What DingTalk refuses beyond credentials: an app's IP whitelist and missing permissions,
+/// IP-secured robots, and its clock (what signed timestamps are checked against). A robot's
+/// signature (`secret`) and keyword are its own fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimSecurity {
+    /// How far DingTalk's clock is ahead of the simulator's (negative: behind): the `Date` of
+    /// its answers, and what a signed webhook call's timestamp must be within an hour of.
+    pub clock_offset_ms: i64,
+    /// The apps' server IP whitelist (服务器出口IP): when set, the oapi calls of an app from
+    /// another address are refused with 60020, naming the address.
+    pub app_ips: Vec<String>,
+    /// Permissions the apps were not granted (e.g. `qyapi_robot_sendmsg`): a call that needs
+    /// one is refused naming it (see `routes::scope_of`).
+    pub app_lacks: Vec<String>,
+    /// IP-secured robots, by name: the addresses their webhook takes calls from (others: 310000).
+    pub robot_ips: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +120,7 @@ impl Default for SimConfig {
             throttle_penalty_ms: 600_000,
             token_ttl_s: 7200,
             notice_daily_cap: 500,
+            security: SimSecurity::default(),
         }
     }
 }

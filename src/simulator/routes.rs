@@ -13,6 +13,12 @@ type Query = web::Query<HashMap<String, String>>;
 
 const MAX_ROBOT_BODY: usize = 20_000;
 
+/// How the robot API refuses a robotCode that is not the calling app's robot (docs/dingtalk.md).
+const ROBOT_CODE_REFUSED: (&str, &str) = (
+    "invalidParameter.robotCode.auth",
+    "该应用的appkey和机器人的robotCode不匹配，请使用机器人所属应用的appkey",
+);
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(4 << 20))
         .route("/gettoken", web::get().to(gettoken))
@@ -65,6 +71,41 @@ fn unauthorized() -> HttpResponse {
     api_error(401, "InvalidAuthentication", "不合法的access_token")
 }
 
+/// The permission a call needs, as the developer console names it.
+fn scope_of(api: &str) -> Option<&'static str> {
+    Some(match api {
+        "getbymobile" => "qyapi_get_member_by_mobile",
+        "department_listsub" => "qyapi_get_department_list",
+        "user_list" => "qyapi_get_department_member",
+        "batch_send" | "read_status" | "batch_recall" => "qyapi_robot_sendmsg",
+        "asyncsend_v2" | "getsendresult" | "work_notice_recall" => "qyapi_base",
+        _ => return None,
+    })
+}
+
+/// `res` dated by DingTalk's clock (actix would stamp the host's): what a client compares
+/// its own clock with.
+pub(super) fn dated(mut res: HttpResponse, dingtalk_ms: i64) -> HttpResponse {
+    let text = jiff::Timestamp::from_millisecond(dingtalk_ms)
+        .ok()
+        .and_then(|ts| {
+            jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&ts)
+                .ok()
+        });
+    if let Some(value) = text.and_then(|t| actix_web::http::header::HeaderValue::from_str(&t).ok())
+    {
+        res.headers_mut()
+            .insert(actix_web::http::header::DATE, value);
+    }
+    res
+}
+
+pub(super) fn peer_ip(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map_or_else(String::new, |a| a.ip().to_string())
+}
+
 impl Inner {
     pub(super) fn next_random(&mut self) -> f64 {
         // xorshift64: deterministic, good enough to pick which requests fail.
@@ -111,14 +152,65 @@ impl Inner {
         c.users.iter().any(|u| u.userid == userid) || c.members.iter().any(|m| m.userid == userid)
     }
 
-    /// DingTalk's answer 88 unless `q` carries a live token.
-    fn bad_token(&mut self, api: &str, q: &Query, now: i64) -> Option<HttpResponse> {
-        self.token_app(q.get("access_token").map_or("", String::as_str), now)
-            .is_none()
-            .then(|| {
-                self.refuse(api, 88);
-                HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"}))
-            })
+    /// DingTalk's refusal of an oapi call: 88 unless `q` carries a live token, then the app's
+    /// security settings ([`Inner::oapi_refusal`]).
+    fn bad_token(
+        &mut self,
+        api: &str,
+        q: &Query,
+        req: &HttpRequest,
+        now: i64,
+    ) -> Option<HttpResponse> {
+        let Some(app) = self.token_app(q.get("access_token").map_or("", String::as_str), now)
+        else {
+            self.refuse(api, 88);
+            return Some(HttpResponse::Ok().json(json!({"errcode": 88, "sub_code": "40014", "errmsg": "不合法的access_token", "sub_msg": "不合法的access_token"})));
+        };
+        self.oapi_refusal(api, &app, &peer_ip(req))
+    }
+
+    /// DingTalk's clock at the simulator's `now`.
+    pub(super) fn dingtalk_now(&self, now: i64) -> i64 {
+        now + self.config.security.clock_offset_ms
+    }
+
+    /// How DingTalk refuses an oapi call of `app` from `peer` for the app's security settings:
+    /// not from a whitelisted IP (60020, naming it), or lacking the call's permission (88 with
+    /// sub_code 60011, naming it, as topapi answers).
+    pub(super) fn oapi_refusal(
+        &mut self,
+        api: &str,
+        app: &str,
+        peer: &str,
+    ) -> Option<HttpResponse> {
+        let ips = &self.config.security.app_ips;
+        if !ips.is_empty() && !ips.iter().any(|ip| ip == peer) {
+            self.refuse(api, 60020);
+            return Some(oapi(60020, &format!("访问ip不在白名单之中，请参考FAQ：https://open.dingtalk.com/document/org-faq/app-faq,request ip={peer} appKey({app})")));
+        }
+        let scope = self.lacked(api)?;
+        self.refuse(api, 60011);
+        let sub_msg = format!("应用尚未开通所需的权限：[{scope}]，点击链接申请并开通即可：https://open-dev.dingtalk.com/appscope/apply?content={app}%23{scope}");
+        Some(HttpResponse::Ok().json(json!({
+            "errcode": 88, "sub_code": "60011", "sub_msg": sub_msg,
+            "errmsg": format!("ding talk error[subcode=60011,submsg={sub_msg}, {{requiredScopes=[{scope}]}}]"),
+        })))
+    }
+
+    /// How DingTalk refuses a new-API call lacking its permission: 403, naming it.
+    fn api_refusal(&mut self, api: &str) -> Option<HttpResponse> {
+        let scope = self.lacked(api)?;
+        self.refuse(api, 403);
+        Some(HttpResponse::Forbidden().json(json!({
+            "code": "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+            "message": "没有调用该接口的权限，接口权限申请参考：https://open.dingtalk.com/document/orgapp-server/add-api-permission",
+            "requestid": "sim",
+            "accessdenieddetail": {"requiredScopes": [scope]},
+        })))
+    }
+
+    fn lacked(&self, api: &str) -> Option<&'static str> {
+        scope_of(api).filter(|scope| self.config.security.app_lacks.iter().any(|l| l == scope))
     }
 
     fn department_exists(&self, dept_id: i64) -> bool {
@@ -263,7 +355,13 @@ fn impolite_answer(answer: Impolite, status: Option<u16>, oapi_style: bool) -> H
 }
 
 async fn gettoken(state: State, q: Query) -> HttpResponse {
-    if let Some(r) = fault(&state, "token", true).await {
+    let res = gettoken_answer(&state, q).await;
+    let now = state.lock().dingtalk_now(state.clock.now_ms());
+    dated(res, now)
+}
+
+async fn gettoken_answer(state: &SimState, q: Query) -> HttpResponse {
+    if let Some(r) = fault(state, "token", true).await {
         return r;
     }
     let now = state.clock.now_ms();
@@ -284,7 +382,13 @@ async fn gettoken(state: State, q: Query) -> HttpResponse {
 }
 
 async fn oauth2_token(state: State, body: web::Bytes) -> HttpResponse {
-    if let Some(r) = fault(&state, "token", false).await {
+    let res = oauth2_token_answer(&state, body).await;
+    let now = state.lock().dingtalk_now(state.clock.now_ms());
+    dated(res, now)
+}
+
+async fn oauth2_token_answer(state: &SimState, body: web::Bytes) -> HttpResponse {
+    if let Some(r) = fault(state, "token", false).await {
         return r;
     }
     let now = state.clock.now_ms();
@@ -309,13 +413,13 @@ async fn oauth2_token(state: State, body: web::Bytes) -> HttpResponse {
     HttpResponse::Ok().json(json!({"accessToken": token, "expireIn": ttl}))
 }
 
-async fn getbymobile(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+async fn getbymobile(state: State, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
     if let Some(r) = fault(&state, "getbymobile", true).await {
         return r;
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    if let Some(r) = g.bad_token("getbymobile", &q, now) {
+    if let Some(r) = g.bad_token("getbymobile", &q, &req, now) {
         return r;
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -347,14 +451,14 @@ fn dept_id(g: &mut Inner, api: &str, body: &[u8]) -> Result<(i64, Value), (i64, 
 }
 
 /// One level of departments, whole.
-async fn listsub(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+async fn listsub(state: State, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
     const API: &str = "department_listsub";
     if let Some(r) = fault(&state, API, true).await {
         return r;
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    if let Some(r) = g.bad_token(API, &q, now) {
+    if let Some(r) = g.bad_token(API, &q, &req, now) {
         return r;
     }
     let (parent, _) = match dept_id(&mut g, API, &body) {
@@ -374,14 +478,14 @@ async fn listsub(state: State, q: Query, body: web::Bytes) -> HttpResponse {
 }
 
 /// A department's own members, paged by cursor (an offset) and size (1 to 100).
-async fn user_list(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+async fn user_list(state: State, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
     const API: &str = "user_list";
     if let Some(r) = fault(&state, API, true).await {
         return r;
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    if let Some(r) = g.bad_token(API, &q, now) {
+    if let Some(r) = g.bad_token(API, &q, &req, now) {
         return r;
     }
     let (dept, v) = match dept_id(&mut g, API, &body) {
@@ -460,6 +564,9 @@ async fn batch_send(state: State, req: HttpRequest, body: web::Bytes) -> HttpRes
     let Some(app_key) = g.api_token("batch_send", &req, now) else {
         return unauthorized();
     };
+    if let Some(r) = g.api_refusal("batch_send") {
+        return r;
+    }
     let bad = |g: &mut Inner, code: &str, msg: &str| {
         g.refuse("batch_send", code);
         api_error(400, code, msg)
@@ -474,11 +581,7 @@ async fn batch_send(state: State, req: HttpRequest, body: web::Bytes) -> HttpRes
         .find(|a| a.key == app_key)
         .map(|a| a.robot_code.clone());
     if v.get("robotCode").and_then(Value::as_str) != robot_code.as_deref() {
-        return bad(
-            &mut g,
-            "InvalidParameter.robotCode",
-            "robotCode is not this app's robot",
-        );
+        return bad(&mut g, ROBOT_CODE_REFUSED.0, ROBOT_CODE_REFUSED.1);
     }
     let ids: Option<Vec<String>> = v
         .get("userIds")
@@ -630,8 +733,17 @@ fn robot_texts(v: &Value) -> Vec<&str> {
     texts.into_iter().filter_map(Value::as_str).collect()
 }
 
-async fn robot_send(state: State, q: Query, body: web::Bytes) -> HttpResponse {
-    if let Some(r) = fault(&state, "robot_send", true).await {
+async fn robot_send(state: State, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+    let res = robot_answer(&state, &req, &q, &body).await;
+    let now = state.lock().dingtalk_now(state.clock.now_ms());
+    dated(res, now)
+}
+
+/// A custom robot's webhook: the robot's security settings (signature with a timestamp within
+/// an hour of DingTalk's clock, IP ranges, keyword) in the words DingTalk's custom-robot guide
+/// lists, then the body and the throttle.
+async fn robot_answer(state: &SimState, req: &HttpRequest, q: &Query, body: &[u8]) -> HttpResponse {
+    if let Some(r) = fault(state, "robot_send", true).await {
         return r;
     }
     let now = state.clock.now_ms();
@@ -646,23 +758,24 @@ async fn robot_send(state: State, q: Query, body: web::Bytes) -> HttpResponse {
     };
     if let Some(secret) = &robot.secret {
         let Some(ts) = q.get("timestamp").and_then(|t| t.parse::<i64>().ok()) else {
-            return refuse(&mut g, 310000, "sign not match, timestamp is missing");
+            return refuse(&mut g, 310000, "sign not match");
         };
-        if (now - ts).abs() > 3_600_000 {
-            return refuse(
-                &mut g,
-                310000,
-                "sign not match, timestamp is more than 1 hour from now",
-            );
+        if (g.dingtalk_now(now) - ts).abs() > 3_600_000 {
+            return refuse(&mut g, 310000, "invalid timestamp");
         }
         if q.get("sign").map(String::as_str) != Some(sign::signature(secret, ts).as_str()) {
             return refuse(&mut g, 310000, "sign not match");
         }
     }
+    let peer = peer_ip(req);
+    let ips = g.config.security.robot_ips.get(&robot.name);
+    if ips.is_some_and(|ips| !ips.contains(&peer)) {
+        return refuse(&mut g, 310000, &format!("ip {peer} not in whitelist"));
+    }
     if body.len() > MAX_ROBOT_BODY {
         return refuse(&mut g, 460101, "message too long, exceed 20000 bytes");
     }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return refuse(&mut g, 400013, "invalid json body");
     };
     if let Err((code, msg)) = check_robot_body(&v) {
@@ -710,13 +823,12 @@ async fn read_status(state: State, req: HttpRequest, q: Query) -> HttpResponse {
     let Some(app_key) = g.api_token("read_status", &req, now) else {
         return unauthorized();
     };
+    if let Some(r) = g.api_refusal("read_status") {
+        return r;
+    }
     if !g.is_robot_of(&app_key, q.get("robotCode").map(String::as_str)) {
-        g.refuse("read_status", "InvalidParameter.robotCode");
-        return api_error(
-            400,
-            "InvalidParameter.robotCode",
-            "robotCode is not this app's robot",
-        );
+        g.refuse("read_status", ROBOT_CODE_REFUSED.0);
+        return api_error(400, ROBOT_CODE_REFUSED.0, ROBOT_CODE_REFUSED.1);
     }
     let key = q.get("processQueryKey").map_or("", String::as_str);
     let Some(send) = g
@@ -752,14 +864,13 @@ async fn batch_recall(state: State, req: HttpRequest, body: web::Bytes) -> HttpR
     let Some(app_key) = g.api_token("batch_recall", &req, now) else {
         return unauthorized();
     };
+    if let Some(r) = g.api_refusal("batch_recall") {
+        return r;
+    }
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     if !g.is_robot_of(&app_key, v["robotCode"].as_str()) {
-        g.refuse("batch_recall", "InvalidParameter.robotCode");
-        return api_error(
-            400,
-            "InvalidParameter.robotCode",
-            "robotCode is not this app's robot",
-        );
+        g.refuse("batch_recall", ROBOT_CODE_REFUSED.0);
+        return api_error(400, ROBOT_CODE_REFUSED.0, ROBOT_CODE_REFUSED.1);
     }
     let keys: Option<Vec<String>> = v["processQueryKeys"]
         .as_array()

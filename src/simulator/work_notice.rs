@@ -6,9 +6,9 @@
 //! opens their notifications (`POST /_sim/read`) moves to the read list; `recall` takes a
 //! task's message back from everyone it reached, within the same 24 hours.
 
-use super::routes::{fault, oapi};
+use super::routes::{fault, oapi, peer_ip};
 use super::SimState;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 
@@ -111,11 +111,14 @@ fn msg_fields(msgtype: &str) -> Option<&'static [&'static str]> {
 fn caller(
     g: &mut super::Inner,
     api: &str,
-    q: &Query,
+    (q, req): (&Query, &HttpRequest),
     body: &[u8],
     now: i64,
 ) -> Result<(String, String, Value), Box<HttpResponse>> {
     let app = app_of(g, api, q, now).ok_or_else(|| Box::new(invalid_token()))?;
+    if let Some(refused) = g.oapi_refusal(api, &app, &peer_ip(req)) {
+        return Err(Box::new(refused));
+    }
     let v: Value = serde_json::from_slice(body).unwrap_or_default();
     let Some(agent_id) = agent_of(g, &app, &v) else {
         g.refuse(api, 60011);
@@ -127,14 +130,19 @@ fn caller(
     Ok((app, agent_id, v))
 }
 
-pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+pub(super) async fn asyncsend_v2(
+    state: State,
+    req: HttpRequest,
+    q: Query,
+    body: web::Bytes,
+) -> HttpResponse {
     const API: &str = "asyncsend_v2";
     if let Some(r) = fault(&state, API, true).await {
         return r;
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
+    let (app, agent_id, v) = match caller(&mut g, API, (&q, &req), &body, now) {
         Ok(c) => c,
         Err(refused) => return *refused,
     };
@@ -208,14 +216,19 @@ pub(super) async fn asyncsend_v2(state: State, q: Query, body: web::Bytes) -> Ht
         .json(json!({"errcode": 0, "errmsg": "ok", "task_id": task_id, "request_id": request_id}))
 }
 
-pub(super) async fn getsendresult(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+pub(super) async fn getsendresult(
+    state: State,
+    req: HttpRequest,
+    q: Query,
+    body: web::Bytes,
+) -> HttpResponse {
     const API: &str = "getsendresult";
     if let Some(r) = fault(&state, API, true).await {
         return r;
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
+    let (app, agent_id, v) = match caller(&mut g, API, (&q, &req), &body, now) {
         Ok(c) => c,
         Err(refused) => return *refused,
     };
@@ -252,14 +265,19 @@ pub(super) async fn getsendresult(state: State, q: Query, body: web::Bytes) -> H
     }))
 }
 
-pub(super) async fn recall(state: State, q: Query, body: web::Bytes) -> HttpResponse {
+pub(super) async fn recall(
+    state: State,
+    req: HttpRequest,
+    q: Query,
+    body: web::Bytes,
+) -> HttpResponse {
     const API: &str = "work_notice_recall";
     if let Some(r) = fault(&state, API, true).await {
         return r;
     }
     let now = state.clock.now_ms();
     let mut g = state.lock();
-    let (app, agent_id, v) = match caller(&mut g, API, &q, &body, now) {
+    let (app, agent_id, v) = match caller(&mut g, API, (&q, &req), &body, now) {
         Ok(c) => c,
         Err(refused) => return *refused,
     };

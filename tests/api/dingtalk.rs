@@ -354,7 +354,8 @@ async fn signing_and_token_problems_are_permanent_and_name_the_profile_field() {
         .await
         .unwrap_err();
     assert_eq!(e.code, "310000");
-    assert!(e.message.contains("more than 1 hour"), "{e}");
+    assert_eq!(e.message, "invalid timestamp", "DingTalk's words");
+    assert!(e.explanation.contains("clock is over an hour off"), "{e}");
     let e = f
         .client
         .send_webhook(

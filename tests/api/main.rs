@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod dingtalk;
 mod dingtalk_directory;
+mod doctor;
 mod envelope;
 mod esb_compat;
 mod gateway_jwt;

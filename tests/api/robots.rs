@@ -116,7 +116,11 @@ async fn a_keyword_robot_gets_its_keyword_in_every_message_digest_and_part() {
             json!({"receiver__username": "no-keyword", "content": "disk full"}),
         )
         .await;
-    assert_refused(&env, 1306201, "robot security check failed");
+    assert_refused(
+        &env,
+        1306201,
+        "robot of user no-keyword is secured by keywords and the message holds none of them",
+    );
     assert_eq!(app.sim.state.stats().refusals["robot_send:310000"], 1);
     // One send at a time, so what waits goes in digests.
     conf(&app, &["robot_limits=kw-robot:20/60/1"]);

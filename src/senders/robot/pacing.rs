@@ -152,15 +152,37 @@ fn grant(
     )
 }
 
-/// Silences a robot until `until` (DingTalk throttled it).
+/// Silences a robot until `until` (DingTalk throttled it `now`).
 pub fn pause(conn: &mut DbConn, robot: &str, now: i64, until: i64) -> Result<(), DbError> {
     write_tx(conn, |conn| {
         lock_state(conn, robot, now)?;
         diesel::update(st::table.find(robot))
-            .set(st::paused_until.eq(until))
+            .set((st::paused_until.eq(until), st::throttled_at.eq(now)))
             .execute(conn)?;
         Ok(())
     })
+}
+
+/// What DingTalk's throttling left on a robot: when it last throttled it and until when the
+/// pause runs (both `None` for a robot it never throttled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttling {
+    pub last_at: Option<i64>,
+    pub paused_until: Option<i64>,
+}
+
+pub fn throttling(conn: &mut DbConn, robot: &str) -> Result<Throttling, DbError> {
+    let row: Option<(i64, Option<i64>)> = st::table
+        .find(robot)
+        .select((st::paused_until, st::throttled_at))
+        .get_result(conn)
+        .optional()?;
+    Ok(
+        row.map_or_else(Throttling::default, |(paused_until, last_at)| Throttling {
+            last_at,
+            paused_until: Some(paused_until).filter(|p| *p > 0),
+        }),
+    )
 }
 
 /// The robot's state row, created if missing and locked for this transaction (PostgreSQL;

@@ -1,0 +1,1 @@
+ALTER TABLE robot_state DROP COLUMN throttled_at;
