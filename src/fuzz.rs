@@ -1,17 +1,19 @@
 //! What the fuzz targets share (tests only). Each target is a property test (proptest) named
 //! `fuzz_*` in the unit tests of the code it fuzzes, so it reaches private functions; all of
 //! them run with `cargo test --lib fuzz_`. Each runs the case count it gives [`config`] (the
-//! whole set well under a minute in debug), or `PROPTEST_CASES` when that is set: see
-//! docs/reliability.md, "Fuzzing". Nothing here names another module of the crate, so the
-//! layering check has nothing to say about it.
+//! whole set well under a minute in debug) from a fixed seed, or `PROPTEST_CASES` cases
+//! from `PROPTEST_RNG_SEED` when those are set: see docs/reliability.md, "Fuzzing". Nothing
+//! here names another module of the crate, so the layering check has nothing to say about it.
 
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, RngSeed};
 use serde_json::Value;
 
-/// `cases` per run unless `PROPTEST_CASES` says otherwise. A failure prints its shrunk input;
-/// no regression file is written into `src/` (the fix comes with a unit test instead).
+/// `cases` per run unless `PROPTEST_CASES` says otherwise, from a fixed seed unless
+/// `PROPTEST_RNG_SEED` gives another: a plain `cargo test` runs the same cases every time, and
+/// a longer run explores by naming a seed. A failure prints its shrunk input; no regression
+/// file is written into `src/` (the fix comes with a unit test instead).
 pub fn config(cases: u32) -> Config {
     let mut config = Config {
         failure_persistence: None,
@@ -20,8 +22,13 @@ pub fn config(cases: u32) -> Config {
     if std::env::var_os("PROPTEST_CASES").is_none() {
         config.cases = cases;
     }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(SEED);
+    }
     config
 }
+
+const SEED: u64 = 20_260_415;
 
 /// Characters that break naive code: UTF-8 of every width, NUL and other controls, the BOM,
 /// U+FFFD, bidi overrides, line ends, and what markdown, JSON, forms and CSV read specially.
