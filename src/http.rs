@@ -1,13 +1,15 @@
 //! The HTTP server's own routes and the per-request context (request id, tracing span);
-//! the sources ([`crate::sources`]) add theirs in [`crate::startup`].
+//! the sources ([`crate::sources`]) add theirs in [`crate::startup`], every path through
+//! [`serve`], so that a method a path does not take is answered 405 naming the ones it does.
 
 use crate::db::Db;
 use crate::outbox::Outbox;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, Handler, HttpMessage, HttpRequest, HttpResponse, Responder};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,9 +22,34 @@ pub struct RequestId(pub String);
 
 /// Health, readiness and metrics (the sources add their own routes).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+    serve(cfg, "/healthz", READ, healthz);
+    serve(cfg, "/readyz", READ, readyz);
+    serve(cfg, "/metrics", READ, metrics);
+}
+
+/// A read-only GET route: HEAD is answered as GET is, without the body (RFC 9110 §9.3.2).
+pub const READ: &[Method] = &[Method::GET, Method::HEAD];
+
+/// Serves `path` by `handler` for `methods`, and any other method with a 405 whose `Allow`
+/// names them: the one place routes are added, so the answer cannot drift from the routes.
+/// (actix-web's `App::route` guards the whole resource by its method, so a wrong method fell
+/// through to [`not_found`].)
+pub fn serve<F, Args>(
+    cfg: &mut web::ServiceConfig,
+    path: &str,
+    methods: &'static [Method],
+    handler: F,
+) where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let resource = methods.iter().fold(web::resource(path), |r, m| {
+        r.route(web::method(m.clone()).to(handler.clone()))
+    });
+    cfg.service(resource.default_service(web::to(move |req: HttpRequest| {
+        method_not_allowed(req, methods)
+    })));
 }
 
 /// Gives every request an id (the caller's `X-Request-Id` when it is sane), a tracing span
@@ -63,18 +90,34 @@ pub fn request_id(req: &HttpRequest) -> String {
         .map_or_else(String::new, |r| r.0.clone())
 }
 
-/// What no route serves (an unknown path, or a method the path does not take): the path and
-/// method named, escaped and cut short, as they go into the answer.
+/// A path no route serves: the path and method named, as they go into the answer.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    HttpResponse::NotFound().json(json!({
+        "status": "error",
+        "error": format!("path: nothing is served for {} {}; see the README for the routes and their methods", req.method(), shown_path(&req)),
+        "request_id": request_id(&req),
+    }))
+}
+
+/// A method the path does not take (see [`serve`]).
+async fn method_not_allowed(req: HttpRequest, allowed: &[Method]) -> HttpResponse {
+    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    HttpResponse::MethodNotAllowed()
+        .insert_header(header::Allow(allowed.to_vec()))
+        .json(json!({
+            "status": "error",
+            "error": format!("method: {} is not served at {}; use {} (the Allow header)", req.method(), shown_path(&req), names.join(" or ")),
+            "request_id": request_id(&req),
+        }))
+}
+
+/// The request's path escaped and cut short, for an answer.
+fn shown_path(req: &HttpRequest) -> String {
     let mut path: String = req.path().escape_debug().take(200).collect();
     if path.len() < req.path().escape_debug().count() {
         path.push('…');
     }
-    HttpResponse::NotFound().json(json!({
-        "status": "error",
-        "error": format!("path: nothing is served for {} {path}; see the README for the routes and their methods", req.method()),
-        "request_id": request_id(&req),
-    }))
+    path
 }
 
 async fn healthz() -> HttpResponse {

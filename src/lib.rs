@@ -9,6 +9,8 @@ pub mod db;
 pub mod dingtalk;
 pub mod directory;
 pub mod domain;
+#[cfg(test)]
+pub mod fuzz;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

@@ -463,3 +463,68 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{bytes, config, json_text, mutated, odd_string};
+    use proptest::prelude::*;
+
+    const SECRET: &str = "fuzz-secret-9b1d";
+
+    /// The shipped manifest, each channel's comp_conf holding a secret.
+    fn shipped() -> Value {
+        let mut doc: Value =
+            serde_json::from_str(include_str!("../../channel_manifest.json")).unwrap();
+        for c in doc["channels"].as_array_mut().unwrap() {
+            c["comp_conf"]["ding_app_secret"] = SECRET.into();
+        }
+        doc
+    }
+
+    /// Loaded with what every reader relies on, or refused naming where, never quoting a
+    /// secret.
+    fn check(text: &str) {
+        match Manifest::parse(text) {
+            Ok(m) => {
+                let prefix = format!("/{}/", m.system.to_ascii_lowercase());
+                for (i, c) in m.channels.iter().enumerate() {
+                    let others = &m.channels[..i];
+                    assert!(others.iter().all(|o| o.name != c.name && o.path != c.path));
+                    assert!(c.path.starts_with(&prefix) && c.path.ends_with('/'));
+                    assert!(!c.name.is_empty() && !c.label.is_empty());
+                    assert!((1..=600).contains(&c.timeout_s));
+                    assert!(Component::parse(c.component.name()) == Some(c.component));
+                }
+                for (i, t) in m.msg_types.iter().enumerate() {
+                    assert!(m.msg_types[..i].iter().all(|o| o.kind != t.kind));
+                    assert!(m.channel(&t.channel).is_some());
+                }
+            }
+            Err(e) => {
+                if let ManifestError::Invalid { at, problem, .. } = &e {
+                    assert!(at.starts_with('$') && !problem.is_empty(), "{e}");
+                }
+                assert!(!e.to_string().contains(SECRET), "{e}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(300))]
+
+        #[test]
+        fn fuzz_manifest_any_text(text in prop_oneof![
+            json_text(),
+            odd_string(300),
+            bytes(300).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]) {
+            check(&text);
+        }
+
+        #[test]
+        fn fuzz_manifest_hostile_values(doc in mutated(shipped())) {
+            check(&doc.to_string());
+        }
+    }
+}

@@ -39,3 +39,70 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{config, odd_string};
+    use proptest::prelude::*;
+
+    /// What a form decoder reads from `encoded` (an independent decoder).
+    fn decoded(encoded: &str) -> String {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(&format!("k={encoded}")).unwrap();
+        pairs.into_iter().next().unwrap().1
+    }
+
+    fn url_safe(s: &str) -> bool {
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => i += 1,
+                b'%' if b.len() > i + 2
+                    && b[i + 1..i + 3]
+                        .iter()
+                        .all(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F')) =>
+                {
+                    i += 3
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    proptest! {
+        #![proptest_config(config(500))]
+
+        /// Any secret and timestamp: the same signature each time, one of HMAC-SHA256's
+        /// 32 bytes in base64, URL-safe once encoded and decoded back exactly; another
+        /// timestamp or secret signs differently.
+        #[test]
+        fn fuzz_signature_is_deterministic_and_url_safe(
+            secret in prop_oneof![odd_string(80), "SEC[0-9a-f]{64}", Just(String::new())],
+            ts in prop_oneof![any::<i64>(), 0..4_102_444_800_000i64],
+            other in any::<i64>(),
+        ) {
+            let signed = sign(&secret, ts);
+            prop_assert_eq!(&signed, &sign(&secret, ts));
+            prop_assert!(url_safe(&signed), "{}", signed);
+            let raw = signature(&secret, ts);
+            prop_assert_eq!(decoded(&signed), raw.clone());
+            let mac = base64::engine::general_purpose::STANDARD.decode(&raw).unwrap();
+            prop_assert_eq!(mac.len(), 32);
+            if other != ts {
+                prop_assert_ne!(&raw, &signature(&secret, other));
+            }
+            prop_assert_ne!(&raw, &signature(&format!("{secret}x"), ts));
+        }
+
+        /// Any text (a robot token) is encoded URL-safe and decodes back to itself.
+        #[test]
+        fn fuzz_encode_round_trips(s in odd_string(120)) {
+            let e = encode(&s);
+            prop_assert!(url_safe(&e), "{}", e);
+            prop_assert_eq!(decoded(&e), s);
+        }
+    }
+}

@@ -187,7 +187,7 @@ fn parts_within(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn msg(key: MsgKey, title: Option<&str>, content: &str) -> send::Message {
@@ -441,5 +441,161 @@ mod tests {
             panic!()
         };
         assert!(content.starts_with(&format!("(2/{})\n", parts.len())));
+    }
+
+    pub(crate) mod fuzz {
+        use super::*;
+        use crate::fuzz::{config, long_text, odd_string};
+        use crate::senders::split::join_markdown;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        /// A message as the ESB sources accept it: any key, an odd title, long odd content,
+        /// distinct mentions.
+        pub(crate) fn message(max: usize) -> impl Strategy<Value = send::Message> {
+            (
+                select(vec![
+                    MsgKey::Text,
+                    MsgKey::Markdown,
+                    MsgKey::Link,
+                    MsgKey::ActionCard,
+                ]),
+                proptest::option::of(odd_string(256)),
+                prop_oneof![odd_string(300), long_text(max)],
+                proptest::option::of("https://example\\.com/[a-z0-9/._-]{0,40}"),
+                proptest::collection::btree_set("1[3-9][0-9]{9}", 0..4),
+                proptest::collection::btree_set("[a-z][a-z0-9]{3,12}", 0..3),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(msg_key, title, content, url, mobiles, user_ids, at_all)| {
+                        let title = title
+                            .map(|t| t.trim().to_owned())
+                            .filter(|t| !t.is_empty())
+                            .or_else(|| msg_key.needs_title().then(|| "t".to_owned()));
+                        let url = url.or_else(|| msg_key.needs_url().then(|| "https://x/1".into()));
+                        send::Message {
+                            msg_key,
+                            title,
+                            content,
+                            url,
+                            pic_url: None,
+                            at_mobiles: mobiles.into_iter().collect(),
+                            at_user_ids: user_ids.into_iter().collect(),
+                            at_all,
+                        }
+                    },
+                )
+        }
+
+        /// The text a part shows.
+        pub(crate) fn shown(m: &Message) -> &str {
+            match m {
+                Message::Text { content } => content,
+                Message::Markdown { text, .. }
+                | Message::Link { text, .. }
+                | Message::ActionCard { text, .. } => text,
+                other => panic!("no part is {other:?}"),
+            }
+        }
+
+        /// Every numbered part fits its limit, names every mention once, and the parts
+        /// reassemble to the message: text by concatenation after the numbers, markdown by
+        /// `join_markdown`.
+        fn check_parts(
+            m: &send::Message,
+            parts: &[Message],
+            max: usize,
+            measure: fn(&Message) -> usize,
+        ) {
+            let n = parts.len();
+            let mut texts = vec![];
+            for (k, p) in parts.iter().enumerate() {
+                assert!(measure(p) <= max, "part {k} of {n}: {} > {max}", measure(p));
+                texts.push(shown(p).to_owned());
+            }
+            if n == 1 {
+                return;
+            }
+            if m.msg_key == MsgKey::Text {
+                let rest: Vec<&str> = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| {
+                        t.strip_prefix(&format!("({}/{n})\n", k + 1))
+                            .expect("numbered")
+                    })
+                    .collect();
+                assert_eq!(rest.concat(), titled_text(m, &m.content));
+            } else {
+                assert_eq!(join_markdown(&texts), markdown::content_of(m));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(40))]
+
+            #[test]
+            fn fuzz_parts_fit_their_path_and_reassemble(m in message(60_000), room in 0..=200usize) {
+                let robot = parts(&m, room);
+                for (k, (p, at)) in robot.iter().enumerate() {
+                    prop_assert!(body_len(p, at) + room <= WEBHOOK_MAX_BODY, "part {k}");
+                    for who in m.at_mobiles.iter().chain(&m.at_user_ids) {
+                        prop_assert_eq!(mentioned(p, at, who), 1, "part {}: {}", k, who);
+                    }
+                }
+                let robot: Vec<Message> = robot.into_iter().map(|(p, _)| p).collect();
+                check_parts(&m, &robot, WEBHOOK_MAX_BODY - room, |p| body_len(p, &At::default()));
+                check_parts(&m, &batch_parts(&m), BATCH_PARAM_MAX, param_len);
+                check_parts(&m, &work_notice_parts(&m, room), WORK_NOTICE_MAX - room, notice_len);
+            }
+
+            /// A digest of any messages lists each once, in order, and unites their mentions.
+            #[test]
+            fn fuzz_digest_lists_every_message_once(
+                ms in proptest::collection::vec(message(2_000), 1..12),
+                zone in select(vec!["+08:00", "-12:00", "+14:00", "Asia/Shanghai", "UTC"]),
+                start in -62_135_596_800_000i64..253_402_300_799_000,
+            ) {
+                let marked: Vec<send::Message> = ms
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut m)| {
+                        m.content = format!("{}\nQZX{i:04}Q\n", m.content);
+                        m
+                    })
+                    .collect();
+                let items: Vec<Item<'_>> = marked
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| Item { message: m, accepted_at_ms: start + i as i64 * 61_000 })
+                    .collect();
+                let (d, at) = digest(&items, &Zone::parse(zone).unwrap());
+                let text = shown(&d);
+                let mut last = 0;
+                for i in 0..marked.len() {
+                    let marker = format!("QZX{i:04}Q");
+                    prop_assert_eq!(text.matches(&marker).count(), 1, "{}", marker);
+                    let pos = text.find(&marker).unwrap();
+                    prop_assert!(pos > last, "{} out of order", marker);
+                    last = pos;
+                }
+                for m in &marked {
+                    for who in &m.at_mobiles {
+                        prop_assert_eq!(at.mobiles.iter().filter(|w| *w == who).count(), 1);
+                    }
+                    prop_assert!(!m.at_all || at.all);
+                }
+            }
+
+            /// Text in markdown keeps its lines and puts nothing on one line that breaks it.
+            #[test]
+            fn fuzz_text_in_markdown_keeps_its_lines(text in odd_string(300)) {
+                let lines = text.replace("\r\n", "\n").replace('\r', "\n").matches('\n').count();
+                prop_assert_eq!(markdown::from_text(&text).matches('\n').count(), lines);
+                let one = markdown::inline(&text);
+                prop_assert!(!one.contains(['\n', '\r']));
+            }
+        }
     }
 }

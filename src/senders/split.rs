@@ -503,4 +503,34 @@ mod tests {
             "multi {multi}, reopened {reopened}"
         );
     }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{config, long_text, odd_string};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(config(300))]
+
+            /// Any text at any budget: every part within the budget, the plain parts
+            /// concatenating and the markdown parts joining to the text, fences balanced.
+            #[test]
+            fn fuzz_split_any_text_at_any_budget(
+                text in prop_oneof![odd_string(200), long_text(3_000)],
+                budget in prop_oneof![MIN_BUDGET..64usize, 64..2_000usize],
+            ) {
+                check(&text, budget);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(24))]
+
+            /// DingTalk's budget on texts of up to 100 KB.
+            #[test]
+            fn fuzz_split_long_text_at_the_webhook_budget(text in long_text(100_000)) {
+                check(&text, 19_000);
+            }
+        }
+    }
 }

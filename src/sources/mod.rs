@@ -49,6 +49,19 @@ pub fn nul_at(value: &serde_json::Value, at: &str) -> Option<String> {
     }
 }
 
+/// Where in the arguments `map`, keys included, a string holds a NUL (named as [`nul_at`]
+/// names it).
+pub fn nul_in(map: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    map.iter().find_map(|(k, v)| {
+        let at = k.escape_debug().to_string();
+        if k.contains('\0') {
+            Some(at)
+        } else {
+            nul_at(v, &at)
+        }
+    })
+}
+
 /// The refusal's wording for [`nul_at`].
 pub const NUL_PROBLEM: &str =
     "contains a NUL character (\\u0000), which cannot be stored or sent; remove it";
@@ -79,5 +92,19 @@ mod tests {
             Some("alerts[1].a\\0")
         );
         assert_eq!(super::nul_at(&json!({"a": ["b", 3, null]}), ""), None);
+    }
+
+    #[test]
+    fn a_nul_in_an_argument_name_is_found_too() {
+        let args = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            super::nul_in(&args(json!({"a\u{0}b": 1}))).as_deref(),
+            Some("a\\0b")
+        );
+        assert_eq!(
+            super::nul_in(&args(json!({"a\n": ["\u{0}"]}))).as_deref(),
+            Some("a\\n[0]")
+        );
+        assert_eq!(super::nul_in(&args(json!({"a": {"b": "c"}}))), None);
     }
 }

@@ -31,6 +31,8 @@ struct Row {
     code: Option<i64>,
     /// Part of the message (ESB `message`, webhook `error`) naming the field.
     needle: &'static str,
+    /// The `Allow` header a 405 must carry.
+    allow: Option<&'static str>,
 }
 
 fn row(name: &'static str, method: &'static str, path: impl Into<String>) -> Row {
@@ -45,6 +47,7 @@ fn row(name: &'static str, method: &'static str, path: impl Into<String>) -> Row
         status: 200,
         code: None,
         needle: "",
+        allow: None,
     }
 }
 
@@ -82,6 +85,17 @@ impl Row {
     }
     fn expect(mut self, status: u16, needle: &'static str) -> Self {
         (self.status, self.needle) = (status, needle);
+        self
+    }
+    /// A 405 whose `Allow` is `allow`, and whose error names the method and the allowed ones
+    /// (a HEAD's answer has no body to name them in).
+    fn not_allowed(mut self, allow: &'static str) -> Self {
+        (self.status, self.allow) = (405, Some(allow));
+        self.needle = if self.method == "HEAD" {
+            ""
+        } else {
+            self.method
+        };
         self
     }
 }
@@ -249,7 +263,12 @@ fn table() -> Vec<Row> {
             .esb(404, 1306405, "no channel is served at"),
         row("wrong method on a channel", "PUT", ESB)
             .json(send(json!({})))
-            .expect(404, "path: nothing is served for PUT /api/c/compapi/cmsi/send_ding/"),
+            .not_allowed("GET, POST"),
+        row("DELETE on a v2 channel", "DELETE", "/api/c/compapi/v2/cmsi/send_msg/").not_allowed("GET, POST"),
+        // HEAD would send unseen (a GET sends), so the ESB paths refuse it.
+        row("HEAD on a channel", "HEAD", format!("{ESB}?{CREDS}&receiver__username=alice&content=x"))
+            .not_allowed("GET, POST"),
+        row("PATCH on an unknown channel", "PATCH", "/api/c/compapi/cmsi/send_pigeon/").not_allowed("GET, POST"),
         // The delivery log.
         row("a message that does not exist", "GET", format!("/api/v1/messages/no-such-id?{CREDS}"))
             .esb(404, 1306000, "no such message"),
@@ -261,7 +280,7 @@ fn table() -> Vec<Row> {
             .raw()
             .expect(404, "path: nothing is served for GET /api/v1/messages/../../healthz"),
         row("DELETE a message", "DELETE", format!("/api/v1/messages/x?{CREDS}"))
-            .expect(404, "DELETE /api/v1/messages/x"),
+            .not_allowed("GET, HEAD"),
         // Alertmanager.
         row("Alertmanager: no credentials", "POST", am)
             .json(good_am.to_string())
@@ -299,7 +318,10 @@ fn table() -> Vec<Row> {
             .json(good_am.to_string())
             .raw()
             .expect(404, "nothing is served for POST /api/v1/alertmanager/../alice"),
-        row("Alertmanager: GET", "GET", am).basic().expect(404, "GET /api/v1/alertmanager/alice"),
+        row("Alertmanager: GET", "GET", am).basic().not_allowed("POST"),
+        row("Alertmanager: DELETE", "DELETE", am).not_allowed("POST"),
+        row("Alertmanager by labels: PUT", "PUT", "/api/v1/alertmanager").not_allowed("POST"),
+        row("Alertmanager by labels: GET /", "GET", "/api/v1/alertmanager/").not_allowed("POST"),
         // Grafana.
         row("Grafana: empty body", "POST", grafana)
             .basic()
@@ -313,11 +335,18 @@ fn table() -> Vec<Row> {
             .basic()
             .json(huge)
             .expect(413, "DING_CHANNEL_MAX_BODY"),
+        row("Grafana: GET", "GET", grafana).not_allowed("POST"),
+        row("Grafana by labels: OPTIONS", "OPTIONS", "/api/v1/grafana").not_allowed("POST"),
         // Reload, health, unknown paths and methods.
         row("reload without credentials", "POST", "/-/reload").expect(401, "basic_auth"),
-        row("reload by GET", "GET", "/-/reload").expect(404, "GET /-/reload"),
-        row("POST /healthz", "POST", "/healthz").expect(404, "POST /healthz"),
-        row("DELETE /readyz", "DELETE", "/readyz").expect(404, "DELETE /readyz"),
+        row("reload by GET", "GET", "/-/reload").not_allowed("POST"),
+        row("POST /healthz", "POST", "/healthz").not_allowed("GET, HEAD"),
+        row("DELETE /readyz", "DELETE", "/readyz").not_allowed("GET, HEAD"),
+        row("PUT /metrics", "PUT", "/metrics").not_allowed("GET, HEAD"),
+        row("HEAD /healthz", "HEAD", "/healthz").expect(200, ""),
+        row("HEAD /metrics", "HEAD", "/metrics").expect(200, ""),
+        row("an unknown method on an unknown path", "DELETE", "/api/v3/everything")
+            .expect(404, "nothing is served for DELETE /api/v3/everything"),
         row("an unknown path", "GET", "/api/v3/everything").expect(404, "/api/v3/everything"),
         row("an unknown path by traversal", "GET", "/healthz/../../etc/passwd")
             .raw()
@@ -342,6 +371,7 @@ fn table() -> Vec<Row> {
 struct Answer {
     status: u16,
     request_id: Option<String>,
+    allow: Option<String>,
     body: Vec<u8>,
 }
 
@@ -363,6 +393,10 @@ async fn by_client(app: &TestApp, r: &Row) -> Answer {
         request_id: res
             .headers()
             .get("x-request-id")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        allow: res
+            .headers()
+            .get("allow")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         body: res.bytes().await.unwrap().to_vec(),
     }
@@ -403,10 +437,15 @@ async fn by_socket(app: &TestApp, r: &Row) -> Answer {
         .lines()
         .find_map(|l| l.strip_prefix("x-request-id: "))
         .map(str::to_owned);
+    let allow = head
+        .lines()
+        .find_map(|l| l.strip_prefix("allow: "))
+        .map(str::to_owned);
     // Answers are small: chunked framing, if any, is left in and does not hide the words.
     Answer {
         status,
         request_id,
+        allow,
         body: raw[split + 4..].to_vec(),
     }
 }
@@ -417,6 +456,9 @@ fn check(r: &Row, a: &Answer) -> Option<String> {
     let mut wrong = vec![];
     if a.status != r.status {
         wrong.push(format!("status {} (expected {})", a.status, r.status));
+    }
+    if a.allow.as_deref() != r.allow {
+        wrong.push(format!("Allow {:?} (expected {:?})", a.allow, r.allow));
     }
     if a.status >= 500 {
         wrong.push("a server error".to_owned());
@@ -449,6 +491,20 @@ fn check(r: &Row, a: &Answer) -> Option<String> {
         }
     } else if !text.contains(r.needle) {
         wrong.push(format!("answer lacks {:?}", r.needle));
+    }
+    if let Some(allow) = r.allow.filter(|_| r.method != "HEAD") {
+        let path = r.path.split('?').next().unwrap_or_default();
+        let error = serde_json::from_slice::<Value>(&a.body).map(|b| b["error"].clone());
+        let named = format!("use {}", allow.replace(", ", " or "));
+        if !error.as_ref().is_ok_and(|e| {
+            e.as_str().is_some_and(|e| {
+                e.starts_with("method: ") && e.contains(&named) && e.contains(path)
+            })
+        }) {
+            wrong.push(format!(
+                "the 405's error {error:?} names neither the method nor {named:?}"
+            ));
+        }
     }
     (!wrong.is_empty()).then(|| {
         let shown: String = text.chars().take(300).collect();

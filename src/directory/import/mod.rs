@@ -358,3 +358,130 @@ mod tests {
         assert!(parsed.profiles.is_empty() && parsed.errors.is_empty());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{bytes, config, json_text, mutated, odd_string};
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use serde_json::json;
+
+    /// Values the import must never quote: robot credentials kept in these fields.
+    const SECRETS: [&str; 3] = ["wx-secret-1c7e", "qq-secret-2d8f", "SECextras3e9a"];
+
+    fn profile(i: usize) -> Value {
+        json!({
+            "username": format!("user{i}"), "display_name": "Alice Li", "telephone": "138-0000-0001",
+            "country_code": "+86", "email": "alice@example.com", "wx_userid": SECRETS[0],
+            "qq": SECRETS[1], "extras": {"ding_secret": SECRETS[2], "level": 3},
+        })
+    }
+
+    /// Rows written in `format`: a CSV cell holds a string as it is and anything else as JSON.
+    fn file(rows: &[Value], format: Format) -> String {
+        match format {
+            Format::Json => Value::from(rows.to_vec()).to_string(),
+            Format::JsonLines => rows
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Format::Csv => {
+                let mut w = ::csv::Writer::from_writer(vec![]);
+                w.write_record(row::FIELDS).unwrap();
+                for r in rows {
+                    let cells = row::FIELDS.map(|f| match &r[f] {
+                        Value::Null => String::new(),
+                        Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    });
+                    w.write_record(cells).unwrap();
+                }
+                String::from_utf8(w.into_inner().unwrap()).unwrap()
+            }
+        }
+    }
+
+    /// Every data row is a profile or has errors, not both, each username once; nothing
+    /// quotes a secret. `rows`: how many data rows the file has, when known.
+    fn check(content: &str, format: Format, rows: Option<usize>) {
+        let parsed = match parse(content, format) {
+            Ok(p) => p,
+            Err(e) => {
+                assert!(SECRETS.iter().all(|s| !e.to_string().contains(s)), "{e}");
+                return;
+            }
+        };
+        let good: Vec<usize> = parsed.profiles.iter().map(|(r, _)| *r).collect();
+        for (i, (r, p)) in parsed.profiles.iter().enumerate() {
+            assert!(parsed.profiles[..i]
+                .iter()
+                .all(|(r2, p2)| r2 < r && p2.username != p.username));
+            assert!(p
+                .display_name
+                .as_ref()
+                .is_none_or(|d| !d.contains(char::is_control)));
+        }
+        for e in &parsed.errors {
+            assert!(
+                !good.contains(&e.row),
+                "row {} is both taken and refused: {e}",
+                e.row
+            );
+            assert!(e.row >= 1 && !e.field.is_empty() && !e.message.is_empty());
+            assert!(SECRETS.iter().all(|s| !e.to_string().contains(s)), "{e}");
+        }
+        if let Some(n) = rows {
+            let mut seen: Vec<usize> = good
+                .iter()
+                .copied()
+                .chain(parsed.errors.iter().map(|e| e.row))
+                .collect();
+            seen.sort_unstable();
+            seen.dedup();
+            let first = if format == Format::Csv { 2 } else { 1 };
+            assert_eq!(
+                seen,
+                (first..first + n).collect::<Vec<_>>(),
+                "every row accounted for"
+            );
+        }
+    }
+
+    fn formats() -> impl Strategy<Value = Format> {
+        select(vec![Format::Json, Format::JsonLines, Format::Csv])
+    }
+
+    proptest! {
+        #![proptest_config(config(300))]
+
+        #[test]
+        fn fuzz_import_any_text(
+            content in prop_oneof![
+                json_text(),
+                odd_string(300),
+                bytes(300).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+                json_text().prop_map(|t| format!("username,extras\na,\"{}\"\n", t.replace('"', "\"\""))),
+            ],
+            format in formats(),
+        ) {
+            check(&content, format, None);
+        }
+
+        /// Rows of profiles with hostile values, in each format.
+        #[test]
+        fn fuzz_import_hostile_rows(
+            rows in proptest::collection::vec((0..4usize).prop_flat_map(|i| mutated(profile(i))), 1..6),
+            format in formats(),
+        ) {
+            // A CSV row is numbered by its line, and a quoted cell may span lines: only the
+            // JSON formats' rows are counted (serde writes no raw line break in a JSON line).
+            let rows: Vec<Value> = rows.into_iter().filter(Value::is_object).collect();
+            let known = (format != Format::Csv).then_some(rows.len());
+            if !rows.is_empty() {
+                check(&file(&rows, format), format, known);
+            }
+        }
+    }
+}

@@ -92,3 +92,78 @@ pub fn plan(
     }
     sends
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::config;
+    use crate::senders::digest::tests::fuzz::{message, shown};
+    use proptest::prelude::*;
+
+    fn row(id: i64, message_id: String) -> DeliveryRow {
+        DeliveryRow {
+            id,
+            message_id,
+            receiver: "ops-bot".into(),
+            kind: "robot".into(),
+            target: "ops-bot".into(),
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: 0,
+            give_up_at: i64::MAX,
+            sent_at: None,
+            parts_sent: 0,
+            claimed_until: None,
+            claimed_by: None,
+            last_error: None,
+            dingtalk_code: None,
+            dingtalk_request_id: None,
+            digest_id: None,
+            created_at: 1_700_000_000_000 + id * 7_000,
+            updated_at: 0,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(40))]
+
+        /// Whatever waits, small or too large for one call: every body fits with the keyword's
+        /// room, every message goes out exactly once (a large one in parts 1..n, in order),
+        /// oldest first, and no more calls than allowed.
+        #[test]
+        fn fuzz_plan_sends_every_message_exactly_once_within_the_limit(
+            ms in proptest::collection::vec(
+                prop_oneof![4 => message(3_000), 1 => message(50_000)], 1..16),
+            room in 0..=keyword::MAX_ROOM,
+            max_sends in prop_oneof![1..4usize, Just(1_000)],
+        ) {
+            let mut messages = HashMap::new();
+            let mut rows = vec![];
+            for (i, mut m) in ms.into_iter().enumerate() {
+                m.content = format!("{}\nQZX{i:04}Q\n", m.content);
+                messages.insert(format!("m{i}"), m);
+                rows.push(row(i as i64, format!("m{i}")));
+            }
+            let sends = plan(&rows, &messages, &Zone::utc(), max_sends, room);
+            prop_assert!(!sends.is_empty() && sends.len() <= max_sends);
+            let mut carried: Vec<i64> = vec![];
+            for (k, s) in sends.iter().enumerate() {
+                let len = digest::body_len(&s.message, &s.at);
+                prop_assert!(len + room <= crate::dingtalk::client::WEBHOOK_MAX_BODY, "send {k}: {len}");
+                match s.part {
+                    Some((p, _)) if p > 0 => prop_assert_eq!(carried.last(), Some(&s.rows[0])),
+                    _ => carried.extend(&s.rows),
+                }
+            }
+            // Oldest first, none twice, and with room for all, all.
+            prop_assert!(carried.windows(2).all(|w| w[0] + 1 == w[1]) && carried[0] == 0);
+            if max_sends == 1_000 {
+                prop_assert_eq!(carried.len(), rows.len());
+                let all: String = sends.iter().map(|s| shown(&s.message)).collect();
+                for i in 0..rows.len() {
+                    prop_assert_eq!(all.matches(&format!("QZX{i:04}Q")).count(), 1, "message {}", i);
+                }
+            }
+        }
+    }
+}

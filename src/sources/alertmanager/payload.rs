@@ -76,8 +76,14 @@ impl std::fmt::Display for Refusal {
 }
 
 pub(in crate::sources) fn refuse(field: impl Into<String>, problem: impl Into<String>) -> Refusal {
+    let field = field.into();
     Refusal {
-        field: field.into(),
+        // A key may be "" (`{"": …}`); the answer still names it.
+        field: if field.is_empty() {
+            "(the field with an empty name)".to_owned()
+        } else {
+            field
+        },
         problem: problem.into(),
     }
 }
@@ -95,7 +101,7 @@ pub(in crate::sources) fn object(body: &[u8], what: &str) -> Result<Map<String, 
     let Value::Object(top) = value else {
         return Err(refuse("body", format!("must be a JSON object ({what})")));
     };
-    if let Some(field) = top.iter().find_map(|(k, v)| super::super::nul_at(v, k)) {
+    if let Some(field) = super::super::nul_in(&top) {
         return Err(refuse(field, super::super::NUL_PROBLEM));
     }
     Ok(top)
@@ -216,5 +222,179 @@ pub(in crate::sources) fn optional<T: DeserializeOwned>(
                 format!("must be {expected} ({e})"),
             )
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_nul_under_an_empty_key_is_refused_naming_it() {
+        // The fuzz target found this refused naming nothing.
+        let refused = super::parse(br#"{"":"\u0000"}"#).unwrap_err();
+        assert_eq!(refused.field, "(the field with an empty name)");
+        assert!(refused.problem.contains("NUL"), "{refused}");
+    }
+}
+
+/// The fuzz targets of both webhook payloads, Alertmanager's and Grafana's: parsed or refused
+/// naming a field; once parsed, laid out with every alert exactly once, in parts that fit a
+/// robot and reassemble to the layout.
+#[cfg(test)]
+pub(in crate::sources) mod fuzz {
+    use super::*;
+    use crate::clock::Zone;
+    use crate::domain::message::{Message, MsgKey};
+    use crate::fuzz::{bytes, config, json_text, mutated, odd_string};
+    use crate::senders::digest;
+    use crate::senders::split::join_markdown;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use serde_json::json;
+
+    pub fn marker(i: usize) -> String {
+        format!("QZX{i:04}Q")
+    }
+
+    /// A notification of `alerts` (version 4, or Grafana's version 1 with its fields).
+    pub fn notification(alerts: Vec<Value>, grafana: bool) -> Value {
+        let mut n = json!({
+            "version": "4", "receiver": "ding", "status": "firing", "alerts": alerts,
+            "groupLabels": {"alertname": "HighCPU"}, "commonLabels": {"alertname": "HighCPU", "env": "prod"},
+            "commonAnnotations": {}, "externalURL": "http://am:9093", "truncatedAlerts": 2,
+            "groupKey": "{}:{alertname=\"HighCPU\"}",
+        });
+        if grafana {
+            for (k, v) in [
+                ("version", json!("1")),
+                ("orgId", json!(1)),
+                ("title", json!("[FIRING] HighCPU")),
+                ("state", json!("alerting")),
+                ("message", json!("**Firing**")),
+            ] {
+                n[k] = v;
+            }
+        }
+        n
+    }
+
+    /// Alert `i`, its summary the marker that finds it in the layout.
+    pub fn alert(i: usize, resolved: bool, grafana: bool) -> Value {
+        let mut a = json!({
+            "status": if resolved { "resolved" } else { "firing" },
+            "labels": {"alertname": "HighCPU", "instance": format!("host-{i}"), "severity": "critical", "env": "prod"},
+            "annotations": {"summary": marker(i), "description": "CPU at 97%\nfor 5m"},
+            "startsAt": "2026-12-01T10:00:00.123+08:00",
+            "endsAt": if resolved { "2026-12-01T11:30:00Z" } else { "0001-01-01T00:00:00Z" },
+            "generatorURL": "http://prom:9090/graph?g0.expr=up", "fingerprint": format!("f{i}"),
+        });
+        if grafana {
+            for (k, v) in [
+                ("silenceURL", json!("http://g/s")),
+                ("dashboardURL", json!("http://g/d (1)")),
+                ("panelURL", json!("")),
+                ("imageURL", json!("https://g/i.png")),
+                ("values", json!({"A": 97.5, "B": 1e300})),
+                ("valueString", json!("[ var='A' value=97.5 ]")),
+            ] {
+                a[k] = v;
+            }
+        }
+        a
+    }
+
+    pub fn notifications(grafana: bool) -> impl Strategy<Value = Value> {
+        proptest::collection::vec(any::<bool>(), 1..40).prop_flat_map(move |resolved| {
+            let alerts = resolved
+                .iter()
+                .enumerate()
+                .map(|(i, r)| alert(i, *r, grafana))
+                .collect();
+            mutated(notification(alerts, grafana))
+        })
+    }
+
+    pub fn bodies() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            bytes(300),
+            json_text().prop_map(String::into_bytes),
+            odd_string(200).prop_map(String::into_bytes),
+        ]
+    }
+
+    pub fn zones() -> impl Strategy<Value = Zone> {
+        select(vec![
+            "+08:00",
+            "-12:00",
+            "+14:00",
+            "Asia/Shanghai",
+            "America/New_York",
+        ])
+        .prop_map(|z| Zone::parse(z).unwrap())
+    }
+
+    /// What a parsed notification must hold, and what its layout and parts must.
+    pub fn check(parse: fn(&[u8]) -> Result<Notification, Refusal>, body: &[u8], zone: &Zone) {
+        let n = match parse(body) {
+            Ok(n) => n,
+            Err(r) => {
+                assert!(!r.field.is_empty() && !r.problem.is_empty(), "{r}");
+                return;
+            }
+        };
+        assert!(!n.alerts.is_empty());
+        let (title, content) = super::super::render::render(&n, zone);
+        assert!(!title.is_empty() && !title.contains('\n'), "{title:?}");
+        // Each alert still carrying its marker shows once, the firing ones first.
+        let (mut last_firing, mut first_resolved) = (None, None::<usize>);
+        for (i, a) in n.alerts.iter().enumerate() {
+            if a.annotations.get("summary") != Some(&marker(i)) {
+                continue;
+            }
+            assert_eq!(content.matches(&marker(i)).count(), 1, "alert {i}");
+            let at = content.find(&marker(i)).unwrap();
+            match a.status {
+                Status::Firing => last_firing = last_firing.max(Some(at)),
+                Status::Resolved => first_resolved = Some(first_resolved.map_or(at, |r| r.min(at))),
+            }
+        }
+        if let (Some(f), Some(r)) = (last_firing, first_resolved) {
+            assert!(f < r, "a resolved alert shows before a firing one");
+        }
+        let m = Message {
+            msg_key: MsgKey::Markdown,
+            title: Some(title),
+            content: content.clone(),
+            url: None,
+            pic_url: None,
+            at_mobiles: vec![],
+            at_user_ids: vec![],
+            at_all: false,
+        };
+        let parts = digest::parts(&m, 0);
+        let mut texts = vec![];
+        for (p, at) in &parts {
+            assert!(digest::body_len(p, at) <= crate::dingtalk::client::WEBHOOK_MAX_BODY);
+            let crate::dingtalk::Message::Markdown { text, .. } = p else {
+                panic!("a markdown part")
+            };
+            texts.push(text.clone());
+        }
+        if parts.len() > 1 {
+            assert_eq!(join_markdown(&texts), content);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(200))]
+
+        #[test]
+        fn fuzz_alertmanager_any_body(body in bodies(), zone in zones()) {
+            check(parse, &body, &zone);
+        }
+
+        #[test]
+        fn fuzz_alertmanager_hostile_values(doc in notifications(false), zone in zones()) {
+            check(parse, doc.to_string().as_bytes(), &zone);
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::db::read_tx;
 use crate::domain::request::Caller;
 use crate::domain::secrets::BearerToken;
 use crate::domain::username::Username;
-use crate::http::request_id;
+use crate::http::{self, request_id};
 use crate::outbox;
 use crate::sources::esb::args::MAX_RECEIVERS;
 use crate::sources::esb::auth::Credentials;
@@ -35,6 +35,8 @@ use std::time::Duration;
 
 /// How long the answer waits for DingTalk's first attempt, at most half the webhook timeout.
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(2);
+
+const POST: &[actix_web::http::Method] = &[actix_web::http::Method::POST];
 
 /// What differs between the webhook sources that share this handling.
 pub struct Origin {
@@ -56,7 +58,7 @@ pub const ALERTMANAGER: Origin = Origin {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes(cfg, &ALERTMANAGER, webhook);
-    cfg.route("/-/reload", web::post().to(reload));
+    http::serve(cfg, "/-/reload", POST, reload);
 }
 
 /// A webhook source's routes: with routes by label, the path may name no receivers.
@@ -66,12 +68,13 @@ where
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    cfg.route(
-        &format!("{}/{{receivers}}", origin.path),
-        web::post().to(handler.clone()),
-    )
-    .route(origin.path, web::post().to(handler.clone()))
-    .route(&format!("{}/", origin.path), web::post().to(handler));
+    for path in [
+        format!("{}/{{receivers}}", origin.path),
+        origin.path.to_owned(),
+        format!("{}/", origin.path),
+    ] {
+        http::serve(cfg, &path, POST, handler.clone());
+    }
 }
 
 /// Why a notification is not taken, as its sender should hear it.

@@ -20,7 +20,20 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     };
     let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
     let (hour, min, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    // An impossible date (June 31) is refused, not read as the next month's.
+    if !(1..=12).contains(&month)
+        || !(1..=month_days).contains(&day)
+        || hour > 23
+        || min > 59
+        || sec > 60
+    {
         return None;
     }
     let mut rest = &s[19..];
@@ -46,6 +59,9 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
                 return None;
             }
             let (h, m) = (num_of(&rest[1..3])?, num_of(&rest[4..6])?);
+            if m > 59 {
+                return None;
+            }
             sign * (h * 3600 + m * 60)
         }
     };
@@ -76,14 +92,69 @@ mod tests {
             parse_rfc3339("2026-12-01T10:00:00Z")
         );
         assert!(parse_rfc3339("0001-01-01T00:00:00Z").unwrap() < 0);
+        assert!(parse_rfc3339("2028-02-29T00:00:00Z").is_some());
         for bad in [
             "",
             "2026-12-01",
             "2026-13-01T00:00:00Z",
             "2026-12-01T10:00:00",
             "2026-12-01T10:00:00+0800",
+            // Impossible dates and offsets, which the fuzz target found read as others.
+            "2026-06-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-12-01T10:00:00+05:60",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{config, odd_string};
+        use proptest::prelude::*;
+
+        /// An RFC 3339 time from its fields, the day possibly past the month's end.
+        fn time() -> impl Strategy<Value = String> {
+            (
+                (1..=9998i64, 1..=12i64, 1..=31i64),
+                (0..=23i64, 0..=59i64, 0..=59i64),
+                proptest::option::of("[0-9]{1,9}"),
+                prop_oneof![
+                    Just("Z".to_owned()),
+                    (any::<bool>(), 0..=25i64, 0..=99i64).prop_map(|(east, h, m)| {
+                        format!("{}{h:02}:{m:02}", if east { '+' } else { '-' })
+                    })
+                ],
+            )
+                .prop_map(|((y, mo, d), (h, mi, s), frac, offset)| {
+                    let frac = frac.map(|f| format!(".{f}")).unwrap_or_default();
+                    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{offset}")
+                })
+        }
+
+        proptest! {
+            #![proptest_config(config(2_000))]
+
+            /// Read as jiff reads it (to the millisecond, rounded down), or refused as jiff
+            /// refuses it: an impossible date or offset.
+            #[test]
+            fn fuzz_rfc3339_times_read_as_jiff_reads_them(s in time()) {
+                let jiff = s.parse::<jiff::Timestamp>().ok()
+                    .map(|t| t.as_nanosecond().div_euclid(1_000_000) as i64);
+                prop_assert_eq!(parse_rfc3339(&s), jiff, "{}", s);
+            }
+
+            #[test]
+            fn fuzz_rfc3339_any_text(s in prop_oneof![odd_string(40), time().prop_flat_map(|t| {
+                let n = t.len();
+                (Just(t), 0..n, crate::fuzz::odd_char())
+            }).prop_map(|(t, at, c)| {
+                let mut t: Vec<char> = t.chars().collect();
+                t[at] = c;
+                t.into_iter().collect()
+            })]) {
+                let _ = parse_rfc3339(&s);
+            }
         }
     }
 }

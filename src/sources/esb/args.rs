@@ -194,8 +194,16 @@ fn decode_base64(raw: &str) -> Result<String, EsbError> {
                 format!("is_content_base64 is true but content is not valid base64 ({e})"),
             )
         })?;
-    String::from_utf8(bytes)
-        .map_err(|_| EsbError::bad("content", "decoded base64 content is not UTF-8 text"))
+    let text = String::from_utf8(bytes)
+        .map_err(|_| EsbError::bad("content", "decoded base64 content is not UTF-8 text"))?;
+    // The arguments were checked for NUL as sent; what base64 held is seen only now.
+    if text.contains('\0') {
+        return Err(EsbError::bad(
+            "content",
+            format!("decoded from base64, {}", crate::sources::NUL_PROBLEM),
+        ));
+    }
+    Ok(text)
 }
 
 fn idempotency(field: Option<String>, header: Option<&str>) -> Result<Option<String>, EsbError> {
@@ -312,6 +320,14 @@ mod tests {
             r#"{"receiver__username":"a","content":"!!!","is_content_base64":true}"#
         )
         .starts_with("content: is_content_base64 is true but content is not valid base64"));
+        // What base64 holds is checked for NUL too (the fuzz target found it sent on).
+        assert_eq!(
+            err(
+                c,
+                r#"{"receiver__username":"a","content":"AGI=","is_content_base64":true}"#
+            ),
+            "content: decoded from base64, contains a NUL character (\\u0000), which cannot be stored or sent; remove it"
+        );
         assert!(err(
             c,
             r#"{"receiver__username":"a","content":"x","at_mobiles":"12ab"}"#

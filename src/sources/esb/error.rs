@@ -51,8 +51,14 @@ impl EsbError {
     }
 
     pub fn bad(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        let field = field.into();
         Self::BadArgument {
-            field: field.into(),
+            // An argument may be named "" (`=x`, `{"": …}`); the answer still names it.
+            field: if field.is_empty() {
+                "(the argument with an empty name)".to_owned()
+            } else {
+                field
+            },
             problem: problem.into(),
         }
     }

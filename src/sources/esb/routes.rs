@@ -17,7 +17,7 @@ use crate::db::read_tx;
 use crate::directory::profile::Username;
 use crate::domain::request::Caller;
 use crate::domain::tenant::TenantId;
-use crate::http::request_id;
+use crate::http::{self, request_id};
 use crate::templates;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -29,9 +29,15 @@ use serde_json::Value;
 const DRAIN_CAP: usize = 64 << 20;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/messages/{id}", web::get().to(message))
-        .route("/api/c/compapi/{tail:.*}", web::get().to(esb))
-        .route("/api/c/compapi/{tail:.*}", web::post().to(esb));
+    use actix_web::http::Method;
+    http::serve(cfg, "/api/v1/messages/{id}", http::READ, message);
+    // A GET sends (the ESB's own convention), so HEAD is refused rather than sending unseen.
+    http::serve(
+        cfg,
+        "/api/c/compapi/{tail:.*}",
+        &[Method::GET, Method::POST],
+        esb,
+    );
 }
 
 /// One message's delivery log, for the app that sent it, with who read it.

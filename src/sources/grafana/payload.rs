@@ -154,3 +154,24 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use crate::fuzz::config;
+    use crate::sources::alertmanager::payload::fuzz::{bodies, check, notifications, zones};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(config(200))]
+
+        #[test]
+        fn fuzz_grafana_any_body(body in bodies(), zone in zones()) {
+            check(super::parse, &body, &zone);
+        }
+
+        #[test]
+        fn fuzz_grafana_hostile_values(doc in notifications(true), zone in zones()) {
+            check(super::parse, doc.to_string().as_bytes(), &zone);
+        }
+    }
+}
