@@ -286,13 +286,9 @@ mod tests {
         let body = format!("r={}", many.join(",")).into_bytes();
         assert!(body.len() < 1 << 20);
         let p = Params::from_request("", Some("application/x-www-form-urlencoded"), &body).unwrap();
-        let started = std::time::Instant::now();
+        // No timing asserted (benchmarks prove speed): a quadratic merge makes this test take
+        // minutes instead of under a second, which the suite's time shows.
         assert_eq!(p.list("r").unwrap(), many);
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "{:?}",
-            started.elapsed()
-        );
     }
 
     #[test]
