@@ -3,6 +3,7 @@
 //! ([`crate::senders`]), records each outcome and schedules retries. It knows no DingTalk API.
 
 pub mod engine;
+pub mod heartbeat;
 pub mod lease;
 pub mod policy;
 pub mod readback;
