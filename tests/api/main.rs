@@ -12,6 +12,7 @@ mod dingtalk;
 mod dingtalk_directory;
 mod envelope;
 mod esb_compat;
+mod failover;
 mod gateway_jwt;
 mod grafana;
 mod helpers;
