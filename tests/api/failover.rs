@@ -58,6 +58,12 @@ fn the_delivery(app: &TestApp) -> DeliveryRow {
         .unwrap()
 }
 
+/// The processes with a heartbeat row.
+fn beating(app: &TestApp) -> Vec<String> {
+    let rows = ding_channel::outbox::store::list(&mut app.db.get().unwrap()).unwrap();
+    rows.into_iter().map(|r| r.id).collect()
+}
+
 /// Time passes for both processes.
 fn step(apps: &[&TestApp], ms: i64) {
     for app in apps {
@@ -96,6 +102,11 @@ async fn a_silent_process_deliveries_are_taken_over_within_the_dead_after() {
     assert_eq!(sent[0]["text"]["content"], "disk full");
     let row = the_delivery(&a);
     assert_eq!((row.status.as_str(), row.attempts), ("sent", 1));
+    assert_eq!(
+        beating(&a),
+        [b.outbox.heartbeat.id().as_str()],
+        "A's row went"
+    );
 
     // A thaws. Its fence closed a second before B took over, so the call it had in flight is
     // cut and its caller told the message is queued; it records nothing, and what DingTalk
@@ -105,6 +116,7 @@ async fn a_silent_process_deliveries_are_taken_over_within_the_dead_after() {
     assert_eq!(statuses(&env), pairs(&[("ops-robot", "queued")]), "{env}");
     gate.open();
     a.outbox.heartbeat.beat().await; // its row is gone: it goes on as a new process
+    assert_eq!(beating(&a).len(), 2);
     assert_eq!(a.drain().await, 0);
     assert_eq!(b.drain().await, 0);
     let row = the_delivery(&a);
