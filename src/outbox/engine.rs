@@ -293,6 +293,9 @@ impl Outbox {
     }
 
     async fn idle_pause(&self) -> Duration {
+        if self.heartbeat.fenced() {
+            return IDLE_POLL; // nothing due can be sent before the heartbeat lands again
+        }
         let now = self.clock.now_ms();
         match self.db.run(move |c| store::next_due(c, now)).await {
             Ok(Some(due)) if due <= now => Duration::ZERO,

@@ -256,7 +256,9 @@ impl Heartbeat {
         );
         let mut released = 0;
         for (id, beats, silent_ms) in dead {
-            let row = rows.iter().find(|r| r.id == id).expect("a row read");
+            let Some(row) = rows.iter().find(|r| r.id == id) else {
+                continue;
+            };
             let own = id.clone();
             let taken = self
                 .db
