@@ -4,6 +4,7 @@
 
 pub mod egress;
 pub mod engine;
+pub mod heartbeat;
 pub mod lease;
 pub mod policy;
 pub mod readback;

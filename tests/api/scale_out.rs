@@ -104,3 +104,64 @@ async fn two_processes_deliver_every_message_once_and_share_robot_limits() {
         "{sends} robot sends for 60 alerts within a minute"
     );
 }
+
+/// A server killed with calls in flight: the survivor, already running, delivers what it had
+/// claimed within 10 s (its heartbeat stands still for 5 s), not when its 60 s leases run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_peers_deliveries_are_delivered_by_the_survivor_within_seconds() {
+    if std::env::var("TEST_DATABASE_URL").is_err() {
+        eprintln!("fail-over test skipped: set TEST_DATABASE_URL to run it against PostgreSQL");
+        return;
+    }
+    let db = TestDb::new();
+    let sim = real_time_simulator();
+    let mut doomed = serve(&db.url, &sim.base_url(), &[]);
+    let survivor = serve(&db.url, &sim.base_url(), &[]);
+    let store = seeded(&db);
+
+    // The doomed server's robot call is under way when it dies; so are its people's.
+    let robot = sim.state.hold("robot_send", 1);
+    let people = sim.state.hold("batch_send", 1);
+    let url = format!("{}/send_ding/", doomed.url);
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"bk_app_code": APP, "bk_app_secret": APP_SECRET, "receiver__username": "ops-robot,alice", "content": "disk full"}))
+            .send()
+            .await
+    });
+    arrived(&robot).await;
+    arrived(&people).await;
+    doomed.child.kill().unwrap(); // SIGKILL
+    doomed.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    assert!(request.await.unwrap().is_err());
+
+    let delivered = || {
+        let apis: Vec<&str> = sim.state.messages().iter().map(|m| m.api).collect();
+        apis.contains(&"robot_send") && apis.contains(&"batch_send")
+    };
+    wait_until(
+        "the survivor's deliveries",
+        Duration::from_secs(10),
+        delivered,
+    )
+    .await;
+    eprintln!(
+        "delivered by the survivor {:?} after the kill",
+        killed.elapsed()
+    );
+    let queued = || ding_channel::outbox::store::queue_depth(&mut store.get().unwrap()).unwrap();
+    wait_until("the outcomes recorded", Duration::from_secs(10), || {
+        queued() == 0
+    })
+    .await;
+    // The calls the dead server had in flight never got past DingTalk's door; had they, they
+    // would be the one window of a duplicate.
+    assert_eq!(sim.state.messages().len(), 2, "{:?}", sim.state.messages());
+    let log = survivor.stop();
+    assert!(
+        log.contains("a process stopped beating its heartbeat: its deliveries are taken over"),
+        "{log}"
+    );
+}
