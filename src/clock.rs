@@ -7,12 +7,6 @@ use std::sync::Arc;
 pub trait Clock: Send + Sync + 'static {
     /// Unix time in milliseconds.
     fn now_ms(&self) -> i64;
-
-    /// Milliseconds from an arbitrary start, never stepped (NTP, an admin): for how long
-    /// something lasted where a step would break a safety rule (the heartbeat's).
-    fn monotonic_ms(&self) -> i64 {
-        self.now_ms()
-    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -21,14 +15,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         now_ms()
-    }
-
-    fn monotonic_ms(&self) -> i64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis() as i64
     }
 }
 

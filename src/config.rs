@@ -43,8 +43,6 @@ const KEYS: &[&str] = &[
     "DING_CHANNEL_MAX_BODY",
     "DING_CHANNEL_WEBHOOK_TIMEOUT_MS",
     "DING_CHANNEL_LEASE_S",
-    "DING_CHANNEL_HEARTBEAT_MS",
-    "DING_CHANNEL_DEAD_AFTER_MS",
     "DING_CHANNEL_DB_POOL",
     "DINGTALK_CONNECT_TIMEOUT_MS",
     "DINGTALK_TIMEOUT_MS",
@@ -135,10 +133,6 @@ pub struct OutboxSettings {
     pub workers: usize,
     /// How long a claim holds unless renewed; at least [`Settings::round_budget`] and a call.
     pub lease: Duration,
-    /// How often a process beats its heartbeat (docs/reliability.md).
-    pub heartbeat: Duration,
-    /// A process whose heartbeat stood still this long is dead: its claims are taken over.
-    pub dead_after: Duration,
     /// A delivery still failing this long after acceptance is failed for good.
     pub max_age: Duration,
     /// Deliveries waiting at most; a send that would queue more is refused (`1306429`).
@@ -397,22 +391,6 @@ impl Settings {
             }
             Ok(())
         })?;
-        let heartbeat_ms = parse("DING_CHANNEL_HEARTBEAT_MS", "1000", &|v| {
-            int_in(v, 100, 60_000)
-        })?;
-        // A live process may miss a beat or two (a slow database) without being taken for
-        // dead. (Past DING_CHANNEL_LEASE_S it is harmless but useless: leases run out first.)
-        let dead_after_ms = parse("DING_CHANNEL_DEAD_AFTER_MS", "5000", &|v| {
-            int_in(v, 300, 3_600_000)?;
-            let beat: u64 = heartbeat_ms.parse().unwrap_or(0);
-            if v.parse::<u64>().unwrap_or(0) < 3 * beat {
-                return Err(format!(
-                    "'{v}' is shorter than 3 × DING_CHANNEL_HEARTBEAT_MS ({beat} ms): raise it to at least {} or lower DING_CHANNEL_HEARTBEAT_MS",
-                    3 * beat
-                ));
-            }
-            Ok(())
-        })?;
         let userid_ttl = parse("DING_CHANNEL_USERID_TTL_S", "259200", &|v| {
             int_in(v, 0, 90 * 86_400)
         })?;
@@ -517,8 +495,6 @@ impl Settings {
             outbox: OutboxSettings {
                 workers: workers.parse().expect("validated above"),
                 lease: secs(&lease),
-                heartbeat: millis(&heartbeat_ms),
-                dead_after: millis(&dead_after_ms),
                 max_age: secs(&max_age),
                 max_queue: max_queue.parse().expect("validated above"),
                 retry_base: millis(&retry_base_ms),
@@ -677,8 +653,6 @@ mod tests {
         assert_eq!(s.log.format, LogFormat::Text);
         assert!(s.dingtalk.proxy.is_none());
         assert_eq!(s.outbox.lease, Duration::from_secs(60));
-        assert_eq!(s.outbox.heartbeat, Duration::from_secs(1));
-        assert_eq!(s.outbox.dead_after, Duration::from_secs(5));
         assert_eq!(s.outbox.max_queue, 500_000);
         assert_eq!(s.round_budget(), Duration::from_secs(40));
         assert_eq!(s.outbox.retry_base, Duration::from_secs(2));
@@ -718,27 +692,6 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "DING_CHANNEL_LEASE_S (environment): '3' is shorter than 5 × DINGTALK_TIMEOUT_MS (3.005 s): raise it to at least 4 or lower DINGTALK_TIMEOUT_MS"
-        );
-    }
-
-    #[test]
-    fn a_process_is_dead_after_a_few_missed_beats() {
-        let s = Settings::from_env_map(env(&[
-            ("DING_CHANNEL_HEARTBEAT_MS", "200"),
-            ("DING_CHANNEL_DEAD_AFTER_MS", "600"),
-        ]))
-        .unwrap();
-        assert_eq!(s.outbox.heartbeat, Duration::from_millis(200));
-        assert_eq!(s.outbox.dead_after, Duration::from_millis(600));
-        let e = Settings::from_env_map(env(&[("DING_CHANNEL_DEAD_AFTER_MS", "2999")])).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "DING_CHANNEL_DEAD_AFTER_MS (environment): '2999' is shorter than 3 × DING_CHANNEL_HEARTBEAT_MS (1000 ms): raise it to at least 3000 or lower DING_CHANNEL_HEARTBEAT_MS"
-        );
-        let e = Settings::from_env_map(env(&[("DING_CHANNEL_HEARTBEAT_MS", "50")])).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "DING_CHANNEL_HEARTBEAT_MS (environment): '50' is not a whole number from 100 to 60000"
         );
     }
 

@@ -149,8 +149,7 @@ pub(super) fn run(cmd: DeliveriesCmd, settings: Settings) -> anyhow::Result<()> 
                 bail!("message '{message_id}' has no failed delivery that can be retried");
             }
             runtime.block_on(outbox.deliver_message(&message_id));
-            // Recorded already: this counts its calls and removes the process's heartbeat row.
-            runtime.block_on(outbox.stop());
+            runtime.block_on(outbox.sync_egress()); // the calls it made are counted
             let ds = store::deliveries_of(&mut *outbox.db.get()?, &message_id)?;
             println!("requeued {n} delivery(ies) of {message_id}; now:");
             for d in ds {

@@ -7,7 +7,7 @@ use crate::db::models::DeliveryRow;
 use crate::db::DbError;
 use crate::directory::lookup::UserLookup;
 use crate::domain::delivery::DeliveryStatus;
-use crate::domain::ids::MessageId;
+use crate::domain::ids::{ClaimToken, MessageId};
 use crate::domain::request::{Caller, SendRequest};
 use crate::outbox::engine::Batch;
 use crate::outbox::store::{self, Accepted, NewMessage, Outcome};
@@ -121,7 +121,7 @@ impl SendService {
         let now = outbox.clock.now_ms();
         let give_up_at = now + outbox.policy.retry.max_age.as_millis() as i64;
         let claim = (
-            outbox.heartbeat.claim().as_str().to_owned(),
+            ClaimToken::new().as_str().to_owned(),
             now + outbox.lease.as_millis() as i64,
         );
         let message = request.message;

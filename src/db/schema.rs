@@ -191,17 +191,6 @@ diesel::table! {
     }
 }
 
-diesel::table! {
-    processes (id) {
-        id -> Text,
-        host -> Text,
-        pid -> BigInt,
-        started_at -> BigInt,
-        beat_at -> BigInt,
-        beats -> BigInt,
-    }
-}
-
 diesel::joinable!(app_tokens -> apps (app_code));
 diesel::joinable!(deliveries -> messages (message_id));
 diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
@@ -224,5 +213,4 @@ diesel::allow_tables_to_appear_in_same_query!(
     directory_syncs,
     templates,
     work_notice_tasks,
-    processes,
 );

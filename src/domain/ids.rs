@@ -60,38 +60,22 @@ impl fmt::Display for DingUserId {
     }
 }
 
-/// A running process (an app instance) as its claims and heartbeat name it: the OS process id,
-/// then random hex, so it is unique across hosts and restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProcessId(String);
-
-impl ProcessId {
-    #[allow(clippy::new_without_default)] // a fresh random id, not a default value
-    pub fn new() -> Self {
-        Self(format!(
-            "{}-{}",
-            std::process::id(),
-            crate::secret::random_hex(4)
-        ))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A fresh token for a batch this process claims.
-    pub fn claim(&self) -> ClaimToken {
-        ClaimToken(format!("{}-{}", self.0, crate::secret::random_hex(8)))
-    }
-}
-
-/// The token a batch of deliveries is claimed under: its process's [`ProcessId`], then random
+/// The token a batch of deliveries is claimed under: the claiming process's id, then random
 /// hex. On SQLite every process is on this host, so a claim can be told to be a dead
-/// process's by the OS process id it starts with.
+/// process's by its token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClaimToken(String);
 
 impl ClaimToken {
+    #[allow(clippy::new_without_default)] // a fresh random token, not a default value
+    pub fn new() -> Self {
+        Self(format!(
+            "{}-{}",
+            std::process::id(),
+            crate::secret::random_hex(8)
+        ))
+    }
+
     pub fn from_stored(s: impl Into<String>) -> Self {
         Self(s.into())
     }
@@ -100,15 +84,9 @@ impl ClaimToken {
         &self.0
     }
 
-    /// The OS process that made the claim, if the token says.
+    /// The process that made the claim, if the token says.
     pub fn process(&self) -> Option<u32> {
         self.0.split_once('-')?.0.parse().ok()
-    }
-
-    /// The [`ProcessId`] the claim was made under (tokens before heartbeats have none that
-    /// any process beats under).
-    pub fn owner(&self) -> Option<&str> {
-        Some(self.0.rsplit_once('-')?.0)
     }
 }
 
@@ -118,14 +96,8 @@ mod tests {
 
     #[test]
     fn a_claim_names_its_process() {
-        let me = ProcessId::new();
-        let claim = me.claim();
-        assert_eq!(claim.process(), Some(std::process::id()));
-        assert_eq!(claim.owner(), Some(me.as_str()));
-        assert_ne!(claim, me.claim(), "a token per batch");
-        assert_ne!(me, ProcessId::new(), "an id per instance");
+        assert_eq!(ClaimToken::new().process(), Some(std::process::id()));
         assert_eq!(ClaimToken::from_stored("123-ab").process(), Some(123));
-        assert_eq!(ClaimToken::from_stored("123-ab").owner(), Some("123"));
         assert_eq!(ClaimToken::from_stored("legacy").process(), None);
     }
 

@@ -4,7 +4,6 @@
 //! (bounded) for the first attempt; retries and anything a dead process left are found by
 //! polling, so nothing accepted depends on a request staying alive.
 
-use super::heartbeat::Heartbeat;
 use super::lease::{Held, Lease, Leases};
 use super::policy::Policy;
 use super::retry::RetryPolicy;
@@ -19,6 +18,7 @@ use crate::directory::profile::Profile;
 use crate::directory::store as users;
 use crate::directory::userids::UserIdCache;
 use crate::domain::delivery::DeliveryKind;
+use crate::domain::ids::ClaimToken;
 use crate::domain::message::Message;
 use crate::metrics::{EgressGauges, Metrics};
 use crate::senders::app_robot::budget::AppBudgets;
@@ -83,8 +83,6 @@ pub struct Outbox {
     pub lease: Duration,
     /// The claims of the batches in flight, renewed by [`Outbox::keep_leases`].
     pub leases: Arc<Leases>,
-    /// This process's heartbeat: what it claims is taken over soon after it stops beating.
-    pub heartbeat: Arc<Heartbeat>,
     pub metrics: Arc<Metrics>,
     /// Group robots, by webhook.
     pub robots: Arc<RobotSender>,
@@ -159,12 +157,6 @@ impl Outbox {
                 client.clone(),
                 clock.clone(),
                 settings.outbox.zone.clone(),
-            )),
-            heartbeat: Arc::new(Heartbeat::new(
-                db.clone(),
-                clock.clone(),
-                settings.outbox.heartbeat,
-                settings.outbox.dead_after,
             )),
             db,
             policy: Policy::new(
@@ -261,18 +253,12 @@ impl Outbox {
             .await
             .is_ok();
         self.sync_egress().await;
-        // With claims still held the row stays: once the heartbeat stops, they are taken over.
-        if settled {
-            self.heartbeat.retire().await;
-        }
         settled
     }
 
-    /// Keeps this process's claims, on the current runtime: beats its heartbeat until it
-    /// stops, and renews the leases of the batches in flight for as long as the outbox lives.
+    /// Renews the leases of the batches in flight, on the current runtime, for as long as the
+    /// outbox lives.
     pub fn keep_leases(self: &Arc<Self>) {
-        let heartbeat = self.heartbeat.clone();
-        tokio::spawn(async move { heartbeat.run().await });
         let this = Arc::downgrade(self);
         let tick = Duration::from_millis(self.leases.tick_ms() as u64);
         tokio::spawn(async move {
@@ -350,13 +336,10 @@ impl Outbox {
     }
 
     /// Why a DingTalk send may not start now under `lease`, if it may not: a send starts only
-    /// while the process is not stopping, its heartbeat reaches the database, and with a
-    /// round's worth of lease left.
+    /// while the process is not stopping and with a round's worth of lease left.
     fn may_not_send(&self, lease: &Lease) -> Option<&'static str> {
         if self.stopping.load(Ordering::SeqCst) {
             Some(STOPPING)
-        } else if let Some(why) = self.heartbeat.closed(lease) {
-            Some(why)
         } else if !self.leases.allows(lease, self.clock.now_ms()) {
             Some(LEASE_LOST)
         } else {
@@ -365,9 +348,6 @@ impl Outbox {
     }
 
     async fn idle_pause(&self) -> Duration {
-        if self.heartbeat.fenced() {
-            return IDLE_POLL; // nothing due can be sent before the heartbeat lands again
-        }
         let now = self.clock.now_ms();
         match self.db.run(move |c| store::next_due(c, now)).await {
             Ok(Some(due)) if due <= now => Duration::ZERO,
@@ -465,7 +445,7 @@ impl Outbox {
 
     /// Delivers the due deliveries of one message now (`deliveries retry`).
     pub async fn deliver_message(&self, message_id: &str) {
-        let claim = self.heartbeat.claim();
+        let claim = ClaimToken::new();
         let (now, lease, id) = (
             self.clock.now_ms(),
             self.lease.as_millis() as i64,
@@ -478,19 +458,12 @@ impl Outbox {
         self.deliver_rows(rows).await;
     }
 
-    /// Delivers everything due now, with what processes found dead left; answers how many
-    /// deliveries were attempted. Tests call it to drain the outbox without waiting.
+    /// Delivers everything due now; answers how many deliveries were attempted. Tests call it
+    /// to drain the outbox without waiting.
     pub async fn run_due(&self) -> usize {
-        // Whatever it claimed could not be sent.
-        if self.heartbeat.fenced() {
-            return 0;
-        }
-        if let Err(e) = self.heartbeat.take_over().await {
-            tracing::warn!(error = %e, "cannot look for processes that stopped beating");
-        }
         let mut total = 0;
         while !self.stopping.load(Ordering::SeqCst) {
-            let claim = self.heartbeat.claim();
+            let claim = ClaimToken::new();
             let (now, lease) = (self.clock.now_ms(), self.lease.as_millis() as i64);
             let rows = self
                 .db
@@ -602,26 +575,12 @@ impl Outbox {
         // go on: what finished during one record transaction goes into the next.
         let (finished, mut to_record) = mpsc::unbounded_channel();
         let _ = finished.send(unsendable);
-        // Once the heartbeat no longer vouches for the claims, the calls in flight are dropped
-        // (their connections closed), so that none outlasts the fence (outbox/heartbeat.rs).
         let sending = async {
             let mut sent = futures_util::stream::iter(tasks).buffer_unordered(SEND_CONCURRENCY);
-            let lost = self.heartbeat.lost(&held.lease);
-            tokio::pin!(lost);
-            let cut = loop {
-                tokio::select! {
-                    biased;
-                    why = &mut lost => break Some(why),
-                    next = sent.next() => match next {
-                        Some(verdicts) => {
-                            let _ = finished.send(self.policy.outcomes(verdicts));
-                        }
-                        None => break None,
-                    },
-                }
-            };
+            while let Some(verdicts) = sent.next().await {
+                let _ = finished.send(self.policy.outcomes(verdicts));
+            }
             drop(finished);
-            cut
         };
         let recording = async {
             let mut recorded = vec![];
@@ -641,35 +600,9 @@ impl Outbox {
             }
             recorded
         };
-        let (cut, recorded) = futures_util::future::join(sending, recording).await;
-        if let Some(why) = cut {
-            self.release_cut(&held.lease, why).await;
-        }
+        let ((), recorded) = futures_util::future::join(sending, recording).await;
         drop(held);
         recorded
-    }
-
-    /// Gives back what a batch cut short held, if the database takes it: those rows are sent
-    /// again at once, by whichever process claims them (a call cut may have reached DingTalk:
-    /// the one window of a duplicate, as for a process killed mid-call).
-    async fn release_cut(&self, lease: &Lease, why: &str) {
-        let claims = lease.held();
-        let n: usize = claims.iter().map(|(_, ids)| ids.len()).sum();
-        if n == 0 {
-            return;
-        }
-        tracing::warn!(
-            deliveries = n,
-            reason = why,
-            "deliveries in flight cut short"
-        );
-        if let Err(e) = self
-            .db
-            .write(move |c| store::release_held(c, &claims))
-            .await
-        {
-            tracing::warn!(error = %e, "cannot release the claims cut short; they are taken over once the heartbeat stands still, or expire with their lease");
-        }
     }
 
     fn sender(&self, kind: DeliveryKind) -> &dyn Sender {
@@ -736,7 +669,7 @@ impl Gate for BatchGate<'_> {
             let outbox = self.outbox;
             let (robot, claim, now, lease_ms) = (
                 target.to_owned(),
-                outbox.heartbeat.claim(),
+                ClaimToken::new(),
                 outbox.clock.now_ms(),
                 outbox.lease.as_millis() as i64,
             );

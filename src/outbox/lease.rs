@@ -8,7 +8,6 @@
 use super::store;
 use crate::db::models::DeliveryRow;
 use crate::db::{Db, DbError};
-use crate::domain::ids::ClaimToken;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,23 +64,6 @@ impl Lease {
     /// Whether a call that may take `budget_ms` can start at `now` and end under this lease.
     pub fn allows(&self, now: i64, budget_ms: i64) -> bool {
         !self.lost.load(Ordering::SeqCst) && self.until().saturating_sub(now) >= budget_ms
-    }
-
-    /// Whether every claim of the batch was made under the process id `owner`.
-    pub fn claimed_under(&self, owner: &str) -> bool {
-        let claims = self.claims.lock().expect("lease lock");
-        claims
-            .keys()
-            .all(|c| ClaimToken::from_stored(c.as_str()).owner() == Some(owner))
-    }
-
-    /// The rows still held, by claim token: those no outcome was recorded for.
-    pub fn held(&self) -> store::ClaimIds {
-        let claims = self.claims.lock().expect("lease lock");
-        claims
-            .iter()
-            .map(|(claim, c)| (claim.clone(), c.ids.clone()))
-            .collect()
     }
 
     /// When the first of its rows still held may be taken over (with none held, nothing may
@@ -262,21 +244,20 @@ impl Leases {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
     use crate::config::DatabaseUrl;
     use futures_util::FutureExt;
     use store::{Acceptance, NewDelivery, NewMessage};
 
-    pub(in crate::outbox) fn temp_db() -> (tempfile::TempDir, Db) {
+    fn temp_db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1).unwrap();
         db.migrate().unwrap();
         (dir, db)
     }
 
-    /// A message to robots `a` and `b`, its deliveries claimed under `claim` until `until`.
-    pub(in crate::outbox) async fn accepted(db: &Db, claim: &str, until: i64) -> Vec<DeliveryRow> {
+    async fn accepted(db: &Db, claim: &str, until: i64) -> Vec<DeliveryRow> {
         let delivery = |to: &str| NewDelivery {
             receiver: to.into(),
             kind: crate::domain::delivery::DeliveryKind::Robot,
@@ -380,8 +361,7 @@ pub(super) mod tests {
             held.iter().flatten().collect::<Vec<_>>(),
             ["4242-aa", "4242-aa"]
         );
-        assert!(crate::domain::ids::ProcessId::new()
-            .claim()
+        assert!(crate::domain::ids::ClaimToken::new()
             .as_str()
             .starts_with(&format!("{}-", std::process::id())));
     }

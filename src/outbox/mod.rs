@@ -4,7 +4,6 @@
 
 pub mod egress;
 pub mod engine;
-pub mod heartbeat;
 pub mod lease;
 pub mod policy;
 pub mod readback;

@@ -13,7 +13,6 @@ mod dingtalk_directory;
 mod doctor;
 mod envelope;
 mod esb_compat;
-mod failover;
 mod gateway_jwt;
 mod grafana;
 mod helpers;

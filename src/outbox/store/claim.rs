@@ -6,7 +6,6 @@ use crate::db::schema::{deliveries as d, messages as m};
 use crate::db::{write_tx, DbConn, DbError};
 use crate::domain::ids::ClaimToken;
 use diesel::prelude::*;
-use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 /// Claims up to `limit` due deliveries (optionally of one message) for `lease_ms`, under the
@@ -178,28 +177,6 @@ pub fn release_claims(conn: &mut DbConn, ids: &[i64]) -> Result<usize, DbError> 
                 d::claimed_until.eq(None::<i64>),
             ))
             .execute(conn)
-    })?)
-}
-
-/// Gives back the rows of `claims` still held under their tokens: a batch cut short.
-pub fn release_held(conn: &mut DbConn, claims: &[(String, Vec<i64>)]) -> Result<usize, DbError> {
-    Ok(write_tx(conn, |conn| {
-        let mut released = 0;
-        for (claim, ids) in claims {
-            for chunk in ids.chunks(RECORD_CHUNK) {
-                released += diesel::update(
-                    d::table
-                        .filter(d::id.eq_any(chunk))
-                        .filter(d::claimed_by.eq(claim)),
-                )
-                .set((
-                    d::claimed_by.eq(None::<String>),
-                    d::claimed_until.eq(None::<i64>),
-                ))
-                .execute(conn)?;
-            }
-        }
-        Ok::<_, DieselError>(released)
     })?)
 }
 

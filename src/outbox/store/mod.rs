@@ -4,13 +4,11 @@
 mod accept;
 mod claim;
 mod log;
-mod processes;
 mod record;
 
 pub use accept::*;
 pub use claim::*;
 pub use log::*;
-pub use processes::*;
 pub use record::*;
 
 use crate::db::models::DeliveryRow;
