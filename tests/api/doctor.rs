@@ -670,7 +670,7 @@ async fn malformed_robot_users_name_the_field() {
         ROBOT,
         "pool",
         "warn",
-        "left out of the pool: extras.robots entry 1: malformed token; sending by ops-robot",
+        "left out of the pool: extras.robots entry 1: malformed token (expected the access_token= value of the webhook URL); sending by ops-robot",
         "fix or remove what is left out of extras.robots",
     );
     assert_eq!(run.code, Some(0), "{:?}", run.failed());
