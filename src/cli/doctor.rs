@@ -10,20 +10,24 @@ use crate::channels::registry;
 use crate::channels::settings::{
     DingbotConf, DingtalkConf, SingleChat, SINGLE_CHAT_NOT_CONFIGURED,
 };
+use crate::clock::Zone;
 use crate::config::{ConfigError, DatabaseUrl, LogFormat, Settings};
 use crate::db::{Conn, Db, DbError};
 use crate::dingtalk::client::NoticeOutcome;
+use crate::dingtalk::egress::{explain, Hold, Scope};
 use crate::dingtalk::error::{Api, Kind, RobotSecurity};
 use crate::dingtalk::{App, At, DingTalk, DingTalkError, Message, MobileLookup, UserOutcome};
 use crate::directory::classify::{self, classify, RobotFields};
-use crate::directory::pool::{self, POOL_KEY};
+use crate::directory::pool::POOL_KEY;
 use crate::directory::profile::Profile;
 use crate::directory::store;
 use crate::domain::mobile::Mobile;
 use crate::domain::secrets::{RobotToken, SignSecret};
-use crate::senders::robot::members::{members_of, Member};
-use crate::senders::robot::{keyword, pacing};
+use crate::outbox;
+use crate::senders::robot::members::{pool_of, Member, Pool};
+use crate::senders::robot::{keyword, pacing, THROTTLE_PAUSE};
 use serde::Serialize;
+use std::sync::Arc;
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
@@ -101,8 +105,13 @@ fn skip(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check
 
 /// What DingTalk answered, quoted.
 fn answered(e: &DingTalkError) -> String {
-    if e.kind == Kind::Transport {
+    if e.unanswered() {
         format!("no answer from DingTalk ({}: {})", e.code, e.message)
+    } else if e.kind == Kind::Transport {
+        format!(
+            "an answer that is not DingTalk's JSON ({}: {})",
+            e.code, e.message
+        )
     } else if e.message.is_empty() {
         format!("DingTalk answered {}", e.code)
     } else {
@@ -110,7 +119,8 @@ fn answered(e: &DingTalkError) -> String {
     }
 }
 
-/// A refused app call, named for what an admin must fix; DingTalk's slowing down is a warning.
+/// A refused app call, named for what an admin must fix; DingTalk's slowing down (a throttle,
+/// its anti-abuse pause) is a warning, with the wait it asks.
 fn refused(call: &str, e: &DingTalkError) -> Check {
     let name = match e.kind {
         Kind::NoPermission => "permission",
@@ -119,16 +129,30 @@ fn refused(call: &str, e: &DingTalkError) -> Check {
         Kind::AppCredentials => "credentials",
         _ => call,
     };
-    let status = if e.kind == Kind::Throttled {
-        Status::Warn
-    } else {
-        Status::Fail
-    };
+    let slow = matches!(e.kind, Kind::Throttled | Kind::AntiAbuse);
+    let wait = e
+        .retry_after()
+        .filter(|_| slow)
+        .map_or_else(String::new, |w| {
+            format!(
+                "; it asks to wait {}",
+                crate::clock::duration(w.as_millis() as i64)
+            )
+        });
     check(
-        status,
+        if slow { Status::Warn } else { Status::Fail },
         name,
-        format!("{call}: {}", answered(e)),
+        format!("{call}: {}{wait}", answered(e)),
         Some(e.explanation.clone()),
+    )
+}
+
+/// A probe DingTalk refused in a way it is not known to refuse a made-up key: nothing is proven.
+fn not_proven(name: &str, e: &DingTalkError) -> Check {
+    warn(
+        name,
+        format!("not proven: {} ({})", answered(e), e.explanation),
+        "--phone 138… --send sends that person a test message, which proves it",
     )
 }
 
@@ -148,6 +172,12 @@ impl Report {
             Status::Ok | Status::Skip => {}
         }
         self.checks.push(c);
+    }
+
+    fn add_all(&mut self, group: &str, checks: Vec<Check>) {
+        for c in checks {
+            self.add(group, c);
+        }
     }
 
     fn text(&self) -> String {
@@ -232,25 +262,20 @@ fn checks(args: &DoctorArgs, settings: Result<Settings, ConfigError>) -> Report 
             return report;
         }
     };
-    let proxy = settings
-        .dingtalk
+    let dt = &settings.dingtalk;
+    let proxy = dt
         .proxy
         .as_ref()
-        // Host and port only: a proxy URL may carry a password.
-        .map_or_else(String::new, |p| {
-            format!(
-                " through the proxy {}:{}",
-                p.host_str().unwrap_or_default(),
-                p.port_or_known_default().unwrap_or_default()
-            )
-        });
+        .map_or_else(String::new, |p| format!(" through the proxy {}", origin(p)));
     report.add(
         SETUP,
         ok(
             "settings",
             format!(
                 "loaded: database {}, DingTalk {} and {}{proxy}",
-                settings.storage.database, settings.dingtalk.oapi_base, settings.dingtalk.api_base
+                settings.storage.database,
+                origin(&dt.oapi_base),
+                origin(&dt.api_base)
             ),
         ),
     );
@@ -272,13 +297,30 @@ fn checks(args: &DoctorArgs, settings: Result<Settings, ConfigError>) -> Report 
         }
     };
     registry_checks(&settings, &mut conn, &mut report);
-    let client = match DingTalk::new(settings.dingtalk.clone(), crate::clock::system()) {
+    let clock = crate::clock::system();
+    let client = match DingTalk::new(settings.dingtalk.clone(), clock.clone()) {
         Ok(c) => c,
         Err(e) => {
             report.add(APP, fail("client", e.to_string(), "check DINGTALK_PROXY"));
             return report;
         }
     };
+    // DingTalk's holds on every process's calls hold the doctor's too, and one its calls start
+    // is kept for the others, as the server's client does.
+    let egress = client.egress();
+    let epoch = egress.epoch();
+    match outbox::egress::holds(&mut conn) {
+        Ok(kept) => egress.adopt(kept, epoch, clock.now_ms()),
+        Err(e) => report.add(SETUP, db_failed(&e)),
+    }
+    egress.keep_in(Arc::new(outbox::egress::Store {
+        db: db.clone(),
+        clock: clock.clone(),
+    }));
+    report.add_all(
+        SETUP,
+        holds(&egress.holds(clock.now_ms()), &settings.outbox.zone),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -299,7 +341,50 @@ fn checks(args: &DoctorArgs, settings: Result<Settings, ConfigError>) -> Report 
             doctor.report.add(ROBOTS, db_failed(&e));
         }
     });
+    // Its calls count against the month's quota like any other (`ding-channel dingtalk usage`).
+    let counts = doctor.client.egress().take_counts();
+    if let Err(e) = outbox::egress::add_calls(&mut doctor.conn, &counts) {
+        doctor.report.add(
+            SETUP,
+            warn(
+                "calls counted",
+                format!("the doctor's calls to DingTalk are not counted: {e}"),
+                "nothing to do: `ding-channel dingtalk usage` shows a few calls fewer",
+            ),
+        );
+    }
     doctor.report
+}
+
+/// What DingTalk holds back now, kept by any process: its anti-abuse pause, the monthly quota.
+fn holds(holds: &[Hold], zone: &Zone) -> Vec<Check> {
+    if holds.is_empty() {
+        return vec![ok(
+            "DingTalk holds",
+            "none: DingTalk holds back no call of this server",
+        )];
+    }
+    holds
+        .iter()
+        .map(|h| {
+            let fix = match h.scope {
+                Scope::Pause => "wait: the doctor does not call DingTalk meanwhile, since asking prolongs the pause; run it again once the pause ends",
+                Scope::Quota => "once the organisation's quota is raised: ding-channel dingtalk resume",
+            };
+            let detail = format!("{} (DingTalk answered {} \"{}\")", explain(h, zone), h.code, h.message);
+            warn("DingTalk holds", detail, fix)
+        })
+        .collect()
+}
+
+/// Scheme, host and port only: a URL may carry a user and password, or a token in its query.
+fn origin(u: &reqwest::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str().unwrap_or_default(),
+        u.port_or_known_default().unwrap_or_default()
+    )
 }
 
 fn db_failed(e: &DbError) -> Check {
@@ -327,44 +412,45 @@ fn database(settings: &Settings, report: &mut Report) -> Option<Db> {
             return None;
         }
     }
-    let db = match Db::connect(url, 1) {
-        Ok(db) => db,
+    let fix = |e: &DbError| match e {
+        DbError::PostgresNotBuilt => "rebuild with `cargo build --release --features postgres`",
+        _ => "check DATABASE_URL and that the database server is up and lets this user in",
+    };
+    // Looked at read-only first: a database that is not ding-channel's is left as it is.
+    let mut probe = match crate::db::open_read_only(url) {
+        Ok(c) => c,
         Err(e) => {
-            let fix = match e {
-                DbError::PostgresNotBuilt => {
-                    "rebuild with `cargo build --release --features postgres`"
-                }
-                _ => "check DATABASE_URL and that the database server is up and lets this user in",
-            };
-            report.add(SETUP, fail("database", e.to_string(), fix));
+            report.add(SETUP, fail("database", e.to_string(), fix(&e)));
             return None;
         }
     };
     report.add(
         SETUP,
-        ok("database", format!("{url} answers ({})", db.backend())),
+        ok("database", format!("{url} answers ({})", url.backend())),
     );
-    match db.pending_migrations() {
-        Ok(pending) if pending.is_empty() => {
-            report.add(SETUP, ok("migrations", "up to date"));
-            Some(db)
-        }
-        Ok(pending) => {
-            report.add(
-                SETUP,
-                fail(
-                    "migrations",
-                    format!("{} not applied: {}", pending.len(), pending.join(", ")),
-                    "run `ding-channel migrate` (`serve` applies them when it starts); the other checks need them",
-                ),
-            );
-            None
-        }
+    let c = match crate::db::pending_migrations(&mut probe) {
+        Ok(None) => fail(
+            "migrations",
+            format!("{url} is not a ding-channel database: it has no table of migrations (__diesel_schema_migrations)"),
+            "set DATABASE_URL to the server's database; a new database is set up by `ding-channel migrate`",
+        ),
+        Ok(Some(pending)) if pending.is_empty() => ok("migrations", "up to date"),
+        Ok(Some(pending)) => fail(
+            "migrations",
+            format!("{} not applied: {}", pending.len(), pending.join(", ")),
+            "run `ding-channel migrate` (`serve` applies them when it starts); the other checks need them",
+        ),
+        Err(e) => fail("migrations", e.to_string(), "check the database"),
+    };
+    let migrated = c.status == Status::Ok;
+    report.add(SETUP, c);
+    if !migrated {
+        return None;
+    }
+    match Db::connect(url, 1) {
+        Ok(db) => Some(db),
         Err(e) => {
-            report.add(
-                SETUP,
-                fail("migrations", e.to_string(), "check the database"),
-            );
+            report.add(SETUP, fail("database", e.to_string(), fix(&e)));
             None
         }
     }
@@ -501,6 +587,21 @@ impl Doctor<'_> {
                 format!("app key {}; people reached by {path}", app.key),
             ),
         );
+        if let Some(e) = self
+            .client
+            .egress()
+            .held(Api::Token, crate::clock::now_ms())
+        {
+            self.report.add(
+                APP,
+                skip(
+                    "token",
+                    format!("not asked: DingTalk holds the app's calls ({})", e.code),
+                    "see DingTalk's hold above; run doctor again once it ends",
+                ),
+            );
+            return Ok(());
+        }
         match self.client.check_token(&app).await {
             Ok(dated) => {
                 self.report.add(
@@ -572,13 +673,14 @@ impl Doctor<'_> {
                 format!("{} is not this app's robot: {}", app.robot_code, answered(&e)),
                 "set ding_robot_code to the RobotCode of the app's robot (developer console, the app's robot page; usually the AppKey): ding-channel channels conf send_dingtalk ding_robot_code=…",
             ),
-            Err(e) if e.kind == Kind::MessageRefused => ok(
+            Err(e) if e.refuses_only("processQueryKey") => ok(
                 "robot code",
                 format!(
                     "DingTalk took robot code {} and the permission qyapi_robot_sendmsg (it refused only the made-up message key of the probe); a real send (--phone --send) proves it",
                     app.robot_code
                 ),
             ),
+            Err(e) if !e.is_retryable() && matches!(e.kind, Kind::MessageRefused | Kind::Other) => not_proven("robot code", &e),
             Err(e) => refused("robot code", &e),
         };
         self.report.add(APP, c);
@@ -589,11 +691,12 @@ impl Doctor<'_> {
     async fn agent(&mut self, app: &App, agent_id: &str) {
         let c = match self.client.work_notice_result(app, agent_id, "0").await {
             Ok(_) => ok("agent id", format!("DingTalk took AgentId {agent_id}")),
-            Err(e) if e.kind == Kind::Other && !e.is_retryable() => ok(
+            Err(e) if e.refuses_only("task_id") => ok(
                 "agent id",
                 format!("DingTalk took AgentId {agent_id} for the app (it refused only the made-up task id of the probe)"),
             ),
             Err(e) if e.kind == Kind::NoPermission => fail("agent id", answered(&e), e.explanation),
+            Err(e) if !e.is_retryable() && matches!(e.kind, Kind::MessageRefused | Kind::Other) => not_proven("agent id", &e),
             Err(e) => refused("agent id", &e),
         };
         self.report.add(APP, c);
@@ -804,9 +907,13 @@ impl Doctor<'_> {
         if !usable {
             return Ok(());
         }
-        let Ok(members) = members_of(&name, Some(p), fields) else {
+        let Ok(pool) = pool_of(&name, Some(p), fields) else {
             return Ok(());
         };
+        if let Some(c) = pool_check(p, &pool) {
+            self.report.add(&group, c);
+        }
+        let members = pool.members;
         let now = crate::clock::now_ms();
         for m in &members {
             let state = pacing::throttling(&mut self.conn, &m.id)?;
@@ -825,8 +932,24 @@ impl Doctor<'_> {
         }
         let limit = conf.robot_limits.for_robot(&name);
         for m in &members {
+            // Not a word while DingTalk holds this server's calls: asking would prolong it.
+            if let Some(e) = self
+                .client
+                .egress()
+                .held(Api::Webhook, crate::clock::now_ms())
+            {
+                self.report.add(
+                    &group,
+                    skip(
+                        "test message",
+                        format!("{}: not sent, DingTalk holds every call ({})", m.id, e.code),
+                        "see DingTalk's hold above; run doctor again once it ends",
+                    ),
+                );
+                continue;
+            }
             // A slot of its own, as any send takes: a test never pushes a robot over DingTalk's
-            // limit, nor speaks during DingTalk's pause.
+            // limit, nor speaks during DingTalk's pause of the robot.
             let slots =
                 pacing::take_slots(&mut self.conn, &m.id, 1, crate::clock::now_ms(), limit)?;
             if slots.granted == 0 {
@@ -868,7 +991,15 @@ impl Doctor<'_> {
                         }
                     ),
                 ),
-                Err(e) => robot_refused(m, fields, &e, skew),
+                Err(e) => {
+                    if e.is_throttle() {
+                        // Paused as the sender pauses it, so queued sends wait too.
+                        let now = crate::clock::now_ms();
+                        let wait = e.retry_after().unwrap_or(THROTTLE_PAUSE);
+                        pacing::pause(&mut self.conn, &m.id, now, now + wait.as_millis() as i64)?;
+                    }
+                    robot_refused(m, fields, &e, skew)
+                }
             };
             self.report.add(&group, c);
         }
@@ -876,7 +1007,7 @@ impl Doctor<'_> {
     }
 }
 
-/// A robot user's stored credentials, keyword and pool, as DingTalk issues them.
+/// A robot user's stored credentials and keyword, as DingTalk issues them.
 fn credentials(p: &Profile, f: &RobotFields) -> Vec<Check> {
     let classify::Kind::Robot { token, secret } = classify(p, f) else {
         return vec![fail(
@@ -965,33 +1096,39 @@ fn credentials(p: &Profile, f: &RobotFields) -> Vec<Check> {
             ),
         ),
     });
-    match pool::entries(p) {
-        Ok(entries) if entries.is_empty() => {}
-        Err(problem) => checks.push(fail(
-            "pool",
-            format!("extras.{problem}"),
-            format!(
-                "fix extras.{POOL_KEY} (`ding-channel users show {}`)",
-                p.username
-            ),
-        )),
-        Ok(entries) => {
-            let bad: Vec<String> = entries
-                .iter()
-                .filter_map(|e| e.as_ref().err().cloned())
-                .collect();
-            checks.push(if bad.is_empty() {
-                ok("pool", format!("{} more robots of the group: {}#1..#{}", entries.len(), p.username, entries.len()))
-            } else {
-                warn(
-                    "pool",
-                    format!("left out of the pool: {}", bad.join("; ")),
-                    format!("fix or remove those entries of extras.{POOL_KEY} (`ding-channel users show {}`)", p.username),
-                )
-            });
-        }
-    }
     checks
+}
+
+/// The robots a robot user sends by, as the robot sender reads its pool (`None` without one).
+fn pool_check(p: &Profile, pool: &Pool) -> Option<Check> {
+    let ids = |from: usize| {
+        pool.members[from..]
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if pool.left_out.is_empty() {
+        let more = pool.members.len() - 1;
+        return (more > 0).then(|| {
+            ok(
+                "pool",
+                format!("{more} more robots of the group: {}", ids(1)),
+            )
+        });
+    }
+    Some(warn(
+        "pool",
+        format!(
+            "left out of the pool: {}; sending by {}",
+            pool.left_out.join("; "),
+            ids(0)
+        ),
+        format!(
+            "fix or remove what is left out of extras.{POOL_KEY} (`ding-channel users show {}`)",
+            p.username
+        ),
+    ))
 }
 
 /// `SEC` and 64 hex characters: a secret as DingTalk shows it.
@@ -1003,10 +1140,12 @@ fn is_sec_hex(s: &str) -> bool {
 /// When DingTalk last throttled the robot, and its pause if one runs.
 fn throttling(id: &str, state: pacing::Throttling, now: i64) -> Check {
     let ago = |at: i64| format!("{} ago", crate::clock::duration(now - at));
-    let last = state.last_at.map_or_else(
-        || "never throttled".to_owned(),
-        |at| format!("last throttled {}", ago(at)),
-    );
+    let last = match (state.last_at, state.paused_until) {
+        (Some(at), _) => format!("last throttled {}", ago(at)),
+        // Paused before ding-channel kept when: throttled, once at least.
+        (None, Some(_)) => "when DingTalk last throttled it is not recorded".to_owned(),
+        (None, None) => "never throttled".to_owned(),
+    };
     match state.paused_until.filter(|until| *until > now) {
         Some(until) => warn(
             "throttling",
@@ -1075,7 +1214,7 @@ fn robot_refused(m: &Member, f: &RobotFields, e: &DingTalkError, skew: Option<i6
             ),
             "add this server's egress address to the robot's IP ranges, or send through DINGTALK_PROXY from an address they allow",
         ),
-        Some(RobotSecurity::Other) | None if e.kind == Kind::Throttled => warn("test message", said, e.explanation.clone()),
+        Some(RobotSecurity::Other) | None if matches!(e.kind, Kind::Throttled | Kind::AntiAbuse) => warn("test message", said, e.explanation.clone()),
         Some(RobotSecurity::Other) | None => fail("test message", said, e.explanation.clone()),
     }
 }
@@ -1124,6 +1263,24 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_told_from_none_and_dingtalks_pause_is_a_warning() {
+        let e = DingTalkError::bad_answer(Api::Token, 200, "the body is not a JSON object");
+        assert_eq!(
+            answered(&e),
+            "an answer that is not DingTalk's JSON (http_200: the body is not a JSON object)"
+        );
+        let body = br#"{"status":1111,"wait":90,"punish":"deny"}"#;
+        let e = crate::dingtalk::error::gateway_refusal(Api::Token, 200, false, body).unwrap();
+        let c = refused("token", &e);
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail.ends_with("; it asks to wait 1m 30s"),
+            "{}",
+            c.detail
+        );
+    }
+
+    #[test]
     fn throttling_says_when_and_warns_only_during_a_pause() {
         let never = throttling("r", pacing::Throttling::default(), 1_000_000);
         assert_eq!(
@@ -1138,6 +1295,14 @@ mod tests {
         assert_eq!(
             (c.status, c.detail.as_str()),
             (Status::Ok, "r: last throttled 4h 0m ago")
+        );
+        let unrecorded = pacing::Throttling {
+            last_at: None,
+            ..past
+        };
+        assert_eq!(
+            throttling("r", unrecorded, 4 * HOUR_MS).detail,
+            "r: when DingTalk last throttled it is not recorded"
         );
         let c = throttling("r", past, 60_000);
         assert_eq!(c.status, Status::Warn);

@@ -180,16 +180,6 @@ impl Db {
         Ok(applied)
     }
 
-    /// The names of the migrations not applied yet (diesel's bookkeeping table is created if
-    /// missing, nothing else is changed).
-    pub fn pending_migrations(&self) -> Result<Vec<String>, DbError> {
-        let mut conn = self.get()?;
-        with_conn!(&mut *conn, |c| pending_migrations(
-            c,
-            migrations_for_backend(c)
-        ))
-    }
-
     /// Runs blocking database work off the async executor.
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
@@ -282,16 +272,91 @@ where
         .map_err(|e| DbError::Migration(e.to_string()))
 }
 
-fn pending_migrations<C>(
-    conn: &mut C,
-    migrations: EmbeddedMigrations,
-) -> Result<Vec<String>, DbError>
+/// The names of this binary's migrations `conn`'s database has not applied, read without
+/// writing (diesel's own check would create its bookkeeping table); `None` when the database
+/// has no such table: never migrated, or not ding-channel's.
+pub fn pending_migrations(conn: &mut DbConn) -> Result<Option<Vec<String>>, DbError> {
+    use diesel::sql_types::{BigInt, Text};
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = Text)]
+        version: String,
+    }
+    let exists = match conn {
+        DbConn::Sqlite(_) => "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+        #[cfg(feature = "postgres")]
+        DbConn::Pg(_) => "SELECT count(*) AS n FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = '__diesel_schema_migrations'",
+    };
+    if diesel::sql_query(exists).get_result::<Count>(conn)?.n == 0 {
+        return Ok(None);
+    }
+    let applied: std::collections::HashSet<String> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Version>(conn)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+    let embedded = with_conn!(&mut *conn, |c| embedded_migrations(c))?;
+    Ok(Some(
+        embedded
+            .into_iter()
+            .filter(|(version, _)| !applied.contains(version))
+            .map(|(_, name)| name)
+            .collect(),
+    ))
+}
+
+/// This binary's migrations for `C`'s backend: each one's version and name.
+fn embedded_migrations<C>(_: &C) -> Result<Vec<(String, String)>, DbError>
 where
-    C: MigrationHarness<C::Backend> + Connection,
+    C: BackendMigrations + Connection,
 {
-    conn.pending_migrations(migrations)
-        .map(|v| v.iter().map(|m| m.name().to_string()).collect())
+    use diesel::migration::MigrationSource;
+    MigrationSource::<C::Backend>::migrations(&C::migrations())
+        .map(|all| {
+            all.iter()
+                .map(|m| (m.name().version().to_string(), m.name().to_string()))
+                .collect()
+        })
         .map_err(|e| DbError::Migration(e.to_string()))
+}
+
+/// One connection that changes nothing by being opened (no WAL switch on SQLite, a read-only
+/// session on PostgreSQL): for looking at a database that may not be ding-channel's.
+pub fn open_read_only(url: &DatabaseUrl) -> Result<DbConn, DbError> {
+    let connect_err = |e: diesel::ConnectionError| DbError::Connect {
+        url: url.to_string(),
+        reason: e.to_string(),
+    };
+    match url {
+        DatabaseUrl::Sqlite(path) => {
+            // A URI filename, so `mode=ro`; its reserved characters escaped.
+            let mut escaped = String::new();
+            for ch in path.to_string_lossy().chars() {
+                match ch {
+                    '%' | '?' | '#' => escaped.push_str(&format!("%{:02X}", ch as u32)),
+                    ch => escaped.push(ch),
+                }
+            }
+            let c = SqliteConnection::establish(&format!("file:{escaped}?mode=ro"))
+                .map_err(connect_err)?;
+            Ok(DbConn::Sqlite(c))
+        }
+        #[cfg(feature = "postgres")]
+        DatabaseUrl::Postgres(pg) => {
+            let mut c = diesel::pg::PgConnection::establish(pg).map_err(connect_err)?;
+            c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
+            Ok(DbConn::Pg(c))
+        }
+        #[cfg(not(feature = "postgres"))]
+        DatabaseUrl::Postgres(_) => Err(DbError::PostgresNotBuilt),
+    }
 }
 
 /// A write transaction. On SQLite it starts with `BEGIN IMMEDIATE`, so it takes the write lock

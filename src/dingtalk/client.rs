@@ -470,10 +470,9 @@ impl DingTalk {
             url.query_pairs_mut().append_pair("access_token", &token);
             let (status, headers, v) = self.exchange(api, self.http.post(url).json(body)).await?;
             let errmsg = v["errmsg"].as_str().unwrap_or("");
-            let errcode = v["errcode"]
-                .as_i64()
-                .map(|c| error::effective_code(c, v["sub_code"].as_str(), errmsg));
-            if error::is_invalid_token(errcode, v["sub_code"].as_str(), status, None) && !retried {
+            let errcode = v["errcode"].as_i64();
+            let sub_code = v["sub_code"].as_str();
+            if error::is_invalid_token(errcode, sub_code, status, None) && !retried {
                 self.invalidate(app, &token);
                 retried = true;
                 continue;
@@ -485,7 +484,7 @@ impl DingTalk {
                 Some(0) => Ok(v),
                 Some(code) => Err(self
                     .refused(with_request_id(
-                        error::classify_oapi(api, code, errmsg, ctx),
+                        error::classify_topapi(api, code, sub_code, errmsg, ctx),
                         &v,
                     ))
                     .await),

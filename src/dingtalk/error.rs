@@ -91,16 +91,19 @@ pub enum Kind {
     Other,
 }
 
-/// A group robot's security setting that refused a call ([`DingTalkError::robot_security`]).
+/// A group robot's security setting that refused a call ([`DingTalkError::robot_security`]),
+/// read from DingTalk's errmsg in its old English wording or its current
+/// `description:…;solution:…` one (docs/dingtalk.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RobotSecurity {
-    /// "keywords not in content": the text holds none of its custom keywords.
+    /// "keywords not in content" / "关键词不匹配": the text holds none of its custom keywords.
     Keyword,
-    /// "sign not match": the signature is not the robot's secret's (or there is none).
+    /// "sign not match" / "签名不匹配": the signature is not the robot's secret's (or there is none).
     Signature,
-    /// "invalid timestamp": the signed timestamp is over an hour off DingTalk's clock.
+    /// "invalid timestamp" / "签名过期": the signed timestamp is over an hour off DingTalk's clock.
     Timestamp,
-    /// "ip … not in whitelist": the caller's address (as DingTalk names it) is outside its ranges.
+    /// "ip … not in whitelist" / "不在白名单": the caller's address (as DingTalk names it) is
+    /// outside its ranges.
     Ip(Option<String>),
     /// Another 310000 message.
     Other,
@@ -108,14 +111,17 @@ pub enum RobotSecurity {
 
 impl RobotSecurity {
     fn read(errmsg: &str) -> Self {
-        if errmsg.contains("keywords not in content") {
+        // Matched on the description's own words: the signature message's solution mentions
+        // the timestamp (时间戳), so that word alone tells nothing.
+        let has = |phrases: &[&str]| phrases.iter().any(|p| errmsg.contains(p));
+        if has(&["keywords not in content", "关键词不匹配"]) {
             Self::Keyword
-        } else if errmsg.contains("invalid timestamp") {
+        } else if has(&["invalid timestamp", "签名过期"]) {
             Self::Timestamp
-        } else if errmsg.contains("sign not match") {
+        } else if has(&["sign not match", "签名不匹配"]) {
             Self::Signature
-        } else if errmsg.contains("not in whitelist") {
-            // "ip 203.0.113.9 not in whitelist"
+        } else if has(&["not in whitelist", "不在白名单"]) {
+            // "ip 203.0.113.9 not in whitelist"; the current wording names no address.
             let ip = errmsg
                 .split_whitespace()
                 .skip_while(|w| *w != "ip")
@@ -174,6 +180,23 @@ impl DingTalkError {
         matches!(self.kind, Kind::AntiAbuse | Kind::QuotaExhausted)
     }
 
+    /// No answer came (connect, timeout, broken off), as opposed to one that is not the
+    /// documented JSON ([`Self::bad_answer`], also `Kind::Transport`).
+    pub fn unanswered(&self) -> bool {
+        self.kind == Kind::Transport && matches!(self.code.as_str(), TIMEOUT | NETWORK)
+    }
+
+    /// Whether DingTalk refused only the value of the call's parameter `name` (none such, or
+    /// out of date): oapi's `40035` "不合法的参数" naming it, or the new API's
+    /// `InvalidParameter.<name>…` code.
+    pub fn refuses_only(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        match self.code.to_ascii_lowercase() {
+            code if code == "40035" => self.message.to_ascii_lowercase().contains(&name),
+            code => code.starts_with("invalidparameter.") && code.contains(&name),
+        }
+    }
+
     /// A refusal of the robot itself (signature, token, disabled): every message to it fails
     /// alike until an admin fixes the robot user.
     pub fn dooms_robot(&self) -> bool {
@@ -215,14 +238,14 @@ impl DingTalkError {
     /// A failure on the way (connect, timeout, broken body): always worth another try.
     pub(crate) fn transport(api: Api, e: reqwest::Error) -> Self {
         let (code, what) = if e.is_timeout() {
-            ("timeout", "DingTalk did not answer in time")
+            (TIMEOUT, "DingTalk did not answer in time")
         } else if e.is_connect() {
             (
-                "network",
+                NETWORK,
                 "cannot connect to DingTalk (check the network, DINGTALK_PROXY and the base URLs)",
             )
         } else {
-            ("network", "the exchange with DingTalk broke off")
+            (NETWORK, "the exchange with DingTalk broke off")
         };
         // `without_url`: the URL may carry an access_token.
         let e = e.without_url();
@@ -346,6 +369,10 @@ fn html_title(body: &[u8]) -> String {
     title.chars().take(80).collect()
 }
 
+/// Our codes of a failure on the way ([`DingTalkError::transport`]).
+const TIMEOUT: &str = "timeout";
+const NETWORK: &str = "network";
+
 pub(crate) const RETRY: Class = Class::Retryable { after: None };
 const RETRY_1S: Class = Class::Retryable {
     after: Some(Duration::from_secs(1)),
@@ -381,6 +408,45 @@ pub fn is_invalid_token(
 
 /// Classifies an oapi answer (`errcode` ≠ 0).
 pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> DingTalkError {
+    let found = known(api, errcode, errmsg, ctx).unwrap_or_else(|| {
+        let what = format!("DingTalk refused the {} call", api.name());
+        (PERMANENT, Kind::Other, what)
+    });
+    refusal(api, errcode.to_string(), found, errmsg)
+}
+
+/// Classifies a topapi answer (`errcode` ≠ 0), which wraps many refusals in errcode 88 with
+/// the real code as `sub_code` (and in the errmsg, "ding talk error[subcode=60011,submsg=…]"):
+/// that code is classified, so a missing permission is not taken for an expired token, and
+/// the code kept shows both ("88/60011"). A sub code this table does not know stays
+/// retryable, as 88 is.
+pub fn classify_topapi(
+    api: Api,
+    errcode: i64,
+    sub_code: Option<&str>,
+    errmsg: &str,
+    ctx: Context<'_>,
+) -> DingTalkError {
+    let Some(sub) = wrapped(errcode, sub_code, errmsg) else {
+        return classify_oapi(api, errcode, errmsg, ctx);
+    };
+    let found = known(api, sub, errmsg, ctx)
+        .or_else(|| known(api, errcode, errmsg, ctx))
+        .expect("88 is in the table");
+    refusal(api, format!("{errcode}/{sub}"), found, errmsg)
+}
+
+fn refusal(
+    api: Api,
+    code: String,
+    (class, kind, explanation): (Class, Kind, String),
+    errmsg: &str,
+) -> DingTalkError {
+    DingTalkError::new(api, (class, kind), code, errmsg, explanation).lacking(&named_scopes(errmsg))
+}
+
+/// What a code DingTalk documents means; `None` for one this table does not know.
+fn known(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> Option<(Class, Kind, String)> {
     let robot = ctx
         .robot
         .map_or_else(String::new, |(user, _, _)| format!(" of user {user}"));
@@ -388,7 +454,8 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
     let sign_field = ctx.robot.map_or("the sign field", |(_, _, s)| s);
     let (class, kind, explanation) = match errcode {
         40089 | 40096 => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
-        40014 | 88 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
+        40014 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
+        88 => (RETRY, Kind::Other, format!("DingTalk refused the {} call with errcode 88, which wraps the reason (its message names it); retried", api.name())),
         60121 => (PERMANENT, Kind::UnknownMobile, format!("no DingTalk user has the mobile {}: the telephone in the profile must equal the phone registered in DingTalk", ctx.mobile.unwrap_or("given"))),
         60011 if matches!(api, Api::WorkNotice | Api::WorkNoticeResult | Api::WorkNoticeRecall) => (PERMANENT, Kind::NoPermission, "the DingTalk app lacks the permission for work notifications (qyapi_base), or ding_agent_id is not this app's AgentId: grant it in the DingTalk developer console, or fix ding_agent_id in the send_dingtalk channel's comp_conf".to_owned()),
         60011 => (PERMANENT, Kind::NoPermission, format!("the DingTalk app lacks the permission {}: grant it in the DingTalk developer console", permission(api))),
@@ -411,10 +478,9 @@ pub fn classify_oapi(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> 
         90006 => (RETRY_1M, Kind::Throttled, "the DingTalk app is over its calls-per-minute limit; retried after a minute".to_owned()),
         90020 => (RETRY, Kind::QuotaExhausted, QUOTA.to_owned()),
         -1 => (RETRY, Kind::Busy, "DingTalk is busy; retried".to_owned()),
-        _ => (PERMANENT, Kind::Other, format!("DingTalk refused the {} call", api.name())),
+        _ => return None,
     };
-    DingTalkError::new(api, (class, kind), errcode.to_string(), errmsg, explanation)
-        .lacking(&named_scopes(errmsg))
+    Some((class, kind, explanation))
 }
 
 /// The permissions a refusal names, in order: the first bracketed list of permission names
@@ -434,12 +500,10 @@ pub(crate) fn named_scopes(text: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The code an oapi answer means. topapi wraps many refusals in errcode 88 with the real code
-/// as `sub_code` (and in the errmsg, "ding talk error[subcode=60011,submsg=…]"): that is the
-/// one classified, so a missing permission is not taken for an expired token.
-pub fn effective_code(errcode: i64, sub_code: Option<&str>, errmsg: &str) -> i64 {
+/// The code an errcode 88 wraps, from its `sub_code` or its errmsg; never 0 (success) nor 88.
+fn wrapped(errcode: i64, sub_code: Option<&str>, errmsg: &str) -> Option<i64> {
     if errcode != 88 {
-        return errcode;
+        return None;
     }
     let in_msg = || {
         let (_, rest) = errmsg.split_once("subcode=")?;
@@ -451,7 +515,7 @@ pub fn effective_code(errcode: i64, sub_code: Option<&str>, errmsg: &str) -> i64
     sub_code
         .or_else(in_msg)
         .and_then(|c| c.trim().parse().ok())
-        .unwrap_or(errcode)
+        .filter(|c| ![0, 88].contains(c))
 }
 
 /// The caller's IP a 60020 names ("…,request ip=203.0.113.9 appKey(…)").
@@ -660,6 +724,78 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_that_is_not_json_is_not_taken_for_no_answer() {
+        let e = DingTalkError::bad_answer(Api::Token, 200, "the body is not a JSON object");
+        assert_eq!(e.kind, Kind::Transport);
+        assert!(!e.unanswered());
+        let e = DingTalkError::new(Api::Token, (RETRY, Kind::Transport), TIMEOUT, "", "");
+        assert!(e.unanswered());
+    }
+
+    #[test]
+    fn a_refusal_of_one_parameter_names_it() {
+        let oapi = classify_oapi(
+            Api::WorkNoticeResult,
+            40035,
+            "不合法的参数: task_id 不存在或已超过 24 小时",
+            Context::default(),
+        );
+        assert!(oapi.refuses_only("task_id"));
+        assert!(!oapi.refuses_only("agent_id"));
+        let other = classify_oapi(Api::WorkNoticeResult, 400002, "task_id", Context::default());
+        assert!(!other.refuses_only("task_id"), "another code");
+        let api = DingTalkError::new(
+            Api::ReadStatus,
+            (PERMANENT, Kind::MessageRefused),
+            "InvalidParameter.processQueryKey",
+            "",
+            "",
+        );
+        assert!(api.refuses_only("processQueryKey"));
+        assert!(!api.refuses_only("robotCode"));
+    }
+
+    #[test]
+    fn errcode_88_is_read_by_its_sub_code_and_both_codes_kept() {
+        let topapi = |sub| {
+            classify_topapi(
+                Api::GetByMobile,
+                88,
+                sub,
+                "ding talk error",
+                Context::default(),
+            )
+        };
+        let e = topapi(Some("60011"));
+        assert_eq!(
+            (e.kind, e.code.as_str(), e.is_retryable()),
+            (Kind::NoPermission, "88/60011", false)
+        );
+        assert!(
+            e.to_string().contains("(88/60011 \"ding talk error\")"),
+            "{e}"
+        );
+        // A sub code the table does not know is as retryable as 88 itself.
+        let e = topapi(Some("12345"));
+        assert_eq!(
+            (e.kind, e.code.as_str(), e.is_retryable()),
+            (Kind::Other, "88/12345", true)
+        );
+        // Neither a sub code of 0 nor one that is not a number is taken for anything else.
+        for sub in [Some("0"), Some("oops"), None] {
+            let e = topapi(sub);
+            assert_eq!(
+                (e.kind, e.code.as_str(), e.is_retryable()),
+                (Kind::Other, "88", true),
+                "{sub:?}"
+            );
+            assert!(!e.explanation.contains("access token"), "{e}");
+        }
+        let e = classify_topapi(Api::GetByMobile, 60121, Some("1"), "", Context::default());
+        assert_eq!((e.kind, e.code.as_str()), (Kind::UnknownMobile, "60121"));
+    }
+
+    #[test]
     fn a_robot_security_refusal_says_which_setting() {
         let refusal = |msg| classify_oapi(Api::Webhook, 310000, msg, Context::default());
         let cases = [
@@ -672,6 +808,29 @@ mod tests {
             ),
             ("ip X.X.X.X not in whitelist", RobotSecurity::Ip(None)),
             ("something new", RobotSecurity::Other),
+            // DingTalk's current wording (public reports: BiliBiliToolPro#271, qd#510,
+            // air780e-forwarder#51, TrendRadar#70).
+            (
+                "description:关键词不匹配;solution:请联系群管理员查看此机器人的关键词，并在发送的信息中包含此关键词;",
+                RobotSecurity::Keyword,
+            ),
+            (
+                "错误描述:关键词不匹配;解决方案:请联系群管理员查看此机器人的关键词，并在发送的信息中包含此关键词;",
+                RobotSecurity::Keyword,
+            ),
+            (
+                "description:机器人发送签名不匹配;solution:请确认签名和生成签名的时间戳必须都放在调用的网址中，请确认机器人的密钥加密和填写正确;link:请参考本接口对应文档获得具体要求，或者在https://open.dingtalk.com/document/  搜索相关文档;",
+                RobotSecurity::Signature,
+            ),
+            (
+                "description:机器人发送签名过期;solution:签名生成时间和发送时间请保持在 timestampms 以内;",
+                RobotSecurity::Timestamp,
+            ),
+            (
+                "description:ip 不在白名单中;solution:请联系对应群的管理员，设置机器人安全ip地址段",
+                RobotSecurity::Ip(None),
+            ),
+            ("description:时间戳;solution:", RobotSecurity::Other),
         ];
         for (msg, security) in cases {
             assert_eq!(refusal(msg).robot_security(), Some(security), "{msg}");
@@ -752,11 +911,11 @@ mod tests {
         );
         let real = "ding talk error[subcode=60011,submsg=应用尚未开通所需的权限：[qyapi_get_member_by_mobile]，点击链接申请并开通即可：https://open-dev.dingtalk.com/appscope/apply?content=dingkey%23qyapi_get_member_by_mobile, {requiredScopes=[qyapi_get_member_by_mobile]}]";
         assert_eq!(named_scopes(real), ["qyapi_get_member_by_mobile"]);
-        assert_eq!(effective_code(88, None, real), 60011);
-        assert_eq!(effective_code(88, Some("60020"), ""), 60020);
-        assert_eq!(effective_code(88, Some("40014"), ""), 40014);
-        assert_eq!(effective_code(88, None, "系统繁忙"), 88);
-        assert_eq!(effective_code(60121, Some("1"), ""), 60121);
+        assert_eq!(wrapped(88, None, real), Some(60011));
+        assert_eq!(wrapped(88, Some("60020"), ""), Some(60020));
+        assert_eq!(wrapped(88, Some("40014"), ""), Some(40014));
+        assert_eq!(wrapped(88, None, "系统繁忙"), None);
+        assert_eq!(wrapped(60121, Some("1"), ""), None);
         assert_eq!(named_scopes("no list [here"), Vec::<String>::new());
         assert_eq!(named_scopes("[not a scope!]"), Vec::<String>::new());
         assert!(is_invalid_token(Some(88), Some("40014"), 200, None));

@@ -739,9 +739,18 @@ async fn robot_send(state: State, req: HttpRequest, q: Query, body: web::Bytes) 
     dated(res, now)
 }
 
+// A robot's security refusals (310000) in DingTalk's current wording (docs/dingtalk.md); the
+// client reads its older English ones too.
+const KEYWORD_NOT_MATCH: &str = "description:关键词不匹配;solution:请联系群管理员查看此机器人的关键词，并在发送的信息中包含此关键词;";
+const SIGN_NOT_MATCH: &str = "description:机器人发送签名不匹配;solution:请确认签名和生成签名的时间戳必须都放在调用的网址中，请确认机器人的密钥加密和填写正确;";
+const SIGN_EXPIRED: &str =
+    "description:机器人发送签名过期;solution:签名生成时间和发送时间请保持在 timestampms 以内;";
+const IP_NOT_ALLOWED: &str =
+    "description:ip 不在白名单中;solution:请联系对应群的管理员，设置机器人安全ip地址段;";
+
 /// A custom robot's webhook: the robot's security settings (signature with a timestamp within
-/// an hour of DingTalk's clock, IP ranges, keyword) in the words DingTalk's custom-robot guide
-/// lists, then the body and the throttle.
+/// an hour of DingTalk's clock, IP ranges, keyword) in DingTalk's current words, then the body
+/// and the throttle.
 async fn robot_answer(state: &SimState, req: &HttpRequest, q: &Query, body: &[u8]) -> HttpResponse {
     if let Some(r) = fault(state, "robot_send", true).await {
         return r;
@@ -758,19 +767,19 @@ async fn robot_answer(state: &SimState, req: &HttpRequest, q: &Query, body: &[u8
     };
     if let Some(secret) = &robot.secret {
         let Some(ts) = q.get("timestamp").and_then(|t| t.parse::<i64>().ok()) else {
-            return refuse(&mut g, 310000, "sign not match");
+            return refuse(&mut g, 310000, SIGN_NOT_MATCH);
         };
         if (g.dingtalk_now(now) - ts).abs() > 3_600_000 {
-            return refuse(&mut g, 310000, "invalid timestamp");
+            return refuse(&mut g, 310000, SIGN_EXPIRED);
         }
         if q.get("sign").map(String::as_str) != Some(sign::signature(secret, ts).as_str()) {
-            return refuse(&mut g, 310000, "sign not match");
+            return refuse(&mut g, 310000, SIGN_NOT_MATCH);
         }
     }
     let peer = peer_ip(req);
     let ips = g.config.security.robot_ips.get(&robot.name);
     if ips.is_some_and(|ips| !ips.contains(&peer)) {
-        return refuse(&mut g, 310000, &format!("ip {peer} not in whitelist"));
+        return refuse(&mut g, 310000, IP_NOT_ALLOWED);
     }
     if body.len() > MAX_ROBOT_BODY {
         return refuse(&mut g, 460101, "message too long, exceed 20000 bytes");
@@ -783,7 +792,7 @@ async fn robot_answer(state: &SimState, req: &HttpRequest, q: &Query, body: &[u8
     }
     if let Some(keyword) = &robot.keyword {
         if !robot_texts(&v).iter().any(|t| t.contains(keyword.as_str())) {
-            return refuse(&mut g, 310000, "keywords not in content");
+            return refuse(&mut g, 310000, KEYWORD_NOT_MATCH);
         }
     }
     let (limit, window, penalty) = (

@@ -53,8 +53,10 @@ async fn doctor(app: &TestApp, args: &[&str]) -> Run {
     read(app.cli_at_sim(&all).await)
 }
 
-fn read(o: std::process::Output) -> Run {
-    let (out, err) = (stdout(&o), stderr(&o));
+/// Fails if a piece of a secret (any 12 characters of one, as a prefix shown would be) is in
+/// the output.
+fn no_secret(o: &std::process::Output) {
+    let (out, err) = (stdout(o), stderr(o));
     let demo = demo_config();
     let robot = &demo.robots[0];
     for secret in [
@@ -63,11 +65,20 @@ fn read(o: std::process::Output) -> Run {
         robot.secret.as_deref().unwrap(),
         APP_SECRET,
     ] {
-        assert!(
-            !out.contains(secret) && !err.contains(secret),
-            "a secret printed:\n{out}\n{err}"
-        );
+        let chars: Vec<char> = secret.chars().collect();
+        for piece in chars.windows(chars.len().min(12)) {
+            let piece: String = piece.iter().collect();
+            assert!(
+                !out.contains(&piece) && !err.contains(&piece),
+                "a piece ({piece}) of a secret printed:\n{out}\n{err}"
+            );
+        }
     }
+}
+
+fn read(o: std::process::Output) -> Run {
+    no_secret(&o);
+    let (out, err) = (stdout(&o), stderr(&o));
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let checks = report["checks"].as_array().unwrap().clone();
     assert_eq!(
@@ -101,6 +112,7 @@ async fn all_green_with_a_test_message_to_each_robot_and_the_person() {
         (SETUP, "migrations"),
         (SETUP, "channels"),
         (SETUP, "apps"),
+        (SETUP, "DingTalk holds"),
         (APP_GROUP, "token"),
         (APP_GROUP, "clock"),
         (APP_GROUP, "robot code"),
@@ -138,6 +150,7 @@ async fn all_green_with_a_test_message_to_each_robot_and_the_person() {
 
     // The text report: one line per check, the summary, exit code 0.
     let o = app.cli_at_sim(&["doctor"]).await;
+    no_secret(&o);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(
@@ -152,7 +165,7 @@ async fn all_green_with_a_test_message_to_each_robot_and_the_person() {
     );
     assert!(
         text.trim_end()
-            .ends_with("0 failed, 0 warning(s), 13 ok, 2 skipped"),
+            .ends_with("0 failed, 0 warning(s), 14 ok, 2 skipped"),
         "{text}"
     );
 }
@@ -328,7 +341,7 @@ async fn permissions_the_app_lacks_are_named_as_dingtalk_names_them() {
         APP_GROUP,
         "permission",
         "fail",
-        "getbymobile: DingTalk answered 60011",
+        "getbymobile: DingTalk answered 88/60011",
         "lacks the permission qyapi_get_member_by_mobile (as DingTalk names it)",
     );
 }
@@ -426,7 +439,15 @@ async fn a_keyword_secured_robot_without_its_keyword() {
     );
     let run = doctor(&app, &["--robot", "kw-robot", "--send"]).await;
     assert_eq!(run.code, Some(1));
-    run.has(group, "security mode", "fail", "kw-robot: DingTalk answered 310000 \"keywords not in content\": the robot is secured by keywords (自定义关键词) and none is stored (the signature sent does not stand in for one)", "store one of its keywords in extras.keyword");
+    // DingTalk's current wording.
+    run.has(
+        group,
+        "security mode",
+        "fail",
+        "kw-robot: DingTalk answered 310000 \"description:关键词不匹配;",
+        "",
+    );
+    run.has(group, "security mode", "fail", "\": the robot is secured by keywords (自定义关键词) and none is stored (the signature sent does not stand in for one)", "store one of its keywords in extras.keyword");
     assert!(run.find(ROBOT, "token").is_empty(), "only the robot named");
 
     app.import_users(&format!(
@@ -488,7 +509,7 @@ async fn a_signed_robot_with_no_secret_or_a_wrong_one_stored() {
         group,
         "signing secret",
         "fail",
-        "\"sign not match\": the signature is not the robot's",
+        "签名不匹配;solution:请确认签名和生成签名的时间戳必须都放在调用的网址中，请确认机器人的密钥加密和填写正确;\": the signature is not the robot's",
         "copy the robot's current secret (加签, SEC…; it changes when reset) into wx_userid",
     );
     for c in &run.checks {
@@ -513,7 +534,7 @@ async fn an_ip_secured_robot_refuses_this_servers_address() {
         ROBOT,
         "IP rule",
         "fail",
-        "secured by IP ranges (IP地址段) and this server's address 127.0.0.1 is not in them",
+        "secured by IP ranges (IP地址段) and this server's address is not in them",
         "add this server's egress address to the robot's IP ranges",
     );
 }
@@ -533,7 +554,7 @@ async fn a_clock_two_hours_off_dingtalks() {
         "this server's clock is 2h 0m ahead of DingTalk's",
         "set the clock right (NTP, chrony)",
     );
-    run.has(ROBOT, "clock", "fail", "\"invalid timestamp\": the signed timestamp is over an hour off DingTalk's clock (this server's clock is 2h 0m ahead of DingTalk's)", "NTP");
+    run.has(ROBOT, "clock", "fail", "签名过期;solution:签名生成时间和发送时间请保持在 timestampms 以内;\": the signed timestamp is over an hour off DingTalk's clock (this server's clock is 2h 0m ahead of DingTalk's)", "NTP");
 
     app.sim
         .state
@@ -649,8 +670,264 @@ async fn malformed_robot_users_name_the_field() {
         ROBOT,
         "pool",
         "warn",
-        "left out of the pool: robots entry 1: malformed token",
-        "fix or remove those entries of extras.robots",
+        "left out of the pool: extras.robots entry 1: malformed token (expected the access_token= value of the webhook URL); sending by ops-robot",
+        "fix or remove what is left out of extras.robots",
     );
     assert_eq!(run.code, Some(0), "{:?}", run.failed());
+}
+
+/// Now in Unix milliseconds: the doctor reads the real clock.
+fn real_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test]
+async fn during_dingtalks_pause_nothing_is_asked_of_dingtalk() {
+    use ding_channel::dingtalk::egress::{Hold, Scope};
+    let app = TestApp::spawn().await;
+    let pause = Hold {
+        scope: Scope::Pause,
+        until: real_now() + 600_000,
+        code: "1111".into(),
+        message: "punish deny, wait 600".into(),
+    };
+    ding_channel::outbox::egress::keep(&mut app.db.get().unwrap(), &pause, real_now()).unwrap();
+    let run = doctor(&app, &["--phone", PHONE, "--send"]).await;
+    assert_eq!(
+        run.code,
+        Some(0),
+        "a pause is a warning: {:?}",
+        run.failed()
+    );
+    run.has(
+        SETUP,
+        "DingTalk holds",
+        "warn",
+        "asked this server to slow down (anti-abuse",
+        "the doctor does not call DingTalk meanwhile",
+    );
+    run.has(
+        SETUP,
+        "DingTalk holds",
+        "warn",
+        "(DingTalk answered 1111",
+        "",
+    );
+    run.has(APP_GROUP, "token", "skip", "not asked: DingTalk holds", "");
+    run.has(
+        ROBOT,
+        "test message",
+        "skip",
+        "ops-robot: not sent, DingTalk holds every call",
+        "",
+    );
+    assert!(
+        app.sim.state.stats().requests.is_empty(),
+        "{:?}",
+        app.sim.state.stats().requests
+    );
+}
+
+#[tokio::test]
+async fn dingtalks_anti_abuse_answer_is_a_warning_kept_for_every_process() {
+    use ding_channel::simulator::Impolite;
+    let app = TestApp::spawn().await;
+    app.sim.state.set_faults(Faults::impolite(
+        Impolite::AntiAbuse { wait_s: 30 },
+        &["token"],
+    ));
+    let run = doctor(&app, &["--robot", "ops-robot", "--send"]).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.failed());
+    run.has(
+        APP_GROUP,
+        "token",
+        "warn",
+        "token: DingTalk answered 1111 \"punish deny, wait 30\"; it asks to wait 30s",
+        "anti-abuse",
+    );
+    run.has(
+        ROBOT,
+        "test message",
+        "skip",
+        "DingTalk holds every call",
+        "",
+    );
+    assert_eq!(app.sim.state.stats().requests.get("robot_send"), None);
+    let kept = ding_channel::outbox::egress::holds(&mut app.db.get().unwrap()).unwrap();
+    assert!(
+        kept.iter()
+            .any(|h| h.code == "1111" && h.until > real_now()),
+        "{kept:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_doctors_calls_are_counted() {
+    let app = TestApp::spawn().await;
+    let run = doctor(&app, &["--robot", "ops-robot", "--send"]).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.failed());
+    let calls = ding_channel::outbox::egress::calls_since(&mut app.db.get().unwrap(), "").unwrap();
+    let of = |api: &str| {
+        calls
+            .iter()
+            .filter(|c| c.1 == api)
+            .map(|c| c.2)
+            .sum::<i64>()
+    };
+    assert_eq!(
+        (of("token"), of("read_status"), of("robot_send")),
+        (1, 1, 1),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_is_named_and_left_as_it_is() {
+    use ding_channel::config::DatabaseUrl;
+    let db = TestDb::new();
+    let url = settings(&db.url, &repo_manifest(), &[]).storage.database;
+    if let DatabaseUrl::Sqlite(path) = &url {
+        std::fs::write(path, b"").unwrap();
+    }
+    // A base URL with a password: shown without it.
+    let base = "http://doctor:s3cr3t-pass@127.0.0.1:9/";
+    let env = [("DINGTALK_OAPI_BASE", base)];
+    let o = cli(&db.url, &repo_manifest(), &["doctor"], &env);
+    assert!(!stdout(&o).contains("s3cr3t"), "{}", stdout(&o));
+    let run = read(cli(&db.url, &repo_manifest(), &["doctor", "--json"], &env));
+    assert_eq!(run.code, Some(1));
+    run.has(
+        SETUP,
+        "settings",
+        "ok",
+        "DingTalk http://127.0.0.1:9 and",
+        "",
+    );
+    run.has(
+        SETUP,
+        "migrations",
+        "fail",
+        "is not a ding-channel database: it has no table of migrations",
+        "`ding-channel migrate`",
+    );
+    assert!(run.find(SETUP, "channels").is_empty());
+    match &url {
+        DatabaseUrl::Sqlite(path) => {
+            assert_eq!(std::fs::metadata(path).unwrap().len(), 0, "nothing written");
+            let wal = path.with_extension("db-wal");
+            assert!(!wal.exists(), "not switched to WAL");
+        }
+        DatabaseUrl::Postgres(_) => {
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct Count {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let store = ding_channel::db::Db::connect(&url, 1).unwrap();
+            let tables: Count = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_catalog.pg_tables WHERE schemaname = 'public'",
+            )
+            .get_result(&mut *store.get().unwrap())
+            .unwrap();
+            assert_eq!(tables.n, 0, "no table created");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_probe_refused_otherwise_than_for_its_made_up_key_proves_nothing() {
+    let app = TestApp::spawn().await;
+    app.sim
+        .state
+        .set_faults(Faults::http(400, &["read_status"]));
+    let run = doctor(&app, &[]).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.failed());
+    run.has(
+        APP_GROUP,
+        "robot code",
+        "warn",
+        "not proven: DingTalk answered InjectedFault",
+        "--send sends that person a test message",
+    );
+
+    conf(
+        &app,
+        "send_dingtalk",
+        &["single_chat_mode=work_notice", "ding_agent_id=3000000001"],
+    );
+    app.sim
+        .state
+        .set_faults(Faults::errcode(400002, &["getsendresult"]));
+    let run = doctor(&app, &[]).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.failed());
+    run.has(
+        APP_GROUP,
+        "agent id",
+        "warn",
+        "not proven: DingTalk answered 400002",
+        "proves it",
+    );
+}
+
+#[tokio::test]
+async fn a_robot_throttled_by_the_test_message_is_paused_as_the_sender_pauses_it() {
+    let app = TestApp::spawn().await;
+    app.sim
+        .state
+        .set_faults(Faults::errcode(410100, &["robot_send"]).times(1));
+    let before = real_now();
+    let run = doctor(&app, &["--robot", "ops-robot", "--send"]).await;
+    run.has(
+        ROBOT,
+        "test message",
+        "warn",
+        "DingTalk answered 410100",
+        "throttled",
+    );
+    let state =
+        ding_channel::senders::robot::pacing::throttling(&mut app.db.get().unwrap(), "ops-robot")
+            .unwrap();
+    assert!(state.last_at.is_some_and(|at| at >= before), "{state:?}");
+    assert!(
+        state.paused_until.is_some_and(|u| u >= before + 590_000),
+        "{state:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_is_reported_as_the_robot_sender_reads_it() {
+    let app = TestApp::spawn().await;
+    let set_pool = |pool: Value| {
+        let mut p = ding_channel::directory::store::get(&mut app.db.get().unwrap(), "ops-robot")
+            .unwrap()
+            .unwrap();
+        p.extras.insert("robots".into(), pool);
+        ding_channel::directory::store::upsert(
+            &mut app.db.get().unwrap(),
+            &[p],
+            ding_channel::directory::profile::ProfileSource::File,
+        )
+        .unwrap();
+    };
+    set_pool(json!([{"token": demo_config().robots[0].token}]));
+    let run = doctor(&app, &["--robot", "ops-robot"]).await;
+    run.has(
+        ROBOT,
+        "pool",
+        "warn",
+        "extras.robots entry 1: the same robot (token) as ops-robot; sending by ops-robot",
+        "",
+    );
+
+    // A pool that is not a list is left out; the robot's own robot still sends.
+    set_pool(json!("oops"));
+    let run = doctor(&app, &["--robot", "ops-robot", "--send"]).await;
+    assert_eq!(run.code, Some(0), "{:?}", run.failed());
+    run.has(ROBOT, "pool", "warn", "extras.robots is not a list", "");
+    run.has(ROBOT, "throttling", "ok", "ops-robot: never throttled", "");
+    run.has(ROBOT, "test message", "ok", "ops-robot: sent, signed", "");
 }

@@ -27,6 +27,25 @@ pub fn members_of(
     profile: Option<&Profile>,
     fields: &RobotFields,
 ) -> Result<Vec<Member>, String> {
+    let pool = pool_of(name, profile, fields)?;
+    for problem in &pool.left_out {
+        warn_once(name, &format!("left out of the robot pool: {problem}"));
+    }
+    Ok(pool.members)
+}
+
+/// A robot user's robots as [`members_of`] answers them, and what of its pool it leaves out
+/// (`extras.…` and why).
+pub struct Pool {
+    pub members: Vec<Member>,
+    pub left_out: Vec<String>,
+}
+
+pub fn pool_of(
+    name: &str,
+    profile: Option<&Profile>,
+    fields: &RobotFields,
+) -> Result<Pool, String> {
     let profile = profile.ok_or_else(|| format!("robot user {name} no longer exists"))?;
     let Kind::Robot { token, secret } = classify(profile, fields) else {
         return Err(format!(
@@ -50,8 +69,9 @@ pub fn members_of(
         },
         keyword,
     }];
+    let mut left_out = vec![];
     let entries = pool::entries(profile).unwrap_or_else(|problem| {
-        warn_once(name, &format!("robot pool left out: extras.{problem}"));
+        left_out.push(format!("extras.{problem}"));
         vec![]
     });
     for (i, entry) in entries.into_iter().enumerate() {
@@ -77,10 +97,10 @@ pub fn members_of(
                 },
                 keyword: e.keyword,
             }),
-            Err(problem) => warn_once(name, &format!("pool member left out: extras.{problem}")),
+            Err(problem) => left_out.push(format!("extras.{problem}")),
         }
     }
-    Ok(members)
+    Ok(Pool { members, left_out })
 }
 
 /// Warns of a stored pool's problem once per process (the pool is read for every batch, and

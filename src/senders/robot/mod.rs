@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long DingTalk silences a robot that sent too much, when it does not say.
-const THROTTLE_PAUSE: Duration = Duration::from_secs(600);
+pub const THROTTLE_PAUSE: Duration = Duration::from_secs(600);
 /// How long a robot waits when its pacing cannot be read or written.
 const DB_RETRY_MS: i64 = 5_000;
 
