@@ -126,6 +126,15 @@ pub struct Faults {
     pub flow_controlled: Vec<String>,
     /// Invalidate every issued token now.
     pub expire_tokens: bool,
+    /// Fraction of requests (0..=1) carried out but answered only after `timeout_ms`: past the
+    /// caller's timeout, it cannot know that the message went out.
+    pub timeout_rate: f64,
+    pub timeout_ms: u64,
+    /// Fraction of requests whose connection is closed without an answer before they are
+    /// looked at: nothing is done.
+    pub drop_before_rate: f64,
+    /// Fraction of requests carried out, then their connection closed without an answer.
+    pub drop_after_rate: f64,
 }
 
 impl Faults {
@@ -154,6 +163,26 @@ impl Faults {
         Self { skip: n, ..self }
     }
 
+    /// The kind of fault `u` (uniform in 0..1) picks, if any: each rate takes its share.
+    fn pick(&self, u: f64) -> Option<Injected> {
+        let mut edge = 0.0;
+        [
+            (self.error_rate, Injected::Error),
+            (self.timeout_rate, Injected::Timeout),
+            (self.drop_before_rate, Injected::DropBefore),
+            (self.drop_after_rate, Injected::DropAfter),
+        ]
+        .into_iter()
+        .find_map(|(rate, kind)| {
+            edge += rate;
+            (u < edge).then_some(kind)
+        })
+    }
+
+    fn any(&self) -> bool {
+        self.error_rate + self.timeout_rate + self.drop_before_rate + self.drop_after_rate > 0.0
+    }
+
     /// Only the next `n` requests fail; then the fault heals.
     pub fn times(self, n: u64) -> Self {
         Self {
@@ -161,6 +190,37 @@ impl Faults {
             ..self
         }
     }
+}
+
+/// The kinds of injected fault, as `SimStats::faults` counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Injected {
+    Error,
+    Timeout,
+    DropBefore,
+    DropAfter,
+}
+
+impl Injected {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::DropBefore => "drop_before",
+            Self::DropAfter => "drop_after",
+        }
+    }
+}
+
+/// Why the caller of a request that was carried out never saw the answer: the cases where
+/// DingTalk delivered a message its sender must count as not sent, and may send again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostAnswer {
+    /// Answered after the caller's timeout.
+    Timeout,
+    /// The connection closed without an answer.
+    Dropped,
 }
 
 /// One accepted message, as DingTalk would deliver it.
@@ -179,6 +239,9 @@ pub struct SimMessage {
     /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed;
     /// work_notice: asyncsend_v2's `msg`.
     pub body: Value,
+    /// Set when the request that delivered it was not answered (a fault): its sender cannot
+    /// know it arrived.
+    pub lost_answer: Option<LostAnswer>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -191,6 +254,8 @@ pub struct SimStats {
     pub messages: u64,
     pub throttled: u64,
     pub faults_injected: u64,
+    /// Injected faults per kind: "error", "timeout", "drop_before", "drop_after".
+    pub faults: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -396,11 +461,16 @@ pub(crate) fn serve<T: ?Sized + Send + Sync + 'static>(
     data: web::Data<T>,
     routes: fn(&mut web::ServiceConfig),
 ) -> std::io::Result<ServerHandle> {
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-        .workers(workers)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(routes::lose_answers))
+            .app_data(data.clone())
+            .configure(routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     tokio::spawn(server);
     Ok(handle)
