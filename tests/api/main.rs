@@ -19,6 +19,7 @@ mod hostile;
 mod layering;
 mod limits;
 mod logging;
+mod lost_answers;
 mod msg_type;
 mod readstatus;
 mod registry;
