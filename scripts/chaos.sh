@@ -20,7 +20,8 @@
 #   database, killed alternately, so one survives each kill (the dead one's claims are taken
 #   over when their lease, DING_CHANNEL_LEASE_S, runs out).
 # - Verdict (scripts/chaos_check.py): 0 lost, every duplicate explained, no call loop, the queue
-#   drained. Exits non-zero otherwise. KEEP=DIR keeps the run's records and logs in DIR.
+#   drained, no robot throttled by DingTalk. Exits non-zero otherwise. KEEP=DIR keeps the
+#   run's records and logs in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BACKEND=${1:-sqlite}
@@ -160,9 +161,8 @@ sep=""
 while read -r at slot pause; do
   wait_ms=$((started + at - $(now_ms)))
   [ "$wait_ms" -gt 0 ] && sleep "$(printf '%d.%03d' $((wait_ms / 1000)) $((wait_ms % 1000)))"
-  kill -KILL "${pids[$slot]}"
   killed=$(now_ms)
-  { wait "${pids[$slot]}"; } 2>/dev/null || true # (bash would report the kill)
+  { kill -KILL "${pids[$slot]}" && wait "${pids[$slot]}"; } 2>/dev/null || true # (bash would report the kill)
   echo "  kill at +$(((killed - started) / 1000)).$(((killed - started) % 1000 / 100)) s: server $slot (SIGKILL), restarted after ${pause} ms"
   printf '%s{"at_ms": %s, "server": %s}\n' "$sep" "$killed" "$slot" >>"$work/kills.json"
   sep=","
@@ -193,6 +193,6 @@ sql_json "SELECT id, body FROM messages" >"$work/db_messages.json"
 cat >"$work/meta.json" <<JSON
 {"backend": "$BACKEND", "seed": $SEED, "sends": $SENDS, "window_ms": $((4 * TIMEOUT_MS + 2000)),
  "load_started_ms": $started, "load_ended_ms": $ended, "drained_ms": $drained,
- "max_attempts": 20, "max_calls_per_delivery": 3}
+ "throttle_window_ms": 6000, "max_attempts": 20, "max_calls_per_delivery": 3}
 JSON
 python3 scripts/chaos_check.py "$work"

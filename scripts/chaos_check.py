@@ -4,7 +4,7 @@
 
     chaos_check.py WORKDIR     reads the run's records in WORKDIR, prints the summary, exits 1
                                on a lost delivery, an unexplained duplicate, an undrained queue,
-                               an unexpected failure or a DingTalk call loop
+                               an unexpected failure, a DingTalk call loop or a throttled robot
     chaos_check.py --self-test the verdicts on small made-up runs (each kind of defect is caught)
 
 WORKDIR holds: answers.jsonl (loadgen --answers: each send's last ESB answer), receivers.json
@@ -13,7 +13,8 @@ messages.json and stats.json (the simulator's /_sim/messages and /_sim/stats), d
 (the database's deliveries: id, message_id, receiver, status, attempts, last_error),
 attempts.json (its delivery_attempts: delivery_id, at, outcome), db_messages.json (its
 messages: id, body), kills.json (each SIGKILL: at_ms, server) and meta.json (backend, seed,
-sends, window_ms, load_ended_ms, drained_ms, max_attempts, max_calls_per_delivery).
+sends, window_ms, load_ended_ms, drained_ms, throttle_window_ms, max_attempts,
+max_calls_per_delivery).
 
 A delivery is the pair (send number, receiver); every load text carries `chaos-<send number>`.
 A copy beyond the first is explained when the call that made an earlier copy lost its answer
@@ -72,6 +73,7 @@ def check(run):
 
     # What callers were told: accepted = answered with a message id; its receivers sent or queued.
     accepted, refused, unanswered, replays, retried = {}, [], 0, 0, 0
+    kinds = collections.Counter()
     for a in run["answers"]:
         data = (a.get("answer") or {}).get("data") if isinstance(a.get("answer"), dict) else None
         retried += a.get("tries", 1) > 1
@@ -81,7 +83,9 @@ def check(run):
         replays += bool(data.get("idempotent_replay"))
         for d in data.get("deliveries", []):
             if d["status"] in ("sent", "queued"):
-                accepted[(a["i"], receivers[d["receiver"]])] = (data["message_id"], d["receiver"])
+                key = (a["i"], receivers[d["receiver"]])
+                kinds[d.get("kind")] += key not in accepted
+                accepted[key] = (data["message_id"], d["receiver"])
             else:
                 refused.append(f"send {a['i']} to {d['receiver']}: {d.get('error')}")
     sends = len(run["answers"])
@@ -183,10 +187,23 @@ def check(run):
         + ", ".join(f"{k} {v}" for k, v in sorted(faults.items()))
         + f"); throttled {run['stats'].get('throttled', 0)}"
     )
+    robot_calls = [m["at_ms"] for m in run["messages"] if m["api"] == "robot_send"]
     lines.append(
-        f"calls per delivery: {per:.2f} send calls (robot_send + batch_send) per accepted delivery; "
+        f"calls per delivery: {per:.2f} send calls per accepted delivery (robots: "
+        f"{kinds['robot']} deliveries, {req.get('robot_send', 0)} robot_send calls, {len(robot_calls)} "
+        f"arrived; people: {kinds['user']} deliveries, {req.get('batch_send', 0)} batch_send calls); "
         f"attempts recorded per delivery: mean {sum(attempts) / max(len(attempts), 1):.2f}, max {most}"
     )
+    w = meta.get("throttle_window_ms")
+    if w:
+        by_robot = collections.defaultdict(list)
+        for m in run["messages"]:
+            if m["api"] == "robot_send":
+                by_robot[m["target"]].append(m["at_ms"])
+        worst = max((sum(1 for u in t if s <= u < s + w) for t in by_robot.values() for s in t), default=0)
+        lines.append(f"robot pacing: at most {worst} messages per robot in any {w / 1000:g} s window")
+    if run["stats"].get("throttled", 0):
+        problems.append(f"DingTalk throttled robots {run['stats']['throttled']} times: the pacing did not hold across the faults and kills")
     if most > meta["max_attempts"] or per > meta["max_calls_per_delivery"]:
         problems.append(
             f"DingTalk call loop: {most} attempts at most (bound {meta['max_attempts']}), "
@@ -288,6 +305,9 @@ def self_test():
 
     loop = run(deliveries=[row("m1", "robot0", attempts=50), row("m1", "p1"), row("m2", "robot0"), row("m10", "p1")])
     assert "call loop" in " ".join(problems(loop)), problems(loop)
+
+    throttled = run(stats={"requests": {"robot_send": 1, "batch_send": 2}, "throttled": 1})
+    assert "throttled" in " ".join(problems(throttled)), problems(throttled)
 
     refused = run(answers=[answer(1, "m1", "robot0", "p1"), answer(2, "m2", "robot0"), {"i": 10, "answer": {"data": {"message_id": "m10", "deliveries": [{"receiver": "p1", "status": "failed", "error": "x"}]}}}])
     assert "refused at acceptance" in " ".join(problems(refused)), problems(refused)
