@@ -34,7 +34,18 @@ SENDS=${CHAOS_SENDS:-$([ -n "$SHORT" ] && echo 1500 || echo 10000)}
 KILLS=${CHAOS_KILLS:-$([ -n "$SHORT" ] && echo 10 || echo 12)}
 RATE=${CHAOS_RATE:-40}
 FAULTS=${CHAOS_FAULTS:-0.25}
-SIM_PORT=${CHAOS_PORT:-18890}
+# The simulator's port, then one per server: CHAOS_PORT, or three consecutive free ones.
+SIM_PORT=${CHAOS_PORT:-$(python3 -c 'import random, socket
+def free(p):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", p)); return True
+        except OSError:
+            return False
+b = random.randrange(20000, 40000)
+while not all(free(p) for p in range(b, b + 3)):
+    b = random.randrange(20000, 40000)
+print(b)')}
 PORT=$((SIM_PORT + 1))
 TIMEOUT_MS=1500 # the server's DingTalk client timeout (DINGTALK_TIMEOUT_MS)
 LEASE_S=60      # DING_CHANNEL_LEASE_S, as deployed
@@ -191,7 +202,7 @@ sql_json "SELECT id, body FROM messages" >"$work/db_messages.json"
 # A copy counts as the kill's when the kill came within one round of DingTalk calls (the
 # rest of its task's calls) and 2 s more (recording the outcome) after DingTalk received it.
 cat >"$work/meta.json" <<JSON
-{"backend": "$BACKEND", "seed": $SEED, "sends": $SENDS, "window_ms": $((4 * TIMEOUT_MS + 2000)),
+{"backend": "$BACKEND", "seed": $SEED, "sends": $SENDS, "rate": $RATE, "window_ms": $((4 * TIMEOUT_MS + 2000)),
  "load_started_ms": $started, "load_ended_ms": $ended, "drained_ms": $drained,
  "throttle_window_ms": 6000, "max_attempts": 20, "max_calls_per_delivery": 3}
 JSON

@@ -13,8 +13,8 @@ messages.json and stats.json (the simulator's /_sim/messages and /_sim/stats), d
 (the database's deliveries: id, message_id, receiver, status, attempts, last_error),
 attempts.json (its delivery_attempts: delivery_id, at, outcome), db_messages.json (its
 messages: id, body), kills.json (each SIGKILL: at_ms, server) and meta.json (backend, seed,
-sends, window_ms, load_ended_ms, drained_ms, throttle_window_ms, max_attempts,
-max_calls_per_delivery).
+sends, rate, load_started_ms, load_ended_ms, drained_ms, window_ms, throttle_window_ms,
+max_attempts, max_calls_per_delivery).
 
 A delivery is the pair (send number, receiver); every load text carries `chaos-<send number>`.
 A copy beyond the first is explained when the call that made an earlier copy lost its answer
@@ -209,6 +209,16 @@ def check(run):
             f"DingTalk call loop: {most} attempts at most (bound {meta['max_attempts']}), "
             f"{per:.2f} send calls per delivery (bound {meta['max_calls_per_delivery']})"
         )
+    # How long after its send was due (the load's schedule) each delivery first arrived.
+    late = sorted(cs[0]["at_ms"] - (meta["load_started_ms"] + i * 1000 / meta["rate"])
+                  for (i, _), cs in copies.items() if cs)
+    if late:
+        def pct(p):
+            return late[min(int(len(late) * p), len(late) - 1)] / 1000
+
+        slow = sum(x > 30_000 for x in late)
+        lines.append(f"arrival after the send was due: p50 {pct(0.5):.2f} s, p99 {pct(0.99):.2f} s, "
+                     f"max {late[-1] / 1000:.1f} s; {slow} deliveries after more than 30 s")
     if meta.get("drained_ms") is not None:
         lines.append(f"drain: queue empty {(meta['drained_ms'] - meta['load_ended_ms']) / 1000:.1f} s after the last send was answered")
     lines.append(f"kills: {len(kills)} (SIGKILL)")
@@ -260,7 +270,7 @@ def self_test():
             "attempts": [{"delivery_id": 1, "at": 9100, "outcome": "sent"}],
             "db_messages": [stored("m1", 1), stored("m2", 2), stored("m10", 10)],
             "kills": [],
-            "meta": {"backend": "test", "seed": 0, "window_ms": 5000, "load_ended_ms": 0, "drained_ms": 0, "max_attempts": 5, "max_calls_per_delivery": 3},
+            "meta": {"backend": "test", "seed": 0, "rate": 1, "load_started_ms": 0, "window_ms": 5000, "load_ended_ms": 0, "drained_ms": 0, "max_attempts": 5, "max_calls_per_delivery": 3},
         }
         base.update(over)
         return base
