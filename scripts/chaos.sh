@@ -129,7 +129,8 @@ f, timeout = float(sys.argv[1]), int(sys.argv[2])
 print(json.dumps({"error_rate": 0.4 * f, "http_status": 503, "timeout_rate": 0.2 * f, "timeout_ms": 2 * timeout + 1000,
                   "drop_before_rate": 0.2 * f, "drop_after_rate": 0.2 * f}))
 PY
-curl -sf "http://127.0.0.1:$SIM_PORT/_sim/faults" -H 'content-type: application/json' -d @"$work/faults.json" >/dev/null
+set_faults=$(curl -s "http://127.0.0.1:$SIM_PORT/_sim/faults" -H 'content-type: application/json' -d @"$work/faults.json")
+case "$set_faults" in '{"faults"'*) ;; *) echo "the simulator refused the faults (CHAOS_FAULTS=$FAULTS): $set_faults"; exit 2 ;; esac
 
 start_server() { # slot
   local port=$((PORT + $1))

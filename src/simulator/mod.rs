@@ -179,6 +179,31 @@ impl Faults {
         })
     }
 
+    /// What is wrong with these faults, naming the key and the fix.
+    pub fn check(&self) -> Result<(), String> {
+        let rates = [
+            ("error_rate", self.error_rate),
+            ("timeout_rate", self.timeout_rate),
+            ("drop_before_rate", self.drop_before_rate),
+            ("drop_after_rate", self.drop_after_rate),
+        ];
+        if let Some((key, rate)) = rates.iter().find(|(_, r)| !(0.0..=1.0).contains(r)) {
+            return Err(format!(
+                "{key} is {rate}: a fraction of the requests, 0 to 1"
+            ));
+        }
+        let sum: f64 = rates.iter().map(|(_, r)| r).sum();
+        if sum > 1.0 {
+            return Err(format!(
+                "error_rate, timeout_rate, drop_before_rate and drop_after_rate add up to {sum}: each is a share of the requests, together at most 1"
+            ));
+        }
+        if self.timeout_rate > 0.0 && self.timeout_ms == 0 {
+            return Err("timeout_rate needs timeout_ms: how long the answer is held, longer than the caller's timeout".into());
+        }
+        Ok(())
+    }
+
     fn any(&self) -> bool {
         self.error_rate + self.timeout_rate + self.drop_before_rate + self.drop_after_rate > 0.0
     }

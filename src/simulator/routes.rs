@@ -853,6 +853,9 @@ async fn reset(state: State) -> HttpResponse {
 }
 
 async fn faults(state: State, body: web::Json<Faults>) -> HttpResponse {
+    if let Err(why) = body.check() {
+        return HttpResponse::BadRequest().json(json!({"error": why}));
+    }
     state.set_faults(body.into_inner());
     HttpResponse::Ok().json(json!({"faults": state.lock().faults}))
 }

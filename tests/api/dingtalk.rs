@@ -716,6 +716,30 @@ async fn the_simulator_is_observable_and_controllable_over_http() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400, "unknown fault keys are refused");
+    for (faults, needle) in [
+        (
+            serde_json::json!({"timeout_rate": 0.1}),
+            "timeout_rate needs timeout_ms",
+        ),
+        (
+            serde_json::json!({"error_rate": 0.6, "drop_after_rate": 0.6}),
+            "add up to 1.2",
+        ),
+        (
+            serde_json::json!({"drop_before_rate": -0.1}),
+            "drop_before_rate is -0.1",
+        ),
+    ] {
+        let refused = http
+            .post(format!("{base}/_sim/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{faults}");
+        let why: serde_json::Value = refused.json().await.unwrap();
+        assert!(why["error"].as_str().unwrap().contains(needle), "{why}");
+    }
     http.post(format!("{base}/_sim/reset"))
         .send()
         .await
