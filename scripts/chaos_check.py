@@ -19,7 +19,8 @@ max_attempts, max_calls_per_delivery).
 A delivery is the pair (send number, receiver); every load text carries `chaos-<send number>`.
 A copy beyond the first is explained when the call that made an earlier copy lost its answer
 (the simulator marks it: timed out, or the connection closed after DingTalk carried it out),
-or when a server was killed within window_ms after DingTalk received it and no outcome of that
+or when a server was killed within window_ms after DingTalk received it (or up to IN_FLIGHT_MS
+before: a request written just before the kill is read after it) and no outcome of that
 delivery was recorded in between (its outcome was not recorded before the kill, so the queue
 sent it again). A send stored as two messages (the idempotency key not honoured) is a defect.
 """
@@ -31,6 +32,9 @@ import sys
 import tempfile
 
 ID = re.compile(r"chaos-(\d+)(?!\d)")
+# How long a request a killed server had written may wait to be read by DingTalk (the
+# simulator) on a busy machine: a copy that arrived this long after a kill is still the kill's.
+IN_FLIGHT_MS = 1000
 # The engine's words for a delivery given up past DING_CHANNEL_MAX_AGE_S (outbox/policy.rs).
 GIVEN_UP = "gave up after"
 
@@ -156,7 +160,7 @@ def check(run):
                 causes[f"answer lost ({c['lost_answer']})"] += 1
                 continue
             after = [k - c["at_ms"] for k in kills
-                     if 0 <= k - c["at_ms"] <= window and not recorded(key, c["at_ms"], k)]
+                     if -IN_FLIGHT_MS <= k - c["at_ms"] <= window and not recorded(key, c["at_ms"], k)]
             if after:
                 causes["server killed before recording the outcome"] += 1
                 gaps.append(min(after))
@@ -165,7 +169,7 @@ def check(run):
     extra = sum(causes.values()) + len(unexplained)
     dup_keys = sum(1 for cs in copies.values() if len(cs) > 1)
     explained = ", ".join(f"{n} {why}" for why, n in sorted(causes.items())) or "none"
-    gap = f"; kill {max(gaps)} ms after DingTalk received it at most" if gaps else ""
+    gap = f"; the kill {min(gaps)} to {max(gaps)} ms after DingTalk received it" if gaps else ""
     lines.append(
         f"duplicates: {dup_keys} deliveries arrived more than once, {extra} extra copies: "
         f"{explained}; {len(unexplained)} unexplained{gap}"
@@ -303,8 +307,11 @@ def self_test():
     assert "2 unexplained duplicates" in " ".join(problems(run(messages=unexplained)))
     killed = run(messages=unexplained, kills=[{"at_ms": 1800, "server": "a"}])
     assert problems(killed) == [], problems(killed)
+    # A request written just before the kill may be read just after it.
+    in_flight = run(messages=unexplained, kills=[{"at_ms": 995, "server": "a"}])
+    assert problems(in_flight) == [], problems(in_flight)
     # A kill outside the window explains nothing, nor one after the outcome was recorded.
-    late = run(messages=unexplained, kills=[{"at_ms": 7000, "server": "a"}])
+    late = run(messages=unexplained, kills=[{"at_ms": 7000, "server": "a"}, {"at_ms": -500, "server": "a"}])
     assert "2 unexplained duplicates" in " ".join(problems(late)), problems(late)
     after_record = run(messages=unexplained, kills=[{"at_ms": 1800, "server": "a"}],
                        attempts=[{"delivery_id": 1, "at": 1200, "outcome": "retry"}])
