@@ -150,6 +150,15 @@ pub struct Faults {
     pub flow_controlled: Vec<String>,
     /// Invalidate every issued token now.
     pub expire_tokens: bool,
+    /// Fraction of requests (0..=1) carried out but answered only after `timeout_ms`: past the
+    /// caller's timeout, it cannot know that the message went out.
+    pub timeout_rate: f64,
+    pub timeout_ms: u64,
+    /// Fraction of requests whose connection is closed without an answer before they are
+    /// looked at: nothing is done.
+    pub drop_before_rate: f64,
+    /// Fraction of requests carried out, then their connection closed without an answer.
+    pub drop_after_rate: f64,
 }
 
 /// What DingTalk answers beyond its APIs' documented errors.
@@ -202,6 +211,51 @@ impl Faults {
         Self { skip: n, ..self }
     }
 
+    /// The kind of fault `u` (uniform in 0..1) picks, if any: each rate takes its share.
+    fn pick(&self, u: f64) -> Option<Injected> {
+        let mut edge = 0.0;
+        [
+            (self.error_rate, Injected::Error),
+            (self.timeout_rate, Injected::Timeout),
+            (self.drop_before_rate, Injected::DropBefore),
+            (self.drop_after_rate, Injected::DropAfter),
+        ]
+        .into_iter()
+        .find_map(|(rate, kind)| {
+            edge += rate;
+            (u < edge).then_some(kind)
+        })
+    }
+
+    /// What is wrong with these faults, naming the key and the fix.
+    pub fn check(&self) -> Result<(), String> {
+        let rates = [
+            ("error_rate", self.error_rate),
+            ("timeout_rate", self.timeout_rate),
+            ("drop_before_rate", self.drop_before_rate),
+            ("drop_after_rate", self.drop_after_rate),
+        ];
+        if let Some((key, rate)) = rates.iter().find(|(_, r)| !(0.0..=1.0).contains(r)) {
+            return Err(format!(
+                "{key} is {rate}: a fraction of the requests, 0 to 1"
+            ));
+        }
+        let sum: f64 = rates.iter().map(|(_, r)| r).sum();
+        if sum > 1.0 {
+            return Err(format!(
+                "error_rate, timeout_rate, drop_before_rate and drop_after_rate add up to {sum}: each is a share of the requests, together at most 1"
+            ));
+        }
+        if self.timeout_rate > 0.0 && self.timeout_ms == 0 {
+            return Err("timeout_rate needs timeout_ms: how long the answer is held, longer than the caller's timeout".into());
+        }
+        Ok(())
+    }
+
+    fn any(&self) -> bool {
+        self.error_rate + self.timeout_rate + self.drop_before_rate + self.drop_after_rate > 0.0
+    }
+
     /// Only the next `n` requests fail; then the fault heals.
     pub fn times(self, n: u64) -> Self {
         Self {
@@ -209,6 +263,37 @@ impl Faults {
             ..self
         }
     }
+}
+
+/// The kinds of injected fault, as `SimStats::faults` counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Injected {
+    Error,
+    Timeout,
+    DropBefore,
+    DropAfter,
+}
+
+impl Injected {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::DropBefore => "drop_before",
+            Self::DropAfter => "drop_after",
+        }
+    }
+}
+
+/// Why the caller of a request that was carried out never saw the answer: the cases where
+/// DingTalk delivered a message its sender must count as not sent, and may send again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostAnswer {
+    /// Answered after the caller's timeout.
+    Timeout,
+    /// The connection closed without an answer.
+    Dropped,
 }
 
 /// One accepted message, as DingTalk would deliver it.
@@ -227,6 +312,9 @@ pub struct SimMessage {
     /// robot_send: the webhook body; batch_send: `{"msgKey", "msgParam"}` with msgParam parsed;
     /// work_notice: asyncsend_v2's `msg`.
     pub body: Value,
+    /// Set when the request that delivered it was not answered (a fault): its sender cannot
+    /// know it arrived.
+    pub lost_answer: Option<LostAnswer>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -239,6 +327,8 @@ pub struct SimStats {
     pub messages: u64,
     pub throttled: u64,
     pub faults_injected: u64,
+    /// Injected faults per kind: "error", "timeout", "drop_before", "drop_after".
+    pub faults: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -444,11 +534,16 @@ pub(crate) fn serve<T: ?Sized + Send + Sync + 'static>(
     data: web::Data<T>,
     routes: fn(&mut web::ServiceConfig),
 ) -> std::io::Result<ServerHandle> {
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-        .workers(workers)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(routes::lose_answers))
+            .app_data(data.clone())
+            .configure(routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     tokio::spawn(server);
     Ok(handle)

@@ -1,10 +1,16 @@
 //! The simulator's endpoints. Each checks what the real endpoint checks, in the same shape of
 //! answer (oapi: HTTP 200 + errcode; api: HTTP status + `{code, message}`).
 
-use super::{Faults, Impolite, Inner, OtoSend, SimMessage, SimState, OTO_WINDOW_MS};
+use super::{
+    Faults, Impolite, Injected, Inner, LostAnswer, OtoSend, SimMessage, SimState, OTO_WINDOW_MS,
+};
 use crate::dingtalk::sign;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -283,38 +289,78 @@ impl Inner {
             user_ids,
             process_query_key,
             body,
+            lost_answer: LOSE.try_with(Cell::get).ok().flatten().map(|(how, _)| how),
         });
     }
 }
 
-/// Counts the request and, when a fault applies, answers for the endpoint.
+tokio::task_local! {
+    /// How the answer of the request being handled is to be lost, set by [`fault`] for
+    /// [`lose_answers`] (and [`Inner::record`], which marks the message).
+    static LOSE: Cell<Option<(LostAnswer, Duration)>>;
+}
+
+/// Loses the answer of a request [`fault`] picked for it, once it was carried out: holds it
+/// past the caller's timeout, or closes the connection without it.
+pub(super) async fn lose_answers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    LOSE.scope(Cell::new(None), async move {
+        let res = next.call(req).await?.map_into_boxed_body();
+        Ok(match LOSE.with(Cell::get) {
+            None => res,
+            Some((LostAnswer::Timeout, after)) => {
+                tokio::time::sleep(after).await;
+                res
+            }
+            Some((LostAnswer::Dropped, _)) => res.into_response(dropped()),
+        })
+    })
+    .await
+}
+
+/// A response whose body fails before its first byte: the server closes the connection
+/// without writing anything (the head waits in its buffer until the body's first bytes).
+fn dropped() -> HttpResponse {
+    HttpResponse::Ok().streaming(futures_util::stream::once(async {
+        Err::<web::Bytes, _>(std::io::Error::other("connection dropped (injected fault)"))
+    }))
+}
+
+/// Counts the request and, when a fault applies, answers for the endpoint (or arranges for
+/// its answer to be lost once it is carried out).
 pub(super) async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Option<HttpResponse> {
-    let (gate, latency, fail) = {
+    let (gate, latency, injected) = {
         let mut g = state.lock();
         *g.stats.requests.entry(api.to_owned()).or_default() += 1;
         let gate = g.gates.get(api).cloned();
         let f: &Faults = &g.faults;
-        let applies = f.error_rate > 0.0
+        let applies = f.any()
             && (f.apis.is_empty() || f.apis.iter().any(|a| a == api))
             && f.count != Some(0)
             && !(f.impolite == Some(Impolite::Quota) && api == "robot_send");
-        let (rate, latency) = (f.error_rate, f.latency_ms);
+        let latency = f.latency_ms;
         let skipped = applies && g.faults.skip > 0;
         if skipped {
             g.faults.skip -= 1;
         }
-        let fail = applies && !skipped && g.next_random() < rate;
-        if fail {
+        let injected = if applies && !skipped {
+            let u = g.next_random();
+            g.faults.pick(u)
+        } else {
+            None
+        };
+        if let Some(kind) = injected {
             g.stats.faults_injected += 1;
+            *g.stats.faults.entry(kind.name().to_owned()).or_default() += 1;
             if let Some(n) = g.faults.count.as_mut() {
                 *n -= 1;
             }
         }
-        (
-            gate,
-            latency,
-            fail.then(|| (g.faults.http_status, g.faults.errcode, g.faults.impolite)),
-        )
+        let f = &g.faults;
+        let how = injected.map(|kind| (kind, f.http_status, f.errcode, f.timeout_ms, f.impolite));
+        (gate, latency, how)
     };
     if let Some(gate) = gate {
         gate.pass().await;
@@ -322,19 +368,28 @@ pub(super) async fn fault(state: &SimState, api: &str, oapi_style: bool) -> Opti
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let (status, errcode, impolite) = fail?;
-    if let Some(answer) = impolite {
+    let (kind, status, errcode, timeout_ms, impolite) = injected?;
+    let lose = |how: LostAnswer| {
+        let after = Duration::from_millis(timeout_ms);
+        // Outside `lose_answers` (a handler called directly) the answer is not lost.
+        let _ = LOSE.try_with(|l| l.set(Some((how, after))));
+        None
+    };
+    if let (Injected::Error, Some(answer)) = (kind, impolite) {
         return Some(impolite_answer(answer, status, oapi_style));
     }
-    Some(match (status, errcode) {
-        (None, Some(code)) if oapi_style => oapi(code, "injected fault"),
-        (None, Some(code)) => api_error(
+    Some(match (kind, status, errcode) {
+        (Injected::Timeout, ..) => return lose(LostAnswer::Timeout),
+        (Injected::DropAfter, ..) => return lose(LostAnswer::Dropped),
+        (Injected::DropBefore, ..) => dropped(),
+        (_, None, Some(code)) if oapi_style => oapi(code, "injected fault"),
+        (_, None, Some(code)) => api_error(
             if code == -1 { 503 } else { 429 },
             &code.to_string(),
             "injected fault",
         ),
-        (Some(s), _) => api_error(s, "InjectedFault", "injected fault"),
-        (None, None) => api_error(503, "ServiceUnavailable", "injected fault"),
+        (_, Some(s), _) => api_error(s, "InjectedFault", "injected fault"),
+        (_, None, None) => api_error(503, "ServiceUnavailable", "injected fault"),
     })
 }
 
@@ -941,6 +996,9 @@ async fn reset(state: State) -> HttpResponse {
 }
 
 async fn faults(state: State, body: web::Json<Faults>) -> HttpResponse {
+    if let Err(why) = body.check() {
+        return HttpResponse::BadRequest().json(json!({"error": why}));
+    }
     state.set_faults(body.into_inner());
     HttpResponse::Ok().json(json!({"faults": state.lock().faults}))
 }

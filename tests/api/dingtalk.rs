@@ -452,6 +452,110 @@ async fn injected_faults_become_retryable_errors_until_they_heal() {
 }
 
 #[tokio::test]
+async fn lost_answers_are_retryable_and_the_simulator_marks_what_they_delivered() {
+    use ding_channel::simulator::LostAnswer;
+    let mut f = fixture().await;
+    // A client that gives up long before the simulator answers a "timeout".
+    let mut short = config(&f.sim.base_url(), None);
+    short.timeout = Duration::from_millis(300);
+    f.client = Arc::new(DingTalk::new(short, f.clock.clone()).unwrap());
+    let r = robot(&f, "ops-robot");
+    let cases = [
+        ("drop_before_rate", None, "network"),
+        ("drop_after_rate", Some(LostAnswer::Dropped), "network"),
+        ("timeout_rate", Some(LostAnswer::Timeout), "timeout"),
+    ];
+    for (rate, lost, code) in cases {
+        f.sim.state.reset();
+        let faults =
+            serde_json::json!({rate: 1.0, "timeout_ms": 3000, "apis": ["robot_send"], "count": 1});
+        f.sim
+            .state
+            .set_faults(serde_json::from_value(faults).unwrap());
+        let e = f
+            .client
+            .send_webhook(&r, &text(rate), &At::default())
+            .await
+            .unwrap_err();
+        assert!(e.is_retryable(), "{rate}: {e}");
+        assert_eq!(e.code, code, "{rate}: {e}");
+        let got: Vec<_> = f
+            .sim
+            .state
+            .messages()
+            .iter()
+            .map(|m| m.lost_answer)
+            .collect();
+        let want = match lost {
+            Some(how) => vec![Some(how)],
+            None => vec![],
+        };
+        assert_eq!(got, want, "{rate}: what DingTalk carried out");
+        // The fault healed: the same call goes through, answered.
+        f.client
+            .send_webhook(&r, &text(rate), &At::default())
+            .await
+            .unwrap();
+        let last = f.sim.state.messages().pop().unwrap();
+        assert_eq!(last.lost_answer, None);
+        assert_eq!(f.sim.state.stats().faults[&rate.replace("_rate", "")], 1);
+    }
+
+    // batchSend's people: a dropped answer is a retryable outcome per person.
+    f.sim.state.reset();
+    f.sim.state.set_faults(Faults {
+        drop_after_rate: 1.0,
+        ..Faults::default()
+    });
+    let out = f
+        .client
+        .batch_send(&f.app, &["u1".into(), "u2".into()], &text("x"))
+        .await
+        .unwrap();
+    assert!(
+        out.iter()
+            .all(|(_, o)| matches!(o, UserOutcome::Failed(e) if e.is_retryable())),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn fault_rates_take_their_shares_of_the_requests() {
+    let f = fixture().await;
+    f.sim.state.set_faults(Faults {
+        error_rate: 0.2,
+        drop_before_rate: 0.1,
+        drop_after_rate: 0.1,
+        http_status: Some(503),
+        apis: vec!["batch_send".into()],
+        ..Faults::default()
+    });
+    let mut failed = 0;
+    for i in 0..400 {
+        let out = f
+            .client
+            .batch_send(&f.app, &["u1".into()], &text(&i.to_string()))
+            .await
+            .unwrap();
+        failed += usize::from(matches!(out[0].1, UserOutcome::Failed(_)));
+    }
+    let stats = f.sim.state.stats();
+    let share = |k: &str| stats.faults.get(k).copied().unwrap_or(0) as f64 / 400.0;
+    for (kind, rate) in [("error", 0.2), ("drop_before", 0.1), ("drop_after", 0.1)] {
+        assert!((share(kind) - rate).abs() < 0.06, "{kind}: {stats:?}");
+    }
+    assert_eq!(failed as u64, stats.faults_injected);
+    // What was dropped after it was carried out arrived, marked; the rest arrived answered.
+    let msgs = f.sim.state.messages();
+    let lost = msgs.iter().filter(|m| m.lost_answer.is_some()).count();
+    assert_eq!(lost as u64, stats.faults["drop_after"]);
+    assert_eq!(
+        msgs.len() as u64,
+        400 - stats.faults["error"] - stats.faults["drop_before"]
+    );
+}
+
+#[tokio::test]
 async fn getbymobile_outcomes_are_typed() {
     let f = fixture().await;
     assert_eq!(
@@ -668,6 +772,30 @@ async fn the_simulator_is_observable_and_controllable_over_http() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400, "unknown fault keys are refused");
+    for (faults, needle) in [
+        (
+            serde_json::json!({"timeout_rate": 0.1}),
+            "timeout_rate needs timeout_ms",
+        ),
+        (
+            serde_json::json!({"error_rate": 0.6, "drop_after_rate": 0.6}),
+            "add up to 1.2",
+        ),
+        (
+            serde_json::json!({"drop_before_rate": -0.1}),
+            "drop_before_rate is -0.1",
+        ),
+    ] {
+        let refused = http
+            .post(format!("{base}/_sim/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{faults}");
+        let why: serde_json::Value = refused.json().await.unwrap();
+        assert!(why["error"].as_str().unwrap().contains(needle), "{why}");
+    }
     http.post(format!("{base}/_sim/reset"))
         .send()
         .await

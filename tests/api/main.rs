@@ -21,6 +21,7 @@ mod impolite;
 mod layering;
 mod limits;
 mod logging;
+mod lost_answers;
 mod msg_type;
 mod readstatus;
 mod registry;
