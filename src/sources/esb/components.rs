@@ -36,6 +36,8 @@ pub struct Context<'a> {
     pub directory: Option<Directory>,
     /// The `Blueking-Language` header, when sent.
     pub language: Option<&'a str>,
+    /// When the ESB stops waiting for the answer.
+    pub deadline: tokio::time::Instant,
 }
 
 /// The ESB answers English labels when `Blueking-Language` is `en` or absent, and Chinese
@@ -78,9 +80,15 @@ pub async fn handle(
         );
         message::apply(t, &ctx_value, ctx.zone, &mut request.message);
     }
+    // The wait for the first attempt ends in time for the answer.
+    request.route.wait = request.route.wait.min(
+        ctx.deadline
+            .saturating_duration_since(tokio::time::Instant::now()),
+    );
     let known = Known {
         settings: DeliverySettings::from_registry(ctx.channels),
         directory: ctx.directory,
+        deadline: Some(ctx.deadline),
     };
     let receipt = ctx.service.submit_with(request, &ctx.caller, known).await?;
     Ok(Cmsi.answer(&receipt))
@@ -114,7 +122,7 @@ impl From<SendError> for EsbError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::QueueFull(why) => Self::Throttled(why),
-            SendError::Storage(e) => Self::Internal(e.to_string()),
+            SendError::Storage(e) => e.into(),
         }
     }
 }
