@@ -33,8 +33,8 @@ pub struct Known {
     /// The directory entries of the usernames named, if read.
     pub directory: Option<Directory>,
     /// When the caller stops waiting (the ESB's time-out of the component, the webhook's):
-    /// storage that has not answered by then is answered as unavailable. `None`: the
-    /// route's wait from now.
+    /// storage that has not answered by then is answered as unavailable. The route's wait
+    /// should end before it. `None`: storage is waited for.
     pub deadline: Option<Instant>,
 }
 
@@ -92,9 +92,10 @@ impl SendService {
         known: Known,
     ) -> Result<Receipt, SendError> {
         let outbox = &*self.outbox;
-        let waited = Instant::now() + request.route.wait;
-        let answer_by = known.deadline.unwrap_or(waited);
-        let deadline = waited.min(answer_by);
+        // Lookups and the first attempt end by the route's wait; the source leaves storage the
+        // rest of its caller's wait, if the caller has one.
+        let answer_by = known.deadline;
+        let deadline = (Instant::now() + request.route.wait).min(answer_by.unwrap_or(far()));
         let window_ms = self.idempotency_window.as_millis() as i64;
         if let Some(key) = request.idempotency_key.clone() {
             let (app, since) = (caller.app_code.clone(), outbox.clock.now_ms() - window_ms);
@@ -198,6 +199,11 @@ impl SendService {
             .await?;
         Ok(Receipt::from_rows(id, &rows, replay))
     }
+}
+
+/// Later than any wait.
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
 }
 
 /// The row as the recorded outcome left it, so the answer needs no second read.

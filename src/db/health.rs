@@ -194,32 +194,54 @@ impl Health {
     }
 }
 
+/// A connection to a server idle this long is checked before it is used again: the server
+/// may have gone meanwhile (restarted while nothing asked), which libpq only finds out by
+/// failing the next statement. A busy pool's connections are never idle this long.
+const IDLE_CHECKED: Duration = Duration::from_millis(500);
+
 /// Watches one connection's queries, so that a connection whose server went away is not
 /// given out again (`Manager::has_broken`): libpq does not reconnect, and diesel considers
 /// such a connection broken only inside a transaction.
 pub(super) struct Watch {
     health: Arc<Health>,
+    /// Whether it talks to a server (PostgreSQL), rather than a file.
+    remote: bool,
     /// [`Health::losses`] when it was opened or last checked.
-    pub checked: u64,
+    checked: u64,
+    used: Instant,
     pub lost: bool,
 }
 
 impl Watch {
-    pub fn new(health: Arc<Health>) -> Self {
+    pub fn new(health: Arc<Health>, remote: bool) -> Self {
         Self {
             checked: health.losses(),
             health,
+            remote,
+            used: Instant::now(),
             lost: false,
         }
+    }
+
+    /// Whether to check it before it is used: others were found cut since it was opened or
+    /// last checked, or it sat idle (see [`IDLE_CHECKED`]). Counts as checked from now.
+    pub fn due(&mut self) -> bool {
+        let losses = self.health.losses();
+        let due = self.checked < losses || (self.remote && self.used.elapsed() >= IDLE_CHECKED);
+        self.checked = losses;
+        due
     }
 }
 
 impl Instrumentation for Watch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        if let InstrumentationEvent::FinishQuery { error: Some(e), .. } = event {
-            if !self.lost && outage_of(e) == Some(Outage::Unreachable) {
-                self.lost = true;
-                self.health.lost(e);
+        if let InstrumentationEvent::FinishQuery { error, .. } = event {
+            self.used = Instant::now();
+            if let Some(e) = error {
+                if !self.lost && outage_of(e) == Some(Outage::Unreachable) {
+                    self.lost = true;
+                    self.health.lost(e);
+                }
             }
         }
     }

@@ -159,14 +159,14 @@ impl Manager {
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                 )?;
-                c.set_instrumentation(Watch::new(self.health.clone()));
+                c.set_instrumentation(Watch::new(self.health.clone(), false));
                 Ok(DbConn::Sqlite(c))
             }
             #[cfg(feature = "postgres")]
             DatabaseUrl::Postgres(url) => {
                 let mut c = diesel::pg::PgConnection::establish(&with_pg_defaults(url))
                     .map_err(connect_err)?;
-                c.set_instrumentation(Watch::new(self.health.clone()));
+                c.set_instrumentation(Watch::new(self.health.clone(), true));
                 Ok(DbConn::Pg(c))
             }
             #[cfg(not(feature = "postgres"))]
@@ -218,10 +218,12 @@ pub type Conn = PooledConnection<Manager>;
 
 /// How long [`Db::get`] waits for a connection at most, while the database can be reached.
 const GET_WAIT: Duration = Duration::from_secs(10);
-/// The pool's own wait, in steps of which [`Db::get`] waits: a step ends early when the
-/// database turns out unreachable meanwhile. r2d2 also retries a failed connection attempt
-/// after at most half of it, so a database back is seen within a second.
-const GET_STEP: Duration = Duration::from_secs(2);
+/// [`Db::get`] waits in steps of this, to see soon when connections cannot be opened (the
+/// pool does not wake its waiters when an attempt fails).
+const GET_STEP: Duration = Duration::from_millis(100);
+/// The pool's own time-out, which [`Db::get`] does not use; r2d2 retries a failed connection
+/// attempt after at most half of it, so a database back is seen within a second.
+const POOL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The pool and what it knows of the database's health: the part the writer thread shares.
 #[derive(Clone)]
@@ -259,13 +261,11 @@ impl Conns {
         }
     }
 
-    /// Whether `conn` still reaches its server: checked (one `SELECT 1`) only when others
-    /// were found cut since it was opened or last checked.
+    /// Whether `conn` still reaches its server: checked (one `SELECT 1`) only when it sat
+    /// idle, or others were found cut since it was last checked ([`Watch::due`]).
     fn checked(&self, conn: &mut DbConn) -> bool {
-        let losses = self.health.losses();
-        match watch(conn) {
-            Some(w) if w.checked < losses => w.checked = losses,
-            _ => return true,
+        if !watch(conn).is_some_and(|w| w.due()) {
+            return true;
         }
         conn.batch_execute("SELECT 1").is_ok()
     }
@@ -301,7 +301,7 @@ impl Db {
             // thread while the process exits races libpq/OpenSSL's exit handlers (seen as a
             // segfault at exit). Connections open on demand and stay pooled once opened.
             .min_idle(Some(0))
-            .connection_timeout(GET_STEP)
+            .connection_timeout(POOL_TIMEOUT)
             // Reported through `Health`, once per outage.
             .error_handler(Box::new(r2d2::NopErrorHandler))
             // A broken connection surfaces as a query error and is replaced; a `SELECT 1` on
@@ -379,7 +379,7 @@ impl Db {
     }
 
     /// [`Db::run`], answered by `deadline` (then as an outage) however the database behaves.
-    pub async fn run_by<T, E, F>(&self, deadline: Instant, f: F) -> Result<T, E>
+    pub async fn run_by<T, E, F>(&self, deadline: Option<Instant>, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -457,17 +457,22 @@ impl Db {
     /// Whether the database answers, within `wait`; why not, if it does not.
     pub async fn ping(&self, wait: Duration) -> Result<(), DbError> {
         let deadline = Instant::now() + wait;
-        self.run_by(deadline, |c| Ok::<_, DbError>(c.batch_execute("SELECT 1")?))
-            .await
+        self.run_by(Some(deadline), |c| {
+            Ok::<_, DbError>(c.batch_execute("SELECT 1")?)
+        })
+        .await
     }
 }
 
-/// `work`'s answer, or an outage once `deadline` passed: what was asked of the database is
-/// then answered "unavailable" to its caller (a read), though it may still run.
+/// `work`'s answer, or an outage once `deadline` (if any) passed: what was asked of the
+/// database is then answered "unavailable" to its caller (a read), though it may still run.
 pub async fn within<T, E: From<DbError>>(
-    deadline: Instant,
+    deadline: Option<Instant>,
     work: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
+    let Some(deadline) = deadline else {
+        return work.await;
+    };
     tokio::time::timeout_at(deadline, work)
         .await
         .unwrap_or_else(|_| {

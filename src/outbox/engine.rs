@@ -255,8 +255,9 @@ impl Outbox {
             .await
             .is_ok();
         if self.record_kept().await.is_err() {
+            let outcomes = self.unrecorded.len().await;
             tracing::error!(
-                outcomes = self.unrecorded.len().await,
+                outcomes,
                 "stopping with attempt outcomes the database did not take: those deliveries are sent again after the restart"
             );
             return false;
@@ -316,13 +317,13 @@ impl Outbox {
     }
 
     /// Persists a message and its deliveries (claimed by this process); requests arriving
-    /// together share a transaction ([`Db::write`]). Not stored at all unless answered by
-    /// `deadline` (or told it may have been: [`crate::db::Outage::Uncertain`]).
+    /// together share a transaction ([`Db::write`]). Past `deadline`, not stored at all, or
+    /// told it may have been ([`crate::db::Outage::Uncertain`]).
     pub async fn accept(
         &self,
         msg: store::NewMessage,
         acceptance: store::Acceptance,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<store::AcceptedMessage, DbError> {
         let (app, key, a) = (
             msg.caller.app_code.clone(),
@@ -331,7 +332,7 @@ impl Outbox {
         );
         match self
             .db
-            .write_by(Some(deadline), move |c| store::accept(c, &msg, &acceptance))
+            .write_by(deadline, move |c| store::accept(c, &msg, &acceptance))
             .await
         {
             // A concurrent request with the same key committed first (another process):
@@ -352,7 +353,7 @@ impl Outbox {
     /// Makes room for `n` more deliveries in the queue, or answers why there is none: the
     /// queue holds `DING_CHANNEL_MAX_QUEUE` at most. Counted at most once a second (when the
     /// count answers by `deadline`); what this process accepts in between is added to it.
-    pub async fn queue_room(&self, n: usize, deadline: Instant) -> Result<(), String> {
+    pub async fn queue_room(&self, n: usize, deadline: Option<Instant>) -> Result<(), String> {
         let (q, now) = (&self.queue, self.clock.now_ms());
         let counted = q.counted_at.load(Ordering::SeqCst);
         if now.saturating_sub(counted) >= 1000

@@ -20,6 +20,7 @@ mod layering;
 mod limits;
 mod logging;
 mod msg_type;
+mod outage;
 mod readstatus;
 mod registry;
 mod robots;

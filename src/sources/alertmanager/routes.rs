@@ -149,7 +149,7 @@ async fn verify(req: &HttpRequest, am: &Alertmanager) -> Result<(), Problem> {
     let now = am.clock.now_ms();
     let deadline = Instant::now() + am.timeout;
     am.db
-        .run_by(deadline, move |conn| {
+        .run_by(Some(deadline), move |conn| {
             read_tx(conn, |conn| auth.verify(conn, now))
         })
         .await
@@ -283,7 +283,7 @@ async fn serve(
     template_names.dedup();
     let read = am
         .db
-        .run_by(deadline, move |conn| {
+        .run_by(Some(deadline), move |conn| {
             read_tx(conn, |conn| {
                 let app = auth.verify(conn, now)?;
                 let channels = registry::list(conn)?;

@@ -2,6 +2,7 @@
 //! of one message for the app that sent it. Handlers read, parse and authenticate, and pass
 //! what ding-channel does not serve to the upstream CMSI; components do the work.
 
+use super::components::Deadlines;
 use super::envelope::{Envelope, Reply};
 use super::error::{EsbError, Surface};
 use super::gateway::Authenticated;
@@ -87,16 +88,21 @@ async fn esb(
     upstream: Option<web::Data<Upstream>>,
 ) -> HttpResponse {
     let rid = request_id(&req);
-    // The ESB gives up on a component after its time-out: the answer must come before, with
-    // a tenth of it to spare for the way back.
+    // The ESB gives up on a component after its time-out: the answer must come before. The
+    // first attempt is waited for until 8/10 of it, storage until 9/10, the rest is the way
+    // back.
     let path = channel_path(req.match_info().query("tail"));
     let wait = esb
         .manifest
         .channels
         .iter()
         .find(|c| c.path == path)
-        .map_or(DEFAULT_WAIT_S, |c| c.timeout_s.max(1));
-    let deadline = Instant::now() + Duration::from_millis(wait as u64 * 900);
+        .map_or(DEFAULT_WAIT_S, |c| c.timeout_s.max(1)) as u64;
+    let now = Instant::now();
+    let deadlines = Deadlines {
+        attempt: now + Duration::from_millis(wait * 800),
+        storage: now + Duration::from_millis(wait * 900),
+    };
     match serve_esb(
         &req,
         payload,
@@ -104,7 +110,7 @@ async fn esb(
         &service,
         upstream.as_ref().map(|u| u.get_ref()),
         &rid,
-        deadline,
+        deadlines,
     )
     .await
     {
@@ -131,7 +137,7 @@ async fn serve_esb(
     service: &SendService,
     upstream: Option<&Upstream>,
     rid: &str,
-    deadline: Instant,
+    deadlines: Deadlines,
 ) -> Result<Answer, EsbError> {
     // Kept as received: what is not ours is passed on byte for byte.
     let body = web::Bytes::from(read_body(req, payload, esb.max_body).await?);
@@ -173,7 +179,7 @@ async fn serve_esb(
     let now = esb.clock.now_ms();
     let (channels, templates, creds, directory) = esb
         .db
-        .run_by(deadline, move |conn| {
+        .run_by(Some(deadlines.storage), move |conn| {
             read_tx(conn, |conn| {
                 creds.verify(conn)?;
                 let channels = registry::list(conn)?;
@@ -233,7 +239,7 @@ async fn serve_esb(
             .headers()
             .get("blueking-language")
             .and_then(|v| v.to_str().ok()),
-        deadline,
+        deadlines,
     };
     let reply = components::handle(ctx, &channel, &params).await?;
     Ok(Answer::Reply(match &call {
