@@ -715,8 +715,12 @@ fn write_loop(conns: &Conns, jobs: &mpsc::Receiver<Box<dyn Job>>) {
                 }
             }
             Err(e) => {
+                let why = match &e {
+                    DbError::Unavailable { detail, .. } => detail.clone(),
+                    e => e.to_string(),
+                };
                 let failure = Failure {
-                    why: e.to_string(),
+                    why,
                     outage: e.outage(),
                     commit_unknown: false,
                 };

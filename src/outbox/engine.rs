@@ -255,7 +255,7 @@ impl Outbox {
             .await
             .is_ok();
         if self.record_kept().await.is_err() {
-            let outcomes = self.unrecorded.len().await;
+            let outcomes = self.unrecorded.count().await;
             tracing::error!(
                 outcomes,
                 "stopping with attempt outcomes the database did not take: those deliveries are sent again after the restart"

@@ -39,7 +39,8 @@ impl Unrecorded {
         self.pending.store(true, Ordering::Release);
     }
 
-    pub async fn len(&self) -> usize {
+    /// How many outcomes wait.
+    pub async fn count(&self) -> usize {
         self.waiting.lock().await.len()
     }
 
@@ -152,7 +153,7 @@ mod tests {
             .record(|_| async { Err(DbError::Task("down".into())) })
             .await;
         assert!(failed.is_err());
-        assert_eq!(kept.len().await, 1, "kept after a failed attempt");
+        assert_eq!(kept.count().await, 1, "kept after a failed attempt");
 
         let recorded = kept
             .record(|waiting| async move {
@@ -162,7 +163,7 @@ mod tests {
             })
             .await;
         assert_eq!(recorded.unwrap(), 1);
-        assert_eq!(kept.len().await, 0);
+        assert_eq!(kept.count().await, 0);
         let claimed = kept
             .claiming(async { Ok(vec![row(1, "later")]) }, |r| r)
             .await

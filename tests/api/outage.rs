@@ -444,3 +444,95 @@ async fn a_database_that_does_not_answer_is_answered_within_the_callers_wait() {
         "what waited past its caller's wait was never stored"
     );
 }
+
+/// A real server on PostgreSQL, its database cut off for a while: sends are refused meanwhile,
+/// the outage is logged once when it begins and once when it ends however often the server's
+/// loops and requests tried, and a message queued before it is delivered by the poller after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_server_logs_an_outage_once_and_delivers_what_waited_once_it_is_over() {
+    if std::env::var("TEST_DATABASE_URL").is_err() {
+        eprintln!("outage test of a real server skipped: set TEST_DATABASE_URL to run it against PostgreSQL");
+        return;
+    }
+    let db = TestDb::new();
+    let proxy = DbProxy::start(host_port(&db.url));
+    let proxied = db
+        .url
+        .replace(&host_port(&db.url), &format!("127.0.0.1:{}", proxy.port));
+    let sim = real_time_simulator();
+    let server = serve(
+        &proxied,
+        &sim.base_url(),
+        &[
+            ("DING_CHANNEL_RETRY_BASE_MS", "200"),
+            // The retried work's failures show at debug (logged by `Db::report`).
+            ("DING_CHANNEL_LOG", "info,ding_channel::db=debug"),
+        ],
+    );
+    seeded(&db);
+    let http = reqwest::Client::new();
+    let send = || async {
+        let body = json!({"receiver__username": "alice", "content": "disk at 95%",
+            "bk_app_code": APP, "bk_app_secret": APP_SECRET});
+        let res = http
+            .post(format!("{}/send_ding/", server.url))
+            .json(&body)
+            .send();
+        res.await.unwrap().json::<Value>().await.unwrap()
+    };
+    let readyz = || async {
+        let base = server.url.split("/api/").next().unwrap().to_owned();
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    sim.state
+        .set_faults(ding_channel::simulator::Faults::http(503, &["batch_send"]));
+    let queued = send().await;
+    assert_eq!(statuses(&queued), pairs(&[("alice", "queued")]), "{queued}");
+
+    proxy.set(Mode::Cut);
+    sim.state
+        .set_faults(ding_channel::simulator::Faults::default());
+    for _ in 0..5 {
+        assert_refused(&send().await, 1306000, "storage unavailable, retry");
+        assert_eq!(readyz().await, 503);
+    }
+    wait_until("the poller to try twice", Duration::from_secs(20), || {
+        server.count("cannot look for due deliveries") >= 2
+    })
+    .await;
+    assert!(
+        sim.state.messages().is_empty(),
+        "the retry waits for the database"
+    );
+
+    proxy.set(Mode::Pass);
+    wait_until(
+        "the queued message delivered",
+        Duration::from_secs(30),
+        || sim.state.messages().len() == 1,
+    )
+    .await;
+    assert_eq!(send().await["result"], true);
+    assert_eq!(readyz().await, 200);
+    let log = server.stop();
+    let lines = |needle: &str| {
+        log.lines()
+            .filter(|l| l.contains(needle) && (l.contains(" WARN ") || l.contains(" ERROR ")))
+            .count()
+    };
+    assert_eq!(lines("the database cannot be reached"), 1, "{log}");
+    assert_eq!(lines("the database can be reached again"), 1, "{log}");
+    assert!(
+        lines("database connections were cut") <= 1,
+        "at most once: {log}"
+    );
+    for retried in ["cannot claim", "cannot look for due", "cannot renew"] {
+        assert_eq!(lines(retried), 0, "logged at debug only: {log}");
+    }
+    assert_eq!(sim.state.messages().len(), 2, "each once");
+}
