@@ -662,12 +662,14 @@ struct Failure {
 }
 
 impl Failure {
-    fn of(e: &DieselError, conn: &DbConn) -> Self {
+    /// `committing`: every write of the transaction went through, so `e` came from its commit.
+    fn of(e: &DieselError, conn: &DbConn, committing: bool) -> Self {
         let outage = outage_of(e);
         Self {
             why: format!("database error: {e}"),
             outage,
-            commit_unknown: outage == Some(Outage::Unreachable)
+            commit_unknown: committing
+                && outage == Some(Outage::Unreachable)
                 && !matches!(conn, DbConn::Sqlite(_)),
         }
     }
@@ -744,8 +746,11 @@ fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>, health: &Health)
             }
         }
     };
+    // Whether every write went through, so that a failure after that is the commit's.
+    let mut committing = false;
     let together = write_tx(conn, |c| {
-        if group.iter_mut().all(|j| j.run(c, health)) {
+        committing = group.iter_mut().all(|j| j.run(c, health));
+        if committing {
             Ok(())
         } else {
             Err(GroupError::Job)
@@ -758,8 +763,10 @@ fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>, health: &Health)
         }
         Err(GroupError::Job) if group.len() > 1 => {
             for mut job in group {
+                let mut committing = false;
                 match write_tx(conn, |c| {
-                    if job.run(c, health) {
+                    committing = job.run(c, health);
+                    if committing {
                         Ok(())
                     } else {
                         Err(GroupError::Job)
@@ -770,13 +777,15 @@ fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>, health: &Health)
                         job.answer(None);
                     }
                     Err(GroupError::Job) => job.answer(None),
-                    Err(GroupError::Db(e)) => job.answer(Some(&Failure::of(&e, conn))),
+                    Err(GroupError::Db(e)) => {
+                        job.answer(Some(&Failure::of(&e, conn, committing)))
+                    }
                 }
             }
         }
         Err(GroupError::Job) => group.into_iter().for_each(|j| j.answer(None)),
         Err(GroupError::Db(e)) => {
-            let failure = Failure::of(&e, conn);
+            let failure = Failure::of(&e, conn, committing);
             if failure.outage == Some(Outage::Refused) {
                 health.write_refused(&e.to_string());
             }
