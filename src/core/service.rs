@@ -95,7 +95,8 @@ impl SendService {
         // Lookups and the first attempt end by the route's wait; the source leaves storage the
         // rest of its caller's wait, if the caller has one.
         let answer_by = known.deadline;
-        let deadline = (Instant::now() + request.route.wait).min(answer_by.unwrap_or(far()));
+        let waited = Instant::now() + request.route.wait;
+        let deadline = answer_by.map_or(waited, |by| waited.min(by));
         let window_ms = self.idempotency_window.as_millis() as i64;
         if let Some(key) = request.idempotency_key.clone() {
             let (app, since) = (caller.app_code.clone(), outbox.clock.now_ms() - window_ms);
@@ -199,11 +200,6 @@ impl SendService {
             .await?;
         Ok(Receipt::from_rows(id, &rows, replay))
     }
-}
-
-/// Later than any wait.
-fn far() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
 }
 
 /// The row as the recorded outcome left it, so the answer needs no second read.

@@ -81,9 +81,14 @@ pub struct Health {
 }
 
 impl Health {
+    /// Whether connections cannot be opened.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
     /// Why connections cannot be opened, while they cannot.
     pub fn down(&self) -> Option<String> {
-        if !self.down.load(Ordering::Acquire) {
+        if !self.is_down() {
             return None;
         }
         let lapse = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());

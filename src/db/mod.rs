@@ -94,16 +94,16 @@ impl DbError {
     /// What a caller is told of an outage: no host or statement in it, whether anything may
     /// have been stored, and what to do.
     pub fn for_caller(&self) -> Option<String> {
-        let refused = |why: &str| {
-            format!("storage unavailable, retry later: the database refuses writes ({why}); nothing was stored")
-        };
         Some(match self.outage()? {
             Outage::Unreachable => "storage unavailable, retry later: the database cannot be reached in time; nothing was stored".into(),
-            Outage::Refused => match self {
-                Self::Query(DieselError::DatabaseError(_, info)) => refused(info.message()),
-                Self::Unavailable { detail, .. } => refused(detail),
-                _ => refused("busy"),
-            },
+            Outage::Refused => {
+                let why = match self {
+                    Self::Query(DieselError::DatabaseError(_, info)) => info.message().to_owned(),
+                    Self::Unavailable { detail, .. } => detail.clone(),
+                    other => other.to_string(),
+                };
+                format!("storage unavailable, retry later: the database refuses writes ({why}); nothing was stored")
+            }
             Outage::Uncertain => "storage unavailable, retry: the database did not confirm storing it; send it again with the same idempotency_key (if it was stored, that is answered as a replay and nothing is sent twice)".into(),
         })
     }
@@ -238,10 +238,9 @@ impl Conns {
     fn get(&self) -> Result<Conn, DbError> {
         let started = std::time::Instant::now();
         loop {
-            let down = self.health.down();
             // Asked even while down, without waiting: that keeps a connection attempt going
             // in the pool's background, and the first one that succeeds ends the outage.
-            let step = if down.is_some() {
+            let step = if self.health.is_down() {
                 Duration::ZERO
             } else {
                 GET_STEP
@@ -454,11 +453,16 @@ impl Db {
         }
     }
 
-    /// Whether the database answers, within `wait`; why not, if it does not.
+    /// Whether the database answers, within `wait`; why not, if it does not. Not queued
+    /// behind the requests' reads ([`Db::run`]): a busy server is still ready.
     pub async fn ping(&self, wait: Duration) -> Result<(), DbError> {
-        let deadline = Instant::now() + wait;
-        self.run_by(Some(deadline), |c| {
-            Ok::<_, DbError>(c.batch_execute("SELECT 1")?)
+        let conns = self.conns.clone();
+        let ping = tokio::task::spawn_blocking(move || {
+            Ok::<_, DbError>(conns.get()?.batch_execute("SELECT 1")?)
+        });
+        within(Some(Instant::now() + wait), async {
+            ping.await
+                .unwrap_or_else(|e| Err(DbError::Task(e.to_string())))
         })
         .await
     }
@@ -777,9 +781,7 @@ fn write_group(conn: &mut DbConn, mut group: Vec<Box<dyn Job>>, health: &Health)
                         job.answer(None);
                     }
                     Err(GroupError::Job) => job.answer(None),
-                    Err(GroupError::Db(e)) => {
-                        job.answer(Some(&Failure::of(&e, conn, committing)))
-                    }
+                    Err(GroupError::Db(e)) => job.answer(Some(&Failure::of(&e, conn, committing))),
                 }
             }
         }
@@ -1000,6 +1002,19 @@ mod tests {
             .load(&mut *db.get().unwrap())
             .unwrap();
         assert_eq!(codes, ["after"], "the abandoned write was not made");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn libpq_is_given_the_time_outs_the_url_does_not_set() {
+        assert_eq!(
+            with_pg_defaults("postgres://u@h/db?connect_timeout=2&keepalives_count=9"),
+            "postgres://u@h/db?connect_timeout=2&keepalives_count=9&keepalives_idle=15&keepalives_interval=5&tcp_user_timeout=30000"
+        );
+        assert_eq!(
+            with_pg_defaults("postgres://u@h/db"),
+            "postgres://u@h/db?connect_timeout=5&keepalives_idle=15&keepalives_interval=5&keepalives_count=3&tcp_user_timeout=30000"
+        );
     }
 
     #[tokio::test]

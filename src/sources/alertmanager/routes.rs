@@ -181,7 +181,7 @@ pub async fn handle(
     .await
     .unwrap_or_else(|_| {
         Err(Problem::Storage(format!(
-            "the notification was not confirmed stored within {} ms; if it was, the same notification sent again is taken once",
+            "storage unavailable, retry: the notification was not confirmed stored within {} ms; if it was, the same notification sent again is taken once",
             am.timeout.as_millis(),
         )))
     });

@@ -37,6 +37,7 @@ pub struct Context<'a> {
     pub directory: Option<Directory>,
     /// The `Blueking-Language` header, when sent.
     pub language: Option<&'a str>,
+    /// Until when the first attempt, and storage, are waited for.
     pub deadlines: Deadlines,
 }
 
