@@ -133,7 +133,7 @@ def phase(sent):
 table = collections.defaultdict(collections.Counter)
 slowest = collections.defaultdict(float)
 for i, sent, done, code, msg, mid in answers:
-    key = f"{code}" if code == 0 else f"{code} {msg[:90]}"
+    key = f"{code}" if code == 0 else f"{code} {msg[:110]}"
     table[phase(sent)][key] += 1
     slowest[phase(sent)] = max(slowest[phase(sent)], done - sent)
 print(f"PostgreSQL stopped at {down:.1f} s (stop took {marks['stopped'] - down:.1f} s), "
