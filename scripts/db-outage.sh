@@ -86,7 +86,7 @@ def db_cycle():
     time.sleep(outage)
     marks["start"] = time.monotonic() - t0
     subprocess.run(shlex.split(start), check=True)
-    marks["back"] = time.monotonic() - t0  # the start command returned: PostgreSQL takes connections
+    marks["back"] = time.monotonic() - t0  # the start command returned
 
 ready = []  # (t, status)
 def readiness():
@@ -137,19 +137,22 @@ for i, sent, done, code, msg, mid in answers:
     table[phase(sent)][key] += 1
     slowest[phase(sent)] = max(slowest[phase(sent)], done - sent)
 print(f"PostgreSQL stopped at {down:.1f} s (stop took {marks['stopped'] - down:.1f} s), "
-      f"started at {marks['start']:.1f} s, took connections at {back:.1f} s")
+      f"started at {marks['start']:.1f} s (the command returned at {back:.1f} s)")
 for p in ("before", "during", "after"):
     print(f"  {p:6}: {sum(table[p].values())} sends, longest answer {slowest[p] * 1000:.0f} ms: "
           + ", ".join(f"{n} × {k}" for k, n in table[p].most_common()))
 refused = [a for a in answers if a[3] != 0]
 first_refused = min((a[1] for a in refused), default=None)
-taken_again = min((a[2] for a in answers if a[3] == 0 and a[1] >= back), default=None)
-ready_again = min((t for t, s in ready if t >= back and s == 200), default=None)
+# PostgreSQL may take connections before its start command returns: measured from both.
+taken_again = min((a[2] for a in answers if a[3] == 0 and a[1] >= marks["start"]), default=None)
+ready_again = min((t for t, s in ready if t >= marks["start"] and s == 200), default=None)
 unready = [t for t, s in ready if down <= t < back and s != 200]
 if first_refused is not None:
     print(f"first send refused {first_refused - down:.2f} s after the stop began; /readyz 503 from {min(unready, default=float('nan')) - down:.2f} s")
 if taken_again is not None:
-    print(f"sends taken again {taken_again - back:.2f} s after PostgreSQL took connections; /readyz ready {ready_again - back if ready_again else float('nan'):.2f} s after")
+    print(f"sends taken again {taken_again - marks['start']:.2f} s after the start command began "
+          f"({taken_again - back:+.2f} s from its return); /readyz ready "
+          f"{(ready_again or float('nan')) - marks['start']:.2f} s after it began")
 PY
 
 depth() { curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^ding_channel_queue_depth/{print $2}'; }
