@@ -12,7 +12,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, Handler, HttpMessage, HttpRequest, HttpResponse, Responder};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -124,18 +124,24 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// A readiness probe's answer comes within this, inside the usual probe time-out (1 s).
+const READY_WAIT: Duration = Duration::from_millis(800);
+
+/// Ready while the database answers and takes writes; 503 with the reason while it does not
+/// (the log has the details, once per outage).
 async fn readyz(db: web::Data<Db>) -> HttpResponse {
     let backend = db.backend();
-    let db = db.get_ref().clone();
-    match web::block(move || db.ping()).await {
-        Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ready", "database": backend})),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: database unreachable");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({"status": "unavailable", "reason": "database unreachable"}))
-        }
-        Err(_) => HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable"})),
-    }
+    let reason = match db.ping(READY_WAIT).await {
+        Err(_) => "the database cannot be reached".to_owned(),
+        Ok(()) => match db.health().refusing() {
+            Some(why) => format!("the database refuses writes: {why}"),
+            None => {
+                return HttpResponse::Ok().json(json!({"status": "ready", "database": backend}))
+            }
+        },
+    };
+    HttpResponse::ServiceUnavailable()
+        .json(json!({"status": "unavailable", "database": backend, "reason": reason}))
 }
 
 async fn metrics(outbox: web::Data<Arc<Outbox>>) -> HttpResponse {

@@ -4,7 +4,7 @@ use super::plan::{self, Directory};
 use super::receipt::Receipt;
 use crate::channels::settings::DeliverySettings;
 use crate::db::models::DeliveryRow;
-use crate::db::DbError;
+use crate::db::{within, DbError};
 use crate::directory::lookup::UserLookup;
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::ids::{ClaimToken, MessageId};
@@ -32,6 +32,10 @@ pub struct Known {
     pub settings: DeliverySettings,
     /// The directory entries of the usernames named, if read.
     pub directory: Option<Directory>,
+    /// When the caller stops waiting (the ESB's time-out of the component, the webhook's):
+    /// storage that has not answered by then is answered as unavailable. The route's wait
+    /// should end before it. `None`: storage is waited for.
+    pub deadline: Option<Instant>,
 }
 
 pub struct SendService {
@@ -71,13 +75,15 @@ impl SendService {
         let known = Known {
             settings,
             directory: None,
+            deadline: None,
         };
         self.submit_with(request, caller, known).await
     }
 
     /// Resolves the receivers, persists the message with one delivery per target, hands it to
     /// the outbox and waits (up to the route's wait) for the first attempt; then answers with
-    /// what is known per receiver.
+    /// what is known per receiver. Storage that does not answer by the caller's deadline is
+    /// an error naming it, which says whether the message may have been stored.
     #[tracing::instrument(skip_all, fields(channel = %request.route.channel, app = %caller.app_code))]
     pub async fn submit_with(
         &self,
@@ -86,27 +92,36 @@ impl SendService {
         known: Known,
     ) -> Result<Receipt, SendError> {
         let outbox = &*self.outbox;
-        let deadline = Instant::now() + request.route.wait;
+        // Lookups and the first attempt end by the route's wait; the source leaves storage the
+        // rest of its caller's wait, if the caller has one.
+        let answer_by = known.deadline;
+        let waited = Instant::now() + request.route.wait;
+        let deadline = answer_by.map_or(waited, |by| waited.min(by));
         let window_ms = self.idempotency_window.as_millis() as i64;
         if let Some(key) = request.idempotency_key.clone() {
             let (app, since) = (caller.app_code.clone(), outbox.clock.now_ms() - window_ms);
             let seen = outbox
                 .db
-                .run(move |conn| store::find_recent_by_key(conn, &app, &key, since))
+                .run_by(answer_by, move |conn| {
+                    store::find_recent_by_key(conn, &app, &key, since)
+                })
                 .await?;
             if let Some(id) = seen {
                 return self.current(MessageId::from_stored(id), true).await;
             }
         }
 
-        let plan = plan::plan(
-            outbox,
-            request.route.reach,
-            &request.receivers,
-            known.settings,
-            known.directory,
-            self.lookup.as_deref(),
-            deadline,
+        let plan = within(
+            answer_by,
+            plan::plan(
+                outbox,
+                request.route.reach,
+                &request.receivers,
+                known.settings,
+                known.directory,
+                self.lookup.as_deref(),
+                deadline,
+            ),
         )
         .await?;
         let queued = plan
@@ -115,7 +130,7 @@ impl SendService {
             .filter(|d| d.failed.is_none())
             .count();
         outbox
-            .queue_room(queued)
+            .queue_room(queued, answer_by)
             .await
             .map_err(SendError::QueueFull)?;
         let now = outbox.clock.now_ms();
@@ -140,7 +155,7 @@ impl SendService {
             idempotency_window_ms: window_ms,
             claim,
         };
-        let (accepted, mut rows) = outbox.accept(new, acceptance).await?;
+        let (accepted, mut rows) = outbox.accept(new, acceptance, answer_by).await?;
         let id = match accepted {
             Accepted::New(id) => MessageId::from_stored(id),
             Accepted::Replay(id) => {

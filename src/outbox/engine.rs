@@ -8,6 +8,7 @@ use super::lease::{Held, Lease, Leases};
 use super::policy::Policy;
 use super::retry::RetryPolicy;
 use super::store::{self, Outcome};
+use super::unrecorded::Unrecorded;
 use crate::channels::settings::DeliverySettings;
 use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::time::Instant;
 
 /// Handed-over messages delivered together at most.
 const HANDOVER_BATCH: usize = 64;
@@ -44,6 +46,8 @@ const SEND_CONCURRENCY: usize = 32;
 const IDLE_POLL: Duration = Duration::from_millis(1000);
 /// How often the calls counted are written and the other processes' holds on the egress read.
 const EGRESS_SYNC: Duration = Duration::from_secs(2);
+/// The longest it sleeps while the database does not answer (doubling up to it).
+const DOWN_POLL: Duration = Duration::from_secs(5);
 
 /// Why a delivery was not sent by the batch that held it.
 const STOPPING: &str = "the server was stopping; the queue sends it after the restart";
@@ -90,6 +94,8 @@ pub struct Outbox {
     pub people: Arc<AppRobotSender>,
     /// People, by work notifications (`single_chat_mode=work_notice`).
     pub notices: Arc<WorkNoticeSender>,
+    /// Outcomes not recorded yet: the database was unavailable when their sends finished.
+    unrecorded: Unrecorded,
     queue: QueueBound,
     /// Set by [`Outbox::stop`]: the poller takes no new work.
     stopping: AtomicBool,
@@ -177,6 +183,7 @@ impl Outbox {
                 counted_at: AtomicI64::new(i64::MIN),
             },
             stopping: AtomicBool::new(false),
+            unrecorded: Unrecorded::default(),
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
@@ -219,8 +226,20 @@ impl Outbox {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            let mut pause_down = IDLE_POLL;
             loop {
-                let pause = this.idle_pause().await;
+                // While the database does not answer, the pause doubles up to DOWN_POLL.
+                let pause = match this.idle_pause().await {
+                    Some(pause) => {
+                        pause_down = IDLE_POLL;
+                        pause
+                    }
+                    None => {
+                        let pause = pause_down;
+                        pause_down = (pause_down * 2).min(DOWN_POLL);
+                        pause
+                    }
+                };
                 tokio::select! {
                     _ = this.wake.notified() => {}
                     _ = tokio::time::sleep(pause) => {}
@@ -253,6 +272,14 @@ impl Outbox {
             .await
             .is_ok();
         self.sync_egress().await;
+        if self.record_kept().await.is_err() {
+            let outcomes = self.unrecorded.count().await;
+            tracing::error!(
+                outcomes,
+                "stopping with attempt outcomes the database did not take: those deliveries are sent again after the restart"
+            );
+            return false;
+        }
         settled
     }
 
@@ -329,7 +356,7 @@ impl Outbox {
         match self.leases.renew(self.clock.now_ms()).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot renew the claims of deliveries in flight; they are not sent once their lease runs out");
+                self.db.report(&e, "cannot renew the claims of deliveries in flight; they are not sent once their lease runs out");
                 0
             }
         }
@@ -347,21 +374,28 @@ impl Outbox {
         }
     }
 
-    async fn idle_pause(&self) -> Duration {
+    /// How long until something is due; `None` when the database did not answer.
+    async fn idle_pause(&self) -> Option<Duration> {
         let now = self.clock.now_ms();
         match self.db.run(move |c| store::next_due(c, now)).await {
-            Ok(Some(due)) if due <= now => Duration::ZERO,
-            Ok(Some(due)) => Duration::from_millis((due - now) as u64).min(IDLE_POLL),
-            _ => IDLE_POLL,
+            Ok(Some(due)) if due <= now => Some(Duration::ZERO),
+            Ok(Some(due)) => Some(Duration::from_millis((due - now) as u64).min(IDLE_POLL)),
+            Ok(None) => Some(IDLE_POLL),
+            Err(e) => {
+                self.db.report(&e, "cannot look for due deliveries");
+                None
+            }
         }
     }
 
     /// Persists a message and its deliveries (claimed by this process); requests arriving
-    /// together share a transaction ([`Db::write`]).
+    /// together share a transaction ([`Db::write`]). Past `deadline`, not stored at all, or
+    /// told it may have been ([`crate::db::Outage::Uncertain`]).
     pub async fn accept(
         &self,
         msg: store::NewMessage,
         acceptance: store::Acceptance,
+        deadline: Option<Instant>,
     ) -> Result<store::AcceptedMessage, DbError> {
         let (app, key, a) = (
             msg.caller.app_code.clone(),
@@ -370,7 +404,7 @@ impl Outbox {
         );
         match self
             .db
-            .write(move |c| store::accept(c, &msg, &acceptance))
+            .write_by(deadline, move |c| store::accept(c, &msg, &acceptance))
             .await
         {
             // A concurrent request with the same key committed first (another process):
@@ -380,16 +414,18 @@ impl Outbox {
                 _,
             ))) if key.is_some() => {
                 let key = key.unwrap_or_default();
-                self.db.run(move |c| store::replay(c, &app, &key, &a)).await
+                self.db
+                    .run_by(deadline, move |c| store::replay(c, &app, &key, &a))
+                    .await
             }
             other => other,
         }
     }
 
     /// Makes room for `n` more deliveries in the queue, or answers why there is none: the
-    /// queue holds `DING_CHANNEL_MAX_QUEUE` at most. Counted at most once a second; what this
-    /// process accepts in between is added to the count.
-    pub async fn queue_room(&self, n: usize) -> Result<(), String> {
+    /// queue holds `DING_CHANNEL_MAX_QUEUE` at most. Counted at most once a second (when the
+    /// count answers by `deadline`); what this process accepts in between is added to it.
+    pub async fn queue_room(&self, n: usize, deadline: Option<Instant>) -> Result<(), String> {
         let (q, now) = (&self.queue, self.clock.now_ms());
         let counted = q.counted_at.load(Ordering::SeqCst);
         if now.saturating_sub(counted) >= 1000
@@ -397,9 +433,11 @@ impl Outbox {
                 .compare_exchange(counted, now, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
         {
-            match self.db.run(store::queue_depth).await {
+            match self.db.run_by(deadline, store::queue_depth).await {
                 Ok(depth) => q.depth.store(depth, Ordering::SeqCst),
-                Err(e) => tracing::warn!(error = %e, "cannot count the queue"),
+                Err(e) => self
+                    .db
+                    .report(&e, "cannot count the queue; the last count holds"),
             }
         }
         let depth = q.depth.fetch_add(n as i64, Ordering::SeqCst);
@@ -424,7 +462,8 @@ impl Outbox {
             Err(e) => {
                 let ids: Vec<i64> = e.into_inner().batch.rows.iter().map(|r| r.id).collect();
                 if let Err(e) = self.db.write(move |c| store::release_claims(c, &ids)).await {
-                    tracing::warn!(error = %e, "cannot release claims; they expire with their lease");
+                    self.db
+                        .report(&e, "cannot release claims; they expire with their lease");
                 }
                 self.wake();
                 None
@@ -451,24 +490,52 @@ impl Outbox {
             self.lease.as_millis() as i64,
             message_id.to_owned(),
         );
-        let rows = self
+        let claimed = self
             .db
-            .write(move |c| store::claim(c, claim.as_str(), now, lease, CLAIM_BATCH, Some(&id)))
-            .await;
+            .write(move |c| store::claim(c, claim.as_str(), now, lease, CLAIM_BATCH, Some(&id)));
+        let rows = self.unrecorded.claiming(claimed, |r| r).await;
         self.deliver_rows(rows).await;
     }
 
-    /// Delivers everything due now; answers how many deliveries were attempted. Tests call it
-    /// to drain the outbox without waiting.
+    /// Records the outcomes kept in memory because the database was unavailable when their
+    /// sends finished ([`Unrecorded`]); answers how many.
+    pub async fn record_kept(&self) -> Result<usize, DbError> {
+        let recorded = self
+            .unrecorded
+            .record(|waiting| async move {
+                let waiting = Arc::new(waiting);
+                let owned = self.store_outcomes(waiting.clone()).await?;
+                for ((row, outcome), owned) in waiting.iter().zip(&owned) {
+                    if *owned {
+                        self.metrics.delivery(&row.kind, outcome.name());
+                    }
+                }
+                Ok(owned)
+            })
+            .await;
+        if let Err(e) = &recorded {
+            self.db
+                .report(e, "cannot record the attempt outcomes kept in memory yet");
+        }
+        recorded
+    }
+
+    /// Delivers everything due now, once the outcomes kept in memory are recorded; answers
+    /// how many deliveries were attempted. Tests call it to drain the outbox without waiting.
     pub async fn run_due(&self) -> usize {
+        if let Err(e) = self.record_kept().await {
+            if e.outage().is_some() {
+                return 0; // nothing can be claimed either
+            }
+        }
         let mut total = 0;
         while !self.stopping.load(Ordering::SeqCst) {
             let claim = ClaimToken::new();
             let (now, lease) = (self.clock.now_ms(), self.lease.as_millis() as i64);
-            let rows = self
+            let claimed = self
                 .db
-                .write(move |c| store::claim(c, claim.as_str(), now, lease, CLAIM_BATCH, None))
-                .await;
+                .write(move |c| store::claim(c, claim.as_str(), now, lease, CLAIM_BATCH, None));
+            let rows = self.unrecorded.claiming(claimed, |r| r).await;
             let n = self.deliver_rows(rows).await;
             total += n;
             if n < CLAIM_BATCH as usize {
@@ -483,7 +550,7 @@ impl Outbox {
             Ok(rows) if rows.is_empty() => return 0,
             Ok(rows) => rows,
             Err(e) => {
-                tracing::error!(error = %e, "cannot claim deliveries");
+                self.db.report(&e, "cannot claim deliveries");
                 return 0;
             }
         };
@@ -494,9 +561,10 @@ impl Outbox {
             Ok(batch) => {
                 self.deliver(batch, held).await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load a delivery batch; its claims expire and it is retried")
-            }
+            Err(e) => self.db.report(
+                &e,
+                "cannot load a delivery batch; its claims expire and it is retried",
+            ),
         }
         n
     }
@@ -591,12 +659,7 @@ impl Outbox {
                 if done.is_empty() {
                     continue;
                 }
-                match self.record(&held.lease, done).await {
-                    Ok(r) => recorded.extend(r),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot record delivery outcomes; their claims expire and they are retried")
-                    }
-                }
+                recorded.extend(self.record(&held.lease, done).await);
             }
             recorded
         };
@@ -613,21 +676,27 @@ impl Outbox {
         }
     }
 
-    /// Records outcomes in one transaction; answers those whose claim still held.
+    /// Records outcomes in one transaction; answers those whose claim still held. Those the
+    /// database does not take now are kept in memory, to be recorded when it does.
     async fn record(
         &self,
         lease: &Lease,
         outcomes: Vec<(DeliveryRow, Outcome)>,
-    ) -> Result<Vec<(i64, Outcome)>, DbError> {
+    ) -> Vec<(i64, Outcome)> {
         let ids: Vec<i64> = outcomes.iter().map(|(r, _)| r.id).collect();
         lease.release(&ids);
-        let now = self.clock.now_ms();
         let outcomes = Arc::new(outcomes);
-        let to_record = outcomes.clone();
-        let owned = self
-            .db
-            .write(move |conn| store::record_all(conn, &to_record, now))
-            .await?;
+        let owned = match self.store_outcomes(outcomes.clone()).await {
+            Ok(owned) => owned,
+            Err(e) => {
+                self.db.report(
+                    &e,
+                    "cannot record attempt outcomes; they are kept in memory",
+                );
+                self.unrecorded.keep(outcomes.as_ref().clone()).await;
+                return vec![];
+            }
+        };
         let mut recorded = Vec::with_capacity(outcomes.len());
         for ((row, outcome), owned) in outcomes.iter().zip(owned) {
             if owned {
@@ -640,7 +709,18 @@ impl Outbox {
                 );
             }
         }
-        Ok(recorded)
+        recorded
+    }
+
+    /// Writes outcomes, each under its row's claim; answers per outcome whether it held.
+    async fn store_outcomes(
+        &self,
+        outcomes: Arc<Vec<(DeliveryRow, Outcome)>>,
+    ) -> Result<Vec<bool>, DbError> {
+        let now = self.clock.now_ms();
+        self.db
+            .write(move |conn| store::record_all(conn, &outcomes, now))
+            .await
     }
 }
 
@@ -673,14 +753,15 @@ impl Gate for BatchGate<'_> {
                 outbox.clock.now_ms(),
                 outbox.lease.as_millis() as i64,
             );
-            let backlog = match outbox
-                .db
-                .write(move |c| store::claim_robot_backlog(c, &robot, claim.as_str(), now, lease_ms, ROBOT_BACKLOG))
-                .await
-            {
+            let claimed = outbox.db.write(move |c| {
+                store::claim_robot_backlog(c, &robot, claim.as_str(), now, lease_ms, ROBOT_BACKLOG)
+            });
+            let backlog = match outbox.unrecorded.claiming(claimed, |(row, _)| row).await {
                 Ok(backlog) => backlog,
                 Err(e) => {
-                    tracing::warn!(error = %e, robot = %target, "cannot claim the robot's backlog; it follows later");
+                    outbox
+                        .db
+                        .report(&e, "cannot claim the robot's backlog; it follows later");
                     return vec![];
                 }
             };

@@ -9,6 +9,7 @@ pub mod policy;
 pub mod readback;
 pub mod retry;
 pub mod store;
+pub mod unrecorded;
 pub mod view;
 
 pub use engine::Outbox;

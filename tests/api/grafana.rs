@@ -330,8 +330,12 @@ async fn storage_that_hangs_is_503_within_the_webhook_timeout_and_the_retry_is_t
     let (status, answer) = post(&app, "ops-robot", &body).await;
     let took = started.elapsed();
     assert_eq!(status, 503, "{answer}");
+    // Storage is given up a little before the time-out, telling that nothing was stored.
     assert!(
-        answer["error"].as_str().unwrap().contains("within 300 ms"),
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("storage unavailable, retry"),
         "{answer}"
     );
     // Well before storage's own 10 s busy timeout or any lock timeout.

@@ -362,7 +362,13 @@ pub struct Server {
 impl Server {
     /// Whether a line of its log contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.count(needle) > 0
+    }
+
+    /// How many lines of its log contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Kills it and answers its whole log, read to the end.

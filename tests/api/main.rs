@@ -23,6 +23,7 @@ mod limits;
 mod logging;
 mod lost_answers;
 mod msg_type;
+mod outage;
 mod readstatus;
 mod registry;
 mod robots;

@@ -232,7 +232,8 @@ impl Schedule {
             Ok(None) => return None,
             Ok(Some(lease)) => lease,
             Err(e) => {
-                tracing::warn!(error = %e, "bk-user sync: cannot claim the schedule");
+                self.db
+                    .report(&e, "bk-user sync: cannot claim the schedule");
                 return Some(Err(e.into()));
             }
         };

@@ -371,7 +371,11 @@ impl Schedule {
         let outcome = match claimed {
             Ok(None) => return None,
             Ok(Some(lease)) => self.run_claimed(now, lease).await,
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.db
+                    .report(&e, "DingTalk directory sync: cannot claim the schedule");
+                return Some(Err(e.into()));
+            }
         };
         match &outcome {
             Ok(report) => tracing::info!(

@@ -25,13 +25,14 @@ use crate::sources::esb::auth::Credentials;
 use crate::sources::esb::error::EsbError;
 use crate::sources::{tokens, Source};
 use crate::templates;
-use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use actix_web::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long the answer waits for DingTalk's first attempt, at most half the webhook timeout.
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(2);
@@ -85,6 +86,31 @@ enum Problem {
     TooLarge(Refusal),
     /// An admin (or time) can fix it: Alertmanager retries, Grafana sends it again later.
     Unavailable(String),
+    /// The storage could not take it now (the database unreachable, the disk full): retried
+    /// soon, answered as a replay if it was stored after all.
+    Storage(String),
+}
+
+/// The `Retry-After` of a 503: soon for storage, which comes back by itself; later for what
+/// an admin must fix, or a full queue.
+const STORAGE_RETRY_AFTER_S: u32 = 5;
+const RETRY_AFTER_S: u32 = 30;
+
+/// What a webhook's sender is told of a storage error.
+fn storage(e: &crate::db::DbError) -> Problem {
+    match e.for_caller() {
+        Some(answer) => Problem::Storage(answer),
+        None => Problem::Unavailable(format!("storage: {e}")),
+    }
+}
+
+/// A storage error met while reading for the request, as its sender is told.
+fn unreadable_storage(e: EsbError) -> Problem {
+    match e {
+        EsbError::AppAuth(why) => Problem::Unauthorized(why),
+        EsbError::Storage { answer, .. } => Problem::Storage(answer),
+        e => Problem::Unavailable(format!("storage: {e}")),
+    }
 }
 
 async fn webhook(
@@ -124,15 +150,14 @@ async fn reload(req: HttpRequest, am: web::Data<Alertmanager>) -> HttpResponse {
 async fn verify(req: &HttpRequest, am: &Alertmanager) -> Result<(), Problem> {
     let mut auth = authorization(req, &ALERTMANAGER)?;
     let now = am.clock.now_ms();
-    match am
-        .db
-        .run(move |conn| read_tx(conn, |conn| auth.verify(conn, now)))
+    let deadline = Instant::now() + am.timeout;
+    am.db
+        .run_by(Some(deadline), move |conn| {
+            read_tx(conn, |conn| auth.verify(conn, now))
+        })
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(EsbError::AppAuth(why)) => Err(Problem::Unauthorized(why)),
-        Err(e) => Err(Problem::Unavailable(format!("storage: {e}"))),
-    }
+        .map(drop)
+        .map_err(unreadable_storage)
 }
 
 /// A webhook source's request, answered within `am.timeout` whatever storage does: a 503 in
@@ -149,14 +174,20 @@ pub async fn handle(
         Ok(body) => body,
         Err(e) => return respond(origin, Err(unreadable(&e)), &rid),
     };
-    let served = tokio::time::timeout(am.timeout, serve(origin, req, &body, am, service, &rid))
-        .await
-        .unwrap_or_else(|_| {
-            Err(Problem::Unavailable(format!(
-                "the notification was not confirmed stored within {} ms; if it was, the same notification sent again is taken once",
-                am.timeout.as_millis(),
-            )))
-        });
+    // Storage gives its answer (not stored, or may be) a tenth of the time-out before it
+    // ends; the time-out itself is the last resort.
+    let deadline = Instant::now() + am.timeout * 9 / 10;
+    let served = tokio::time::timeout(
+        am.timeout,
+        serve(origin, req, &body, am, service, &rid, deadline),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Problem::Storage(format!(
+            "storage unavailable, retry: the notification was not confirmed stored within {} ms; if it was, the same notification sent again is taken once",
+            am.timeout.as_millis(),
+        )))
+    });
     respond(origin, served, &rid)
 }
 
@@ -197,13 +228,17 @@ fn respond(
         }
         Err(Problem::Invalid(r)) => refused(StatusCode::BAD_REQUEST, r),
         Err(Problem::TooLarge(r)) => refused(StatusCode::PAYLOAD_TOO_LARGE, r),
-        Err(Problem::Unavailable(why)) => {
-            tracing::warn!(source, error = %why, "webhook notification not stored");
-            HttpResponse::ServiceUnavailable().json(json!({
-                "status": "error", "error": why, "request_id": rid,
-            }))
-        }
+        Err(Problem::Unavailable(why)) => unavailable(source, &why, RETRY_AFTER_S, rid),
+        Err(Problem::Storage(why)) => unavailable(source, &why, STORAGE_RETRY_AFTER_S, rid),
     }
+}
+
+/// 503, with when to try again.
+fn unavailable(source: &str, why: &str, retry_after_s: u32, rid: &str) -> HttpResponse {
+    tracing::warn!(source, error = %why, "webhook notification not stored");
+    HttpResponse::ServiceUnavailable()
+        .insert_header((RETRY_AFTER, retry_after_s.to_string()))
+        .json(json!({"status": "error", "error": why, "request_id": rid}))
 }
 
 async fn serve(
@@ -213,6 +248,7 @@ async fn serve(
     am: &Alertmanager,
     service: &SendService,
     rid: &str,
+    deadline: Instant,
 ) -> Result<(StatusCode, serde_json::Value), Problem> {
     let mut auth = authorization(req, origin)?;
     let routes = am.routes.current();
@@ -250,7 +286,7 @@ async fn serve(
     template_names.dedup();
     let read = am
         .db
-        .run(move |conn| {
+        .run_by(Some(deadline), move |conn| {
             read_tx(conn, |conn| {
                 let app = auth.verify(conn, now)?;
                 let channels = registry::list(conn)?;
@@ -282,11 +318,8 @@ async fn serve(
             .map(|read| (read, auth))
         })
         .await;
-    let ((app_code, channels, settings, per_dispatch, stored), auth) = match read {
-        Ok(read) => read,
-        Err(EsbError::AppAuth(why)) => return Err(Problem::Unauthorized(why)),
-        Err(e) => return Err(Problem::Unavailable(format!("storage: {e}"))),
-    };
+    let ((app_code, channels, settings, per_dispatch, stored), auth) =
+        read.map_err(unreadable_storage)?;
     if let Auth::Bearer { token, touch: true } = auth {
         // Only the admin's `apps show` reads it: a failure costs the figure, not the alert,
         // and the answer does not wait for it.
@@ -381,13 +414,14 @@ async fn serve(
         let known = Known {
             settings: settings.clone(),
             directory: Some(directory),
+            deadline: Some(deadline),
         };
         let receipt = service
             .submit_with(request, &caller, known)
             .await
             .map_err(|e| match e {
                 SendError::QueueFull(why) => Problem::Unavailable(why),
-                SendError::Storage(e) => Problem::Unavailable(format!("storage: {e}")),
+                SendError::Storage(e) => storage(&e),
             })?;
         answers.push(source.answer(&receipt));
     }

@@ -17,6 +17,7 @@ use crate::domain::request::{Caller, Receivers};
 use crate::sources::Source;
 use crate::templates::{self, message, Template};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 /// What a component knows about the request besides its arguments.
 pub struct Context<'a> {
@@ -36,6 +37,17 @@ pub struct Context<'a> {
     pub directory: Option<Directory>,
     /// The `Blueking-Language` header, when sent.
     pub language: Option<&'a str>,
+    /// Until when the first attempt, and storage, are waited for.
+    pub deadlines: Deadlines,
+}
+
+/// Within the ESB's time-out of the component called.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// The first attempt (and any lookup) is waited for until then.
+    pub attempt: Instant,
+    /// Storage is waited for until then, and then answered as unavailable.
+    pub storage: Instant,
 }
 
 /// The ESB answers English labels when `Blueking-Language` is `en` or absent, and Chinese
@@ -78,9 +90,14 @@ pub async fn handle(
         );
         message::apply(t, &ctx_value, ctx.zone, &mut request.message);
     }
+    // The wait for the first attempt ends in time for the answer.
+    let Deadlines { attempt, storage } = ctx.deadlines;
+    let left = attempt.saturating_duration_since(Instant::now());
+    request.route.wait = request.route.wait.min(left);
     let known = Known {
         settings: DeliverySettings::from_registry(ctx.channels),
         directory: ctx.directory,
+        deadline: Some(storage),
     };
     let receipt = ctx.service.submit_with(request, &ctx.caller, known).await?;
     Ok(Cmsi.answer(&receipt))
@@ -114,7 +131,7 @@ impl From<SendError> for EsbError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::QueueFull(why) => Self::Throttled(why),
-            SendError::Storage(e) => Self::Internal(e.to_string()),
+            SendError::Storage(e) => e.into(),
         }
     }
 }

@@ -37,6 +37,10 @@ pub enum EsbError {
     /// The cause is logged; the caller gets the request id to quote.
     #[error("internal error; the server log has the details under this request_id")]
     Internal(String),
+    /// The storage could not serve the request now (see [`crate::db::Outage`]): the caller
+    /// is told whether anything may have been stored and retries; the cause is logged.
+    #[error("{answer}")]
+    Storage { answer: String, cause: String },
 }
 
 impl EsbError {
@@ -69,7 +73,10 @@ impl EsbError {
             Self::AppAuth(_) | Self::GatewayJwt(_) => Code::AppAuth,
             Self::Inactive(_) | Self::NoChannel(_) => Code::Inactive,
             Self::Throttled(_) => Code::Throttled,
-            Self::NotAvailable(_) | Self::NotFound(_) | Self::Internal(_) => Code::Generic,
+            Self::NotAvailable(_)
+            | Self::NotFound(_)
+            | Self::Internal(_)
+            | Self::Storage { .. } => Code::Generic,
         }
     }
 
@@ -82,6 +89,7 @@ impl EsbError {
             (Surface::Rest, Self::AppAuth(_) | Self::GatewayJwt(_)) => StatusCode::UNAUTHORIZED,
             (Surface::Rest, Self::NotFound(_)) => StatusCode::NOT_FOUND,
             (Surface::Rest, Self::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            (Surface::Rest, Self::Storage { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             (Surface::Rest, _) => StatusCode::BAD_REQUEST,
         }
     }
@@ -91,6 +99,9 @@ impl EsbError {
     pub fn respond(self, request_id: &str, surface: Surface) -> HttpResponse {
         match &self {
             Self::Internal(cause) => tracing::error!(cause = %cause, "request failed"),
+            Self::Storage { cause, .. } => {
+                tracing::info!(cause = %cause, "request refused: storage unavailable")
+            }
             other => tracing::info!(code = other.code().value(), error = %other, "request refused"),
         }
         HttpResponse::build(self.status(surface)).json(Envelope::err(
@@ -104,13 +115,19 @@ impl EsbError {
 
 impl From<crate::db::DbError> for EsbError {
     fn from(e: crate::db::DbError) -> Self {
-        Self::Internal(e.to_string())
+        match e.for_caller() {
+            Some(answer) => Self::Storage {
+                answer,
+                cause: e.to_string(),
+            },
+            None => Self::Internal(e.to_string()),
+        }
     }
 }
 
 impl From<diesel::result::Error> for EsbError {
     fn from(e: diesel::result::Error) -> Self {
-        Self::Internal(e.to_string())
+        crate::db::DbError::from(e).into()
     }
 }
 

@@ -2,6 +2,7 @@
 //! of one message for the app that sent it. Handlers read, parse and authenticate, and pass
 //! what ding-channel does not serve to the upstream CMSI; components do the work.
 
+use super::components::Deadlines;
 use super::envelope::{Envelope, Reply};
 use super::error::{EsbError, Surface};
 use super::gateway::Authenticated;
@@ -23,6 +24,8 @@ use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::Value;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A body beyond the limit is still read (and thrown away) up to this size so the client
 /// receives the answer instead of a reset connection.
@@ -91,6 +94,21 @@ async fn esb(
     upstream: Option<web::Data<Upstream>>,
 ) -> HttpResponse {
     let rid = request_id(&req);
+    // The ESB gives up on a component after its time-out: the answer must come before. The
+    // first attempt is waited for until 8/10 of it, storage until 9/10, the rest is the way
+    // back.
+    let path = channel_path(req.match_info().query("tail"));
+    let wait = esb
+        .manifest
+        .channels
+        .iter()
+        .find(|c| c.path == path)
+        .map_or(DEFAULT_WAIT_S, |c| c.timeout_s.max(1)) as u64;
+    let now = Instant::now();
+    let deadlines = Deadlines {
+        attempt: now + Duration::from_millis(wait * 800),
+        storage: now + Duration::from_millis(wait * 900),
+    };
     match serve_esb(
         &req,
         payload,
@@ -98,6 +116,7 @@ async fn esb(
         &service,
         upstream.as_ref().map(|u| u.get_ref()),
         &rid,
+        deadlines,
     )
     .await
     {
@@ -106,6 +125,9 @@ async fn esb(
         Err(e) => e.respond(&rid, Surface::Esb),
     }
 }
+
+/// The ESB's time-out of a component the manifest does not list (the manifest's default).
+const DEFAULT_WAIT_S: i32 = 10;
 
 /// `cmsi/send_ding/` or `v2/cmsi/send_ding` → `/cmsi/send_ding/`.
 fn channel_path(tail: &str) -> String {
@@ -121,6 +143,7 @@ async fn serve_esb(
     service: &SendService,
     upstream: Option<&Upstream>,
     rid: &str,
+    deadlines: Deadlines,
 ) -> Result<Answer, EsbError> {
     // Kept as received: what is not ours is passed on byte for byte.
     let body = web::Bytes::from(read_body(req, payload, esb.max_body).await?);
@@ -162,7 +185,7 @@ async fn serve_esb(
     let now = esb.clock.now_ms();
     let (channels, templates, creds, directory) = esb
         .db
-        .run(move |conn| {
+        .run_by(Some(deadlines.storage), move |conn| {
             read_tx(conn, |conn| {
                 creds.verify(conn)?;
                 let channels = registry::list(conn)?;
@@ -222,6 +245,7 @@ async fn serve_esb(
             .headers()
             .get("blueking-language")
             .and_then(|v| v.to_str().ok()),
+        deadlines,
     };
     let reply = components::handle(ctx, &channel, &params).await?;
     Ok(Answer::Reply(match &call {
