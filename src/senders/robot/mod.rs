@@ -371,6 +371,7 @@ impl RobotSender {
                     until: resume,
                     reason: reason.clone(),
                     parts_sent: parts,
+                    held: None,
                 },
             };
             out.push((row, wait));
