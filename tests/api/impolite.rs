@@ -100,6 +100,12 @@ async fn an_anti_abuse_answer_pauses_every_robot_and_person_of_every_process_for
         month(MID_DECEMBER)
     );
     assert!(m.contains(&calls), "{m}");
+    assert!(
+        m.contains(
+            "ding_channel_dingtalk_requests_total{api=\"robot_send\",outcome=\"anti_abuse\"} 1\n"
+        ),
+        "told apart from an HTTP 200: {m}"
+    );
     let written =
         ding_channel::outbox::egress::calls_since(&mut app.db.get().unwrap(), "").unwrap();
     assert!(written.is_empty(), "a scrape writes nothing: {written:?}");
@@ -200,7 +206,8 @@ async fn the_monthly_quota_holds_the_apps_calls_across_a_restart_until_the_month
     );
     let m = metrics(&app).await;
     assert!(
-        m.contains("ding_channel_dingtalk_quota_exhausted 1\n"),
+        m.contains("ding_channel_dingtalk_quota_exhausted 1\n")
+            && m.contains("outcome=\"quota\"} 1\n"),
         "{m}"
     );
 
