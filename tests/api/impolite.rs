@@ -327,9 +327,8 @@ async fn a_server_starting_while_the_quota_is_used_up_says_so_once() {
     );
 }
 
-#[tokio::test]
-async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
-    let app = TestApp::spawn().await;
+/// People are sent work notifications.
+fn work_notices(app: &TestApp) {
     let conf = std::collections::BTreeMap::from([
         ("single_chat_mode".to_owned(), "work_notice".to_owned()),
         (
@@ -340,6 +339,12 @@ async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
     ding_channel::channels::registry::set_conf(&mut app.db.get().unwrap(), "send_dingtalk", &conf)
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
+    let app = TestApp::spawn().await;
+    work_notices(&app);
     app.clock.set_ms(NEW_YEARS_EVE);
     // Sent, and waiting for getsendresult to report it when the quota runs out.
     let (first, state) = send(&app, "alice", "cpu high").await;
@@ -410,5 +415,36 @@ async fn resume_makes_due_only_the_deliveries_a_hold_deferred() {
         (&d["status"], &d["attempts"]),
         (&json!("queued"), &json!(1)),
         "{d}"
+    );
+}
+
+#[tokio::test]
+async fn a_work_notification_sent_but_held_from_its_follow_up_past_its_maximum_age_says_it_was_sent(
+) {
+    let app = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[("DING_CHANNEL_MAX_AGE_S", "600")],
+    )
+    .await;
+    work_notices(&app);
+    app.clock.set_ms(MID_DECEMBER);
+    let (id, _) = send(&app, "alice", "cpu high").await;
+    assert_eq!(taken(&app.sim, "work_notice"), 1);
+    app.sim
+        .state
+        .set_faults(Faults::impolite(Impolite::Quota, &[]));
+    app.clock.advance_ms(3_000);
+    app.drain().await;
+    app.clock.advance_ms(600_000);
+    app.drain().await;
+    let d = delivery(&app, &id).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    let why = d["error"].as_str().unwrap();
+    assert!(
+        why.starts_with("sent as work notification task ")
+            && why.contains("could not be asked whether it arrived")
+            && why.contains("monthly DingTalk API call quota"),
+        "{why}"
     );
 }
