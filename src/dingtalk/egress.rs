@@ -211,7 +211,7 @@ impl Egress {
         match hold.scope {
             Scope::Pause if before.is_none() => {
                 self.metrics.egress_paused();
-                tracing::warn!(code = %hold.code, message = %hold.message, "{}", explain(&hold, &self.shown));
+                tracing::warn!(code = %hold.code, message = %hold.message, "{}", explain(hold, &self.shown));
             }
             Scope::Pause => {}
             Scope::Quota => {
