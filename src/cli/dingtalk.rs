@@ -53,6 +53,7 @@ pub(super) fn run(cmd: DingtalkCmd, settings: &Settings) -> anyhow::Result<()> {
             print_table(&["MONTH", "API", "CALLS"], &rows);
             let holds: Vec<_> = egress::holds(&mut *db.get()?)?
                 .into_iter()
+                .map(|k| k.hold)
                 .filter(|h| h.until > now)
                 .collect();
             if holds.is_empty() {

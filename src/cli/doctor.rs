@@ -308,9 +308,8 @@ fn checks(args: &DoctorArgs, settings: Result<Settings, ConfigError>) -> Report 
     // DingTalk's holds on every process's calls hold the doctor's too, and one its calls start
     // is kept for the others, as the server's client does.
     let egress = client.egress();
-    let epoch = egress.epoch();
     match outbox::egress::holds(&mut conn) {
-        Ok(kept) => egress.adopt(kept, epoch, clock.now_ms()),
+        Ok(kept) => egress.adopt(kept, clock.now_ms()),
         Err(e) => report.add(SETUP, db_failed(&e)),
     }
     egress.keep_in(Arc::new(outbox::egress::Store {

@@ -5,6 +5,7 @@ use crate::channels::registry;
 use crate::channels::settings::{DingbotConf, DingtalkConf};
 use crate::config::Settings;
 use crate::dingtalk::budget::AppBudgets;
+use crate::dingtalk::egress::Egress;
 use crate::dingtalk::DingTalk;
 use crate::directory::bkuser::client::BkUserClient;
 use crate::directory::bkuser::sync;
@@ -249,8 +250,16 @@ fn sync_dingtalk(create_profiles: Option<UsernameFrom>, settings: &Settings) -> 
         DingtalkConf::from_channel(registry::find(&mut *db.get()?, "send_dingtalk")?.as_ref());
     let app = conf.app.ok_or(dingtalk_sync::SyncError::NotConfigured)?;
     let clock = crate::clock::system();
+    // DingTalk's holds are every process's: none of its calls while one is in effect, the
+    // holds it starts kept for the servers, and its calls counted.
+    let egress = crate::outbox::egress::egress_on(
+        &db,
+        clock.clone(),
+        Egress::new(Default::default(), settings.outbox.zone.clone()),
+    );
     let client = DingTalk::new(settings.dingtalk.clone(), clock.clone())
-        .context("cannot set up the DingTalk client")?;
+        .context("cannot set up the DingTalk client")?
+        .with_egress(egress.clone());
     // This process's own share of the app's calls, as a second `serve` would have.
     let budgets = AppBudgets::new(settings.outbox.app_qps, settings.outbox.app_qpm);
     let reader = dingtalk_sync::Reader {
@@ -267,7 +276,11 @@ fn sync_dingtalk(create_profiles: Option<UsernameFrom>, settings: &Settings) -> 
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(dingtalk_sync::sync(&db, &reader, clock.now_ms(), options))?;
+    let report = runtime.block_on(async {
+        let report = dingtalk_sync::sync(&db, &reader, clock.now_ms(), options).await;
+        crate::outbox::egress::sync(&db, &egress, clock.now_ms()).await;
+        report
+    })?;
     for s in &report.skipped {
         eprintln!("skipped {s}");
     }

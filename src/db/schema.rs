@@ -107,6 +107,7 @@ diesel::table! {
         digest_id -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        held_by -> Nullable<Text>,
     }
 }
 
@@ -170,6 +171,7 @@ diesel::table! {
         until_ms -> BigInt,
         code -> Text,
         message -> Text,
+        lifts -> BigInt,
         updated_at -> BigInt,
     }
 }

@@ -426,26 +426,33 @@ impl DingTalk {
             .bytes()
             .await
             .map_err(|e| DingTalkError::transport(api, e))?;
-        self.metrics.dingtalk(
-            api.name(),
-            match status {
-                200..=299 => "http_2xx",
-                400..=499 => "http_4xx",
-                _ => "http_5xx",
-            },
-        );
         self.egress.count(api, self.clock.now_ms());
         tracing::debug!(api = api.name(), %url, status, elapsed_ms = started.elapsed().as_millis() as u64, "dingtalk call");
         let html = headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|h| h.to_str().ok())
             .is_some_and(|t| t.to_ascii_lowercase().contains("text/html"));
-        if let Some(e) = error::gateway_refusal(api, status, html, &bytes) {
+        let refusal = error::gateway_refusal(api, status, html, &bytes);
+        let answer = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .filter(Value::is_object);
+        // DingTalk's holds are told apart from the HTTP status they came with.
+        let outcome = match (&refusal, &answer) {
+            (Some(e), _) if e.kind == error::Kind::AntiAbuse => "anti_abuse",
+            (None, Some(v)) if error::is_quota_answer(api, v) => "quota",
+            _ => match status {
+                200..=299 => "http_2xx",
+                400..=499 => "http_4xx",
+                _ => "http_5xx",
+            },
+        };
+        self.metrics.dingtalk(api.name(), outcome);
+        if let Some(e) = refusal {
             return Err(self.refused(e).await);
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v) if v.is_object() => Ok((status, headers, v)),
-            _ => Err(DingTalkError::bad_answer(
+        match answer {
+            Some(v) => Ok((status, headers, v)),
+            None => Err(DingTalkError::bad_answer(
                 api,
                 status,
                 "the body is not a JSON object",

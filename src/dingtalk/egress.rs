@@ -5,15 +5,15 @@
 //! everything made with the app's token, not the custom robots' webhooks) until DingTalk's
 //! month turns ([`QUOTA_ZONE`]). A hold this process starts is kept for the others on the
 //! database through a [`Book`] before its caller hears of it; theirs come in with
-//! [`Egress::adopt`]. The calls DingTalk answered are counted here, per month and API, until
-//! they are written to the database.
+//! [`Egress::adopt`], which merges by the later end: only an explicit lift (`ding-channel
+//! dingtalk resume`, counted in [`Kept::lifts`]) ends a hold early. The calls DingTalk answered
+//! are counted here, per month and API, until they are written to the database.
 
 use super::error::{Api, Class, DingTalkError, Kind, GATEWAY_WAIT_DEFAULT};
 use crate::clock::Zone;
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -32,6 +32,15 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The hold `e` (a refusal, or [`Egress::held`]'s answer) stands for, if any.
+    pub fn of(e: &DingTalkError) -> Option<Self> {
+        match e.kind {
+            Kind::AntiAbuse => Some(Self::Pause),
+            Kind::QuotaExhausted => Some(Self::Quota),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Pause => "pause",
@@ -55,19 +64,32 @@ pub struct Hold {
     pub message: String,
 }
 
-/// Where holds are kept for every process (the outbox's database).
-pub trait Book: Send + Sync {
-    /// Keeps `hold` (the later end wins); answers once it is kept, or could not be.
-    fn keep(&self, hold: Hold) -> BoxFuture<'static, ()>;
+/// A hold as the book keeps it, with how many times its scope was lifted so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub hold: Hold,
+    pub lifts: i64,
 }
 
-/// A hold as this process knows it, with the [`Egress::epoch`] it was taken at.
-type Known = BTreeMap<Scope, (Hold, u64)>;
+/// Where holds are kept for every process (the outbox's database).
+pub trait Book: Send + Sync {
+    /// Keeps `hold`, taken when its scope had been lifted `lifts` times (the later end wins;
+    /// a hold from before a lift since is dropped); answers once it is kept, or could not be.
+    fn keep(&self, hold: Hold, lifts: i64) -> BoxFuture<'static, ()>;
+
+    /// Every hold kept (`None`: the book cannot be read now).
+    fn read(&self) -> BoxFuture<'static, Option<Vec<Kept>>>;
+}
+
+/// A hold longer than this is read again from the [`Book`] before a delivery is deferred on
+/// it ([`Egress::confirm`]): it may have been lifted by another process a moment ago.
+pub const CONFIRM_AFTER_MS: i64 = 5_000;
+
+/// A scope as this process knows it: its hold, and its lifts as last read.
+type Known = BTreeMap<Scope, Kept>;
 
 pub struct Egress {
     holds: Mutex<Known>,
-    /// Counts the holds this process takes, so [`Egress::adopt`] keeps those newer than its read.
-    epoch: AtomicU64,
     /// The end of the quota hold this process last told the admin of.
     announced: Mutex<i64>,
     calls: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -82,7 +104,6 @@ impl Egress {
     pub fn new(metrics: Arc<Metrics>, shown: Zone) -> Self {
         Self {
             holds: Mutex::default(),
-            epoch: AtomicU64::new(0),
             announced: Mutex::new(0),
             calls: Mutex::default(),
             book: OnceLock::new(),
@@ -107,18 +128,33 @@ impl Egress {
         let hold = self
             .known()
             .values()
-            .map(|(h, _)| h)
+            .map(|k| &k.hold)
             .filter(|h| h.until > now && (h.scope == Scope::Pause || api.metered()))
             .max_by_key(|h| h.until)
             .cloned()?;
         Some(self.error(api, &hold, now))
     }
 
+    /// Reads the book again when a hold in effect ends more than [`CONFIRM_AFTER_MS`] after
+    /// `now`: before deliveries are deferred on it, a hold lifted elsewhere (`ding-channel
+    /// dingtalk resume`) is seen at once, not at the next sync.
+    pub async fn confirm(&self, now: i64) {
+        let long = self
+            .holds(now)
+            .iter()
+            .any(|h| h.until - now > CONFIRM_AFTER_MS);
+        if let (true, Some(book)) = (long, self.book.get()) {
+            if let Some(kept) = book.read().await {
+                self.adopt(kept, now);
+            }
+        }
+    }
+
     /// The holds in effect at `now`.
     pub fn holds(&self, now: i64) -> Vec<Hold> {
         self.known()
             .values()
-            .map(|(h, _)| h)
+            .map(|k| &k.hold)
             .filter(|h| h.until > now)
             .cloned()
             .collect()
@@ -145,7 +181,7 @@ impl Egress {
         };
         let (in_effect, taken) = self.take(hold, now);
         if let (Some(kept), Some(book)) = (taken, self.book.get()) {
-            book.keep(kept).await;
+            book.keep(kept.hold, kept.lifts).await;
         }
         let mut e = e;
         let after = Duration::from_millis((in_effect.until - now).max(0) as u64);
@@ -158,61 +194,74 @@ impl Egress {
 
     /// Notes `hold`: answers the hold in effect for its scope, and `hold` again when it is new
     /// or ends later than the one before (to be kept for the other processes).
-    fn take(&self, hold: Hold, now: i64) -> (Hold, Option<Hold>) {
+    fn take(&self, hold: Hold, now: i64) -> (Hold, Option<Kept>) {
         let mut known = self.known();
+        let lifts = known.get(&hold.scope).map_or(0, |k| k.lifts);
         let before = known
             .get(&hold.scope)
-            .map(|(h, _)| h.clone())
+            .map(|k| k.hold.clone())
             .filter(|h| h.until > now);
         if let Some(b) = before.as_ref().filter(|b| b.until >= hold.until) {
             return (b.clone(), None);
         }
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        known.insert(hold.scope, (hold.clone(), epoch));
+        let kept = Kept { hold, lifts };
+        known.insert(kept.hold.scope, kept.clone());
         drop(known);
+        let hold = &kept.hold;
         match hold.scope {
             Scope::Pause if before.is_none() => {
                 self.metrics.egress_paused();
-                tracing::warn!(code = %hold.code, message = %hold.message, "{}", explain(&hold, &self.shown));
+                tracing::warn!(code = %hold.code, message = %hold.message, "{}", explain(hold, &self.shown));
             }
             Scope::Pause => {}
-            Scope::Quota => self.announce(&hold, now),
+            Scope::Quota => {
+                self.announce(hold, now);
+            }
         }
-        (hold.clone(), Some(hold))
+        (hold.clone(), Some(kept))
     }
 
     /// The quota's one ERROR line per process and hold: what stops, until when, what to do.
-    fn announce(&self, hold: &Hold, now: i64) {
+    /// Answers whether it was logged now.
+    fn announce(&self, hold: &Hold, now: i64) -> bool {
         let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
-        if *announced <= now {
+        let news = *announced <= now;
+        if news {
             tracing::error!(code = %hold.code, message = %hold.message, "{}", explain(hold, &self.shown));
         }
         *announced = (*announced).max(hold.until);
+        news
     }
 
-    /// How many holds this process took so far: read before the database, for [`Self::adopt`].
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// Takes in the holds the database keeps (every process's): they replace this process's
-    /// own, so a hold lifted there (`ding-channel dingtalk resume`) is lifted here too — but
-    /// for those taken after `epoch` (when the read began), which it cannot know yet.
-    pub fn adopt(&self, holds: Vec<Hold>, epoch: u64, now: i64) {
+    /// Takes in the holds the book keeps (every process's). A scope lifted since this process
+    /// last read it (`ding-channel dingtalk resume`) takes the book's hold as it is — lifted, or
+    /// one started after the lift; otherwise the later end wins, so a hold of this process
+    /// not yet kept (the book's write still on its way, or failed) stays.
+    pub fn adopt(&self, kept: Vec<Kept>, now: i64) {
         let mut known = self.known();
-        let newer: Known = std::mem::take(&mut *known)
-            .into_iter()
-            .filter(|(_, (_, e))| *e > epoch)
-            .collect();
-        for hold in holds {
-            known.insert(hold.scope, (hold, 0));
+        let mut lifted = false;
+        for k in kept {
+            match known.get_mut(&k.hold.scope) {
+                Some(mine) if k.lifts > mine.lifts => {
+                    lifted |= k.hold.scope == Scope::Quota;
+                    *mine = k;
+                }
+                Some(mine) if k.hold.until <= mine.hold.until => {}
+                Some(mine) => mine.hold = k.hold,
+                None => {
+                    known.insert(k.hold.scope, k);
+                }
+            }
         }
-        known.extend(newer);
         let quota = known
             .get(&Scope::Quota)
-            .map(|(h, _)| h.clone())
+            .map(|k| k.hold.clone())
             .filter(|h| h.until > now);
         drop(known);
+        if lifted {
+            // A quota hold after the lift is news to the admin again.
+            *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+        }
         if let Some(q) = quota {
             self.announce(&q, now);
         }
@@ -273,6 +322,16 @@ impl Egress {
         std::mem::take(&mut *self.calls.lock().unwrap_or_else(|p| p.into_inner()))
             .into_iter()
             .map(|((month, api), n)| (month, api, n))
+            .collect()
+    }
+
+    /// The calls counted and not yet taken, by month and API.
+    pub fn counted(&self) -> Vec<(String, &'static str, u64)> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((month, api), n)| (month.clone(), *api, *n))
             .collect()
     }
 
@@ -389,19 +448,57 @@ mod tests {
         assert_eq!(held.retry_after(), Some(Duration::from_secs(3600)));
     }
 
-    #[tokio::test]
-    async fn holds_are_kept_in_the_book_once_and_the_later_end_wins() {
-        #[derive(Default)]
-        struct Kept(Mutex<Vec<Hold>>);
-        impl Book for Arc<Kept> {
-            fn keep(&self, hold: Hold) -> BoxFuture<'static, ()> {
-                self.0.lock().unwrap().push(hold);
-                Box::pin(async {})
+    /// A book in memory, as the database keeps holds.
+    #[derive(Default)]
+    struct Memory(Mutex<BTreeMap<Scope, Kept>>, Mutex<Vec<Hold>>);
+
+    impl Book for Arc<Memory> {
+        fn keep(&self, hold: Hold, lifts: i64) -> BoxFuture<'static, ()> {
+            self.1.lock().unwrap().push(hold.clone());
+            let mut rows = self.0.lock().unwrap();
+            let row = rows.entry(hold.scope).or_insert(Kept {
+                hold: Hold {
+                    until: 0,
+                    ..hold.clone()
+                },
+                lifts: 0,
+            });
+            if row.lifts <= lifts && hold.until > row.hold.until {
+                row.hold = hold;
+            }
+            Box::pin(async {})
+        }
+
+        fn read(&self) -> BoxFuture<'static, Option<Vec<Kept>>> {
+            let rows = self.0.lock().unwrap().values().cloned().collect();
+            Box::pin(async { Some(rows) })
+        }
+    }
+
+    impl Memory {
+        /// `ding-channel dingtalk resume`.
+        fn lift(&self) {
+            for k in self.0.lock().unwrap().values_mut() {
+                k.hold.until = 0;
+                k.lifts += 1;
             }
         }
-        let kept = Arc::new(Kept::default());
+    }
+
+    fn quota_hold(until: i64) -> Hold {
+        Hold {
+            scope: Scope::Quota,
+            until,
+            code: "90020".into(),
+            message: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn holds_are_kept_in_the_book_once_and_the_later_end_wins() {
+        let book = Arc::new(Memory::default());
         let e = egress();
-        e.keep_in(Arc::new(kept.clone()));
+        e.keep_in(Arc::new(book.clone()));
         let t = MID_DECEMBER;
         e.observe(anti_abuse(30), t).await;
         let shorter = e.observe(anti_abuse(5), t + 1000).await;
@@ -411,32 +508,93 @@ mod tests {
             "the longer pause holds"
         );
         e.observe(anti_abuse(60), t + 1000).await;
-        let ends: Vec<i64> = kept.0.lock().unwrap().iter().map(|h| h.until).collect();
+        let ends: Vec<i64> = book.1.lock().unwrap().iter().map(|h| h.until).collect();
         assert_eq!(ends, [t + 30_000, t + 61_000]);
     }
 
     #[tokio::test]
-    async fn the_databases_holds_replace_ours_but_for_those_taken_meanwhile() {
+    async fn a_hold_not_yet_in_the_book_stays_and_only_a_lift_ends_one_early() {
         let e = egress();
         let t = MID_DECEMBER;
         e.observe(quota(), t).await;
-        // Lifted elsewhere (`dingtalk resume`): lifted here.
-        e.adopt(vec![], e.epoch(), t);
-        assert!(e.held(Api::BatchSend, t).is_none());
-        // Taken while the database was read: kept.
-        let epoch = e.epoch();
+        // Its write has not reached the book (or failed): the book's older state doesn't
+        // drop it, nor count the pause twice.
         e.observe(anti_abuse(10), t).await;
-        e.adopt(vec![], epoch, t);
+        e.adopt(vec![], t);
+        e.adopt(
+            vec![Kept {
+                hold: Hold {
+                    until: t - 1,
+                    ..quota_hold(0)
+                },
+                lifts: 0,
+            }],
+            t,
+        );
+        assert!(e.held(Api::BatchSend, t).is_some());
         assert!(e.held(Api::Webhook, t).is_some());
-        // Another process's hold comes in.
-        let theirs = Hold {
-            scope: Scope::Quota,
-            until: JANUARY,
-            code: "90020".into(),
-            message: String::new(),
-        };
-        e.adopt(vec![theirs.clone()], e.epoch(), t);
+        e.observe(anti_abuse(10), t + 1).await;
+        assert!(e
+            .metrics
+            .render_egress(&Default::default())
+            .contains("egress_pauses_total 1\n"));
+        // Another process's longer hold comes in.
+        let theirs = quota_hold(JANUARY + 1);
+        e.adopt(
+            vec![Kept {
+                hold: theirs.clone(),
+                lifts: 0,
+            }],
+            t,
+        );
         assert_eq!(e.holds(t + 20_000), [theirs]);
+        // Lifted elsewhere (`dingtalk resume`): lifted here.
+        e.adopt(
+            vec![Kept {
+                hold: quota_hold(0),
+                lifts: 1,
+            }],
+            t,
+        );
+        let scopes: Vec<Scope> = e.holds(t).iter().map(|h| h.scope).collect();
+        assert_eq!(scopes, [Scope::Pause], "the quota lifted, not the pause");
+    }
+
+    #[tokio::test]
+    async fn a_long_hold_is_confirmed_from_the_book_and_a_hold_from_before_a_lift_is_not_kept() {
+        let book = Arc::new(Memory::default());
+        let e = egress();
+        e.keep_in(Arc::new(book.clone()));
+        let t = MID_DECEMBER;
+        e.observe(quota(), t).await;
+        book.lift();
+        assert!(e.held(Api::BatchSend, t).is_some(), "not read yet");
+        e.confirm(t).await;
+        assert!(e.held(Api::BatchSend, t).is_none(), "lifted");
+
+        // A process that has not seen the lift keeps its hold to itself.
+        let late = egress();
+        late.keep_in(Arc::new(book.clone()));
+        book.lift();
+        late.observe(quota(), t).await;
+        assert!(book.0.lock().unwrap()[&Scope::Quota].hold.until < t);
+    }
+
+    #[tokio::test]
+    async fn the_quota_is_announced_again_after_a_lift() {
+        let e = egress();
+        let t = MID_DECEMBER;
+        e.observe(quota(), t).await;
+        let hold = quota_hold(JANUARY);
+        assert!(!e.announce(&hold, t + 1), "said once");
+        e.adopt(
+            vec![Kept {
+                hold: quota_hold(0),
+                lifts: 1,
+            }],
+            t,
+        );
+        assert!(e.announce(&hold, t + 1), "lifted: the next hold is news");
     }
 
     #[test]

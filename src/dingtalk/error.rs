@@ -291,11 +291,34 @@ pub const GATEWAY_WAIT_MAX: Duration = Duration::from_secs(600);
 pub const GATEWAY_WAIT_DEFAULT: Duration = Duration::from_secs(60);
 
 const QUOTA: &str = "the organisation's monthly DingTalk API call quota is used up: the app's calls wait for the next month";
+/// The quota's code on a custom robot's webhook, which DingTalk does not meter: not a hold of
+/// the app's calls, an ordinary retry.
+const WEBHOOK_QUOTA: &str = "DingTalk answered the robot's webhook with the monthly API quota's code, though it does not meter custom robots; retried";
+
+/// Whether `v`, DingTalk's JSON answer to a call of `api`, says the monthly quota is used up
+/// (as [`classify_oapi`] and [`classify_api`] read it).
+pub fn is_quota_answer(api: Api, v: &Value) -> bool {
+    api.metered()
+        && (v["errcode"].as_i64() == Some(90020)
+            || v["code"].as_str() == Some("Forbidden.AccessDenied.ApiCountLimitForOrg"))
+}
+
+/// The quota's classification for `api` (its webhook is not metered).
+fn quota(api: Api) -> (Class, Kind, String) {
+    if api.metered() {
+        (RETRY, Kind::QuotaExhausted, QUOTA.to_owned())
+    } else {
+        (RETRY_1M, Kind::Busy, WEBHOOK_QUOTA.to_owned())
+    }
+}
 
 /// DingTalk's gateway refuses abuse and per-IP flow control in shapes of its own, not an API's
 /// errcode JSON: `{"status":1111,"wait":5,"punish":"deny",…}` (sometimes beside an errcode),
-/// or an HTML page (with HTTP 200 or an error status). Answers the error when `body` is one of
-/// those (`html`: the answer said `text/html`).
+/// or an HTML page. Answers the error when `body` is one of those (`html`: the answer said
+/// `text/html`). Only an HTML page with a status DingTalk's gateway refuses with (200, 403,
+/// 405, 429) is taken for one; a 401/407 page is a proxy asking for credentials, and any other
+/// (a 5xx during an outage, a proxy's error page) is no reason to pause every process: it is
+/// the ordinary answer that is not DingTalk's JSON.
 pub fn gateway_refusal(api: Api, status: u16, html: bool, body: &[u8]) -> Option<DingTalkError> {
     let wait_for = |wait: Duration| Class::Retryable { after: Some(wait) };
     match serde_json::from_slice::<Value>(body) {
@@ -318,10 +341,14 @@ pub fn gateway_refusal(api: Api, status: u16, html: bool, body: &[u8]) -> Option
         }
         Ok(_) => None,
         Err(_) if html || body.trim_ascii_start().starts_with(b"<") => {
-            let explanation = "DingTalk (or a proxy on the way) answered an HTML page instead of its JSON, as its gateway does for abuse and flow control: every call to DingTalk from this server, robots included, waits a minute, then sending resumes";
+            let (class, explanation) = match status {
+                200 | 403 | 405 | 429 => ((wait_for(GATEWAY_WAIT_DEFAULT), Kind::AntiAbuse), "DingTalk (or a proxy on the way) answered an HTML page instead of its JSON, as its gateway does for abuse and flow control: every call to DingTalk from this server, robots included, waits a minute, then sending resumes; if this repeats, check the proxy (DINGTALK_PROXY) and this server's egress IP"),
+                401 | 407 => ((wait_for(GATEWAY_WAIT_DEFAULT), Kind::Transport), "a proxy on the way answered with an HTML page asking for credentials (HTTP 401/407), not DingTalk: set the proxy's user and password in DINGTALK_PROXY (http://user:password@host:port), or let this server through it; retried"),
+                _ => return None,
+            };
             Some(DingTalkError::new(
                 api,
-                (wait_for(GATEWAY_WAIT_DEFAULT), Kind::AntiAbuse),
+                class,
                 format!("html_{status}"),
                 html_title(body),
                 explanation,
@@ -476,7 +503,7 @@ fn known(api: Api, errcode: i64, errmsg: &str, ctx: Context<'_>) -> Option<(Clas
         410100 | 130101 | 660026 => (RETRY_10M, Kind::Throttled, format!("DingTalk throttled the group robot{robot} (over 20 messages a minute); it stays silent for about 10 minutes, then sending resumes")),
         90018 => (RETRY_1S, Kind::Throttled, "the DingTalk app is over its calls-per-second limit; retried shortly".to_owned()),
         90006 => (RETRY_1M, Kind::Throttled, "the DingTalk app is over its calls-per-minute limit; retried after a minute".to_owned()),
-        90020 => (RETRY, Kind::QuotaExhausted, QUOTA.to_owned()),
+        90020 => quota(api),
         -1 => (RETRY, Kind::Busy, "DingTalk is busy; retried".to_owned()),
         _ => return None,
     };
@@ -550,7 +577,7 @@ pub fn classify_api(
         after: retry_after.or(Some(Duration::from_secs(1))),
     };
     let (class, kind, explanation) = match status {
-        _ if code == "Forbidden.AccessDenied.ApiCountLimitForOrg" => (RETRY, Kind::QuotaExhausted, QUOTA.to_owned()),
+        _ if code == "Forbidden.AccessDenied.ApiCountLimitForOrg" => quota(api),
         401 => (RETRY, Kind::InvalidToken, "the access token expired or is invalid; a new one is fetched".to_owned()),
         400 if code == "invalidClientIdOrSecret" => (PERMANENT, Kind::AppCredentials, "DingTalk rejected the app credentials: check ding_app_key and ding_app_secret in the send_dingtalk channel's comp_conf".to_owned()),
         400 if code.contains("robot") || code.contains("Robot") => (PERMANENT, Kind::AppCredentials, "DingTalk refused the robot: check ding_robot_code in the send_dingtalk channel's comp_conf (usually the app key)".to_owned()),
@@ -674,6 +701,25 @@ mod tests {
             (Kind::AntiAbuse, "html_405", "访问受限")
         );
         assert_eq!(e.retry_after(), Some(GATEWAY_WAIT_DEFAULT));
+        assert!(
+            e.to_string().contains("if this repeats, check the proxy"),
+            "{e}"
+        );
+        let page = |status| gateway_refusal(Api::BatchSend, status, true, page.as_bytes());
+        for status in [200, 403, 429] {
+            assert_eq!(page(status).unwrap().kind, Kind::AntiAbuse, "{status}");
+        }
+        for status in [401, 407] {
+            let e = page(status).unwrap();
+            assert!(!e.holds_egress() && e.is_retryable(), "{status}");
+            assert!(e.to_string().contains("DINGTALK_PROXY"), "{e}");
+        }
+        for status in [404, 500, 502, 503] {
+            assert!(
+                page(status).is_none(),
+                "{status}: DingTalk's own JSON is missing, no pause"
+            );
+        }
         let echo = refusal(
             " <!DOCTYPE html><TITLE>502: GET https://oapi.dingtalk.com/robot/send?access_token=abc</TITLE>",
         );
@@ -721,6 +767,22 @@ mod tests {
         )
         .holds_egress());
         assert!(Api::BatchSend.metered() && Api::Token.metered() && !Api::Webhook.metered());
+        // The webhook is not metered: the quota's code there is an ordinary retry, after a
+        // while (not at once).
+        let webhook = [
+            classify_oapi(Api::Webhook, 90020, "m", Context::default()),
+            classify_api(
+                Api::Webhook,
+                403,
+                "Forbidden.AccessDenied.ApiCountLimitForOrg",
+                "m",
+                None,
+            ),
+        ];
+        for e in webhook {
+            assert!(!e.holds_egress(), "{e}");
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(60)), "{e}");
+        }
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct Outbox {
     handovers: mpsc::Sender<Handover>,
     handover_rx: std::sync::Mutex<Option<mpsc::Receiver<Handover>>>,
     wake: Notify,
+    /// Held while the calls counted are written, so `/metrics` never sees them in neither
+    /// place (a counter must not dip).
+    egress_sync: tokio::sync::Mutex<()>,
 }
 
 impl Outbox {
@@ -112,19 +115,11 @@ impl Outbox {
         clock: SharedClock,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let metrics = Arc::new(Metrics::default());
-        let egress = Arc::new(Egress::new(metrics.clone(), settings.outbox.zone.clone()));
-        egress.keep_in(Arc::new(super::egress::Store {
-            db: db.clone(),
-            clock: clock.clone(),
-        }));
-        // What DingTalk holds back is known before the first call (and its admin message
-        // logged as the process starts).
-        match db.get().and_then(|mut c| super::egress::holds(&mut c)) {
-            Ok(kept) => egress.adopt(kept, egress.epoch(), clock.now_ms()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read DingTalk's holds on the egress from the database")
-            }
-        }
+        let egress = super::egress::egress_on(
+            &db,
+            clock.clone(),
+            Egress::new(metrics.clone(), settings.outbox.zone.clone()),
+        );
         let client =
             DingTalk::with_metrics(settings.dingtalk.clone(), clock.clone(), metrics.clone())?
                 .with_egress(egress);
@@ -187,6 +182,7 @@ impl Outbox {
             handovers,
             handover_rx: std::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
+            egress_sync: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -317,13 +313,13 @@ impl Outbox {
 
     /// Writes the DingTalk calls counted, and takes in the holds of every process.
     pub async fn sync_egress(&self) {
+        let _writing = self.egress_sync.lock().await;
         super::egress::sync(&self.db, self.egress(), self.clock.now_ms()).await;
     }
 
     /// The egress for `/metrics`: the holds in effect, and every process's calls of this month
-    /// and the last (this process's written first).
+    /// and the last (this process's not yet written added; nothing is written here).
     pub async fn egress_gauges(&self) -> EgressGauges {
-        self.sync_egress().await;
         let now = self.clock.now_ms();
         let egress = self.egress();
         let holds = egress.holds(now);
@@ -334,14 +330,27 @@ impl Outbox {
             .max()
             .unwrap_or(0);
         let last_month = egress.month_before(now);
-        let calls = self
+        let since = last_month.clone();
+        let writing = self.egress_sync.lock().await;
+        let kept = self
             .db
-            .run(move |c| super::egress::calls_since(c, &last_month))
+            .run(move |c| super::egress::calls_since(c, &since))
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read the DingTalk calls counted");
                 vec![]
             });
+        let mut calls: BTreeMap<(String, String), i64> =
+            kept.into_iter().map(|(m, api, n)| ((m, api), n)).collect();
+        for (month, api, n) in egress.counted() {
+            if month >= last_month {
+                *calls.entry((month, api.to_owned())).or_default() += n as i64;
+            }
+        }
+        drop(writing);
+        let mut calls: Vec<(String, String, i64)> =
+            calls.into_iter().map(|((m, api), n)| (m, api, n)).collect();
+        calls.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         EgressGauges {
             paused_s: paused_ms as f64 / 1000.0,
             quota_exhausted: holds
@@ -634,6 +643,9 @@ impl Outbox {
             outbox: self,
             lease: held.lease.clone(),
         };
+        // A hold lifted by another process a moment ago (`dingtalk resume` made these due) is
+        // seen before the senders defer on it.
+        self.egress().confirm(self.clock.now_ms()).await;
         let tasks: Vec<_> = by_kind
             .into_iter()
             .flat_map(|(kind, rows)| self.sender(kind).tasks(rows, &work, &gate))

@@ -1,8 +1,9 @@
 //! What a sender's verdict means for a delivery's next step: when a retry is due, when a wait
 //! ends, and when a delivery has waited or failed long enough to be failed for good.
 
-use super::retry::{jitter_unit, RetryPolicy};
+use super::retry::RetryPolicy;
 use super::store::Outcome;
+use crate::clock::jitter_unit;
 use crate::clock::SharedClock;
 use crate::db::models::DeliveryRow;
 use crate::senders::{Until, Verdict, Verdicts};
@@ -74,12 +75,26 @@ impl Policy {
                 until,
                 reason,
                 parts_sent,
+                held,
             } => {
                 let at = match until {
                     Until::At(at) => at,
                     Until::TheRetry { or } => retry_at.unwrap_or(or),
                 };
-                self.defer(row, at.max(now), reason, parts_sent, now)
+                match self.defer(row, at.max(now), reason, parts_sent, now) {
+                    Outcome::Deferred {
+                        at,
+                        reason,
+                        parts_sent,
+                        ..
+                    } => Outcome::Deferred {
+                        at,
+                        reason,
+                        parts_sent,
+                        held,
+                    },
+                    failed => failed,
+                }
             }
         }
     }
@@ -136,6 +151,7 @@ impl Policy {
             at,
             reason,
             parts_sent,
+            held: None,
         }
     }
 }
@@ -251,6 +267,7 @@ mod tests {
             until,
             reason: "retrying".into(),
             parts_sent: None,
+            held: None,
         };
         let out = policy().outcomes(vec![
             (

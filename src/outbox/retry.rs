@@ -21,13 +21,6 @@ impl RetryPolicy {
     }
 }
 
-/// A number in [0, 1) for jitter; quality doesn't matter, spread does.
-pub fn jitter_unit() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ pub mod work_notice;
 
 use crate::channels::settings::DeliverySettings;
 use crate::db::models::DeliveryRow;
+use crate::dingtalk::egress::Scope;
 use crate::dingtalk::DingTalkError;
 use crate::directory::profile::Profile;
 use crate::domain::message::Message;
@@ -49,11 +50,13 @@ pub enum Verdict {
         parts_sent: Option<i32>,
     },
     /// Not attempted now (pacing, a pause, a budget, the process stopping): no attempt is
-    /// counted.
+    /// counted. `held`: DingTalk's hold on the egress it waits for (lifted early by `ding-channel
+    /// dingtalk resume`).
     Wait {
         until: Until,
         reason: String,
         parts_sent: Option<i32>,
+        held: Option<Scope>,
     },
 }
 
@@ -70,6 +73,7 @@ impl Verdict {
             until: Until::At(at),
             reason: reason.into(),
             parts_sent,
+            held: None,
         }
     }
 
@@ -82,19 +86,42 @@ impl Verdict {
     }
 }
 
+/// The longest a held delivery waits before it is looked at again: a hold may be lifted early
+/// (a quota raised) in a way this process missed.
+const HELD_RECHECK_MS: i64 = 300_000;
+/// The wait of a hold that names no end.
+const HELD_FLOOR_MS: i64 = 60_000;
+/// The most that held deliveries are spread by after a hold ends (at most a tenth of the wait),
+/// so they don't all go at its last millisecond.
+const HELD_SPREAD_MS: i64 = 30_000;
+
 /// A delivery DingTalk's hold on the egress (`e`: its anti-abuse pause, the organisation's
 /// monthly quota) keeps from going now: it waits for the hold to end, no attempt counted, but
 /// not past its maximum age, where it fails with the hold's reason — never before it, as a
 /// hold may be lifted early (a quota raised).
 pub fn held(row: &DeliveryRow, e: &DingTalkError, now: i64) -> Verdict {
+    held_spread(row, e, now, crate::clock::jitter_unit())
+}
+
+/// [`held`], spread by `unit` ∈ [0, 1) of the allowed spread.
+fn held_spread(row: &DeliveryRow, e: &DingTalkError, now: i64, unit: f64) -> Verdict {
     if now >= row.give_up_at {
         return Verdict::failed(
             Some(e.code.clone()),
             format!("gave up at its maximum age (DING_CHANNEL_MAX_AGE_S): {e}"),
         );
     }
-    let until = now + e.retry_after().map_or(0, |d| d.as_millis() as i64);
-    Verdict::wait(until.min(row.give_up_at), e.to_string(), None)
+    let wait = e
+        .retry_after()
+        .map_or(HELD_FLOOR_MS, |d| d.as_millis() as i64)
+        .min(HELD_RECHECK_MS);
+    let spread = ((wait / 10).min(HELD_SPREAD_MS) as f64 * unit) as i64;
+    Verdict::Wait {
+        until: Until::At((now + wait + spread).min(row.give_up_at)),
+        reason: e.to_string(),
+        parts_sent: None,
+        held: Scope::of(e),
+    }
 }
 
 /// Every row [`held`] by `e`.
@@ -201,18 +228,48 @@ mod tests {
             updated_at: now,
         };
         let mut e = classify_oapi(Api::BatchSend, 90020, "quota", Context::default());
+        let at = |v: Verdict| match v {
+            Verdict::Wait {
+                until: Until::At(at),
+                held,
+                ..
+            } => {
+                assert_eq!(held, Some(Scope::Quota), "marked for `dingtalk resume`");
+                at - now
+            }
+            other => panic!("{other:?}"),
+        };
+        let far = DeliveryRow {
+            give_up_at: now + 86_400_000,
+            ..row.clone()
+        };
+        assert_eq!(
+            at(held_spread(&far, &e, now, 0.0)),
+            HELD_FLOOR_MS,
+            "a hold naming no end is not a wait of nothing"
+        );
         e.class = crate::dingtalk::Class::Retryable {
             after: Some(Duration::from_secs(10)),
         };
-        assert!(
-            matches!(held(&row, &e, now), Verdict::Wait { until: Until::At(at), .. } if at == now + 10_000)
+        assert_eq!(at(held_spread(&row, &e, now, 0.0)), 10_000);
+        assert_eq!(
+            at(held_spread(&row, &e, now, 0.999)),
+            10_999,
+            "spread by a tenth of the wait"
         );
         e.class = crate::dingtalk::Class::Retryable {
             after: Some(Duration::from_secs(3600)),
         };
-        assert!(
-            matches!(held(&row, &e, now), Verdict::Wait { until: Until::At(at), .. } if at == now + 60_000),
-            "not past its maximum age"
+        assert_eq!(at(held(&row, &e, now)), 60_000, "not past its maximum age");
+        assert_eq!(
+            at(held_spread(&far, &e, now, 0.0)),
+            HELD_RECHECK_MS,
+            "a long hold is looked at again"
+        );
+        assert_eq!(
+            at(held_spread(&far, &e, now, 0.999)),
+            HELD_RECHECK_MS + 29_970,
+            "spread by 30 s at most"
         );
         match held(&row, &e, now + 60_000) {
             Verdict::Failed { code, error } => {

@@ -696,9 +696,9 @@ async fn the_gateways_answers_hold_every_call_of_the_client_for_their_wait() {
         .await
         .unwrap();
 
-    // An HTML page: a minute's pause.
+    // An HTML page as the gateway refuses: a minute's pause.
     f.sim.state.set_faults(Faults {
-        http_status: Some(503),
+        http_status: Some(405),
         ..Faults::impolite(Impolite::Html, &["robot_send"]).times(1)
     });
     let e = f
@@ -706,7 +706,7 @@ async fn the_gateways_answers_hold_every_call_of_the_client_for_their_wait() {
         .send_webhook(&robot(&f, "ops-robot"), &text("y"), &At::default())
         .await
         .unwrap_err();
-    assert_eq!((e.kind, e.code.as_str()), (Kind::AntiAbuse, "html_503"));
+    assert_eq!((e.kind, e.code.as_str()), (Kind::AntiAbuse, "html_405"));
     assert_eq!(e.retry_after(), Some(Duration::from_secs(60)));
     assert!(f
         .client
@@ -716,6 +716,48 @@ async fn the_gateways_answers_hold_every_call_of_the_client_for_their_wait() {
             f.clock.now_ms() + 59_999
         )
         .is_some());
+}
+
+#[tokio::test]
+async fn an_html_error_page_or_a_proxys_login_is_no_pause() {
+    use ding_channel::dingtalk::error::{Api, Kind};
+    use ding_channel::simulator::Impolite;
+    let f = fixture().await;
+    let page = |status| Faults {
+        http_status: Some(status),
+        ..Faults::impolite(Impolite::Html, &["robot_send"]).times(1)
+    };
+    let robot = robot(&f, "ops-robot");
+    // An outage's error page: retried like any answer that is not DingTalk's JSON.
+    f.sim.state.set_faults(page(502));
+    let e = f
+        .client
+        .send_webhook(&robot, &text("x"), &At::default())
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (Kind::Busy, "http_502"));
+    assert!(
+        e.to_string().contains("a proxy or gateway error page?"),
+        "{e}"
+    );
+    // A proxy asking for credentials: the setting to fix.
+    f.sim.state.set_faults(page(407));
+    let e = f
+        .client
+        .send_webhook(&robot, &text("x"), &At::default())
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (Kind::Transport, "html_407"));
+    assert!(e.to_string().contains("DINGTALK_PROXY"), "{e}");
+    let now = ding_channel::clock::Clock::now_ms(&*f.clock);
+    assert!(
+        f.client.egress().held(Api::Token, now).is_none(),
+        "no pause"
+    );
+    f.client
+        .send_webhook(&robot, &text("x"), &At::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -325,3 +325,39 @@ async fn the_periodic_sync_takes_a_quarter_of_the_call_budget_the_sender_uses() 
     assert_eq!(requests(&app, "batch_send"), 1, "{env}");
     assert_eq!(requests(&app, "getbymobile"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sync_keeps_to_dingtalks_holds_and_counts_its_calls_for_every_process() {
+    use ding_channel::dingtalk::egress::{Hold, Scope};
+    use ding_channel::outbox::egress;
+    let app = app_with(org(), &[]).await;
+    // A server found the quota used up (the CLI runs on the real clock).
+    let now = ding_channel::clock::now_ms();
+    let hold = Hold {
+        scope: Scope::Quota,
+        until: now + 86_400_000,
+        code: "90020".into(),
+        message: String::new(),
+    };
+    egress::keep(&mut app.db.get().unwrap(), &hold, 0, now).unwrap();
+    let out = sync(&app, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("monthly DingTalk API call quota is used up"),
+        "{}",
+        stderr(&out)
+    );
+    let asked: u64 = app.sim.state.stats().requests.values().sum();
+    assert_eq!(asked, 0, "no call while held");
+
+    egress::resume(&mut app.db.get().unwrap(), ding_channel::clock::now_ms()).unwrap();
+    let out = sync(&app, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let calls = egress::calls_since(&mut app.db.get().unwrap(), "").unwrap();
+    let listed: i64 = calls
+        .iter()
+        .filter(|(_, api, _)| api == "department_listsub")
+        .map(|(.., n)| n)
+        .sum();
+    assert_eq!(listed, 4, "{calls:?}");
+}

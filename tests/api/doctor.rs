@@ -694,7 +694,7 @@ async fn during_dingtalks_pause_nothing_is_asked_of_dingtalk() {
         code: "1111".into(),
         message: "punish deny, wait 600".into(),
     };
-    ding_channel::outbox::egress::keep(&mut app.db.get().unwrap(), &pause, real_now()).unwrap();
+    ding_channel::outbox::egress::keep(&mut app.db.get().unwrap(), &pause, 0, real_now()).unwrap();
     let run = doctor(&app, &["--phone", PHONE, "--send"]).await;
     assert_eq!(
         run.code,
@@ -759,7 +759,7 @@ async fn dingtalks_anti_abuse_answer_is_a_warning_kept_for_every_process() {
     let kept = ding_channel::outbox::egress::holds(&mut app.db.get().unwrap()).unwrap();
     assert!(
         kept.iter()
-            .any(|h| h.code == "1111" && h.until > real_now()),
+            .any(|h| h.hold.code == "1111" && h.hold.until > real_now()),
         "{kept:?}"
     );
 }

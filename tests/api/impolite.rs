@@ -58,6 +58,13 @@ fn month(ms: i64) -> String {
     Zone::parse("Asia/Shanghai").unwrap().month(ms)
 }
 
+/// The 15th of next month, 10:00 in Shanghai: for tests whose CLI runs on the real clock, a
+/// time after it with the month's turn far on either side.
+fn mid_next_month() -> i64 {
+    let shanghai = Zone::parse("Asia/Shanghai").unwrap();
+    shanghai.next_month(ding_channel::clock::now_ms()) + (14 * 24 + 10) * 3_600_000
+}
+
 #[tokio::test]
 async fn an_anti_abuse_answer_pauses_every_robot_and_person_of_every_process_for_its_wait() {
     let app = TestApp::spawn().await;
@@ -93,6 +100,15 @@ async fn an_anti_abuse_answer_pauses_every_robot_and_person_of_every_process_for
         month(MID_DECEMBER)
     );
     assert!(m.contains(&calls), "{m}");
+    assert!(
+        m.contains(
+            "ding_channel_dingtalk_requests_total{api=\"robot_send\",outcome=\"anti_abuse\"} 1\n"
+        ),
+        "told apart from an HTTP 200: {m}"
+    );
+    let written =
+        ding_channel::outbox::egress::calls_since(&mut app.db.get().unwrap(), "").unwrap();
+    assert!(written.is_empty(), "a scrape writes nothing: {written:?}");
 
     // The other server takes the pause in from the database.
     other.outbox.sync_egress().await;
@@ -105,9 +121,10 @@ async fn an_anti_abuse_answer_pauses_every_robot_and_person_of_every_process_for
         a.drain().await;
     }
     assert_eq!((asked(&app.sim), asked(&other.sim)), (1, 0), "still paused");
-    // Then everything goes (each server may send what either accepted).
+    // Then everything goes (each server may send what either accepted), spread over a tenth
+    // of the wait.
     for a in [&app, &other] {
-        a.clock.advance_ms(1_000);
+        a.clock.advance_ms(4_000);
         a.drain().await;
     }
     let batches = taken(&app.sim, "batch_send") + taken(&other.sim, "batch_send");
@@ -148,7 +165,7 @@ async fn an_html_page_instead_of_json_is_retried_after_a_pause() {
     app.clock.advance_ms(59_000);
     app.drain().await;
     assert_eq!(asked(&app.sim), before, "nothing during the minute");
-    app.clock.advance_ms(1_000);
+    app.clock.advance_ms(7_000);
     app.drain().await;
     for id in [&person, &robot] {
         assert_eq!(delivery(&app, id).await["status"], "sent");
@@ -189,7 +206,8 @@ async fn the_monthly_quota_holds_the_apps_calls_across_a_restart_until_the_month
     );
     let m = metrics(&app).await;
     assert!(
-        m.contains("ding_channel_dingtalk_quota_exhausted 1\n"),
+        m.contains("ding_channel_dingtalk_quota_exhausted 1\n")
+            && m.contains("outcome=\"quota\"} 1\n"),
         "{m}"
     );
 
@@ -225,7 +243,8 @@ async fn a_delivery_held_by_the_quota_fails_only_at_its_maximum_age_and_an_admin
         &[("DING_CHANNEL_MAX_AGE_S", "600")],
     )
     .await;
-    // The app's clock is the real one here: the CLI reads the hold in real time.
+    // The CLI runs on the real clock: the app's is ahead of it, far from a month's turn.
+    app.clock.set_ms(mid_next_month());
     app.sim
         .state
         .set_faults(Faults::impolite(Impolite::Quota, &[]));
@@ -273,7 +292,7 @@ async fn a_delivery_held_by_the_quota_fails_only_at_its_maximum_age_and_an_admin
         stdout(&resumed)
     );
     assert!(stdout(&resumed).contains("2 queued delivery(ies) it held are due now"));
-    app.outbox.sync_egress().await;
+    // The server has not synced: it sees the lift before deferring them again.
     app.drain().await;
     for id in [&second, &third] {
         assert_eq!(delivery(&app, id).await["status"], "sent");
@@ -285,6 +304,8 @@ async fn a_delivery_held_by_the_quota_fails_only_at_its_maximum_age_and_an_admin
 #[tokio::test]
 async fn a_server_starting_while_the_quota_is_used_up_says_so_once() {
     let app = TestApp::spawn().await;
+    // Its hold ends long after the real clock of the server started.
+    app.clock.set_ms(mid_next_month());
     app.sim
         .state
         .set_faults(Faults::impolite(Impolite::Quota, &[]));
@@ -306,9 +327,8 @@ async fn a_server_starting_while_the_quota_is_used_up_says_so_once() {
     );
 }
 
-#[tokio::test]
-async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
-    let app = TestApp::spawn().await;
+/// People are sent work notifications.
+fn work_notices(app: &TestApp) {
     let conf = std::collections::BTreeMap::from([
         ("single_chat_mode".to_owned(), "work_notice".to_owned()),
         (
@@ -319,6 +339,12 @@ async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
     ding_channel::channels::registry::set_conf(&mut app.db.get().unwrap(), "send_dingtalk", &conf)
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
+    let app = TestApp::spawn().await;
+    work_notices(&app);
     app.clock.set_ms(NEW_YEARS_EVE);
     // Sent, and waiting for getsendresult to report it when the quota runs out.
     let (first, state) = send(&app, "alice", "cpu high").await;
@@ -355,4 +381,70 @@ async fn work_notifications_and_their_follow_up_wait_for_the_quota_too() {
         assert_eq!(delivery(&app, id).await["status"], "sent");
     }
     assert_eq!(taken(&app.sim, "work_notice"), 2);
+}
+
+#[tokio::test]
+async fn resume_makes_due_only_the_deliveries_a_hold_deferred() {
+    let app = TestApp::spawn().await;
+    app.clock.set_ms(MID_DECEMBER);
+    // Alice's first try fails on its own (DingTalk busy): she waits for her retry, not a hold.
+    app.sim.state.set_faults(
+        Faults {
+            error_rate: 1.0,
+            http_status: Some(503),
+            apis: vec!["batch_send".into()],
+            ..Faults::default()
+        }
+        .times(1),
+    );
+    let (busy, state) = send(&app, "alice", "cpu high").await;
+    assert_eq!(state, pairs(&[("alice", "queued")]));
+    app.sim
+        .state
+        .set_faults(Faults::impolite(Impolite::Quota, &[]));
+    let (held, _) = send(&app, "bob", "cpu high").await;
+    app.sim.state.set_faults(Faults::default());
+    let (lifted, due) =
+        ding_channel::outbox::egress::resume(&mut app.db.get().unwrap(), app.clock.now_ms())
+            .unwrap();
+    assert_eq!((lifted.len(), due), (1, 1), "bob's, not alice's retry");
+    app.drain().await;
+    assert_eq!(delivery(&app, &held).await["status"], "sent");
+    let d = delivery(&app, &busy).await;
+    assert_eq!(
+        (&d["status"], &d["attempts"]),
+        (&json!("queued"), &json!(1)),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn a_work_notification_sent_but_held_from_its_follow_up_past_its_maximum_age_says_it_was_sent(
+) {
+    let app = TestApp::spawn_with(
+        TestDb::new(),
+        repo_manifest(),
+        &[("DING_CHANNEL_MAX_AGE_S", "600")],
+    )
+    .await;
+    work_notices(&app);
+    app.clock.set_ms(MID_DECEMBER);
+    let (id, _) = send(&app, "alice", "cpu high").await;
+    assert_eq!(taken(&app.sim, "work_notice"), 1);
+    app.sim
+        .state
+        .set_faults(Faults::impolite(Impolite::Quota, &[]));
+    app.clock.advance_ms(3_000);
+    app.drain().await;
+    app.clock.advance_ms(600_000);
+    app.drain().await;
+    let d = delivery(&app, &id).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    let why = d["error"].as_str().unwrap();
+    assert!(
+        why.starts_with("sent as work notification task ")
+            && why.contains("could not be asked whether it arrived")
+            && why.contains("monthly DingTalk API call quota"),
+        "{why}"
+    );
 }

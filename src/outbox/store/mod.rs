@@ -106,6 +106,8 @@ pub enum Outcome {
         at: i64,
         reason: String,
         parts_sent: Option<i32>,
+        /// DingTalk's hold on the egress it waits for, kept as `held_by`.
+        held: Option<crate::dingtalk::egress::Scope>,
     },
 }
 

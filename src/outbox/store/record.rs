@@ -79,6 +79,7 @@ fn record_group(
         d::claimed_by.eq(None::<String>),
         d::claimed_until.eq(None::<i64>),
         d::updated_at.eq(now),
+        d::held_by.eq(held_by(outcome)),
     );
     let target = d::table.filter(d::id.eq_any(&ids));
     match outcome {
@@ -144,6 +145,7 @@ fn record_one(
         d::claimed_by.eq(None::<String>),
         d::claimed_until.eq(None::<i64>),
         d::updated_at.eq(now),
+        d::held_by.eq(held_by(outcome)),
     );
     let attempt = delivery.attempts + 1;
     let parts = |p: &Option<i32>| p.unwrap_or(delivery.parts_sent);
@@ -191,6 +193,7 @@ fn record_one(
             at,
             reason,
             parts_sent,
+            ..
         } => {
             return Ok(diesel::update(owned)
                 .set((
@@ -235,6 +238,14 @@ fn record_one(
         ))
         .execute(conn)?;
     Ok(true)
+}
+
+/// The hold a delivery waits for after `outcome` (`None`: none).
+fn held_by(outcome: &Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Deferred { held, .. } => held.map(|s| s.name()),
+        _ => None,
+    }
 }
 
 /// The note of a sent attempt in the delivery log: the digest that carried it and the pool

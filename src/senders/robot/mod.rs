@@ -192,6 +192,11 @@ impl RobotSender {
         );
 
         let now = self.clock.now_ms();
+        // A hold started meanwhile (by another task's call): no slot is spent on it.
+        if let Some(e) = self.client.egress().held(Api::Webhook, now) {
+            out.extend(hold_all(rows, &e, now));
+            return out;
+        }
         let shares = members::shares(&granted, sends.len());
         // What robots could send beyond their share: taken when another one fails over.
         let mut spare: Vec<u32> = granted.iter().zip(&shares).map(|(g, s)| g - s).collect();
@@ -371,6 +376,7 @@ impl RobotSender {
                     until: resume,
                     reason: reason.clone(),
                     parts_sent: parts,
+                    held: None,
                 },
             };
             out.push((row, wait));

@@ -11,16 +11,14 @@ pub mod readback;
 pub mod tasks;
 
 use super::app_robot::{of_error, AppRobotSender, People, WAITING_FOR_BUDGET};
-use super::{
-    digest, group_by, hold_all, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED,
-};
+use super::{digest, group_by, Gate, Sender, Tasks, Verdict, Verdicts, Work, NOT_CONFIGURED};
 use crate::channels::settings::SingleChat;
 use crate::clock::{SharedClock, Zone};
 use crate::db::models::DeliveryRow;
 use crate::db::Db;
 use crate::dingtalk::client::NoticeOutcome;
 use crate::dingtalk::error::Api;
-use crate::dingtalk::{App, Message};
+use crate::dingtalk::{App, DingTalkError, Message};
 use crate::domain::message::Message as SendMessage;
 use futures_util::FutureExt;
 use std::collections::BTreeMap;
@@ -89,9 +87,6 @@ impl WorkNoticeSender {
                 .collect();
         }
         let now = self.clock.now_ms();
-        if let Some(e) = self.people.client.egress().held(Api::WorkNotice, now) {
-            return hold_all(rows, &e, now);
-        }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let waiting = match self.db.run(move |c| tasks::of(c, &ids)).await {
             Ok(t) => t,
@@ -99,6 +94,18 @@ impl WorkNoticeSender {
                 return rows.into_iter().map(|r| (r, database(&e))).collect();
             }
         };
+        if let Some(e) = self.people.client.egress().held(Api::WorkNotice, now) {
+            return rows
+                .into_iter()
+                .map(|r| {
+                    let v = match waiting.iter().find(|t| t.delivery_id == r.id) {
+                        Some(t) => unconfirmed(&r, &t.task_id, &e, now),
+                        None => super::held(&r, &e, now),
+                    };
+                    (r, v)
+                })
+                .collect();
+        }
         let mut by_task: BTreeMap<(String, String, i32), Vec<(Task, DeliveryRow)>> =
             BTreeMap::new();
         let mut fresh = vec![];
@@ -158,6 +165,19 @@ impl WorkNoticeSender {
         let now = self.clock.now_ms();
         let sent_at = group.iter().map(|(t, _)| t.sent_at).min().unwrap_or(now);
         let progress = (part > 0).then_some(part);
+        let on_hold = |group: Vec<(Task, DeliveryRow)>, e: &DingTalkError| -> Verdicts {
+            group
+                .into_iter()
+                .map(|(_, r)| {
+                    let v = unconfirmed(&r, task_id, e, now).with_progress(progress);
+                    (r, v)
+                })
+                .collect()
+        };
+        // Before the budget is spent on a call the hold would refuse.
+        if let Some(e) = self.people.client.egress().held(Api::WorkNoticeResult, now) {
+            return (on_hold(group, &e), vec![]);
+        }
         let held = match gate.closed() {
             Some(why) => Some((now, why.to_owned())),
             None => self
@@ -188,16 +208,7 @@ impl WorkNoticeSender {
                 self.reads.put(key, r.reached(now), now);
                 r
             }
-            Err(e) if e.holds_egress() => {
-                let verdicts = group
-                    .into_iter()
-                    .map(|(_, r)| {
-                        let v = super::held(&r, &e, now).with_progress(progress);
-                        (r, v)
-                    })
-                    .collect();
-                return (verdicts, vec![]);
-            }
+            Err(e) if e.holds_egress() => return (on_hold(group, &e), vec![]),
             // Within DingTalk's window the task is asked about again; past it, it is as gone.
             Err(e) if e.is_retryable() && now - sent_at < RESULT_WINDOW_MS => {
                 if e.is_throttle() {
@@ -394,6 +405,19 @@ impl WorkNoticeSender {
         if let Err(e) = self.db.write(move |c| tasks::clear(c, &ids)).await {
             tracing::warn!(error = %e, "cannot forget decided work-notification tasks; their deliveries are decided already");
         }
+    }
+}
+
+/// A delivery sent as work notification `task_id` that DingTalk's hold keeps from being asked
+/// about: it waits like any held delivery; at its maximum age it is failed as sent but not
+/// confirmed (it most likely arrived), not as never sent.
+fn unconfirmed(row: &DeliveryRow, task_id: &str, e: &DingTalkError, now: i64) -> Verdict {
+    match super::held(row, e, now) {
+        Verdict::Failed { code, .. } => Verdict::failed(
+            code,
+            format!("sent as work notification task {task_id}, but DingTalk could not be asked whether it arrived before the delivery's maximum age (DING_CHANNEL_MAX_AGE_S): {e}"),
+        ),
+        waiting => waiting,
     }
 }
 
