@@ -3,10 +3,12 @@
 //! `SKIP LOCKED`) matches on `DbConn` through [`with_conn!`].
 //!
 //! Lookups by a unique key use `get_result`, not `first`: SQLite re-prepares a statement whose
-//! `LIMIT` is a bound parameter every time it runs. A few keys are looked up one by one (see
-//! [`FEW_KEYS`]).
+//! `LIMIT` is a bound parameter every time it runs. On SQLite a few keys are looked up one by
+//! one (see [`one_by_one`]).
 
 pub mod models;
+#[cfg(feature = "postgres")]
+pub mod prepared;
 pub mod schema;
 
 use crate::config::DatabaseUrl;
@@ -16,7 +18,7 @@ use diesel::result::Error as DieselError;
 use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 #[derive(diesel::MultiConnection)]
@@ -39,9 +41,16 @@ macro_rules! with_conn {
     };
 }
 
-/// Up to this many keys are looked up one at a time: each such lookup runs a statement from the
-/// cache, while diesel compiles an `IN (…)` query afresh every time.
+/// Up to this many keys are looked up one at a time on SQLite: each such lookup runs a statement
+/// from the cache, while diesel compiles an `IN (…)` query afresh every time.
 pub const FEW_KEYS: usize = 8;
+
+/// Whether `n` keys are best looked up one at a time on `conn` (no keys: no query): on SQLite
+/// up to [`FEW_KEYS`]; on PostgreSQL no more, where `= ANY($1)` is one cached statement
+/// whatever `n` is, and each statement is a round trip.
+pub fn one_by_one(conn: &DbConn, n: usize) -> bool {
+    n == 0 || matches!(conn, DbConn::Sqlite(_)) && n <= FEW_KEYS
+}
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 #[cfg(feature = "postgres")]
@@ -127,23 +136,70 @@ pub type Conn = PooledConnection<Manager>;
 pub struct Db {
     pool: Pool<Manager>,
     backend: &'static str,
-    /// One per pooled connection but the writer's: database reads wait here, asynchronously,
+    /// One per pooled connection but the writers': database reads wait here, asynchronously,
     /// rather than on a blocking thread each (hundreds of parked threads under load cost
     /// memory and switches).
     slots: Arc<tokio::sync::Semaphore>,
-    /// The queue of [`Db::write`], started by its first use.
-    writer: Arc<OnceLock<mpsc::Sender<Box<dyn Job>>>>,
+    /// The queues of [`Db::write`] and [`Db::write_new`], started by their first use.
+    writers: Arc<OnceLock<Writers>>,
+}
+
+/// On PostgreSQL, the writers of [`Db::write_new`]: enough for their round trips and commits
+/// to overlap (PostgreSQL flushes the WAL of concurrent commits together); each holds a
+/// connection.
+const PG_NEW_ROW_WRITERS: usize = 3;
+
+struct Writers {
+    /// One thread: any write, in the order queued.
+    ordered: mpsc::Sender<Box<dyn Job>>,
+    /// Writes that only add rows. SQLite has one write lock, so they queue with the others;
+    /// on PostgreSQL [`PG_NEW_ROW_WRITERS`] threads take them, each grouping what waits.
+    new_rows: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writers {
+    fn start(pool: &Pool<Manager>, backend: &str) -> Self {
+        let ordered = spawn_writers(pool, "db-writer", 1);
+        let new_rows = match backend {
+            "sqlite" => ordered.clone(),
+            _ => spawn_writers(pool, "db-writer-new", PG_NEW_ROW_WRITERS),
+        };
+        Self { ordered, new_rows }
+    }
+}
+
+/// `n` writer threads taking groups from one queue.
+fn spawn_writers(pool: &Pool<Manager>, name: &str, n: usize) -> mpsc::Sender<Box<dyn Job>> {
+    let (tx, rx) = mpsc::channel();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let (pool, rx) = (pool.clone(), rx.clone());
+        let name = if n == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}-{i}")
+        };
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || write_loop(&pool, &rx))
+            .expect("a thread can be started");
+    }
+    tx
 }
 
 impl Db {
     /// Opens the pool; fails fast (with the reason) when the database can't be reached.
     pub fn connect(url: &DatabaseUrl, pool_size: u32) -> Result<Self, DbError> {
         let manager = Manager { url: url.clone() };
+        let writers = match url {
+            DatabaseUrl::Sqlite(_) => 1,
+            DatabaseUrl::Postgres(_) => 1 + PG_NEW_ROW_WRITERS as u32,
+        };
         // Try one connection first so a wrong URL is reported with its real cause, not as a
         // pool time-out.
         drop(manager.open()?);
         let pool = Pool::builder()
-            .max_size(pool_size + 1) // the writer's connection
+            .max_size(pool_size + writers)
             // No background top-up of idle connections: a connection being opened on r2d2's
             // thread while the process exits races libpq/OpenSSL's exit handlers (seen as a
             // segfault at exit). Connections open on demand and stay pooled once opened.
@@ -161,7 +217,7 @@ impl Db {
             pool,
             backend: url.backend(),
             slots: Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
-            writer: Arc::default(),
+            writers: Arc::default(),
         })
     }
 
@@ -213,27 +269,41 @@ impl Db {
         F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let job = Box::new(Pending {
-            work,
-            out: None,
-            done,
-        });
-        let writer = self.writer.get_or_init(|| {
-            let (tx, rx) = mpsc::channel();
-            let pool = self.pool.clone();
-            std::thread::Builder::new()
-                .name("db-writer".into())
-                .spawn(move || write_loop(&pool, &rx))
-                .expect("a thread can be started");
-            tx
-        });
-        writer
-            .send(job)
-            .map_err(|_| DbError::Task("the database writer stopped".into()))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(DbError::Task("the database writer stopped".into())))
+        queued(&self.writers().ordered, work).await
+    }
+
+    /// [`Db::write`] for a write that adds rows and changes none that another write may
+    /// change meanwhile (accepting a message: new rows only; an idempotency key is the
+    /// caller's own). On PostgreSQL it goes to one of several writers, whose groups commit
+    /// side by side: as they lock no row another group may hold, they never wait on each
+    /// other, nor deadlock. On SQLite it is [`Db::write`].
+    pub async fn write_new<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        queued(&self.writers().new_rows, work).await
+    }
+
+    fn writers(&self) -> &Writers {
+        self.writers
+            .get_or_init(|| Writers::start(&self.pool, self.backend))
+    }
+
+    /// A short write of rows every process updates (a robot's pacing state): on SQLite through
+    /// the writer like any other; on PostgreSQL in a transaction of its own, so the row is
+    /// locked for this write's few statements rather than for a whole group's, and groups (of
+    /// this process or another) neither wait on each other for it nor deadlock taking such
+    /// rows in different orders.
+    pub async fn write_alone<T, F>(&self, mut work: F) -> Result<T, DbError>
+    where
+        F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.backend == "sqlite" {
+            return self.write(work).await;
+        }
+        self.run(move |c| write_tx(c, |c| work(c))).await
     }
 
     /// Whether the database answers.
@@ -330,6 +400,26 @@ where
     f(conn)
 }
 
+/// Queues `work` for a writer and waits for its answer.
+async fn queued<T, F>(queue: &mpsc::Sender<Box<dyn Job>>, work: F) -> Result<T, DbError>
+where
+    F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
+    T: Send + 'static,
+{
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let job = Box::new(Pending {
+        work,
+        out: None,
+        done,
+    });
+    queue
+        .send(job)
+        .map_err(|_| DbError::Task("the database writer stopped".into()))?;
+    answer
+        .await
+        .unwrap_or_else(|_| Err(DbError::Task("the database writer stopped".into())))
+}
+
 /// Writes run together in one transaction at most.
 const WRITE_GROUP: usize = 256;
 
@@ -382,13 +472,19 @@ impl From<DieselError> for GroupError {
     }
 }
 
-/// The writer keeps its connection; it is given back to the pool (which replaces it if it
-/// broke) after a failed transaction.
-fn write_loop(pool: &Pool<Manager>, jobs: &mpsc::Receiver<Box<dyn Job>>) {
+/// A writer keeps its connection; it is given back to the pool (which replaces it if it
+/// broke) after a failed transaction. Writers sharing a queue take turns at it: one waits for
+/// the next write while the others run theirs, and takes whatever queued meanwhile.
+fn write_loop(pool: &Pool<Manager>, jobs: &Mutex<mpsc::Receiver<Box<dyn Job>>>) {
     let mut held: Option<Conn> = None;
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        group.extend(jobs.try_iter().take(WRITE_GROUP - 1));
+    loop {
+        let group = {
+            let jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(first) = jobs.recv() else { return };
+            let mut group = vec![first];
+            group.extend(jobs.try_iter().take(WRITE_GROUP - 1));
+            group
+        };
         let conn = match held.take() {
             Some(c) => Ok(c),
             None => pool.get().map_err(DbError::from),

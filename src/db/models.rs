@@ -75,7 +75,7 @@ pub struct MessageRow {
     pub tenant_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = deliveries)]
 pub struct DeliveryRow {
     pub id: i64,

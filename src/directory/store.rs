@@ -3,7 +3,7 @@
 use super::profile::{Profile, ProfileSource, Standing, Username};
 use crate::db::models::UserRow;
 use crate::db::schema::users;
-use crate::db::{now_ms, write_tx, DbConn, DbError, FEW_KEYS};
+use crate::db::{now_ms, one_by_one, write_tx, DbConn, DbError};
 use crate::domain::mobile::Mobile;
 use diesel::prelude::*;
 
@@ -78,7 +78,7 @@ pub fn get(conn: &mut DbConn, username: &str) -> Result<Option<Profile>, DbError
 
 /// The profiles of `usernames` that exist.
 pub fn get_many(conn: &mut DbConn, usernames: &[String]) -> Result<Vec<Profile>, DbError> {
-    if usernames.len() <= FEW_KEYS {
+    if one_by_one(conn, usernames.len()) {
         return usernames
             .iter()
             .filter_map(|u| get(conn, u).transpose())

@@ -3,7 +3,7 @@
 
 use crate::clock::SharedClock;
 use crate::db::schema::dingtalk_userids as t;
-use crate::db::{write_tx, Db, DbConn, DbError, FEW_KEYS};
+use crate::db::{one_by_one, write_tx, Db, DbConn, DbError};
 use crate::dingtalk::{App, DingTalk, MobileLookup};
 use diesel::prelude::*;
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ pub fn cached_many(
     mobiles: &[String],
     now_ms: i64,
 ) -> Result<HashMap<String, Option<String>>, DbError> {
-    if mobiles.len() <= FEW_KEYS {
+    if one_by_one(conn, mobiles.len()) {
         let mut found = HashMap::new();
         for m in mobiles {
             if let Some(hit) = cached(conn, app_key, m, now_ms)? {
@@ -101,6 +101,9 @@ impl UserIdCache {
         app_key: &str,
         mobiles: Vec<String>,
     ) -> Result<HashMap<String, Option<String>>, DbError> {
+        if mobiles.is_empty() {
+            return Ok(HashMap::new());
+        }
         let (key, now) = (app_key.to_owned(), self.clock.now_ms());
         self.db
             .run(move |c| cached_many(c, &key, &mobiles, now))

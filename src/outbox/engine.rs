@@ -284,7 +284,7 @@ impl Outbox {
     }
 
     /// Persists a message and its deliveries (claimed by this process); requests arriving
-    /// together share a transaction ([`Db::write`]).
+    /// together share a transaction ([`Db::write_new`]: it adds rows only).
     pub async fn accept(
         &self,
         msg: store::NewMessage,
@@ -297,7 +297,7 @@ impl Outbox {
         );
         match self
             .db
-            .write(move |c| store::accept(c, &msg, &acceptance))
+            .write_new(move |c| store::accept(c, &msg, &acceptance))
             .await
         {
             // A concurrent request with the same key committed first (another process):
@@ -627,14 +627,19 @@ impl Gate for BatchGate<'_> {
 
 /// What delivering `rows` needs from the database: their messages, robot profiles, settings.
 fn load_batch(conn: &mut crate::db::DbConn, rows: Vec<DeliveryRow>) -> Result<Batch, DbError> {
-    let mut messages = HashMap::new();
-    for row in &rows {
-        if !messages.contains_key(&row.message_id) {
-            let body = store::message(conn, &row.message_id)?.map(|m| m.body);
-            let parsed = body.and_then(|b| serde_json::from_str::<Message>(&b).ok());
-            messages.insert(row.message_id.clone(), parsed);
-        }
-    }
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let bodies = store::bodies(conn, &ids)?;
+    let messages = ids
+        .iter()
+        .map(|id| {
+            let parsed = bodies
+                .get(*id)
+                .and_then(|b| serde_json::from_str::<Message>(b).ok());
+            (id.to_string(), parsed)
+        })
+        .collect();
     let robot_names: Vec<String> = rows
         .iter()
         .filter(|r| r.delivery_kind() == Some(DeliveryKind::Robot))

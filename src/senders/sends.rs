@@ -59,6 +59,24 @@ impl Reading {
 
 /// Keeps the sends of a task; a send already kept is left as it is.
 pub fn keep(conn: &mut DbConn, rows: &[SendRow]) -> Result<(), DbError> {
+    #[cfg(feature = "postgres")]
+    if let DbConn::Pg(c) = conn {
+        use diesel::sql_types::{Array, BigInt, Nullable, Text};
+        // All in one prepared statement: diesel does not cache an upsert.
+        crate::db::prepared::Prepared::new(
+            "INSERT INTO dingtalk_sends (delivery_id, send_key, path, user_id, sent_at, read_at, recalled_at) \
+             SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.send_key.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.path.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+        .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.read_at).collect::<Vec<_>>())
+        .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.recalled_at).collect::<Vec<_>>())
+        .execute(c)?;
+        return Ok(());
+    }
     // Row by row: diesel has no multi-row insert with ON CONFLICT on SQLite.
     crate::db::write_tx(conn, |conn| {
         for row in rows {

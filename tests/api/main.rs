@@ -33,3 +33,4 @@ mod upstream;
 mod userids;
 mod users;
 mod work_notice;
+mod writes;

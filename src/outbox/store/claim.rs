@@ -1,8 +1,10 @@
 //! Claims: due deliveries taken under a lease, renewed, released.
 
-use super::RECORD_CHUNK;
+use super::{IdRow, RECORD_CHUNK};
 use crate::db::models::DeliveryRow;
-use crate::db::schema::{deliveries as d, messages as m};
+#[cfg(feature = "postgres")]
+use crate::db::prepared::Prepared;
+use crate::db::schema::deliveries as d;
 use crate::db::{write_tx, DbConn, DbError};
 use crate::domain::ids::ClaimToken;
 use diesel::prelude::*;
@@ -21,7 +23,7 @@ pub fn claim(
 ) -> Result<Vec<DeliveryRow>, DbError> {
     let until = now + lease_ms;
     write_tx(conn, |conn| {
-        let ids: Vec<Claimed> = match conn {
+        let ids: Vec<IdRow> = match conn {
             DbConn::Sqlite(c) => diesel::sql_query(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
                  WHERE status = 'queued' AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) \
@@ -36,17 +38,21 @@ pub fn claim(
             .bind::<BigInt, _>(limit)
             .load(c)?,
             #[cfg(feature = "postgres")]
-            DbConn::Pg(c) => diesel::sql_query(
-                "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
-                 WHERE status = 'queued' AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until < $3) \
-                 AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
-            )
-            .bind::<Text, _>(claim)
-            .bind::<BigInt, _>(until)
-            .bind::<BigInt, _>(now)
-            .bind::<Nullable<Text>, _>(message_id)
-            .bind::<BigInt, _>(limit)
-            .load(c)?,
+            DbConn::Pg(c) => {
+                let rows = Prepared::new(
+                    "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
+                     WHERE status = 'queued' AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until < $3) \
+                     AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                     RETURNING *",
+                )
+                .bind::<Text, _>(claim)
+                .bind::<BigInt, _>(until)
+                .bind::<BigInt, _>(now)
+                .bind::<Nullable<Text>, _>(message_id)
+                .bind::<BigInt, _>(limit)
+                .load(c)?;
+                return Ok(by_id(rows));
+            }
         };
         claimed(conn, &ids.into_iter().map(|c| c.id).collect::<Vec<_>>())
     })
@@ -64,14 +70,12 @@ fn claimed(conn: &mut DbConn, ids: &[i64]) -> Result<Vec<DeliveryRow>, DbError> 
                 .load(conn)?,
         );
     }
-    rows.sort_by_key(|r| r.id);
-    Ok(rows)
+    Ok(by_id(rows))
 }
 
-#[derive(QueryableByName)]
-struct Claimed {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
+fn by_id(mut rows: Vec<DeliveryRow>) -> Vec<DeliveryRow> {
+    rows.sort_by_key(|r| r.id);
+    rows
 }
 
 /// Claims the deliveries waiting for a robot (due or not, oldest first), so a send that is
@@ -86,39 +90,41 @@ pub fn claim_robot_backlog(
 ) -> Result<Vec<(DeliveryRow, String)>, DbError> {
     let until = now + lease_ms;
     let rows = write_tx(conn, |conn| {
-        let sql = match conn {
-            DbConn::Sqlite(_) => {
+        let ids: Vec<IdRow> = match conn {
+            DbConn::Sqlite(c) => diesel::sql_query(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM deliveries \
                  WHERE target = ? AND status = 'queued' AND kind = 'robot' \
-                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_at, id LIMIT ?) RETURNING id"
-            }
-            #[cfg(feature = "postgres")]
-            DbConn::Pg(_) => {
-                "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
-                 WHERE target = $3 AND status = 'queued' AND kind = 'robot' \
-                 AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id"
-            }
-        };
-        let query = diesel::sql_query(sql)
+                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_at, id LIMIT ?) RETURNING id",
+            )
             .bind::<Text, _>(claim)
             .bind::<BigInt, _>(until)
             .bind::<Text, _>(robot)
             .bind::<BigInt, _>(now)
-            .bind::<BigInt, _>(limit);
-        let ids: Vec<Claimed> = match conn {
-            DbConn::Sqlite(c) => query.load(c)?,
+            .bind::<BigInt, _>(limit)
+            .load(c)?,
             #[cfg(feature = "postgres")]
-            DbConn::Pg(c) => query.load(c)?,
+            DbConn::Pg(c) => {
+                let rows = Prepared::new(
+                    "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
+                     WHERE target = $3 AND status = 'queued' AND kind = 'robot' \
+                     AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                     RETURNING *",
+                )
+                .bind::<Text, _>(claim)
+                .bind::<BigInt, _>(until)
+                .bind::<Text, _>(robot)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(limit)
+                .load(c)?;
+                return Ok(by_id(rows));
+            }
         };
         claimed(conn, &ids.into_iter().map(|c| c.id).collect::<Vec<_>>())
     })?;
-    let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
-    let bodies: std::collections::HashMap<String, String> = m::table
-        .filter(m::id.eq_any(&ids))
-        .select((m::id, m::body))
-        .load::<(String, String)>(conn)?
-        .into_iter()
-        .collect();
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let bodies = super::bodies(conn, &ids)?;
     Ok(rows
         .into_iter()
         .filter_map(|r| {

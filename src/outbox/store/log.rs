@@ -3,8 +3,9 @@
 use super::{FAILED, QUEUED};
 use crate::db::models::{AttemptRow, DeliveryRow, MessageRow};
 use crate::db::schema::{deliveries as d, delivery_attempts as a, messages as m};
-use crate::db::{DbConn, DbError};
+use crate::db::{one_by_one, DbConn, DbError};
 use diesel::prelude::*;
+use std::collections::HashMap;
 
 pub fn message(conn: &mut DbConn, id: &str) -> Result<Option<MessageRow>, DbError> {
     Ok(m::table
@@ -12,6 +13,31 @@ pub fn message(conn: &mut DbConn, id: &str) -> Result<Option<MessageRow>, DbErro
         .select(MessageRow::as_select())
         .get_result(conn)
         .optional()?)
+}
+
+/// The bodies of the messages `ids` names, by id (a message gone is missing).
+pub fn bodies(conn: &mut DbConn, ids: &[&str]) -> Result<HashMap<String, String>, DbError> {
+    let mut found = HashMap::with_capacity(ids.len());
+    if one_by_one(conn, ids.len()) {
+        for id in ids {
+            let body = m::table
+                .find(id)
+                .select(m::body)
+                .get_result(conn)
+                .optional()?;
+            found.extend(body.map(|b| (id.to_string(), b)));
+        }
+        return Ok(found);
+    }
+    for chunk in ids.chunks(super::RECORD_CHUNK) {
+        found.extend(
+            m::table
+                .filter(m::id.eq_any(chunk))
+                .select((m::id, m::body))
+                .load::<(String, String)>(conn)?,
+        );
+    }
+    Ok(found)
 }
 
 pub fn deliveries_of(conn: &mut DbConn, message_id: &str) -> Result<Vec<DeliveryRow>, DbError> {

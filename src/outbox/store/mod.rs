@@ -124,6 +124,13 @@ impl Outcome {
 /// Rows recorded in one statement at most (well under SQLite's limit on parameters).
 const RECORD_CHUNK: usize = 400;
 
+/// A row's id, as raw SQL answers it.
+#[derive(diesel::QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
 pub fn claim_of(row: &DeliveryRow) -> &str {
     row.claimed_by.as_deref().unwrap_or("")
 }

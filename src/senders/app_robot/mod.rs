@@ -173,7 +173,7 @@ impl AppRobotSender {
         let n = keys.len();
         if let Err(e) = self
             .db
-            .write(move |conn| crate::senders::sends::keep(conn, &keys))
+            .write_new(move |conn| crate::senders::sends::keep(conn, &keys))
             .await
         {
             tracing::error!(error = %e, sends = n, "cannot keep DingTalk's send keys (processQueryKeys, work-notification tasks): read status and recall will not know these sends");

@@ -101,7 +101,7 @@ impl RobotSender {
             let (id, now) = (members[m].id.clone(), self.clock.now_ms());
             match self
                 .db
-                .write(move |c| pacing::take_slots(c, &id, 1, now, limit))
+                .write_alone(move |c| pacing::take_slots(c, &id, 1, now, limit))
                 .await
             {
                 Ok(slots) => {
@@ -198,7 +198,7 @@ impl RobotSender {
             let id = members[m].id.clone();
             match self
                 .db
-                .write(move |c| pacing::take_slots(c, &id, share, now, limit))
+                .write_alone(move |c| pacing::take_slots(c, &id, share, now, limit))
                 .await
             {
                 Ok(slots) => {
@@ -259,7 +259,7 @@ impl RobotSender {
                         let id = member.id.clone();
                         if let Err(db) = self
                             .db
-                            .write(move |c| pacing::pause(c, &id, now, until))
+                            .write_alone(move |c| pacing::pause(c, &id, now, until))
                             .await
                         {
                             tracing::error!(error = %db, "cannot record the robot's pause");

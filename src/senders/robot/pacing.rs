@@ -1,7 +1,9 @@
 //! Group-robot pacing, shared by every process through the database: a token bucket per robot
 //! (capacity `burst`, one token per `window / limit`, kept as a GCRA "theoretical arrival time"
 //! in `robot_state`) and never more than `limit` sends in any `window` (counted in
-//! `robot_sends`). Slots are taken in one transaction, so two servers never overspend a robot.
+//! `robot_sends`). Slots are taken in one transaction, so two servers never overspend a robot;
+//! every process updates these rows, so the sender writes them alone (`Db::write_alone`), not in
+//! a group's transaction.
 
 pub use crate::channels::settings::{RobotLimit, RobotLimits, DEFAULT};
 use crate::db::schema::{robot_sends as rs, robot_state as st};
