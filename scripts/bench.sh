@@ -14,7 +14,11 @@
 #                                     webhook receiver, robot limit 20 per 6 s: alerts delivered,
 #                                     DingTalk calls, max sends per robot per window, drain time.
 #   scripts/bench.sh pg [N] [C]       accept throughput on PostgreSQL (TEST_DATABASE_URL or
-#                                     postgres://postgres@127.0.0.1:5432/test) with 1 and 2 servers.
+#                                     postgres://postgres@127.0.0.1:5432/test) with 1 and 2 servers,
+#                                     and per phase PostgreSQL's own counters of the bench database
+#                                     (commits, deadlocks) and the CPU time of servers and backends.
+#
+# BENCH_BIN=path runs another build's binary (the load generator is this tree's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-accept}
@@ -27,7 +31,8 @@ ROBOTS=5
 features=()
 [ "$MODE" = pg ] && features=(--features postgres)
 cargo build --release --quiet "${features[@]}" --bin ding-channel --example loadgen
-bin=${BENCH_BIN:-target/release/ding-channel}
+target=${CARGO_TARGET_DIR:-target}
+bin=${BENCH_BIN:-$target/release/ding-channel}
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP_LOGS:-}" ] && cp "$work"/server-*.log "$KEEP_LOGS"/ 2>/dev/null; rm -rf "$work"; }
@@ -83,7 +88,7 @@ start_server() { # port
 depth() { curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^ding_channel_queue_depth/{print $2}'; }
 auth='X-Bkapi-Authorization: {"bk_app_code":"bench","bk_app_secret":"bench-secret"}'
 load() { # extra loadgen args…
-  target/release/examples/loadgen -c "$C" --header "$auth" "$@"
+  "$target/release/examples/loadgen" -c "$C" --header "$auth" "$@"
 }
 
 case "$MODE" in
@@ -217,14 +222,35 @@ sys.exit(0 if got == expected and stats["throttled"] == 0 and worst <= 20 else 1
 PY
   ;;
 pg)
+  # Throughput is noisy on a shared machine; PostgreSQL's counters and CPU times are not.
+  counters() { psql "$pg" -Atc "SELECT xact_commit, deadlocks FROM pg_stat_database WHERE datname = '$name'"; }
+  backends() { psql "$pg" -Atc "SELECT pid FROM pg_stat_activity WHERE datname = '$name'"; }
+  cpu_of() { local t=0; for p in "$@"; do t=$(python3 -c "print($t + $(cpu_s "$p" 2>/dev/null || echo 0))"); done; echo "$t"; }
+  phase() { # label, then the servers' ports
+    local label=$1; shift
+    local urls=() servers=() p
+    for p in "$@"; do urls+=(--url "http://127.0.0.1:$p/api/c/compapi/cmsi/send_msg/"); servers+=("${server_of[$p]}"); done
+    local before cpu0 pg0
+    before=$(counters) cpu0=$(cpu_of "${servers[@]}") pg0=$(cpu_of $(backends))
+    load -n "$N" "${urls[@]}" \
+      --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"'"$label"' {i}","content":"c"}'
+    python3 - "$before" "$(counters)" "$N" "$cpu0" "$(cpu_of "${servers[@]}")" "$pg0" "$(cpu_of $(backends))" <<'PY'
+import sys
+(c0, d0), (c1, d1) = (map(int, a.split("|")) for a in sys.argv[1:3])
+n, s0, s1, p0, p1 = int(sys.argv[3]), *map(float, sys.argv[4:])
+print(f"PostgreSQL while loading: {(c1 - c0) / n:.2f} commits per request (reads included), deadlocks {d1 - d0}; "
+      f"CPU per request: servers {1000 * (s1 - s0) / n:.2f} ms, backends {1000 * (p1 - p0) / n:.2f} ms")
+PY
+  }
+  declare -A server_of
   start_server "$PORT"
+  server_of[$PORT]=${pids[-1]}
   echo "== PostgreSQL, 1 server: $N send_msg at concurrency $C"
-  load -n "$N" --url "http://127.0.0.1:$PORT/api/c/compapi/cmsi/send_msg/" \
-    --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"one {i}","content":"c"}'
+  phase one "$PORT"
   start_server $((PORT + 1))
+  server_of[$((PORT + 1))]=${pids[-1]}
   echo "== PostgreSQL, 2 servers: $N send_msg at concurrency $C, alternating"
-  load -n "$N" --url "http://127.0.0.1:$PORT/api/c/compapi/cmsi/send_msg/" --url "http://127.0.0.1:$((PORT + 1))/api/c/compapi/cmsi/send_msg/" \
-    --body '{"msg_type":"ding","receiver__username":"p{i%100},robot{i%5}","title":"two {i}","content":"c"}'
+  phase two "$PORT" $((PORT + 1))
   while [ "$(depth)" != "0" ]; do sleep 0.05; done
   ;;
 *) echo "usage: scripts/bench.sh accept|storm|alerts|pg [N] [C]"; exit 2 ;;

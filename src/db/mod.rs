@@ -18,7 +18,7 @@ use diesel::result::Error as DieselError;
 use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(diesel::MultiConnection)]
@@ -144,46 +144,36 @@ pub struct Db {
     writers: Arc<OnceLock<Writers>>,
 }
 
-/// On PostgreSQL, the writers of [`Db::write_new`]: enough for their round trips and commits
-/// to overlap (PostgreSQL flushes the WAL of concurrent commits together); each holds a
-/// connection.
-const PG_NEW_ROW_WRITERS: usize = 3;
-
 struct Writers {
-    /// One thread: any write, in the order queued.
+    /// Any write, in the order queued.
     ordered: mpsc::Sender<Box<dyn Job>>,
-    /// Writes that only add rows. SQLite has one write lock, so they queue with the others;
-    /// on PostgreSQL [`PG_NEW_ROW_WRITERS`] threads take them, each grouping what waits.
+    /// Writes that only add rows: on SQLite the same writer (SQLite has one write lock); on
+    /// PostgreSQL a writer of their own, whose groups commit beside the ordered writer's. More
+    /// such writers were measured too: on two cores they only split the groups, so more commits
+    /// and WAL flushes for the same messages, and PostgreSQL spent the more CPU on them
+    /// (docs/benchmarks.md).
     new_rows: mpsc::Sender<Box<dyn Job>>,
 }
 
 impl Writers {
     fn start(pool: &Pool<Manager>, backend: &str) -> Self {
-        let ordered = spawn_writers(pool, "db-writer", 1);
+        let ordered = spawn_writer(pool, "db-writer");
         let new_rows = match backend {
             "sqlite" => ordered.clone(),
-            _ => spawn_writers(pool, "db-writer-new", PG_NEW_ROW_WRITERS),
+            _ => spawn_writer(pool, "db-writer-new"),
         };
         Self { ordered, new_rows }
     }
 }
 
-/// `n` writer threads taking groups from one queue.
-fn spawn_writers(pool: &Pool<Manager>, name: &str, n: usize) -> mpsc::Sender<Box<dyn Job>> {
+/// A writer thread and its queue.
+fn spawn_writer(pool: &Pool<Manager>, name: &str) -> mpsc::Sender<Box<dyn Job>> {
     let (tx, rx) = mpsc::channel();
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..n {
-        let (pool, rx) = (pool.clone(), rx.clone());
-        let name = if n == 1 {
-            name.to_owned()
-        } else {
-            format!("{name}-{i}")
-        };
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || write_loop(&pool, &rx))
-            .expect("a thread can be started");
-    }
+    let pool = pool.clone();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || write_loop(&pool, &rx))
+        .expect("a thread can be started");
     tx
 }
 
@@ -193,7 +183,7 @@ impl Db {
         let manager = Manager { url: url.clone() };
         let writers = match url {
             DatabaseUrl::Sqlite(_) => 1,
-            DatabaseUrl::Postgres(_) => 1 + PG_NEW_ROW_WRITERS as u32,
+            DatabaseUrl::Postgres(_) => 2,
         };
         // Try one connection first so a wrong URL is reported with its real cause, not as a
         // pool time-out.
@@ -274,9 +264,10 @@ impl Db {
 
     /// [`Db::write`] for a write that adds rows and changes none that another write may
     /// change meanwhile (accepting a message: new rows only; an idempotency key is the
-    /// caller's own). On PostgreSQL it goes to one of several writers, whose groups commit
-    /// side by side: as they lock no row another group may hold, they never wait on each
-    /// other, nor deadlock. On SQLite it is [`Db::write`].
+    /// caller's own). On PostgreSQL it goes to a writer of its own, whose groups commit beside
+    /// the ordered writer's: they lock no row another group may hold, so neither waits on the
+    /// other nor deadlocks, and accepts never queue behind claims and records. On SQLite it is
+    /// [`Db::write`].
     pub async fn write_new<T, F>(&self, work: F) -> Result<T, DbError>
     where
         F: FnMut(&mut DbConn) -> Result<T, DbError> + Send + 'static,
@@ -472,19 +463,13 @@ impl From<DieselError> for GroupError {
     }
 }
 
-/// A writer keeps its connection; it is given back to the pool (which replaces it if it
-/// broke) after a failed transaction. Writers sharing a queue take turns at it: one waits for
-/// the next write while the others run theirs, and takes whatever queued meanwhile.
-fn write_loop(pool: &Pool<Manager>, jobs: &Mutex<mpsc::Receiver<Box<dyn Job>>>) {
+/// The writer keeps its connection; it is given back to the pool (which replaces it if it
+/// broke) after a failed transaction.
+fn write_loop(pool: &Pool<Manager>, jobs: &mpsc::Receiver<Box<dyn Job>>) {
     let mut held: Option<Conn> = None;
-    loop {
-        let group = {
-            let jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
-            let Ok(first) = jobs.recv() else { return };
-            let mut group = vec![first];
-            group.extend(jobs.try_iter().take(WRITE_GROUP - 1));
-            group
-        };
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        group.extend(jobs.try_iter().take(WRITE_GROUP - 1));
         let conn = match held.take() {
             Some(c) => Ok(c),
             None => pool.get().map_err(DbError::from),

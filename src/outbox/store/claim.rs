@@ -2,8 +2,6 @@
 
 use super::{IdRow, RECORD_CHUNK};
 use crate::db::models::DeliveryRow;
-#[cfg(feature = "postgres")]
-use crate::db::prepared::Prepared;
 use crate::db::schema::deliveries as d;
 use crate::db::{write_tx, DbConn, DbError};
 use crate::domain::ids::ClaimToken;
@@ -39,7 +37,7 @@ pub fn claim(
             .load(c)?,
             #[cfg(feature = "postgres")]
             DbConn::Pg(c) => {
-                let rows = Prepared::new(
+                let rows = diesel::sql_query(
                     "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
                      WHERE status = 'queued' AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until < $3) \
                      AND ($4::text IS NULL OR message_id = $4) ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
@@ -104,7 +102,7 @@ pub fn claim_robot_backlog(
             .load(c)?,
             #[cfg(feature = "postgres")]
             DbConn::Pg(c) => {
-                let rows = Prepared::new(
+                let rows = diesel::sql_query(
                     "UPDATE deliveries SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM deliveries \
                      WHERE target = $3 AND status = 'queued' AND kind = 'robot' \
                      AND (claimed_until IS NULL OR claimed_until < $4) ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \

@@ -52,9 +52,13 @@ pub fn record_all(
     })
 }
 
-/// [`record_all`] on PostgreSQL: every row's new state and its history in one prepared
-/// statement, by arrays of the outcomes' columns (two statements per row otherwise, each a
-/// round trip). The update re-checks each row's claim after any lock it waited for.
+/// [`record_all`] on PostgreSQL: every row's new state and its history in one statement, by
+/// arrays of the outcomes' columns (two statements per row otherwise, each a round trip). The
+/// update re-checks each row's claim after any lock it waited for. Whatever PostgreSQL's
+/// estimates, it finds the rows by their ids (`id = ANY`, a status test no index serves) and
+/// plans the statement each time it runs (not prepared, so with the table's size as it is):
+/// otherwise a plan made while the table was young, or its queued rows few, walked the queue
+/// once for each outcome (seen: 2–10 ms a statement a few seconds into a benchmark).
 #[cfg(feature = "postgres")]
 fn record_all_pg(
     c: &mut diesel::pg::PgConnection,
@@ -63,7 +67,7 @@ fn record_all_pg(
 ) -> Result<Vec<bool>, DbError> {
     use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
     let rows: Vec<Recording> = attempts.iter().map(|(r, o)| Recording::new(r, o)).collect();
-    let owned: std::collections::HashSet<i64> = crate::db::prepared::Prepared::new(
+    let owned: std::collections::HashSet<i64> = diesel::sql_query(
         "WITH o AS (SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          AS o (id, claim, outcome, next_at, error, code, request_id, digest_id, parts, note)), \
          u AS (UPDATE deliveries d SET \
@@ -77,7 +81,7 @@ fn record_all_pg(
          dingtalk_code = CASE WHEN o.outcome IN ('retry', 'failed') THEN o.code ELSE d.dingtalk_code END, \
          parts_sent = COALESCE(o.parts, d.parts_sent), \
          claimed_by = NULL, claimed_until = NULL, updated_at = $11 \
-         FROM o WHERE d.id = o.id AND d.claimed_by = o.claim AND d.status = 'queued' \
+         FROM o WHERE d.id = ANY($1) AND d.id = o.id AND d.claimed_by = o.claim AND (d.status = 'queued') IS TRUE \
          RETURNING d.id, d.attempts, o.outcome, o.code, o.note, o.request_id), \
          h AS (INSERT INTO delivery_attempts (delivery_id, attempt, at, outcome, code, error, dingtalk_request_id) \
          SELECT id, attempts, $11, outcome, code, note, request_id FROM u WHERE outcome <> 'deferred') \
